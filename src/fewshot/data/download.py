@@ -1,0 +1,103 @@
+"""Where data lives, and fetching it with checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from ..io import atomic_path
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$FEWSHOT_DATA``, else ``~/.cache/fewshot``."""
+    if root:
+        return Path(root).expanduser()
+    if os.environ.get("FEWSHOT_DATA"):
+        return Path(os.environ["FEWSHOT_DATA"]).expanduser()
+    return Path.home() / ".cache" / "fewshot"
+
+
+def cache_dir(root: Path) -> Path:
+    """Where decoded array caches go: ``$FEWSHOT_CACHE``, else ``<root>/.cache`` when the
+    data root is writable, else ``~/.cache/fewshot/.cache`` (shared read-only data)."""
+    if os.environ.get("FEWSHOT_CACHE"):
+        path = Path(os.environ["FEWSHOT_CACHE"]).expanduser()
+    elif root.exists() and os.access(root, os.W_OK):
+        path = root / ".cache"
+    else:
+        path = Path.home() / ".cache" / "fewshot" / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str | None = None, *, timeout: float = 60.0, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` (atomically), checking its MD5 when one is given.
+
+    A failed or mismatching download leaves nothing at ``dest``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                               disable=not progress, leave=False) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            if md5 is not None and digest.hexdigest() != md5:
+                raise DataError(
+                    f"{dest.name} downloaded from {url} has MD5 {digest.hexdigest()}, expected {md5}; "
+                    "the download is corrupt or the file changed upstream. Nothing was kept: try again, "
+                    f"or place a good copy at {dest}"
+                )
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(f"could not download {url} ({reason}); place the file at {dest} yourself") from None
+    return dest
+
+
+def ensure_files(folder: Path, files: dict[str, tuple[str, str | None]], *, dataset: str) -> list[Path]:
+    """Make sure every file of ``files`` (name -> (url, md5)) is in ``folder``.
+
+    Files already present are taken as they are (a user's own copy need not match the
+    official checksum); missing ones are downloaded and checked. When a download fails
+    the error lists every missing file and where to put it.
+    """
+    paths = [folder / name for name in files]
+    missing = [p for p in paths if not p.exists()]
+    if os.environ.get("FEWSHOT_OFFLINE") and missing:
+        raise _missing_error(dataset, folder, files, missing, "FEWSHOT_OFFLINE is set")
+    for path in missing:
+        url, md5 = files[path.name]
+        try:
+            download(url, path, md5)
+        except DataError as e:
+            if "MD5" in str(e):
+                raise
+            raise _missing_error(dataset, folder, files, [p for p in paths if not p.exists()], str(e)) from None
+    return paths
+
+
+def _missing_error(dataset: str, folder: Path, files: dict, missing: list[Path], why: str) -> DataError:
+    names = ", ".join(p.name for p in missing)
+    urls = " ".join(files[p.name][0] for p in missing)
+    return DataError(
+        f"{dataset}: {names} not found in {folder} and could not be downloaded ({why}). "
+        f"Put them there (from {urls}) or point --data-root / FEWSHOT_DATA at a folder holding {dataset}/"
+    )

@@ -1,0 +1,110 @@
+"""N-way K-shot episodes, sampled so that episode ``i`` of a suite is always the same.
+
+Episode ``i`` depends only on (dataset, split, way, shot, query, seed, i): its random
+generator is seeded with ``(seed, i)``. Every method evaluated on a suite therefore sees
+identical tasks, and a training run resumed at step ``s`` draws exactly the episodes it
+would have drawn without the interruption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .base import ClassDataset, to_float_images
+
+
+@dataclass
+class Episode:
+    """One few-shot task. Labels are remapped to ``0 .. way-1``.
+
+    Support examples come class by class (``shot`` of class 0, then class 1, ...), so
+    ``support_x.view(way, shot, ...)`` groups them by class.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    way: int
+    shot: int
+    classes: tuple[int, ...] = ()
+
+    def to(self, device: torch.device | str) -> "Episode":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Episode(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
+                       self.way, self.shot, self.classes)
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query episodes from the classes of one split.
+
+    Impossible requests fail here, at construction, with a message naming the problem.
+    """
+
+    def __init__(self, dataset: ClassDataset, split: str | None, way: int, shot: int, query: int, seed: int = 0):
+        for name, value in (("way", way), ("shot", shot), ("query", query)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.dataset, self.split = dataset, split
+        self.way, self.shot, self.query, self.seed = int(way), int(shot), int(query), int(seed)
+        self.classes = np.asarray(dataset.split_classes(split), dtype=np.int64)
+        split_name = split or "all"
+        if way > len(self.classes):
+            raise DataError(
+                f"{way}-way episodes need {way} classes, but {dataset.name} split '{split_name}' has {len(self.classes)}"
+            )
+        counts = dataset.class_counts[self.classes]
+        need = shot + query
+        if counts.min() < need:
+            small = int(self.classes[int(np.argmin(counts))])
+            raise DataError(
+                f"class '{dataset.class_names[small]}' of {dataset.name} has {int(counts.min())} images; "
+                f"{shot}-shot {query}-query needs {need}"
+            )
+        self._counts = counts
+        self._offsets = dataset.class_offsets[self.classes]
+        self._max_count = int(counts.max())
+
+    def __repr__(self) -> str:
+        return (f"EpisodeSampler({self.dataset.name}/{self.split or 'all'}, {self.way}-way {self.shot}-shot "
+                f"{self.query}-query, seed={self.seed})")
+
+    def indices(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen split positions ``(way,)`` and image indices ``(way, shot + query)`` of episode ``i``."""
+        rng = np.random.default_rng((self.seed, int(i)))
+        chosen = rng.choice(len(self.classes), self.way, replace=False)
+        counts = self._counts[chosen]
+        # A random key per image, +inf past each class's end: sorting the keys gives a
+        # uniform random subset of every class in one vectorised call.
+        keys = rng.random((self.way, self._max_count))
+        keys[np.arange(self._max_count)[None, :] >= counts[:, None]] = np.inf
+        positions = np.argsort(keys, axis=1)[:, : self.shot + self.query]
+        return chosen, self._offsets[chosen][:, None] + positions
+
+    def episode(self, i: int) -> Episode:
+        chosen, index = self.indices(i)
+        images = self.dataset.images[torch.from_numpy(index.reshape(-1))]
+        images = to_float_images(images).view(self.way, self.shot + self.query, *images.shape[1:])
+        labels = torch.arange(self.way).unsqueeze(1)
+        return Episode(
+            support_x=images[:, : self.shot].reshape(-1, *images.shape[2:]),
+            support_y=labels.expand(self.way, self.shot).reshape(-1),
+            query_x=images[:, self.shot :].reshape(-1, *images.shape[2:]),
+            query_y=labels.expand(self.way, self.query).reshape(-1),
+            way=self.way,
+            shot=self.shot,
+            classes=tuple(int(c) for c in self.classes[chosen]),
+        )
+
+    def batch(self, step: int, size: int) -> list[Episode]:
+        """The meta-batch of training step ``step``: episodes ``step*size .. step*size+size-1``."""
+        return [self.episode(step * size + j) for j in range(size)]
+
+    def suite(self, count: int) -> Iterator[Episode]:
+        """Episodes ``0 .. count-1``: a fixed evaluation suite."""
+        return (self.episode(i) for i in range(count))

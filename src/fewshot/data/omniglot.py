@@ -1,0 +1,190 @@
+"""Omniglot (Lake et al., 2015): 1,623 handwritten characters from 50 alphabets, 20 drawings each.
+
+Read from the official archives ``images_background.zip`` and ``images_evaluation.zip``
+(or their extracted folders) under ``<data root>/omniglot/``. The first load decodes the
+PNGs once, resizes them (Lanczos) and inverts them so strokes are bright on a dark
+background, and caches the result as one safetensors file keyed by a hash of the
+archives and the image size; later loads take a fraction of a second.
+
+Splits:
+
+* ``vinyals``: ``train`` / ``val`` / ``test`` / ``trainval`` from the split files of
+  Vinyals et al. (2016), 1028 / 172 / 423 / 1200 characters (four times as many classes
+  with rotations). This is the split of most few-shot papers.
+* ``background``: the 30 background alphabets to ``train``, the 20 evaluation
+  alphabets to ``test`` (Lake et al.'s own division).
+
+With ``rotations=True`` (the default, as in the papers) each character rotated by 0, 90,
+180 and 270 degrees counts as a class of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DataError
+from ..io import load_tensors, save_tensors
+from .base import ClassDataset
+from .download import cache_dir, data_root, ensure_files
+
+BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
+ARCHIVES = {
+    "images_background.zip": (BASE_URL + "images_background.zip", "68d2efa1b9178cc56df9314c21c6e718"),
+    "images_evaluation.zip": (BASE_URL + "images_evaluation.zip", "6b91aef0f799c5bb55b94e3f2daec811"),
+}
+SPLIT_URL = "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals/"
+VINYALS_SPLITS = ("train", "val", "test", "trainval")
+SPLIT_SCHEMES = ("vinyals", "background")
+ROTATIONS = (0, 90, 180, 270)
+_IMAGE_PATH = re.compile(r"^(images_background|images_evaluation)/([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
+
+
+def load_omniglot(root: str | Path | None = None, *, image_size: int = 28, rotations: bool = True,
+                  split_scheme: str = "vinyals") -> ClassDataset:
+    """Load Omniglot as a :class:`ClassDataset` (see the module docstring for the options)."""
+    if split_scheme not in SPLIT_SCHEMES:
+        raise ConfigError(f"unknown Omniglot split scheme '{split_scheme}'; choose one of {', '.join(SPLIT_SCHEMES)}")
+    if not 4 <= int(image_size) <= 105:
+        raise ConfigError(f"Omniglot image size must be between 4 and 105 pixels, got {image_size}")
+    folder = data_root(root) / "omniglot"
+    sources = _sources(folder)
+    images, labels, names, sets = _decoded(sources, int(image_size), cache_dir(folder.parent))
+    if rotations:
+        images, labels, names = _with_rotations(images, labels, names)
+        sets = [s for s in sets for _ in ROTATIONS]
+    splits = _splits(folder, names, sets, split_scheme, rotations)
+    info = {"source": str(folder), "rotations": rotations, "split_scheme": split_scheme}
+    return ClassDataset("omniglot", images, labels, names, splits, info)
+
+
+def _sources(folder: Path) -> list[Path]:
+    """The two archives, or their extracted folders, downloading what is missing."""
+    found = []
+    for name in ARCHIVES:
+        extracted = folder / name.removesuffix(".zip")
+        found.append(extracted if extracted.is_dir() and not (folder / name).exists() else folder / name)
+    missing = {p.name: ARCHIVES[p.name] for p in found if p.suffix == ".zip" and not p.exists()}
+    if missing:
+        ensure_files(folder, missing, dataset="omniglot")
+    return found
+
+
+def _fingerprint(sources: list[Path], image_size: int) -> str:
+    digest = hashlib.sha256(f"omniglot-v1-{image_size}".encode())
+    for source in sources:
+        if source.is_dir():
+            for path in sorted(source.rglob("*.png")):
+                digest.update(f"{path.relative_to(source)}:{path.stat().st_size}".encode())
+        else:
+            with open(source, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _decoded(sources: list[Path], image_size: int, cache: Path):
+    """Decoded images ``(n, 1, s, s)`` uint8, labels, class names and their set, cached."""
+    key = _fingerprint(sources, image_size)
+    cache_file = cache / f"omniglot-{image_size}px-{key}.safetensors"
+    if cache_file.exists():
+        tensors = load_tensors(cache_file)
+        meta = json.loads(bytes(tensors["meta"].tolist()).decode())
+        return tensors["images"], tensors["labels"], meta["names"], meta["sets"]
+    images, labels, names, sets = [], [], [], []
+    for source in sources:
+        entries = _image_entries(source)
+        for (set_name, alphabet, character), files in tqdm(entries.items(), desc=f"decoding {source.name}",
+                                                           unit="char", leave=False):
+            class_id = len(names)
+            names.append(f"{alphabet}/{character}")
+            sets.append(set_name)
+            for label, read in files:
+                images.append(_decode(read(), image_size, label))
+                labels.append(class_id)
+    images_t = torch.from_numpy(np.stack(images)[:, None])
+    labels_t = torch.tensor(labels, dtype=torch.int64)
+    meta = torch.tensor(list(json.dumps({"names": names, "sets": sets}).encode()), dtype=torch.uint8)
+    save_tensors(cache_file, {"images": images_t, "labels": labels_t, "meta": meta})
+    return images_t, labels_t, names, sets
+
+
+def _image_entries(source: Path) -> dict:
+    """``{(set, alphabet, character): [(path label, reader), ...]}`` in the official order."""
+    set_name = source.name.removesuffix(".zip")
+    entries: dict = {}
+    if source.is_dir():
+        items = [(f"{set_name}/{p.relative_to(source).as_posix()}", p.read_bytes)
+                 for p in source.rglob("*.png")]
+    else:
+        try:
+            archive = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{source} is not a readable zip archive ({e}); replace it with the official file") from None
+        items = [(n, (lambda n=n: archive.read(n))) for n in archive.namelist() if n.endswith(".png")]
+    for name, reader in items:
+        match = _IMAGE_PATH.match(name)
+        if not match or match.group(1) != set_name:
+            raise DataError(
+                f"{source}: unexpected entry '{name}'; Omniglot archives hold "
+                f"{set_name}/<Alphabet>/characterNN/<id>_<drawer>.png"
+            )
+        _, alphabet, character, char_id, drawer = match.groups()
+        entries.setdefault((set_name, alphabet, character), []).append((int(drawer), f"{source}:{name}", reader))
+    if not entries:
+        raise DataError(f"{source} holds no Omniglot images; expected {set_name}/<Alphabet>/characterNN/*.png")
+    return {key: [(label, reader) for _, label, reader in sorted(entries[key], key=lambda e: e[0])]
+            for key in sorted(entries)}
+
+
+def _decode(data: bytes, image_size: int, label: str) -> np.ndarray:
+    try:
+        image = Image.open(io.BytesIO(data)).convert("L")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{label} is not a readable PNG ({e}); the archive is damaged") from None
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return 255 - np.asarray(image, dtype=np.uint8)
+
+
+def _with_rotations(images: torch.Tensor, labels: torch.Tensor, names: list[str]):
+    """Each character at 0/90/180/270 degrees (counter-clockwise) as four classes."""
+    rotated = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(len(ROTATIONS))], dim=1)
+    n = len(images)
+    rot_labels = (labels[:, None] * len(ROTATIONS) + torch.arange(len(ROTATIONS))[None, :])
+    rot_names = [f"{name}/rot{angle:03d}" for name in names for angle in ROTATIONS]
+    return rotated.reshape(n * len(ROTATIONS), *images.shape[1:]), rot_labels.reshape(-1), rot_names
+
+
+def _splits(folder: Path, names: list[str], sets: list[str], scheme: str, rotations: bool) -> dict[str, list[int]]:
+    if scheme == "background":
+        return {
+            "train": [i for i, s in enumerate(sets) if s == "images_background"],
+            "test": [i for i, s in enumerate(sets) if s == "images_evaluation"],
+        }
+    split_dir = folder / "splits" / "vinyals"
+    files = {f"{s}.txt": (SPLIT_URL + f"{s}.txt", None) for s in VINYALS_SPLITS}
+    ensure_files(split_dir, files, dataset="omniglot (Vinyals split files)")
+    index = {name: i for i, name in enumerate(names)}
+    splits = {}
+    for split in VINYALS_SPLITS:
+        lines = [line.strip() for line in (split_dir / f"{split}.txt").read_text().splitlines() if line.strip()]
+        if not rotations:
+            lines = [line.rsplit("/", 1)[0] for line in lines if line.endswith("/rot000")]
+        unknown = [line for line in lines if line not in index]
+        if unknown:
+            raise DataError(
+                f"{split_dir / (split + '.txt')} names {len(unknown)} classes not in the archives "
+                f"(first: '{unknown[0]}'); the split files do not match these archives"
+            )
+        splits[split] = [index[line] for line in lines]
+    return splits

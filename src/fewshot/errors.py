@@ -1,0 +1,22 @@
+"""The one exception family of fewshot.
+
+Every error a user can cause is a :class:`FewShotError` whose message says what was
+wrong and what to do about it. The command line prints that message alone and exits
+with status 2.
+"""
+
+
+class FewShotError(Exception):
+    """Base class of every error fewshot raises on purpose."""
+
+
+class ConfigError(FewShotError, ValueError):
+    """A setting, flag or argument is invalid."""
+
+
+class DataError(FewShotError):
+    """A dataset is missing, corrupt, or cannot give what was asked of it."""
+
+
+class CheckpointError(FewShotError):
+    """A run directory or checkpoint is missing, truncated or inconsistent."""
