@@ -20,3 +20,7 @@ class DataError(FewShotError):
 
 class CheckpointError(FewShotError):
     """A run directory or checkpoint is missing, truncated or inconsistent."""
+
+
+class TrainingError(FewShotError):
+    """Training cannot go on (e.g. the loss diverged)."""

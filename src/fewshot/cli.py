@@ -1,0 +1,305 @@
+"""The ``fewshot`` command line.
+
+Every command has ``--help``. Errors a user can cause print one line and exit with
+status 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, FewShotError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line rather than usage plus error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"option '{text}' must look like KEY=VALUE")
+    key, value = text.split("=", 1)
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+# -- shared flag groups ------------------------------------------------------------------
+
+def _add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
+    g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
+    g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
+    g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
+    g.add_argument("--no-rotations", action="store_true", help="omniglot: no rotated copies as extra classes")
+
+
+def _dataset_options(args: argparse.Namespace, base: dict | None = None) -> dict:
+    options = dict(base or {})
+    for key in ("split_scheme", "image_size"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    if getattr(args, "no_rotations", False):
+        options["rotations"] = False
+    return options
+
+
+def _add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
+    g = p.add_argument_group("episodes")
+    g.add_argument("--way", type=int, help="classes per test episode (default 5)")
+    g.add_argument("--shot", type=int, help="support examples per class (default 1)")
+    g.add_argument("--query", type=int, help="query examples per class (default 15)")
+    g.add_argument("--seed", type=int, help="seed (default 0)")
+    if train:
+        g.add_argument("--train-way", type=int, help="classes per training episode (default: --way)")
+        g.add_argument("--train-shot", type=int, help="support examples per class in training (default: --shot)")
+        g.add_argument("--train-query", type=int, help="query examples per class in training (default: --query)")
+
+
+# -- commands ----------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .train import Trainer
+
+    if args.resume:
+        from .io import read_json
+
+        config = TrainConfig.from_dict(read_json(Path(args.resume) / "config.json"))
+        run_dir = Path(args.resume)
+    else:
+        if not args.out:
+            raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
+        method_options = dict(_parse_option(o) for o in args.option)
+        if args.distance:
+            method_options["distance"] = args.distance
+        backbone_options = dict(_parse_option(o) for o in args.backbone_option)
+        config = TrainConfig.layered(
+            args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+            dataset_options=_dataset_options(args), method_options=method_options or None,
+            backbone_options=backbone_options or None, way=args.way, shot=args.shot, query=args.query,
+            train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
+            episodes=args.episodes, meta_batch=args.meta_batch, lr=args.lr, lr_step=args.lr_step,
+            val_every=args.val_every, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
+            seed=args.seed, train_split=args.train_split, val_split=args.val_split)
+        run_dir = Path(args.out)
+    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
+    result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
+    best = (f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
+            if result.best_accuracy is not None else "no validation split: kept the last weights")
+    print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
+          f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import EpisodeSampler, load_dataset
+    from .evaluate import evaluate
+    from .methods import METHODS, build_method
+    from .store import RunStore
+    from .train import load_run
+
+    target = args.target
+    if target in METHODS and not METHODS[target].trainable:
+        method, dataset_name, dataset_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
+        method_name = target
+    else:
+        config, method, _ = load_run(target, args.weights)
+        dataset_name, dataset_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
+        method_name = config.method
+        args.way = args.way or config.way
+        args.shot = args.shot or config.shot
+        args.query = args.query or config.query
+        if args.dataset and args.dataset != config.dataset:
+            dataset_name, dataset_options = args.dataset, {}
+    dataset = load_dataset(dataset_name, args.data_root, **_dataset_options(args, dataset_options))
+    way, shot, query = args.way or 5, args.shot or 1, args.query or 15
+    sampler = EpisodeSampler(dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
+    start_cpu = time.process_time()
+    result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
+    cpu = time.process_time() - start_cpu
+    RunStore(args.runs).record(
+        "evaluate", method=method_name, dataset=dataset_name, split=args.eval_split, seed=args.seed or 0,
+        run_dir=run_dir, seconds=result.seconds, cpu_seconds=cpu,
+        config={"dataset_options": dataset_options, "way": way, "shot": shot, "query": query,
+                "episodes": args.episodes, "weights": args.weights},
+        metrics=result.to_dict(per_episode=True))
+    if args.json:
+        print(json.dumps({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
+                          **result.to_dict(per_episode=args.per_episode)}))
+    else:
+        print(result.summary())
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+
+    for name, loader in sorted(DATASETS.items()):
+        doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
+        print(f"{name:12s} {doc}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    summary = load_dataset(args.name, args.data_root, **_dataset_options(args)).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['name']}: images {'x'.join(map(str, summary['image_shape']))}")
+    print(f"{'split':10s} {'classes':>8s} {'images':>8s} {'per class':>10s}")
+    for split, row in summary["splits"].items():
+        per_class = (str(row["min_per_class"]) if row["min_per_class"] == row["max_per_class"]
+                     else f"{row['min_per_class']}-{row['max_per_class']}")
+        print(f"{split:10s} {row['classes']:8d} {row['images']:8d} {per_class:>10s}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .store import RunStore
+
+    store = RunStore(args.runs)
+    if args.action == "show":
+        if args.id is None:
+            raise ConfigError("say which run: `fewshot runs show ID`")
+        print(json.dumps(store.get(args.id), indent=2))
+        return 0
+    rows = store.list(kind=args.kind, method=args.method)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'id':>4s}  {'kind':8s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
+    for r in rows:
+        m = r["metrics"]
+        if r["kind"] == "evaluate":
+            result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
+        elif m.get("val_accuracy") is not None:
+            result = f"val {m['val_accuracy']:.1f} % ({m['steps']} st)"
+        else:
+            result = f"{m.get('steps')} steps"
+        print(f"{r['id']:4d}  {r['kind']:8s} {r['created'][:19]:19s} {r['method'] or '':10s} "
+              f"{r['dataset'] or '':9s} {result:24s} {r['run_dir'] or ''}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.dataset, data_root=args.data_root, runs=args.runs, episodes=args.episodes, quick=args.quick)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+
+    parser = _Parser(prog="fewshot", description="Learn new tasks from a few examples: meta-learning, "
+                     "transfer learning and model selection under one evaluation protocol.")
+    parser.add_argument("--version", action="version", version=f"fewshot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="meta-train a method on episodes",
+                       description="Meta-train METHOD on episodes of a dataset, validating on its val split "
+                       "and keeping the best checkpoint. Settings: defaults < --config < flags.")
+    p.add_argument("method", nargs="?", choices=sorted(n for n, m in METHODS.items() if m.trainable),
+                   help="method to train (omit with --resume)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--config", help="JSON file of settings (keys of TrainConfig)")
+    _add_data_flags(p, default_dataset=None)
+    _add_episode_flags(p, train=True)
+    g = p.add_argument_group("training")
+    g.add_argument("--backbone", help="conv4 (default), resnet12 or mlp")
+    g.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE", help="backbone option, e.g. width=32")
+    g.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. distance=cosine")
+    g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet: distance to prototypes")
+    g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
+    g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
+    g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
+    g.add_argument("--lr-step", type=int, help="halve the learning rate every this many steps (default: never)")
+    g.add_argument("--val-every", type=int, help="validate every this many steps (default 500)")
+    g.add_argument("--val-episodes", type=int, help="validation episodes (default 200)")
+    g.add_argument("--checkpoint-every", type=int, help="checkpoint every this many steps (default 100)")
+    g.add_argument("--train-split", help="split to train on (default train)")
+    g.add_argument("--val-split", help="split to validate on (default val)")
+    p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ./runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes",
+                       description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
+                       "on a fixed, seeded suite of test episodes.")
+    p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm)")
+    _add_data_flags(p, default_dataset=None)
+    _add_episode_flags(p, train=False)
+    p.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
+    p.add_argument("--eval-split", default="test", help="split to test on (default test)")
+    p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
+    p.add_argument("--runs", help="runs folder holding the run store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="datasets: list them, describe one")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    q = dsub.add_parser("list", help="the datasets fewshot knows")
+    q.set_defaults(func=cmd_data_list)
+    q = dsub.add_parser("info", help="classes and images per split")
+    q.add_argument("name", help="dataset name")
+    q.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
+    q.add_argument("--split", dest="split_scheme", help="split scheme (omniglot: vinyals, background)")
+    q.add_argument("--image-size", type=int, help="image size")
+    q.add_argument("--no-rotations", action="store_true", help="omniglot: without rotated classes")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("runs", help="list recorded runs, or show one")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("id", nargs="?", type=int, help="run id, with show")
+    p.add_argument("--kind", choices=["train", "evaluate"], help="only runs of this kind")
+    p.add_argument("--method", help="only runs of this method")
+    p.add_argument("--runs", help="runs folder holding the run store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",
+                       description="Meta-train Prototypical Networks, then compare them with a nearest class "
+                       "mean on raw pixels on identical test episodes.")
+    p.add_argument("--dataset", default="digits", choices=["digits", "omniglot"], help="digits (offline default) or omniglot")
+    p.add_argument("--data-root", help="data root for omniglot")
+    p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
+    p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
+    p.add_argument("--runs", help="runs folder (default ./runs)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FewShotError as e:
+        print(f"fewshot: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewshot: interrupted; a run continues with `fewshot train --resume RUN_DIR`", file=sys.stderr)
+        return 130

@@ -1,0 +1,118 @@
+"""Feature extractors: Conv-4, ResNet-12 and MLP, plus any ``nn.Module`` a user brings.
+
+Every backbone maps a batch ``(n, c, h, w)`` to features ``(n, d)``; ``feature_dim``
+finds ``d`` for any module by one dry forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3×3 convolution, BatchNorm, ReLU, 2×2 max-pool: one block of Conv-4."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Sequential):
+    """The standard few-shot backbone (Vinyals et al., 2016; Snell et al., 2017):
+    four conv blocks of ``width`` filters, flattened. 64 features on 28×28 input,
+    1600 on 84×84."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4):
+        blocks = [conv_block(in_channels if i == 0 else width, width) for i in range(depth)]
+        super().__init__(*blocks, nn.Flatten())
+        self.in_channels, self.width, self.depth = in_channels, width, depth
+
+
+class ResidualBlock(nn.Module):
+    """Three 3×3 conv-BN-LeakyReLU layers with a 1×1 projected shortcut, then 2×2 max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        layers = []
+        for i in range(3):
+            layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(out_channels)]
+            if i < 2:
+                layers.append(nn.LeakyReLU(0.1))
+        self.body = nn.Sequential(*layers)
+        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x) + self.shortcut(x))
+
+
+class ResNet12(nn.Sequential):
+    """ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): four residual blocks of
+    widths 64-160-320-640, global average pooling."""
+
+    def __init__(self, in_channels: int = 3, widths: Sequence[int] = (64, 160, 320, 640)):
+        blocks, previous = [], in_channels
+        for width in widths:
+            blocks.append(ResidualBlock(previous, width))
+            previous = width
+        super().__init__(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class MLP(nn.Sequential):
+    """Fully connected ReLU network on flattened input; ``out_features`` adds a final
+    linear layer (e.g. 1 for sinusoid regression: ``MLP(1, (40, 40), out_features=1)``)."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (256, 128), out_features: int | None = None,
+                 batch_norm: bool = False):
+        layers: list[nn.Module] = [nn.Flatten()]
+        previous = in_features
+        for width in hidden:
+            layers.append(nn.Linear(previous, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU(inplace=True))
+            previous = width
+        if out_features is not None:
+            layers.append(nn.Linear(previous, out_features))
+        super().__init__(*layers)
+
+
+BACKBONES = ("conv4", "resnet12", "mlp")
+
+
+def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Module:
+    """A backbone by name for inputs of ``image_shape`` = (channels, height, width)."""
+    channels = int(image_shape[0])
+    try:
+        if name == "conv4":
+            return Conv4(channels, **options)
+        if name == "resnet12":
+            return ResNet12(channels, **options)
+        if name == "mlp":
+            in_features = int(torch.tensor(image_shape).prod())
+            return MLP(in_features, **options)
+    except TypeError as e:
+        raise ConfigError(f"bad option for backbone '{name}': {e}") from None
+    raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+
+
+@torch.no_grad()
+def feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
+    """Width of ``backbone``'s output for one input of ``image_shape``."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        out = backbone(torch.zeros(2, *image_shape))
+    finally:
+        backbone.train(was_training)
+    if out.ndim != 2:
+        raise ConfigError(f"backbone must return (batch, features); it returned shape {tuple(out.shape)}")
+    return int(out.shape[1])

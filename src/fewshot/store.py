@@ -1,0 +1,94 @@
+"""The run store: every train and evaluate run, in one embedded SQLite database.
+
+The database lives in the runs folder (``--runs``, else ``$FEWSHOT_RUNS``, else
+``./runs``) as ``fewshot.sqlite``. It uses write-ahead logging and a busy timeout, and
+each record is one transaction, so processes recording at once lose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    created     TEXT NOT NULL,
+    method      TEXT,
+    dataset     TEXT,
+    split       TEXT,
+    seed        INTEGER,
+    run_dir     TEXT,
+    config      TEXT NOT NULL,
+    metrics     TEXT NOT NULL,
+    seconds     REAL,
+    cpu_seconds REAL,
+    version     TEXT NOT NULL,
+    host        TEXT
+)
+"""
+COLUMNS = ("id", "kind", "created", "method", "dataset", "split", "seed", "run_dir", "config", "metrics",
+           "seconds", "cpu_seconds", "version", "host")
+
+
+def runs_folder(runs: str | os.PathLike | None = None) -> Path:
+    return Path(runs or os.environ.get("FEWSHOT_RUNS") or "runs")
+
+
+class RunStore:
+    """Append-only record of runs. ``RunStore(folder).record(...)`` returns the new id."""
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.path = runs_folder(folder) / "fewshot.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60.0)
+        db.execute("PRAGMA busy_timeout=60000")
+        return db
+
+    def record(self, kind: str, *, config: dict, metrics: dict, method: str | None = None,
+               dataset: str | None = None, split: str | None = None, seed: int | None = None,
+               run_dir: str | None = None, seconds: float | None = None, cpu_seconds: float | None = None) -> int:
+        row = (kind, time.strftime("%Y-%m-%dT%H:%M:%S%z"), method, dataset, split, seed,
+               str(run_dir) if run_dir else None, json.dumps(config, sort_keys=True, default=str),
+               json.dumps(metrics, sort_keys=True, default=float), seconds, cpu_seconds, __version__, platform.node())
+        with closing(self._connect()) as db, db:
+            cursor = db.execute(
+                f"INSERT INTO runs ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})", row)
+            return int(cursor.lastrowid)
+
+    def list(self, kind: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs", []
+        filters = [(c, v) for c, v in (("kind", kind), ("method", method)) if v]
+        if filters:
+            query += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in filters)
+            args = [v for _, v in filters]
+        with closing(self._connect()) as db:
+            return [self._row(r) for r in db.execute(query + " ORDER BY id", args)]
+
+    def get(self, run_id: int) -> dict[str, Any]:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no run {run_id} in {self.path}; `fewshot runs` lists the recorded ones")
+        return self._row(row)
+
+    @staticmethod
+    def _row(row: tuple) -> dict[str, Any]:
+        out = dict(zip(COLUMNS, row))
+        out["config"], out["metrics"] = json.loads(out["config"]), json.loads(out["metrics"])
+        return out

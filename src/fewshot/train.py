@@ -1,0 +1,262 @@
+"""The one episodic trainer, used by every method.
+
+A run lives in one folder::
+
+    config.json                       the TrainConfig
+    state.json                        step, history, best validation, optimiser settings
+    checkpoint-NNNNNNN.safetensors    weights, optimiser tensors and RNG state at step N
+    best-NNNNNNN.safetensors          weights with the best validation accuracy
+
+Every file is written atomically, and ``state.json`` (written last) names the
+checkpoint it belongs to, so a run killed at any moment resumes from a consistent
+state. Episodes are indexed by step (see :mod:`fewshot.data.episodes`) and the RNG
+state is saved, so a resumed run ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import TrainConfig
+from .data import ClassDataset, EpisodeSampler, load_dataset
+from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import evaluate
+from .io import load_tensors, read_json, save_tensors, write_json
+from .methods import Method, build_method
+from .models import build_backbone
+from .store import RunStore
+
+LOG_EVERY = 50
+
+
+def build_model(config: TrainConfig, image_shape: tuple[int, ...]) -> Method:
+    """The method a config describes, freshly initialised (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    backbone = build_backbone(config.backbone, image_shape, **config.backbone_options)
+    return build_method(config.method, backbone, **config.method_options)
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Method, dict]:
+    """A trained run: its config, its method with the ``best`` (or ``last``) weights, its state."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "state.json").exists():
+        raise CheckpointError(f"{run_dir} is not a fewshot run folder (no state.json); train one with `fewshot train`")
+    config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    state = read_json(run_dir / "state.json")
+    method = build_model(config, tuple(state["image_shape"]))
+    entry = state.get("best") if which == "best" and state.get("best") else {"file": state["checkpoint"]}
+    tensors = load_tensors(run_dir / entry["file"])
+    _load_weights(method, tensors, run_dir / entry["file"])
+    return config, method, state
+
+
+def _load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        raise CheckpointError(f"{path} does not match the run's model ({first})") from None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_accuracy: float | None
+    best_ci95: float | None
+    seconds: float
+    cpu_seconds: float
+    images_per_second: float
+    run_id: int | None = None
+
+
+class Trainer:
+    """Meta-trains ``config.method`` on episodes and keeps the best checkpoint.
+
+    ``dataset`` may be passed in to share one loaded dataset between runs; otherwise it
+    is loaded from ``config.dataset`` (under ``data_root``).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, dataset: ClassDataset | None = None,
+                 data_root: str | Path | None = None, runs: str | Path | None = None):
+        self.config, self.run_dir, self.runs = config, Path(run_dir), runs
+        self.dataset = dataset or load_dataset(config.dataset, data_root, **config.dataset_options)
+        way, shot, query = config.train_shape
+        self.sampler = EpisodeSampler(self.dataset, config.train_split, way, shot, query, seed=config.seed)
+        self.val_sampler = None
+        if config.val_split and config.val_split in self.dataset.splits:
+            # A fixed validation suite: the same episodes at every validation.
+            self.val_sampler = EpisodeSampler(self.dataset, config.val_split, config.way, config.shot,
+                                              config.query, seed=config.seed + 1)
+        self.method = build_model(config, self.dataset.image_shape)
+        if not self.method.trainable:
+            raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
+        self.state: dict[str, Any] = {
+            "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
+            "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.dataset.image_shape),
+            "version": __version__, "done": False, "log": {"loss": 0.0, "accuracy": 0.0, "count": 0},
+        }
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.config.lr, momentum=0.9, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        step = self.state["step"]
+        tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
+        optim = self.optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, values in optim["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{index}.{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        name = f"checkpoint-{step:07d}.safetensors"
+        save_tensors(self.run_dir / name, tensors)
+        previous = self.state["checkpoint"]
+        self.state.update(checkpoint=name, optimizer={"param_groups": optim["param_groups"], "scalars": scalars},
+                          scheduler=self.scheduler.state_dict())
+        write_json(self.run_dir / "state.json", self.state)
+        # Only now, with state.json pointing at the new file, is the old one garbage.
+        if previous and previous != name:
+            (self.run_dir / previous).unlink(missing_ok=True)
+
+    def _restore(self) -> None:
+        state = read_json(self.run_dir / "state.json")
+        saved = TrainConfig.from_dict(read_json(self.run_dir / "config.json"))
+        if saved != self.config:
+            raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings")
+        if state.get("checkpoint") is None:
+            return  # killed before its first checkpoint: start over
+        path = self.run_dir / state["checkpoint"]
+        tensors = load_tensors(path)
+        _load_weights(self.method, tensors, path)
+        optim_state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        for index, values in state["optimizer"]["scalars"].items():
+            optim_state.setdefault(int(index), {}).update(values)
+        try:
+            self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["optimizer"]["param_groups"]})
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: optimiser state does not match the model ({e})") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.state = state
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, *, resume: bool = False, progress: bool = True, record: bool = True) -> TrainResult:
+        config = self.config
+        if (self.run_dir / "state.json").exists():
+            if not resume:
+                raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+            self._restore()
+        elif resume:
+            raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", config.to_dict())
+            write_json(self.run_dir / "state.json", self.state)
+
+        way, shot, query = config.train_shape
+        images_per_step = config.meta_batch * way * (shot + query)
+        start_step = self.state["step"]
+        wall, cpu = time.perf_counter(), time.process_time()
+        seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
+        log = self.state["log"]
+        self.method.train()
+        with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for step in range(start_step, config.episodes):
+                episodes = self.sampler.batch(step, config.meta_batch)
+                loss, metrics = self.method.loss(episodes)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"training loss became {loss.item()} at step {step}; lower --lr and train again")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                log["loss"] += loss.item()
+                log["accuracy"] += metrics.get("accuracy", math.nan)
+                log["count"] += 1
+                self.state["step"] = step + 1
+                if log["count"] == LOG_EVERY or step + 1 == config.episodes:
+                    self.state["history"]["train"].append(
+                        [step + 1, log["loss"] / log["count"], log["accuracy"] / log["count"]])
+                    bar.set_postfix(loss=f"{log['loss'] / log['count']:.3f}",
+                                    acc=f"{log['accuracy'] / log['count']:.1f}")
+                    log.update(loss=0.0, accuracy=0.0, count=0)
+                validate = (step + 1) % config.val_every == 0 or step + 1 == config.episodes
+                if validate:
+                    self._validate(progress)
+                self.state["seconds"] = seconds0 + time.perf_counter() - wall
+                self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
+                if validate or (step + 1) % config.checkpoint_every == 0:
+                    self._save_checkpoint()
+                bar.update()
+        if self.state["step"] == start_step and not self.state["done"]:
+            self._save_checkpoint()
+        self.state["done"] = True
+        write_json(self.run_dir / "state.json", self.state)
+        return self._finish(images_per_step, record)
+
+    def _validate(self, progress: bool) -> None:
+        """Validation accuracy on the fixed suite; keeps the best weights (the last, without a val split)."""
+        step = self.state["step"]
+        result = None
+        if self.val_sampler is not None:
+            with torch.random.fork_rng():  # validation must not shift the training RNG stream
+                result = evaluate(self.method, self.val_sampler, self.config.val_episodes, progress=progress,
+                                  desc="validating")
+            self.method.train()
+            self.state["history"]["val"].append([step, result.accuracy, result.ci95])
+        best = self.state["best"]
+        if result is None or best is None or result.accuracy > best["accuracy"]:
+            name = f"best-{step:07d}.safetensors"
+            save_tensors(self.run_dir / name, {f"model.{k}": v for k, v in self.method.state_dict().items()})
+            self.state["best"] = {"step": step, "file": name,
+                                  "accuracy": result.accuracy if result else None,
+                                  "ci95": result.ci95 if result else None}
+            # The superseded best file is removed after state.json stops naming it.
+            old = best["file"] if best and best["file"] != name else None
+            write_json(self.run_dir / "state.json", self.state)
+            if old:
+                (self.run_dir / old).unlink(missing_ok=True)
+
+    def _finish(self, images_per_step: int, record: bool) -> TrainResult:
+        best = self.state["best"] or {}
+        steps = self.state["step"]
+        seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
+        result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
+                             images_per_step * steps / seconds if seconds > 0 else math.nan)
+        if record:
+            c = self.config
+            result.run_id = RunStore(self.runs).record(
+                "train", config=c.to_dict(), method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,
+                run_dir=str(self.run_dir.resolve()), seconds=seconds, cpu_seconds=cpu_seconds,
+                metrics={"steps": steps, "val_accuracy": result.best_accuracy, "val_ci95": result.best_ci95,
+                         "best_step": best.get("step"), "images_per_second": result.images_per_second,
+                         "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1]},
+            )
+        return result
+
