@@ -42,17 +42,19 @@ def _add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) 
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
+    g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
     g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
-    g.add_argument("--no-rotations", action="store_true", help="omniglot: no rotated copies as extra classes")
+    g.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotated copies as extra classes (omniglot: on by default; digits: off)")
 
 
 def _dataset_options(args: argparse.Namespace, base: dict | None = None) -> dict:
     options = dict(base or {})
-    for key in ("split_scheme", "image_size"):
+    for key in ("split_scheme", "image_size", "path"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
-    if getattr(args, "no_rotations", False):
-        options["rotations"] = False
+    if getattr(args, "rotations", None) is not None:
+        options["rotations"] = args.rotations
     return options
 
 
@@ -83,8 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
         method_options = dict(_parse_option(o) for o in args.option)
-        if args.distance:
-            method_options["distance"] = args.distance
+        for flag in ("distance", "inner_steps", "inner_lr", "first_order"):
+            if getattr(args, flag) not in (None, False):
+                method_options[flag] = getattr(args, flag)
         backbone_options = dict(_parse_option(o) for o in args.backbone_option)
         config = TrainConfig.layered(
             args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
@@ -93,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
             episodes=args.episodes, meta_batch=args.meta_batch, lr=args.lr, lr_step=args.lr_step,
             val_every=args.val_every, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
-            seed=args.seed, train_split=args.train_split, val_split=args.val_split)
+            seed=args.seed, train_split=args.train_split,
+            val_split=None if (args.val_split or "").lower() == "none" else args.val_split)
         run_dir = Path(args.out)
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
@@ -117,6 +121,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         method_name = target
     else:
         config, method, _ = load_run(target, args.weights)
+        test_options = dict(_parse_option(o) for o in args.option)
+        if args.inner_steps is not None:
+            test_options["inner_steps"] = args.inner_steps
+        method.set_test_options(**test_options)
         dataset_name, dataset_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
         method_name = config.method
         args.way = args.way or config.way
@@ -229,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE", help="backbone option, e.g. width=32")
     g.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. distance=cosine")
     g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet: distance to prototypes")
+    g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
+    g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
+    g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
     g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
@@ -237,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-episodes", type=int, help="validation episodes (default 200)")
     g.add_argument("--checkpoint-every", type=int, help="checkpoint every this many steps (default 100)")
     g.add_argument("--train-split", help="split to train on (default train)")
-    g.add_argument("--val-split", help="split to validate on (default val)")
+    g.add_argument("--val-split", help="split to validate on (default val; 'none': no validation)")
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ./runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -251,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
+    p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="test-time method option, e.g. inner_steps=10")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
@@ -267,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     q.add_argument("--split", dest="split_scheme", help="split scheme (omniglot: vinyals, background)")
     q.add_argument("--image-size", type=int, help="image size")
-    q.add_argument("--no-rotations", action="store_true", help="omniglot: without rotated classes")
+    q.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotated copies as extra classes")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_data_info)
 

@@ -93,7 +93,11 @@ class Trainer:
         way, shot, query = config.train_shape
         self.sampler = EpisodeSampler(self.dataset, config.train_split, way, shot, query, seed=config.seed)
         self.val_sampler = None
-        if config.val_split and config.val_split in self.dataset.splits:
+        if config.val_split and config.val_split not in self.dataset.splits and config.val_split != "val":
+            raise ConfigError(f"{self.dataset.name} has no split '{config.val_split}' to validate on; its splits "
+                              f"are: {', '.join(self.dataset.splits)} (or pass --val-split none)")
+        # Datasets without a "val" split (digits) train without validation and keep the last weights.
+        if config.val_split in self.dataset.splits:
             # A fixed validation suite: the same episodes at every validation.
             self.val_sampler = EpisodeSampler(self.dataset, config.val_split, config.way, config.shot,
                                               config.query, seed=config.seed + 1)

@@ -11,14 +11,23 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .base import ClassDataset, from_arrays, to_float_images
+from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .digits import load_digits_dataset
 from .download import data_root
 from .episodes import Episode, EpisodeSampler
+from .folder import load_folder
+from .mnist import load_mnist
 from .omniglot import load_omniglot
+from .sinusoid import SinusoidSampler, SinusoidTask
 
 DATASETS: dict[str, Callable[..., ClassDataset]] = {
     "digits": load_digits_dataset,
     "omniglot": load_omniglot,
+    "mnist": load_mnist,
+    "cifar-fs": load_cifar_fs,
+    "fc100": load_fc100,
+    "cifar10": load_cifar10,
+    "folder": load_folder,
 }
 
 
@@ -38,5 +47,5 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     return loader(root, **given)
 
 
-__all__ = ["ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "data_root", "from_arrays",
-           "load_dataset", "to_float_images"]
+__all__ = ["ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "SinusoidSampler", "SinusoidTask", "data_root",
+           "from_arrays", "load_dataset", "to_float_images"]

@@ -184,9 +184,10 @@ def check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles plain data and uint8 numpy arrays, and refuses every other global.
 
-    The official archives were written by Python 2 with numpy 1; an array is rebuilt
-    from ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``,
-    the only three names allowed, each narrowed to what CIFAR needs.
+    The official archives were written by Python 2 with numpy 1: an array is rebuilt
+    from ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``.
+    Those three names are the only ones allowed, and each resolves to a stand-in that
+    can build nothing but a plain uint8 array.
     """
 
     def __init__(self, data: bytes, label: str):
@@ -199,22 +200,29 @@ class SafeUnpickler(pickle.Unpickler):
         if (module, name) == ("numpy", "dtype"):
             return _uint8_dtype
         if (module, name) == ("numpy", "ndarray"):
-            return np.ndarray
+            return _NDARRAY
         raise DataError(f"{self.label} refers to {module}.{name}, which a CIFAR archive never does; "
                         "refusing to unpickle it: replace the archive with the official file")
 
 
+# What ``numpy.ndarray`` resolves to: a token only ``_reconstruct`` accepts, so the
+# pickle cannot call the real constructor (and make, say, an object array).
+_NDARRAY = object()
+
+
 def _reconstruct(subtype, shape, typecode):
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not numpy.ndarray")
-    return np.ndarray.__new__(np.ndarray, shape, np.uint8)
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("array subtype is not numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
 
 def _uint8_dtype(spec, align=False, copy=False):
-    # Object arrays would let the pickle nest arbitrary objects: only bytes are allowed.
+    # Only bytes: an object dtype would let the pickle nest arbitrary objects.
     if spec not in ("u1", b"u1", "|u1", b"|u1"):
         raise pickle.UnpicklingError(f"array dtype {spec!r} is not uint8")
-    return np.dtype(np.uint8)
+    # A copy, as numpy's own pickles ask: the BUILD that follows must not alter numpy's
+    # shared uint8 dtype.
+    return np.dtype(np.uint8, copy=True)
 
 
 def unpickle(data: bytes, label: str) -> dict:
@@ -225,41 +233,45 @@ def unpickle(data: bytes, label: str) -> dict:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             struct.error, MemoryError) as e:
-        raise DataError(f"{label} is not a readable CIFAR pickle ({e}); replace the archive with the official file") from None
+        raise DataError(f"{label} is not a readable CIFAR pickle ({e}); "
+                        "replace the archive with the official file") from None
     if not isinstance(obj, dict):
         raise DataError(f"{label} holds a {type(obj).__name__}, not a dict; replace the archive with the official file")
     return obj
 
 
 def _field(batch: dict, key: bytes, source: Path):
-    if key not in batch and key.decode() not in batch:
-        raise DataError(f"{source}: a batch lacks the '{key.decode()}' entry; replace it with the official archive")
-    return batch[key] if key in batch else batch[key.decode()]
+    # Python 2 strings come back as bytes; a re-pickled copy may have str keys.
+    for k in (key, key.decode()):
+        if k in batch:
+            return batch[k]
+    raise DataError(f"{source}: a batch lacks the '{key.decode()}' entry; replace it with the official archive")
 
 
 def _names(meta: dict, key: bytes, source: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, key, source)]
 
 
+def _data(batch: dict, source: Path) -> np.ndarray:
+    """A batch's images as ``(n, 3, 32, 32)`` uint8."""
+    data = _field(batch, b"data", source)
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
+        raise DataError(f"{source}: image data must be uint8 rows of 3072 values (3×32×32), got "
+                        f"{getattr(data, 'dtype', type(data).__name__)}; replace it with the official archive")
+    # Each row is the red plane, then green, then blue, each 32×32 row-major.
+    return data.reshape(-1, 3, 32, 32)
+
+
 def _images(batches: list[dict], source: Path) -> torch.Tensor:
-    arrays = []
-    for batch in batches:
-        data = _field(batch, b"data", source)
-        data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else np.asarray(data)
-        if data.dtype != np.uint8 or data.size % 3072:
-            raise DataError(f"{source}: image data must be uint8 rows of 3072 values (3×32×32), "
-                            f"got {data.dtype} of shape {data.shape}; replace it with the official archive")
-        # Each row is the red plane, then green, then blue, each 32×32 row-major.
-        arrays.append(data.reshape(-1, 3, 32, 32))
-    return torch.from_numpy(np.concatenate(arrays))
+    return torch.from_numpy(np.concatenate([_data(batch, source) for batch in batches]))
 
 
 def _labels(batches: list[dict], key: bytes, n_classes: int, source: Path) -> torch.Tensor:
     parts = []
     for batch in batches:
         labels = np.asarray(_field(batch, key, source), dtype=np.int64).reshape(-1)
-        n_images = np.asarray(_field(batch, b"data", source)).size // 3072 if not isinstance(
-            _field(batch, b"data", source), bytes) else len(_field(batch, b"data", source)) // 3072
+        n_images = len(_data(batch, source))
         if len(labels) != n_images:
             raise DataError(f"{source}: a batch has {n_images} images but {len(labels)} '{key.decode()}'; "
                             "replace it with the official archive")

@@ -4,6 +4,11 @@ The offline default. Few-shot splits divide the classes: digits 0-4 to ``train``
 5-9 to ``test`` (there are too few classes for a separate validation split, so training
 on digits keeps the last checkpoint). ``image_size`` upsamples bilinearly, e.g. to 28
 to feed a model trained on Omniglot.
+
+Five training classes are few for meta-learning; ``rotations=True`` adds each training
+digit rotated by 90, 180 and 270 degrees as classes of its own (the trick Omniglot
+papers use), giving 20 training classes. The ``test`` split stays the upright digits
+5-9, so test tasks are the natural ones.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from ..errors import ConfigError
 from .base import ClassDataset
 
 
-def load_digits_dataset(root=None, *, image_size: int = 8) -> ClassDataset:
+def load_digits_dataset(root=None, *, image_size: int = 8, rotations: bool = False) -> ClassDataset:
     from sklearn.datasets import load_digits
 
     if not 8 <= int(image_size) <= 256:
@@ -27,5 +32,11 @@ def load_digits_dataset(root=None, *, image_size: int = 8) -> ClassDataset:
         upsampled = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
         images = upsampled.round().clamp_(0, 255).to(torch.uint8)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    splits = {"train": [0, 1, 2, 3, 4], "test": [5, 6, 7, 8, 9]}
-    return ClassDataset("digits", images, labels, [str(d) for d in range(10)], splits)
+    if not rotations:
+        splits = {"train": [0, 1, 2, 3, 4], "test": [5, 6, 7, 8, 9]}
+        return ClassDataset("digits", images, labels, [str(d) for d in range(10)], splits)
+    images = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.cat([labels * 4 + k for k in range(4)])
+    names = [f"{d}/rot{90 * k:03d}" for d in range(10) for k in range(4)]
+    splits = {"train": [d * 4 + k for d in range(5) for k in range(4)], "test": [d * 4 for d in range(5, 10)]}
+    return ClassDataset("digits", images, labels, names, splits, {"rotations": True})

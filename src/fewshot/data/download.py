@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -56,17 +57,22 @@ def download(url: str, dest: Path, md5: str | None = None, *, timeout: float = 6
             total = int(response.headers.get("Content-Length") or 0) or None
             with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
                                                disable=not progress, leave=False) as bar:
+                received = 0
                 while block := response.read(1 << 20):
                     out.write(block)
                     digest.update(block)
                     bar.update(len(block))
+                    received += len(block)
+            # urllib returns a short body without complaint when the connection drops.
+            if total is not None and received != total:
+                raise OSError(f"the connection closed after {received} of {total} bytes")
             if md5 is not None and digest.hexdigest() != md5:
                 raise DataError(
                     f"{dest.name} downloaded from {url} has MD5 {digest.hexdigest()}, expected {md5}; "
                     "the download is corrupt or the file changed upstream. Nothing was kept: try again, "
                     f"or place a good copy at {dest}"
                 )
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(f"could not download {url} ({reason}); place the file at {dest} yourself") from None
     return dest

@@ -48,7 +48,7 @@ class EpisodeSampler:
 
     def __init__(self, dataset: ClassDataset, split: str | None, way: int, shot: int, query: int, seed: int = 0):
         for name, value in (("way", way), ("shot", shot), ("query", query)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.dataset, self.split = dataset, split
         self.way, self.shot, self.query, self.seed = int(way), int(shot), int(query), int(seed)

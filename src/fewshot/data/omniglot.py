@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, save_tensors
 from .base import ClassDataset
 from .download import cache_dir, data_root, ensure_files
@@ -97,9 +98,13 @@ def _decoded(sources: list[Path], image_size: int, cache: Path):
     key = _fingerprint(sources, image_size)
     cache_file = cache / f"omniglot-{image_size}px-{key}.safetensors"
     if cache_file.exists():
-        tensors = load_tensors(cache_file)
-        meta = json.loads(bytes(tensors["meta"].tolist()).decode())
-        return tensors["images"], tensors["labels"], meta["names"], meta["sets"]
+        try:
+            tensors = load_tensors(cache_file)
+            meta = json.loads(bytes(tensors["meta"].tolist()).decode())
+            return tensors["images"], tensors["labels"], meta["names"], meta["sets"]
+        except (CheckpointError, KeyError, ValueError):
+            # A damaged cache is only a cache: decode the archives again and rewrite it.
+            warnings.warn(f"{cache_file} is damaged; decoding the Omniglot archives again", stacklevel=2)
     images, labels, names, sets = [], [], [], []
     for source in sources:
         entries = _image_entries(source)

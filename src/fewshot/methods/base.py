@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data.episodes import Episode
+from ..errors import ConfigError
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,6 +49,14 @@ class Method(nn.Module):
     def options(self) -> dict:
         """Constructor options, saved with a run so it can be rebuilt."""
         return {}
+
+    def set_test_options(self, **options) -> None:
+        """Change how :meth:`adapt` works at test time (e.g. MAML's ``inner_steps``).
+
+        Methods with test-time options override this; the default takes none.
+        """
+        if options:
+            raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,0 +1,91 @@
+"""Sinusoid regression, the toy task family of MAML (Finn, Abbeel & Levine, 2017, Section 5.1).
+
+Each task is ``y = A · sin(x − φ)`` with amplitude ``A ~ U[0.1, 5]`` and phase
+``φ ~ U[0, π]``; inputs are ``x ~ U[−5, 5]``. A task is an :class:`Episode` with
+``way=1``: ``shot`` support points and ``query`` query points, all ``(n, 1)`` float32.
+
+As with :class:`~fewshot.data.episodes.EpisodeSampler`, episode ``i`` depends only on
+``(seed, i, shot, query)``; its amplitude and phase depend only on ``(seed, i)``, so
+the same task index gives the same function whatever the shot count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .episodes import Episode
+
+AMPLITUDE = (0.1, 5.0)
+PHASE = (0.0, math.pi)
+X_RANGE = (-5.0, 5.0)
+
+
+@dataclass(frozen=True)
+class SinusoidTask:
+    """One sinusoid, ``y = amplitude · sin(x − phase)``."""
+
+    amplitude: float
+    phase: float
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        sin = torch.sin if isinstance(x, torch.Tensor) else np.sin
+        return self.amplitude * sin(x - self.phase)
+
+
+class SinusoidSampler:
+    """Draws sinusoid regression episodes: ``shot`` support and ``query`` query points."""
+
+    def __init__(self, shot: int, query: int, seed: int = 0):
+        for name, value in (("shot", shot), ("query", query)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.shot, self.query, self.seed = int(shot), int(query), int(seed)
+        self.way = 1
+
+    def __repr__(self) -> str:
+        return f"SinusoidSampler({self.shot}-shot {self.query}-query, seed={self.seed})"
+
+    def _rng(self, i: int) -> np.random.Generator:
+        if i < 0:
+            raise ConfigError(f"episode index must be non-negative, got {i}")
+        return np.random.default_rng((self.seed, int(i)))
+
+    @staticmethod
+    def _draw_task(rng: np.random.Generator) -> SinusoidTask:
+        # Drawn before the inputs so that a task does not depend on shot and query.
+        return SinusoidTask(float(rng.uniform(*AMPLITUDE)), float(rng.uniform(*PHASE)))
+
+    def task(self, i: int) -> SinusoidTask:
+        """The amplitude and phase of episode ``i``."""
+        return self._draw_task(self._rng(i))
+
+    def episode(self, i: int) -> Episode:
+        rng = self._rng(i)
+        task = self._draw_task(rng)
+        x = rng.uniform(*X_RANGE, size=(self.shot + self.query, 1))
+        x_t = torch.from_numpy(x.astype(np.float32))
+        y_t = torch.from_numpy(task(x).astype(np.float32))
+        return Episode(
+            support_x=x_t[: self.shot],
+            support_y=y_t[: self.shot],
+            query_x=x_t[self.shot :],
+            query_y=y_t[self.shot :],
+            way=1,
+            shot=self.shot,
+        )
+
+    def batch(self, step: int, size: int) -> list[Episode]:
+        """The meta-batch of training step ``step``: episodes ``step*size .. step*size+size-1``."""
+        return [self.episode(step * size + j) for j in range(size)]
+
+    def suite(self, count: int) -> Iterator[Episode]:
+        """Episodes ``0 .. count-1``: a fixed evaluation suite."""
+        return (self.episode(i) for i in range(count))

@@ -1,0 +1,110 @@
+"""The command line: one-line errors with exit status 2, working commands, JSON output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fewshot.cli import main
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "protonet", "--way", "five", "--out", "x"], ["--way", "invalid int"]),
+    (["train", "nosuchmethod", "--out", "x"], ["invalid choice"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_flags_exit_2_in_one_line(args, fragments, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(f in err[0] for f in fragments)
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    cases = [
+        (["data", "info", "nosuchdata"], "unknown dataset 'nosuchdata'"),
+        (["train", "protonet", "--dataset", "digits", "--way", "6", "--out", str(tmp_path / "r")],
+         "6-way episodes need 6 classes"),
+        (["train", "protonet", "--dataset", "digits", "--shot", "170", "--query", "15", "--out", str(tmp_path / "r")],
+         "170-shot 15-query needs 185"),
+        (["train", "protonet", "--dataset", "digits", "--train-split", "val", "--out", str(tmp_path / "r")],
+         "has no split 'val'"),
+        (["evaluate", str(tmp_path)], "not a fewshot run folder"),
+        (["train", "protonet", "--config", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r")],
+         "not found"),
+        (["runs", "show", "12345", "--runs", str(tmp_path)], "no run 12345"),
+        (["train", "--resume", str(tmp_path / "nothing")], "missing"),
+    ]
+    for args, fragment in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], (args, err)
+    assert not (tmp_path / "r").exists(), "a failed command must not leave a half-made run folder"
+
+
+def test_missing_omniglot_offline_says_where_to_put_the_files(tmp_path):
+    proc = run_cli("data", "info", "omniglot", "--data-root", str(tmp_path),
+                   env={"FEWSHOT_OFFLINE": "1", "FEWSHOT_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(proc, "images_background.zip", str(tmp_path / "omniglot"))
+
+
+def test_bad_config_file_is_one_line(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"lr": "fast"}')
+    proc = run_cli("train", "protonet", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert_one_line_error(proc, "config 'lr' must be float")
+    bad.write_text('{"learning_rate": 1}')
+    assert_one_line_error(run_cli("train", "protonet", "--config", str(bad), "--out", str(tmp_path / "r")),
+                          "unknown config key(s) learning_rate")
+
+
+def test_train_evaluate_runs_end_to_end(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    out = str(tmp_path / "run")
+    assert main(["train", "protonet", "--dataset", "digits", "--backbone-option", "depth=2", "--shot", "1",
+                 "--query", "5", "--episodes", "15", "--out", out, "--runs", runs, "--quiet"]) == 0
+    assert "trained protonet for 15 steps" in capsys.readouterr().out
+    assert main(["evaluate", out, "--way", "5", "--shot", "1", "--episodes", "40", "--runs", runs, "--quiet"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("accuracy ") and line.endswith("(40 episodes, 5-way 1-shot)")
+    assert main(["evaluate", out, "--shot", "5", "--episodes", "40", "--json", "--runs", runs, "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "ci95", "episodes", "way", "shot"} <= set(result)
+    assert result["episodes"] == 40 and result["shot"] == 5 and 20 < result["accuracy"] <= 100
+    assert main(["evaluate", "pixel-ncm", "--dataset", "digits", "--episodes", "40", "--json", "--runs", runs,
+                 "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "pixel-ncm"
+    assert main(["runs", "--runs", runs]) == 0
+    kinds = [line.split()[1] for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert kinds == ["train", "evaluate", "evaluate", "evaluate"]
+    assert main(["runs", "show", "1", "--runs", runs]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "train"
+
+
+def test_every_command_has_help():
+    for command in (["train"], ["evaluate"], ["data", "info"], ["runs"], ["demo"], []):
+        proc = run_cli(*command, "--help")
+        assert proc.returncode == 0 and "usage: fewshot" in proc.stdout
+
+
+def test_data_info_digits(capsys):
+    assert main(["data", "info", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "1797" in out
