@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
             episodes=args.episodes, meta_batch=args.meta_batch, lr=args.lr, lr_step=args.lr_step,
             val_every=args.val_every, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
-            seed=args.seed, train_split=args.train_split,
+            seed=args.seed, train_split=args.train_split, cpu_minutes=args.cpu_minutes,
             val_split=None if (args.val_split or "").lower() == "none" else args.val_split)
         run_dir = Path(args.out)
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
     g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
     g.add_argument("--lr-step", type=int, help="halve the learning rate every this many steps (default: never)")
+    g.add_argument("--cpu-minutes", type=float, help="stop (validated, checkpointed) after this much CPU time")
     g.add_argument("--val-every", type=int, help="validate every this many steps (default 500)")
     g.add_argument("--val-episodes", type=int, help="validation episodes (default 200)")
     g.add_argument("--checkpoint-every", type=int, help="checkpoint every this many steps (default 100)")

@@ -19,6 +19,8 @@ class TrainConfig:
     ``shot`` / ``query``. ``episodes`` counts meta-training steps, each over
     ``meta_batch`` episodes. ``lr_step`` > 0 multiplies the learning rate by
     ``lr_gamma`` every ``lr_step`` steps (Snell et al. halve it every 2,000).
+    ``cpu_minutes`` stops training (validated and checkpointed) once the process has
+    spent that much CPU time, counted across resumes.
     """
 
     method: str = "protonet"
@@ -46,6 +48,7 @@ class TrainConfig:
     val_episodes: int = 200
     checkpoint_every: int = 100
     seed: int = 0
+    cpu_minutes: float | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -210,7 +210,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{log['loss'] / log['count']:.3f}",
                                     acc=f"{log['accuracy'] / log['count']:.1f}")
                     log.update(loss=0.0, accuracy=0.0, count=0)
-                validate = (step + 1) % config.val_every == 0 or step + 1 == config.episodes
+                self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
+                out_of_budget = config.cpu_minutes is not None and self.state["cpu_seconds"] >= 60 * config.cpu_minutes
+                validate = (step + 1) % config.val_every == 0 or step + 1 == config.episodes or out_of_budget
                 if validate:
                     self._validate(progress)
                 self.state["seconds"] = seconds0 + time.perf_counter() - wall
@@ -218,6 +220,8 @@ class Trainer:
                 if validate or (step + 1) % config.checkpoint_every == 0:
                     self._save_checkpoint()
                 bar.update()
+                if out_of_budget:
+                    break
         if self.state["step"] == start_step and not self.state["done"]:
             self._save_checkpoint()
         self.state["done"] = True
