@@ -41,7 +41,8 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...]) -> Method:
     """The method a config describes, freshly initialised (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, image_shape, **config.backbone_options)
-    return build_method(config.method, backbone, **config.method_options)
+    return build_method(config.method, backbone, image_shape=tuple(image_shape), way=config.train_shape[0],
+                        **config.method_options)
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Method, dict]:

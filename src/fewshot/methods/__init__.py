@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from ..errors import ConfigError
@@ -12,13 +14,21 @@ from .protonet import ProtoNet
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, PixelNearestMean)}
 
 
-def build_method(name: str, backbone: nn.Module | None, **options) -> Method:
-    """Instantiate method ``name`` around ``backbone`` with its ``options``."""
+def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,
+                 way: int | None = None, **options) -> Method:
+    """Instantiate method ``name`` around ``backbone`` with its ``options``.
+
+    ``image_shape`` (channels, height, width) and ``way`` (of training episodes) are
+    passed to the methods whose constructor takes them (e.g. to size a head), and only
+    to those.
+    """
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    context = {k: v for k, v in (("image_shape", image_shape), ("way", way)) if k in accepted and v is not None}
     try:
-        return cls(backbone, **options) if cls.trainable else cls(**options)
+        return cls(backbone, **context, **options) if cls.trainable else cls(**options)
     except TypeError as e:
         raise ConfigError(f"bad option for method '{name}': {e}") from None
 
