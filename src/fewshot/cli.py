@@ -76,6 +76,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .train import Trainer
 
+    if args.nproc and args.nproc > 1:
+        from .distributed import launch
+
+        argv = list(args.argv)
+        i = argv.index("--nproc") if "--nproc" in argv else None
+        argv = argv[:i] + argv[i + 2:] if i is not None else [a for a in argv if not a.startswith("--nproc=")]
+        return launch(args.nproc, argv)
+
     if args.resume:
         from .io import read_json
 
@@ -94,13 +102,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             dataset_options=_dataset_options(args), method_options=method_options or None,
             backbone_options=backbone_options or None, way=args.way, shot=args.shot, query=args.query,
             train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
-            episodes=args.episodes, meta_batch=args.meta_batch, lr=args.lr, lr_step=args.lr_step,
+            episodes=args.episodes, meta_batch=args.meta_batch, optimizer=args.optimizer, lr=args.lr, lr_step=args.lr_step,
             val_every=args.val_every, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
             seed=args.seed, train_split=args.train_split, cpu_minutes=args.cpu_minutes,
             val_split=None if (args.val_split or "").lower() == "none" else args.val_split)
         run_dir = Path(args.out)
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
+    if not trainer.dist.is_main:
+        return 0
     best = (f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
             if result.best_accuracy is not None else "no validation split: kept the last weights")
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
@@ -242,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], help="outer-loop optimiser (default adam)")
     g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
     g.add_argument("--lr-step", type=int, help="halve the learning rate every this many steps (default: never)")
     g.add_argument("--cpu-minutes", type=float, help="stop (validated, checkpointed) after this much CPU time")
@@ -251,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-split", help="split to train on (default train)")
     g.add_argument("--val-split", help="split to validate on (default val; 'none': no validation)")
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ./runs)")
+    p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -310,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except FewShotError as e:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import TrainConfig
 from .data import ClassDataset, EpisodeSampler, load_dataset
+from .distributed import from_environment
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate
 from .io import load_tensors, read_json, save_tensors, write_json
@@ -105,6 +106,11 @@ class Trainer:
         self.method = build_model(config, self.dataset.image_shape)
         if not self.method.trainable:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
+        self.dist = from_environment()
+        if config.meta_batch < self.dist.world_size:
+            raise ConfigError(f"--meta-batch {config.meta_batch} gives {self.dist.world_size} processes nothing to do; "
+                              f"use a meta-batch of at least {self.dist.world_size}")
+        self.dist.broadcast_parameters(self.method)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
         self.state: dict[str, Any] = {
@@ -172,16 +178,19 @@ class Trainer:
 
     def run(self, *, resume: bool = False, progress: bool = True, record: bool = True) -> TrainResult:
         config = self.config
-        if (self.run_dir / "state.json").exists():
+        exists = (self.run_dir / "state.json").exists()
+        self.dist.barrier()  # every process looks before the main one creates anything
+        if exists:
             if not resume:
                 raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
             self._restore()
         elif resume:
             raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
-        else:
+        elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", config.to_dict())
             write_json(self.run_dir / "state.json", self.state)
+        self.dist.barrier()  # every process has read the state before the main one writes again
 
         way, shot, query = config.train_shape
         images_per_step = config.meta_batch * way * (shot + query)
@@ -191,18 +200,12 @@ class Trainer:
         log = self.state["log"]
         self.method.train()
         with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
-                  disable=not progress, dynamic_ncols=True) as bar:
+                  disable=not progress or not self.dist.is_main, dynamic_ncols=True) as bar:
             for step in range(start_step, config.episodes):
-                episodes = self.sampler.batch(step, config.meta_batch)
-                loss, metrics = self.method.loss(episodes)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"training loss became {loss.item()} at step {step}; lower --lr and train again")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                log["loss"] += loss.item()
-                log["accuracy"] += metrics.get("accuracy", math.nan)
+                spent = cpu0 + time.process_time() - cpu
+                loss, acc, out_of_budget = self._step(step, config.cpu_minutes is not None and spent >= 60 * config.cpu_minutes)
+                log["loss"] += loss
+                log["accuracy"] += acc
                 log["count"] += 1
                 self.state["step"] = step + 1
                 if log["count"] == LOG_EVERY or step + 1 == config.episodes:
@@ -212,22 +215,46 @@ class Trainer:
                                     acc=f"{log['accuracy'] / log['count']:.1f}")
                     log.update(loss=0.0, accuracy=0.0, count=0)
                 self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
-                out_of_budget = config.cpu_minutes is not None and self.state["cpu_seconds"] >= 60 * config.cpu_minutes
                 validate = (step + 1) % config.val_every == 0 or step + 1 == config.episodes or out_of_budget
-                if validate:
+                if validate and self.dist.is_main:
                     self._validate(progress)
                 self.state["seconds"] = seconds0 + time.perf_counter() - wall
                 self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
-                if validate or (step + 1) % config.checkpoint_every == 0:
+                if (validate or (step + 1) % config.checkpoint_every == 0) and self.dist.is_main:
                     self._save_checkpoint()
                 bar.update()
                 if out_of_budget:
                     break
-        if self.state["step"] == start_step and not self.state["done"]:
-            self._save_checkpoint()
         self.state["done"] = True
-        write_json(self.run_dir / "state.json", self.state)
-        return self._finish(images_per_step, record)
+        if self.dist.is_main:
+            if self.state["step"] == start_step and self.state["checkpoint"] is None:
+                self._save_checkpoint()
+            write_json(self.run_dir / "state.json", self.state)
+        self.dist.barrier()
+        return self._finish(images_per_step, record and self.dist.is_main)
+
+    def _step(self, step: int, out_of_budget: bool) -> tuple[float, float, bool]:
+        """One meta-update; returns the meta-batch's mean loss and accuracy and whether
+        (on the main process's clock) the CPU budget is spent, agreed by every process."""
+        episodes = self.sampler.batch(step, self.config.meta_batch)
+        mine = episodes[self.dist.rank :: self.dist.world_size]
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = torch.zeros(4, dtype=torch.float64)
+        if mine:
+            loss, metrics = self.method.loss(mine)
+            # This process's share of the mean over the whole meta-batch.
+            (loss * (len(mine) / len(episodes))).backward()
+            stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get("accuracy", math.nan) * len(mine), len(mine)])
+        stats[3] = float(out_of_budget and self.dist.is_main)
+        if self.dist.active:
+            self.dist.all_reduce_gradients(self.method.parameters())
+            self.dist.all_reduce_(stats)
+        mean_loss = float(stats[0] / stats[2])
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"training loss became {mean_loss} at step {step}; lower --lr and train again")
+        self.optimizer.step()
+        self.scheduler.step()
+        return mean_loss, float(stats[1] / stats[2]), bool(stats[3] > 0)
 
     def _validate(self, progress: bool) -> None:
         """Validation accuracy on the fixed suite; keeps the best weights (the last, without a val split)."""

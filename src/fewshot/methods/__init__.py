@@ -9,9 +9,20 @@ from torch import nn
 from ..errors import ConfigError
 from .base import Method, Predictor, accuracy, class_means
 from .baselines import PixelNearestMean
+from .mann import MANN
+from .maml import ANIL, FOMAML, MAML, MetaSGD
+from .matching import MatchingNet
+from .pretrain import Baseline, BaselinePlusPlus
 from .protonet import ProtoNet
+from .relation import RelationNet
+from .reptile import Reptile
+from .taskcond import TaskCondNet
+from .transfer import FineTune
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, PixelNearestMean)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
+                          MAML, FOMAML, MetaSGD, ANIL, Reptile, Baseline, BaselinePlusPlus)
+}
 
 
 def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,

@@ -1,0 +1,417 @@
+"""Gradient-based meta-learning: MAML, first-order MAML, Meta-SGD and ANIL.
+
+* MAML (Finn, Abbeel and Levine, ICML 2017): learn an initialisation from which a few
+  gradient steps on a task's support set give low loss on its query set. The
+  meta-gradient differentiates through the inner steps (second order) unless
+  ``first_order=True`` (FOMAML, registered as ``fomaml``), which treats the inner
+  gradients as constants. ``learn_inner_lr=True`` learns one inner learning rate per
+  step and per parameter tensor (the "LSLR" of Antoniou et al.'s MAML++, 2019).
+* Meta-SGD (Li, Zhou, Chen and Li, 2017): one learning rate per parameter *element*,
+  learned in the outer loop with the initialisation (``metasgd``).
+* ANIL (Raghu, Raghu, Bengio and Vinyals, ICLR 2020): the inner loop adapts the head
+  only; the body is shared by all tasks and learned in the outer loop (``anil``).
+
+Reptile lives in :mod:`fewshot.methods.reptile`.
+
+**Any module.** The inner loop runs the backbone functionally
+(:mod:`fewshot.models.functional`): an unmodified ``nn.Module``, pre-trained or not,
+with its parameters swapped for the fast weights. BatchNorm normalises every pass with
+the statistics of its own batch (one task's support set, or its query set) and never
+touches the running statistics (``batch_norm="task"``, the default; ``"running"``
+uses the stored statistics instead, frozen).
+
+**The head.** Classification adds ``nn.Linear(features, way)`` on the backbone, learned
+like every other parameter (Finn et al.). ``way`` is the training way, passed by the
+trainer. A task with fewer classes adapts the first ``way`` rows of the head (e.g. a
+20-way model evaluated 5-way); a task with more classes than the head has rows is
+refused with a message saying to train with that way. ``task="regression"`` (the
+sinusoid of Finn et al.) adds no head: the backbone is the whole model
+(``MLP(1, (40, 40), out_features=1)``) and the loss is the mean squared error.
+
+**Meta-gradient, task by task.** :meth:`MAML.loss` computes each task's
+meta-gradient as soon as its query loss is known and frees that task's graph, then
+returns a scalar equal to the mean query loss whose gradient is the mean
+meta-gradient (:func:`~fewshot.models.functional.surrogate_loss`). The trainer's
+``loss.backward()`` and optimiser step therefore apply exactly the MAML update, while
+peak memory is that of one task rather than of the whole meta-batch.
+
+**Evaluation** (:meth:`MAML.adapt`) takes first-order steps from detached weights
+under ``torch.enable_grad()``: no second-order graph is built and nothing outlives an
+episode, so memory stays flat over a 600-episode suite. ``test_inner_steps`` (or
+``fewshot evaluate --inner-steps N``, via :meth:`MAML.set_test_options`) may differ
+from the training steps; steps beyond those with a learned rate reuse the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.episodes import Episode
+from ..errors import ConfigError
+from ..models.backbones import feature_dim
+from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory, surrogate_loss
+from .base import Method, Predictor, accuracy
+
+TASKS = ("classification", "regression")
+DEFAULT_IMAGE_SHAPE = (1, 28, 28)
+
+Forward = Callable[[dict, torch.Tensor], torch.Tensor]
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+def _check_lr(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class MAML(Method):
+    """Model-Agnostic Meta-Learning (see the module docstring).
+
+    Options: ``way`` (rows of the head: the training way), ``inner_steps`` (training
+    inner steps; 0 trains the plain joint model, the "pretrained" baseline of Finn et
+    al.), ``inner_lr``, ``first_order``, ``learn_inner_lr`` (per-step, per-tensor
+    learned rates), ``test_inner_steps`` (default: ``inner_steps``), ``task``
+    (``classification`` / ``regression``), ``image_shape`` or ``in_features`` (to size
+    the head; the trainer passes ``image_shape``, and without either a dry run on a
+    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``) and
+    ``tune_allocator`` (let glibc keep freed memory, see
+    :func:`~fewshot.models.functional.keep_freed_memory`).
+    """
+
+    name = "maml"
+    test_mode = "train"
+    #: Names of the parameters the inner loop adapts: "all", or "head" (ANIL).
+    adapts = "all"
+    #: ``first_order`` when the option is not given.
+    default_first_order = False
+
+    def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
+                 first_order: bool | None = None, learn_inner_lr: bool = False, test_inner_steps: int | None = None,
+                 task: str = "classification", image_shape: Sequence[int] | None = None,
+                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True):
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise ConfigError(f"{self.name} needs a backbone module, got {type(backbone).__name__}")
+        first_order = self.default_first_order if first_order is None else first_order
+        if self.default_first_order and first_order is not True:
+            raise ConfigError(f"{self.name} is first-order by definition; use maml for the second-order meta-gradient")
+        if task not in TASKS:
+            raise ConfigError(f"unknown {self.name} task '{task}'; choose one of: {', '.join(TASKS)}")
+        for flag, value in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
+                            ("tune_allocator", tune_allocator)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
+        self.way = _check_int("way", way, 1)
+        self.inner_steps = _check_int("inner_steps", inner_steps, 0)
+        self.inner_lr = _check_lr("inner_lr", inner_lr)
+        self.test_inner_steps = (None if test_inner_steps is None
+                                 else _check_int("test_inner_steps", test_inner_steps, 0))
+        self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
+        self.batch_norm = check_batch_norm(batch_norm)
+        self.tune_allocator = tune_allocator
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.backbone = backbone
+        self.head: nn.Linear | None = None
+        if task == "classification":
+            if in_features is None:
+                shape = self.image_shape or DEFAULT_IMAGE_SHAPE
+                try:
+                    in_features = feature_dim(backbone, shape)
+                except ConfigError:
+                    raise
+                except Exception as e:  # the dry run failed: the input shape is wrong for this backbone
+                    raise ConfigError(f"{self.name} could not size its head by a dry run of the backbone on a "
+                                      f"{'x'.join(map(str, shape))} input ({type(e).__name__}: {e}); pass "
+                                      f"image_shape=(c, h, w) or in_features=N") from None
+            self.in_features = _check_int("in_features", in_features, 1)
+            self.head = nn.Linear(self.in_features, self.way)
+        else:
+            self.in_features = in_features
+        self._fmodel = FunctionalModule(self, self.batch_norm)
+        self._adapted = self._adapted_names()
+        self._init_learned_rates()
+        self._test_lr: float | None = None
+
+    # -- structure ---------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The predictor: logits (classification) or predictions (regression)."""
+        features = self.backbone(x)
+        return self.head(features) if self.head is not None else features
+
+    def _head_module(self) -> tuple[str, nn.Module]:
+        """``(name prefix, module)`` of the head: the classification head, or for
+        regression the last layer of a sequential backbone."""
+        if self.head is not None:
+            return "head.", self.head
+        if isinstance(self.backbone, nn.Sequential) and len(self.backbone) > 1:
+            last = len(self.backbone) - 1
+            if any(True for _ in self.backbone[last].parameters()):
+                return f"backbone.{last}.", self.backbone[last]
+        raise ConfigError(f"{self.name} with task='regression' needs an nn.Sequential backbone whose last layer "
+                          "has parameters (the head)")
+
+    def _adapted_names(self) -> list[str]:
+        names = [n for n, p in self.named_parameters() if n.startswith(("backbone.", "head.")) and p.requires_grad]
+        if self.adapts == "head":
+            prefix, _ = self._head_module()
+            names = [n for n in names if n.startswith(prefix)]
+        if not names:
+            raise ConfigError(f"{self.name} has no trainable parameters to adapt")
+        return names
+
+    def _init_learned_rates(self) -> None:
+        self.step_lrs = None
+        if self.learn_inner_lr:
+            # One rate per inner step and parameter tensor (MAML++'s LSLR).
+            self.step_lrs = nn.Parameter(torch.full((max(self.inner_steps, 1), len(self._adapted)), self.inner_lr))
+
+    def _lrs(self, step: int, detach: bool, test: bool = False) -> list[torch.Tensor | float]:
+        """The inner learning rate of each adapted tensor at ``step`` (``test``: at test time)."""
+        if self.step_lrs is None:
+            lr = self._test_lr if test and self._test_lr is not None else self.inner_lr
+            return [lr] * len(self._adapted)
+        row = self.step_lrs[min(step, self.step_lrs.shape[0] - 1)]
+        row = row.detach() if detach else row
+        return list(row.unbind(0))
+
+    def options(self) -> dict:
+        options = {"way": self.way, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
+                   "first_order": self.first_order, "learn_inner_lr": self.learn_inner_lr,
+                   "test_inner_steps": self.test_inner_steps, "task": self.task, "batch_norm": self.batch_norm,
+                   "tune_allocator": self.tune_allocator}
+        if self.head is not None:
+            options["in_features"] = self.in_features
+        return options
+
+    def set_test_options(self, inner_steps: int | None = None, inner_lr: float | None = None, **options) -> None:
+        """Test-time ``inner_steps`` and, for fixed rates, ``inner_lr``."""
+        if options:
+            raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}; "
+                              "it takes inner_steps and inner_lr")
+        if inner_steps is not None:
+            self.test_inner_steps = _check_int("inner_steps", inner_steps, 0)
+        if inner_lr is not None:
+            if self._learns_rates():
+                raise ConfigError(f"{self.name} learned its inner learning rates; a test-time inner_lr would replace them")
+            self._test_lr = _check_lr("inner_lr", inner_lr)
+
+    def _learns_rates(self) -> bool:
+        return self.step_lrs is not None
+
+    # -- the inner loop ------------------------------------------------------------------
+
+    def _task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "regression":
+            return F.mse_loss(out, y.to(out.dtype).view_as(out))
+        return F.cross_entropy(out, y)
+
+    def _start(self, way: int, detach: bool) -> dict[str, torch.Tensor]:
+        """The initial weights of the predictor for a ``way``-way task (the head sliced to ``way`` rows)."""
+        params = {n: p for n, p in self.named_parameters() if n.startswith(("backbone.", "head."))}
+        if self.head is not None:
+            rows = self.head.out_features
+            if way > rows:
+                raise ConfigError(f"{self.name} was trained for {rows}-way tasks; its head cannot adapt to {way} "
+                                  f"classes (train with --way {way}, or -o way={way})")
+            if way < rows:
+                params["head.weight"], params["head.bias"] = params["head.weight"][:way], params["head.bias"][:way]
+        if detach:
+            params = {n: p.detach() for n, p in params.items()}
+        return params
+
+    def _task_model(self, support_x: torch.Tensor, query_x: torch.Tensor | None, params: dict,
+                    detach: bool) -> tuple[Forward, torch.Tensor, torch.Tensor | None, dict]:
+        """What the inner loop runs: ``(forward(params, x), support input, query input,
+        adapted-start params)``. MAML runs the whole model on the images."""
+        return self._fmodel, support_x, query_x, params
+
+    def _inner_loop(self, forward: Forward, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int,
+                    create_graph: bool, detach: bool, test: bool | None = None) -> dict:
+        """``steps`` gradient steps on ``(x, y)`` from ``params``.
+
+        ``create_graph`` keeps the graph of the steps (second-order meta-gradient);
+        ``detach`` (evaluation) restarts every step from detached leaves, so no graph
+        outlives a step. ``test`` (default: ``detach``) applies a test-time ``inner_lr``.
+        """
+        names = self._adapted
+        test = detach if test is None else test
+        for step in range(steps):
+            if detach:
+                params = {n: (p.detach().requires_grad_(True) if n in names else p) for n, p in params.items()}
+            loss = self._task_loss(forward(params, x), y)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+            new = dict(params)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+                for name, grad, lr in zip(names, grads, self._lrs(step, detach, test)):
+                    if torch.is_tensor(lr) and lr.dim() and lr.shape[0] != grad.shape[0]:
+                        lr = lr[: grad.shape[0]]  # a head sliced to fewer ways: its rates too
+                    new[name] = params[name] - lr * grad
+            params = new
+        if detach:
+            params = {n: p.detach() for n, p in params.items()}
+        return params
+
+    def _test_steps(self) -> int:
+        return self.inner_steps if self.test_inner_steps is None else self.test_inner_steps
+
+    # -- the interface -------------------------------------------------------------------
+
+    def _episode_loss(self, ep: Episode, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query loss (with its graph) and query outputs of one episode after the inner loop."""
+        start = self._start(ep.way, detach=False)
+        forward, sx, qx, params = self._task_model(ep.support_x, ep.query_x, start, detach=False)
+        fast = self._inner_loop(forward, params, sx, ep.support_y, self.inner_steps, create_graph, detach=False)
+        out = forward(fast, qx)
+        return self._task_loss(out, ep.query_y), out
+
+    def _meta_params(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean query loss after the inner loop; its gradient is the mean meta-gradient.
+
+        Each task's meta-gradient is computed (``torch.autograd.grad``) right after its
+        query loss and its graph freed; the returned scalar carries their mean to the
+        trainer's ``backward()`` (see :func:`~fewshot.models.functional.surrogate_loss`).
+        Called under ``torch.no_grad()``, it only measures the loss.
+        """
+        if not episodes:
+            raise ConfigError(f"{self.name}.loss needs at least one episode")
+        if self.tune_allocator:
+            keep_freed_memory()
+        meta = self._meta_params()
+        want_grad = torch.is_grad_enabled()
+        total: list[torch.Tensor | None] = [None] * len(meta)
+        values, metrics = [], []
+        scale = 1.0 / len(episodes)
+        for ep in episodes:
+            with torch.enable_grad():
+                loss, out = self._episode_loss(ep, create_graph=want_grad and not self.first_order)
+                if want_grad:
+                    grads = torch.autograd.grad(loss * scale, meta, allow_unused=True)
+                    for i, g in enumerate(grads):
+                        if g is not None:
+                            total[i] = g.clone() if total[i] is None else total[i].add_(g)
+            values.append(loss.detach())
+            metrics.append(self._metric(out.detach(), ep.query_y))
+        value = torch.stack(values).mean()
+        summary = self._summary(metrics)
+        if not want_grad:
+            return value, summary
+        return surrogate_loss(value, meta, total), summary
+
+    def _metric(self, out: torch.Tensor, y: torch.Tensor) -> float:
+        if self.task == "regression":
+            return float(F.mse_loss(out, y.to(out.dtype).view_as(out)))
+        return accuracy(out, y)
+
+    def _summary(self, metrics: list[float]) -> dict[str, float]:
+        mean = sum(metrics) / len(metrics)
+        return {"mse": mean} if self.task == "regression" else {"accuracy": mean}
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+        """``self._test_steps()`` first-order steps on the support set; a predictor of the query.
+
+        Runs under ``torch.enable_grad()`` (evaluation calls it under ``no_grad``) from
+        detached weights: nothing is kept between steps, or after the episode, but the
+        fast weights the predictor closes over.
+        """
+        with torch.enable_grad():
+            start = self._start(way, detach=True)
+            forward, sx, _, params = self._task_model(support_x, None, start, detach=True)
+            fast = self._inner_loop(forward, params, sx, support_y, self._test_steps(), create_graph=False,
+                                    detach=True)
+        return self._predictor(fast)
+
+    def _predictor(self, fast: dict) -> Predictor:
+        def predict(query_x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                forward, _, qx, params = self._task_model(query_x[:0], query_x, fast, detach=True)
+                return forward(params, qx)
+        return predict
+
+
+class FOMAML(MAML):
+    """First-order MAML: ``MAML(first_order=True)``; the inner gradients are constants."""
+
+    name = "fomaml"
+    default_first_order = True
+
+
+class MetaSGD(MAML):
+    """Meta-SGD: a learned inner learning rate for every parameter element.
+
+    The rates start at ``inner_lr`` and are learned with the initialisation; Li et al.
+    adapt in one step (the default). Second-order by default; with
+    ``first_order=True`` the rates still learn (their gradient needs no second order).
+    """
+
+    name = "metasgd"
+
+    def _init_learned_rates(self) -> None:
+        self.step_lrs = None
+        params = dict(self.named_parameters())
+        self.inner_lrs = nn.ParameterList(
+            [nn.Parameter(torch.full_like(params[n], self.inner_lr)) for n in self._adapted])
+
+    def _learns_rates(self) -> bool:
+        return True
+
+    def _lrs(self, step: int, detach: bool, test: bool = False) -> list[torch.Tensor | float]:
+        return [lr.detach() for lr in self.inner_lrs] if detach else list(self.inner_lrs)
+
+    def options(self) -> dict:
+        options = super().options()
+        options.pop("learn_inner_lr")
+        return options
+
+
+class ANIL(MAML):
+    """Almost No Inner Loop: the inner loop adapts the head only.
+
+    The body's features of the support and the query sets are computed once per task
+    (each set normalised with its own statistics, as in MAML) and the inner steps run
+    on the head alone, so an inner step costs a linear layer. The body learns in the
+    outer loop through the adapted head (second order by default).
+    """
+
+    name = "anil"
+    adapts = "head"
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is not None:
+            return FunctionalModule(self.backbone, self.batch_norm)({}, x)
+        body = nn.Sequential(*list(self.backbone)[:-1])
+        return FunctionalModule(body, self.batch_norm)({}, x)
+
+    def _task_model(self, support_x, query_x, params, detach):
+        prefix, head = self._head_module()
+        head_params = {n: p for n, p in params.items() if n.startswith(prefix)}
+        fhead = FunctionalModule(head, self.batch_norm)
+
+        def forward(p: dict, features: torch.Tensor) -> torch.Tensor:
+            return fhead({n[len(prefix):]: t for n, t in p.items()}, features)
+
+        if detach:
+            with torch.no_grad():
+                sf = self._body(support_x) if len(support_x) else None
+                qf = self._body(query_x) if query_x is not None else None
+        else:
+            sf = self._body(support_x)
+            qf = self._body(query_x) if query_x is not None else None
+        return forward, sf, qf, head_params
+
+
+__all__ = ["ANIL", "FOMAML", "MAML", "MetaSGD"]

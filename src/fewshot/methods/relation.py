@@ -1,0 +1,166 @@
+"""Relation Networks (Sung, Yang, Zhang, Xiang, Torr and Hospedales, CVPR 2018).
+
+An embedding module ``f`` and a learned relation module ``g`` score every
+(query, class) pair: ``r_{i,j} = g(C(f(x_i), f(x_j)))`` with ``C`` the concatenation
+along the channel dimension (eq. 1 of the paper). For K-shot tasks the paper *sums*
+the embedding feature maps of each class's support examples into one class feature
+map (section 3.3); ``aggregate="mean"`` averages them instead.
+
+Two relation modules:
+
+* ``relation="conv"`` (the paper's, section 3.4): on Conv-4 feature maps, two blocks of
+  3×3 convolution (64 filters), BatchNorm, ReLU and 2×2 max-pool, then a ReLU fully
+  connected layer of ``hidden`` = 8 units and one output. As in the paper's embedding
+  module, the last ``unpooled_blocks`` = 2 blocks of the backbone lose their max-pool,
+  so 28×28 Omniglot gives 64×7×7 feature maps (the paper's own, unpadded first
+  convolutions give 5×5). The backbone must end in ``nn.Flatten`` (Conv-4, ResNet-12),
+  which is dropped to keep the feature maps; it is modified in place.
+* ``relation="mlp"``: for flat features, a fully connected ReLU layer of ``hidden`` (64)
+  units on the concatenated pair, then one output.
+
+``loss="mse"`` (the paper's) regresses the sigmoid relation scores on the one-hot
+match, ``(r_{i,j} - 1[y_i = y_j])²``; ``loss="ce"`` applies cross-entropy to the raw
+scores instead. The predictor returns the raw (pre-sigmoid) scores as logits; their
+argmax is the same either way.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.episodes import Episode
+from ..errors import ConfigError
+from .base import Method, Predictor, accuracy
+
+RELATIONS = ("conv", "mlp")
+LOSSES = ("mse", "ce")
+AGGREGATES = ("sum", "mean")
+
+
+def _without_pooling(encoder: nn.Sequential, blocks: int) -> None:
+    """Replace every max-pool in the last ``blocks`` pooling children of ``encoder`` by identity."""
+    pooled = [child for child in encoder if any(isinstance(m, nn.MaxPool2d) for m in child.modules())]
+    if blocks > len(pooled):
+        raise ConfigError(f"relationnet unpooled_blocks={blocks} but the backbone has {len(pooled)} pooling blocks")
+    for child in pooled[len(pooled) - blocks:]:
+        for parent in list(child.modules()):
+            for name, module in parent.named_children():
+                if isinstance(module, nn.MaxPool2d):
+                    setattr(parent, name, nn.Identity())
+
+
+class ConvRelation(nn.Module):
+    """The paper's relation module on pairs of ``(channels, h, w)`` feature maps."""
+
+    def __init__(self, channels: int, size: tuple[int, int], hidden: int = 8, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        h, w = size
+        for i in range(2):
+            layers += [nn.Conv2d(2 * channels if i == 0 else width, width, 3, padding=1), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            if min(h, w) >= 2:  # pool while there is something to pool (the paper: 5 -> 2 -> 1)
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        self.convs = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * h * w, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, 1))
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(pairs.contiguous(memory_format=torch.channels_last)))[:, 0]
+
+
+class RelationNet(Method):
+    """Relation Networks. Options: ``relation`` ("conv" | "mlp"), ``loss`` ("mse" | "ce"),
+    ``aggregate`` ("sum" | "mean") of K-shot support features, ``hidden`` units of the
+    relation module's fully connected layer (default 8 for conv, 64 for mlp),
+    ``unpooled_blocks`` (conv only). Needs ``image_shape`` to size the relation module."""
+
+    name = "relationnet"
+
+    def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, relation: str = "conv",
+                 loss: str = "mse", aggregate: str = "sum", hidden: int | None = None, unpooled_blocks: int = 2):
+        super().__init__()
+        for option, value, choices in (("relation", relation, RELATIONS), ("loss", loss, LOSSES),
+                                       ("aggregate", aggregate, AGGREGATES)):
+            if value not in choices:
+                raise ConfigError(f"unknown relationnet {option} '{value}'; choose one of: {', '.join(choices)}")
+        if image_shape is None:
+            raise ConfigError("relationnet needs image_shape=(c, h, w) to size its relation module")
+        if not isinstance(unpooled_blocks, int) or unpooled_blocks < 0:
+            raise ConfigError(f"relationnet unpooled_blocks must be a non-negative integer, got {unpooled_blocks!r}")
+        self.relation_kind, self.loss_kind, self.aggregate = relation, loss, aggregate
+        self.hidden = int(hidden if hidden is not None else (8 if relation == "conv" else 64))
+        self.unpooled_blocks = unpooled_blocks
+        if relation == "conv":
+            children = list(backbone.children()) if isinstance(backbone, nn.Sequential) else []
+            if not children or not isinstance(children[-1], nn.Flatten):
+                raise ConfigError("relationnet relation='conv' needs a backbone ending in Flatten (conv4, resnet12); "
+                                  "use relation='mlp' for flat features")
+            self.encoder: nn.Module = nn.Sequential(*children[:-1])
+            _without_pooling(self.encoder, unpooled_blocks)
+            channels, h, w = self._dry_run(image_shape)
+            self.relation = ConvRelation(channels, (h, w), self.hidden, width=channels)
+        else:
+            self.encoder = backbone
+            (d,) = self._dry_run(image_shape)
+            self.relation = nn.Sequential(nn.Linear(2 * d, self.hidden), nn.ReLU(inplace=True),
+                                          nn.Linear(self.hidden, 1), nn.Flatten(0))
+
+    @torch.no_grad()
+    def _dry_run(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            shape = tuple(self.encoder(torch.zeros(2, *image_shape)).shape[1:])
+        finally:
+            self.encoder.train(was_training)
+        expected = 3 if self.relation_kind == "conv" else 1
+        if len(shape) != expected:
+            raise ConfigError(f"relationnet relation='{self.relation_kind}' needs {expected}-d features per image, "
+                              f"the backbone gives shape {shape}")
+        return shape
+
+    def options(self) -> dict:
+        return {"relation": self.relation_kind, "loss": self.loss_kind, "aggregate": self.aggregate,
+                "hidden": self.hidden, "unpooled_blocks": self.unpooled_blocks}
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.relation_kind == "conv":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.encoder(x)
+
+    def _class_features(self, support: torch.Tensor, support_y: torch.Tensor, way: int) -> torch.Tensor:
+        flat = support.reshape(len(support), -1)
+        sums = torch.zeros(way, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, support_y, flat)
+        if self.aggregate == "mean":
+            sums = sums / torch.bincount(support_y, minlength=way).clamp_min(1).to(flat.dtype)[:, None]
+        return sums.view(way, *support.shape[1:])
+
+    def _scores(self, classes: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Raw relation scores ``(queries, way)`` of every (query, class) pair."""
+        m, way = len(query), len(classes)
+        pairs = torch.cat([classes[None].expand(m, *classes.shape), query[:, None].expand(m, way, *query.shape[1:])],
+                          dim=2)
+        return self.relation(pairs.reshape(m * way, *pairs.shape[2:])).view(m, way)
+
+    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, accs = [], []
+        for ep in episodes:
+            features = self._encode(torch.cat([ep.support_x, ep.query_x]))
+            n = len(ep.support_x)
+            scores = self._scores(self._class_features(features[:n], ep.support_y, ep.way), features[n:])
+            if self.loss_kind == "mse":
+                losses.append(F.mse_loss(torch.sigmoid(scores), F.one_hot(ep.query_y, ep.way).to(scores.dtype)))
+            else:
+                losses.append(F.cross_entropy(scores, ep.query_y))
+            accs.append(accuracy(scores, ep.query_y))
+        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+        classes = self._class_features(self._encode(support_x), support_y, way)
+        return lambda query_x: self._scores(classes, self._encode(query_x))

@@ -1,0 +1,97 @@
+"""Reptile (Nichol, Achiam and Schulman, "On First-Order Meta-Learning Algorithms", 2018).
+
+For each task of a meta-batch, Reptile runs ``inner_steps`` plain SGD steps from the
+shared weights θ and moves θ toward the mean of the adapted weights φ̃:
+
+    θ ← θ + ε (mean_i φ̃_i − θ)
+
+No gradient flows through the inner loop. To run on the one shared trainer,
+:meth:`Reptile.loss` returns a surrogate scalar whose gradient with respect to θ is
+``θ − mean_i φ̃_i`` (:func:`~fewshot.models.functional.surrogate_loss`): the
+trainer's optimiser step then *is* the Reptile update. With plain SGD without momentum
+at learning rate ε it is exactly the formula above; with the trainer's default Adam it
+is Reptile with an Adam outer step (Nichol et al. discuss both).
+
+As in Reptile's own Omniglot runs, which meta-train with more shots than they test
+with, the inner loop of meta-training uses all of an episode's examples, support and
+query (``use_query=True``; ``False`` uses the support set alone). The reported loss
+and accuracy are those of the adapted weights on the query set. Evaluation adapts on
+the support set with ``test_inner_steps`` steps (Nichol et al. used 50 on Omniglot).
+
+The model, the head (sliced for fewer ways) and BatchNorm (per-task batch
+statistics) are as in :class:`~fewshot.methods.maml.MAML`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..data.episodes import Episode
+from ..errors import ConfigError
+from ..models.functional import keep_freed_memory, surrogate_loss
+from .maml import MAML
+
+
+class Reptile(MAML):
+    """Reptile. Options: ``way``, ``inner_steps`` (default 5), ``inner_lr`` (SGD, default
+    0.1), ``test_inner_steps``, ``use_query``, ``task``, ``image_shape`` / ``in_features``,
+    ``batch_norm``, ``tune_allocator`` (as for :class:`~fewshot.methods.maml.MAML`)."""
+
+    name = "reptile"
+    default_first_order = True
+
+    def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
+                 test_inner_steps: int | None = None, use_query: bool = True, task: str = "classification",
+                 image_shape: Sequence[int] | None = None, in_features: int | None = None,
+                 batch_norm: str = "task", tune_allocator: bool = True):
+        if not isinstance(use_query, bool):
+            raise ConfigError(f"reptile use_query must be true or false, got {use_query!r}")
+        super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
+                         test_inner_steps=test_inner_steps, task=task, image_shape=image_shape,
+                         in_features=in_features, batch_norm=batch_norm, tune_allocator=tune_allocator)
+        self.use_query = use_query
+
+    def options(self) -> dict:
+        options = super().options()
+        for key in ("first_order", "learn_inner_lr"):
+            options.pop(key)
+        options["use_query"] = self.use_query
+        return options
+
+    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean post-adaptation query loss; its gradient is ``θ − mean φ̃`` (see the module docstring)."""
+        if not episodes:
+            raise ConfigError("reptile.loss needs at least one episode")
+        if self.tune_allocator:
+            keep_freed_memory()
+        params = dict(self.named_parameters())
+        names = self._adapted
+        total = [torch.zeros_like(params[n]) for n in names]
+        values, metrics = [], []
+        for ep in episodes:
+            x, y = ep.support_x, ep.support_y
+            if self.use_query:
+                x, y = torch.cat([x, ep.query_x]), torch.cat([y, ep.query_y])
+            with torch.enable_grad():
+                start = self._start(ep.way, detach=True)
+                fast = self._inner_loop(self._fmodel, start, x, y, self.inner_steps, create_graph=False,
+                                        detach=True, test=False)
+            with torch.no_grad():
+                out = self._fmodel(fast, ep.query_x)
+                values.append(self._task_loss(out, ep.query_y))
+                metrics.append(self._metric(out, ep.query_y))
+                for acc, name in zip(total, names):
+                    delta = start[name] - fast[name]  # θ − φ̃ (rows of a sliced head only)
+                    target = acc if delta.shape == acc.shape else acc[: delta.shape[0]]
+                    target.add_(delta, alpha=1.0 / len(episodes))
+        value = torch.stack(values).mean()
+        summary = self._summary(metrics)
+        if not torch.is_grad_enabled():
+            return value, summary
+        return surrogate_loss(value, [params[n] for n in names], total), summary
+
+
+__all__ = ["Reptile"]

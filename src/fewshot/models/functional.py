@@ -1,0 +1,180 @@
+"""Functional forward passes of any unmodified ``nn.Module``, for gradient-based inner loops.
+
+MAML and its family evaluate one network under many parameter sets: the shared
+initialisation and every task's adapted ("fast") weights. :func:`functional_forward`
+runs a module as it is, with the tensors of a ``{name: tensor}`` dictionary in place of
+its own parameters (``torch.func.functional_call``), so no layer needs a "meta"
+rewrite and a pre-trained backbone works as it comes.
+
+Normalisation layers are handled explicitly, since their buffers are state that a
+functional pass must not silently mutate:
+
+* ``batch_norm="task"`` (the default): every pass normalises with the statistics of its
+  own batch, i.e. of one task's support set or one task's query set, in training and at
+  test time alike. Running statistics are neither used nor updated (the layers see
+  ``None`` for them). This is the convention of Finn et al.'s reference code and of
+  most MAML implementations.
+* ``batch_norm="running"``: the layers run in eval mode on their stored running
+  statistics (those of a pre-trained backbone), which stay frozen.
+
+Other buffers are passed through untouched. Which layers count: every subclass of
+``torch.nn.modules.batchnorm._NormBase`` (BatchNorm*, InstanceNorm*, SyncBatchNorm).
+
+The helpers below also give :func:`surrogate_loss`, the scalar that lets a method hand
+the shared trainer a meta-gradient it computed itself (task by task, so the graphs of a
+meta-batch never all live at once), and :func:`keep_freed_memory`, an allocator setting
+that saves the page faults of re-allocating large activations on every task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _NormBase
+
+from ..errors import ConfigError
+
+BATCH_NORM_MODES = ("task", "running")
+
+
+def norm_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every normalisation layer with running statistics in ``module``."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, _NormBase)]
+
+
+def norm_buffer_names(module: nn.Module) -> list[str]:
+    """Names (relative to ``module``) of the running-statistics buffers of its norm layers."""
+    names = []
+    for prefix, layer in norm_layers(module):
+        for buffer, value in layer.named_buffers(recurse=False):
+            if value is not None:
+                names.append(f"{prefix}.{buffer}" if prefix else buffer)
+    return names
+
+
+@contextlib.contextmanager
+def _frozen_norms(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Norm layers in eval mode for the duration (their running statistics are used, not updated)."""
+    states = [layer.training for layer in layers]
+    try:
+        for layer in layers:
+            layer.training = False
+        yield
+    finally:
+        for layer, state in zip(layers, states):
+            layer.training = state
+
+
+def check_batch_norm(mode: str) -> str:
+    if mode not in BATCH_NORM_MODES:
+        raise ConfigError(f"unknown batch_norm mode '{mode}'; choose one of: {', '.join(BATCH_NORM_MODES)}")
+    return mode
+
+
+class FunctionalModule:
+    """Calls ``module`` with substituted parameters: ``fm(params, x)``.
+
+    ``params`` maps parameter names (as in ``module.named_parameters()``) to tensors;
+    parameters it leaves out are the module's own. Normalisation layers follow
+    ``batch_norm`` (see the module docstring). The module itself is never modified.
+    """
+
+    def __init__(self, module: nn.Module, batch_norm: str = "task"):
+        self.module = module
+        self.batch_norm = check_batch_norm(batch_norm)
+        self._none = {name: None for name in norm_buffer_names(module)}
+        self._norms = [layer for _, layer in norm_layers(module)]
+
+    def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if self.batch_norm == "task":
+            if not self._none:
+                return functional_call(self.module, dict(params), (x,))
+            return functional_call(self.module, (dict(params), self._none), (x,))
+        with _frozen_norms(self._norms):
+            return functional_call(self.module, dict(params), (x,))
+
+
+def functional_forward(module: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                       batch_norm: str = "task") -> torch.Tensor:
+    """One pass of ``module`` on ``x`` with ``params`` substituted (see :class:`FunctionalModule`)."""
+    return FunctionalModule(module, batch_norm)(params, x)
+
+
+def sgd_step(params: Mapping[str, torch.Tensor], names: Sequence[str], grads: Sequence[torch.Tensor],
+             lrs: Sequence[torch.Tensor | float]) -> dict[str, torch.Tensor]:
+    """``params`` with ``params[n] - lr * grad`` for each adapted name ``n`` (a new dict; no in-place update)."""
+    out = dict(params)
+    for name, grad, lr in zip(names, grads, lrs):
+        out[name] = params[name] - lr * grad
+    return out
+
+
+class _Surrogate(torch.autograd.Function):
+    """Returns ``value``; its backward hands each parameter its precomputed gradient."""
+
+    @staticmethod
+    def forward(ctx, value, grads, *params):  # noqa: D401 - autograd signature
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (None, None, *[None if g is None else g * grad_output for g in ctx.grads])
+
+
+def surrogate_loss(value: torch.Tensor, params: Sequence[torch.Tensor],
+                   grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """A scalar equal to ``value`` whose gradient with respect to ``params[i]`` is ``grads[i]``.
+
+    A method that computes its meta-gradient itself (task by task, freeing each task's
+    graph at once) returns this, so that the shared trainer's ``loss.backward()`` and
+    optimiser step apply exactly that gradient. A non-finite gradient makes the value
+    NaN, so the trainer's divergence check sees it.
+    """
+    finite = all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
+    if not finite:
+        value = value.detach() * float("nan")
+    return _Surrogate.apply(value, tuple(grads), *params)
+
+
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's ``malloc`` to keep freed memory for reuse rather than hand it back to the OS.
+
+    An inner loop allocates and frees the same large activation tensors for every
+    task; by default glibc returns them to the kernel (``munmap``, heap trimming) and
+    every task then pays page faults to get them back, which costs 10-30 % of a MAML
+    meta-iteration on CPU (``benchmarks/results/maml_speed.json``). This sets
+    ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 1 GiB, the
+    ``mallopt`` equivalents of the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
+    environment variables. Peak memory is unchanged; memory freed after the peak stays
+    with the process. Process-wide and idempotent; a no-op (returning ``False``) off
+    glibc.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    _malloc_tuned = ok
+    return ok
+
+
+__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "check_batch_norm", "functional_forward", "keep_freed_memory",
+           "norm_buffer_names", "norm_layers", "sgd_step", "surrogate_loss"]

@@ -1,0 +1,33 @@
+"""Multi-process meta-training gives the single-process result (2 CPU processes, gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from fewshot.io import load_tensors
+
+
+def _train(run_dir, *extra):
+    env = {**os.environ, "FEWSHOT_RUNS": str(run_dir.parent / "store"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "fewshot", "train", "protonet", "--dataset", "digits", "--backbone", "mlp",
+           "--backbone-option", "hidden=[32]", "--way", "5", "--shot", "2", "--query", "3", "--meta-batch", "4",
+           "--episodes", "12", "--val-split", "none", "--optimizer", "sgd", "--lr", "0.05", "--out", str(run_dir), "--quiet", *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    return load_tensors(run_dir / state["checkpoint"]), state
+
+
+def test_two_processes_match_one(tmp_path):
+    single, single_state = _train(tmp_path / "single")
+    double, double_state = _train(tmp_path / "double", "--nproc", "2")
+    assert double_state["step"] == single_state["step"] == 12
+    for key, value in single.items():
+        if key.startswith(("model.", "optim.")):
+            assert torch.allclose(double[key], value, rtol=1e-5, atol=1e-6), (key, (double[key] - value).abs().max())
+    # The logged loss is the mean over the whole meta-batch in both cases.
+    for (s1, l1, a1), (s2, l2, a2) in zip(single_state["history"]["train"], double_state["history"]["train"]):
+        assert s1 == s2 and abs(l1 - l2) < 1e-5 and abs(a1 - a2) < 1e-6

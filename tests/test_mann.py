@@ -1,0 +1,145 @@
+"""MANN: least-recently-used writes, content reads, label timing, sequences, learning."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.data import EpisodeSampler, from_arrays
+from fewshot.errors import ConfigError
+from fewshot.evaluate import evaluate
+from fewshot.methods import MANN, build_method
+from fewshot.methods.mann import LRUAMemory, MemoryState, instance_accuracy, sequence_order
+from fewshot.models import MLP
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clusters(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(24, 10, generator=g) * 3
+    y = torch.arange(24).repeat_interleave(20)
+    x = centers[y] + 0.5 * torch.randn(len(y), 10, generator=g)
+    return from_arrays(x, y, splits={"train": list(range(18)), "test": list(range(18, 24))})
+
+
+def small_mann(way: int = 3, **options) -> MANN:
+    torch.manual_seed(0)
+    defaults = dict(controller_size=32, memory_slots=16, memory_size=16, reads=1)
+    return build_method("mann", MLP(10, (16,)), image_shape=(10, 1, 1), way=way, **{**defaults, **options})
+
+
+def test_write_goes_to_the_least_used_slot_after_erasing_it():
+    memory = LRUAMemory(controller_size=4, slots=6, size=3, reads=1)
+    old = torch.arange(18.0).view(1, 6, 3) + 1
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.7, 0.2]])  # slot 1 is least used
+    previous_read = F.one_hot(torch.tensor([[4]]), 6).float()  # the last read looked at slot 4
+    state = MemoryState(old, usage, previous_read)
+    add = torch.tensor([[[1.0, -2.0, 3.0]]])
+    # Gate closed (σ(α) ≈ 0): everything goes to the least used slot, which was erased first.
+    new, weights = memory.write(state, add, torch.tensor([[-30.0]]))
+    assert torch.allclose(weights, F.one_hot(torch.tensor([[1]]), 6).float(), atol=1e-6)
+    assert torch.allclose(new[0, 1], add[0, 0], atol=1e-5)
+    keep = [0, 2, 3, 4, 5]
+    assert torch.allclose(new[0, keep], old[0, keep], atol=1e-5)
+    # Gate open (σ(α) ≈ 1): the write goes to the slot read last; the least used one is still erased.
+    new, _ = memory.write(state, add, torch.tensor([[30.0]]))
+    assert torch.allclose(new[0, 4], old[0, 4] + add[0, 0], atol=1e-5)
+    assert torch.allclose(new[0, 1], torch.zeros(3))
+
+
+def test_least_used_marks_as_many_slots_as_reads_ties_to_lowest_index():
+    memory = LRUAMemory(controller_size=4, slots=5, size=2, reads=2)
+    assert memory.least_used(torch.tensor([[0.4, 0.2, 0.9, 0.1, 0.3]])).tolist() == [[0, 1, 0, 1, 0]]
+    assert memory.least_used(torch.zeros(1, 5)).tolist() == [[1, 1, 0, 0, 0]]
+
+
+def test_read_is_by_content():
+    memory = LRUAMemory(controller_size=4, slots=5, size=4, reads=1)
+    rows = torch.eye(5, 4)[None] * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])[None, :, None]
+    rows[0, 4] = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    key = torch.tensor([[[0.0, 0.0, 0.5, 0.0]]])  # points the way of slot 2, whatever its norm
+    weights, read = memory.read(rows, key)
+    assert int(weights.argmax()) == 2 and torch.allclose(weights.sum(), torch.tensor(1.0))
+    weights, read = memory.read(rows, key, strength=torch.tensor([[50.0]]))
+    assert weights[0, 0, 2] > 0.99 and torch.allclose(read[0, 0], rows[0, 2], atol=0.1)
+
+
+def test_usage_decays_and_adds_reads_and_writes():
+    torch.manual_seed(0)
+    memory = LRUAMemory(controller_size=4, slots=6, size=3, reads=1, gamma=0.9)
+    usage = torch.rand(2, 6)
+    state = MemoryState(torch.randn(2, 6, 3), usage, torch.softmax(torch.randn(2, 1, 6), dim=-1))
+    _, new = memory(torch.randn(2, 4), state)
+    writes = new.usage - 0.9 * usage - new.read_weights.sum(1)
+    # Each head writes a unit mass (a mix of the last read and the one least used slot).
+    assert torch.allclose(writes.sum(1), torch.ones(2), atol=1e-5) and bool((writes >= -1e-6).all())
+
+
+def test_labels_arrive_one_step_late():
+    method = small_mann().eval()
+    x = torch.randn(1, 5, 16)
+    y = torch.tensor([[0, 1, 2, 0, 1]])
+    logits, _ = method.run(x, y)
+    changed_last = y.clone()
+    changed_last[0, 4] = 2
+    assert torch.allclose(method.run(x, changed_last)[0], logits)  # y_t is not an input at step t ...
+    changed_first = y.clone()
+    changed_first[0, 0] = 2
+    other = method.run(x, changed_first)[0]
+    assert torch.allclose(other[:, 0], logits[:, 0]) and not torch.allclose(other[:, 1], logits[:, 1])  # ... y_{t-1} is
+
+
+def test_sequence_order_is_fixed_by_content():
+    x = torch.randn(12, 1, 4, 4)
+    order = sequence_order(x)
+    assert sorted(order.tolist()) == list(range(12)) and order.tolist() != list(range(12))
+    perm = torch.randperm(12)
+    assert torch.equal(x[perm][sequence_order(x[perm])], x[order])
+
+
+def test_adapt_ignores_support_order_and_caps_the_way():
+    method = small_mann().eval()
+    ep = EpisodeSampler(clusters(), "test", 3, 2, 3).episode(0)
+    with torch.no_grad():
+        base = method.adapt(ep.support_x, ep.support_y, 3)(ep.query_x)
+        perm = torch.randperm(6)
+        assert torch.allclose(method.adapt(ep.support_x[perm], ep.support_y[perm], 3)(ep.query_x), base, atol=1e-5)
+        # Queries are predicted independently: one query alone gets the same logits.
+        assert torch.allclose(method.adapt(ep.support_x, ep.support_y, 3)(ep.query_x[:1]), base[:1], atol=1e-5)
+        assert method.adapt(ep.support_x[:4], ep.support_y[:4], 2)(ep.query_x).shape == (9, 2)
+    with pytest.raises(ConfigError, match="--train-way 5"):
+        method.adapt(ep.support_x, ep.support_y, 5)
+    with pytest.raises(ConfigError, match="image_shape"):
+        MANN(MLP(10, (8,)))
+    with pytest.raises(ConfigError, match="encoder 'lstm'"):
+        MANN(MLP(10, (8,)), image_shape=(10, 1, 1), encoder="lstm")
+
+
+def test_pixel_encoder_ignores_the_backbone():
+    method = MANN(MLP(784, (8,)), image_shape=(1, 28, 28), encoder="pixels", controller_size=8)
+    assert not any(k.startswith("backbone") for k in method.state_dict())
+    assert method.encode(torch.rand(3, 1, 28, 28)).shape == (3, 400)  # 20x20, as in the paper
+
+
+def test_learns_to_bind_labels_and_reports_accuracy_by_instance():
+    data = clusters()
+    method = small_mann(way=2)
+    opt = torch.optim.Adam(method.parameters(), 1e-2)
+    sampler = EpisodeSampler(data, "train", 2, 1, 4)
+    for step in range(600):
+        loss, metrics = method.loss(sampler.batch(step, 8))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    by_instance = instance_accuracy(method, EpisodeSampler(data, "train", 2, 1, 4, seed=5), 64, instances=(1, 2, 5, 10))
+    assert set(by_instance) == {1, 2, 5, "sequence", "episodes"}  # no 10th instance in 5-long sequences
+    assert by_instance[5]["accuracy"] > 95 and by_instance[2]["accuracy"] > 90
+    assert by_instance[1]["accuracy"] < by_instance[5]["accuracy"]  # the first presentation is a guess
+    result = evaluate(method, EpisodeSampler(data, "test", 2, 2, 5), 20, progress=False)
+    assert result.accuracy > 90

@@ -1,0 +1,214 @@
+"""Prototypical (normalised), Matching and Relation Networks and the task-conditioned
+network: their classifiers, invariances, learning, and the trainer/CLI round trip."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.cli import main
+from fewshot.data import EpisodeSampler, from_arrays
+from fewshot.errors import ConfigError
+from fewshot.evaluate import evaluate
+from fewshot.methods import METHODS, MatchingNet, ProtoNet, RelationNet, build_method
+from fewshot.models import MLP, Conv4
+
+from core_fixtures import digits8  # noqa: F401  (fixture)
+
+FLAT, IMAGE = (10, 1, 1), (1, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than several, and kinder to a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# name -> (method, backbone factory, image shape, options)
+CASES = {
+    "protonet-normalize": ("protonet", lambda: MLP(10, (32,)), FLAT, {"normalize": True}),
+    "protonet-normalize-cosine": ("protonet", lambda: MLP(10, (32,)), FLAT, {"normalize": True, "distance": "cosine"}),
+    "matchingnet": ("matchingnet", lambda: MLP(10, (32,)), FLAT, {}),
+    "matchingnet-fce": ("matchingnet", lambda: MLP(10, (32,)), FLAT, {"fce": True, "fce_steps": 3}),
+    "relationnet-conv": ("relationnet", lambda: Conv4(1, width=8, depth=2), IMAGE, {}),
+    "relationnet-mlp": ("relationnet", lambda: MLP(10, (32,)), FLAT, {"relation": "mlp"}),
+    "relationnet-ce": ("relationnet", lambda: MLP(10, (32,)), FLAT, {"relation": "mlp", "loss": "ce"}),
+    "taskcond-conv": ("taskcond", lambda: Conv4(1, width=8, depth=2), IMAGE, {}),
+    "taskcond-mlp": ("taskcond", lambda: MLP(10, (32,)), FLAT, {}),
+    "taskcond-features": ("taskcond", lambda: MLP(10, (32,)), FLAT, {"condition": "features", "distance": "cosine"}),
+}
+
+
+def build(case: str, seed: int = 0):
+    name, backbone, shape, options = CASES[case]
+    torch.manual_seed(seed)
+    return build_method(name, backbone(), image_shape=shape, way=3, **options)
+
+
+def clusters(shape, seed: int = 0):
+    """24 well-separated classes of 20 examples: 18 to train on, 6 novel ones to test."""
+    g = torch.Generator().manual_seed(seed)
+    if shape == FLAT:
+        centers = torch.randn(24, 10, generator=g) * 3
+        noise = 0.5 * torch.randn(24 * 20, 10, generator=g)
+    else:
+        centers = torch.rand(24, *shape, generator=g)
+        noise = 0.1 * torch.randn(24 * 20, *shape, generator=g)
+    y = torch.arange(24).repeat_interleave(20)
+    return from_arrays(centers[y] + noise, y, splits={"train": list(range(18)), "test": list(range(18, 24))})
+
+
+def warm_batchnorm(method, shape):
+    """Give BatchNorm running statistics that are not the identity, so eval mode is a real test."""
+    method.train()
+    with torch.no_grad():
+        for _ in range(3):
+            method.loss(EpisodeSampler(clusters(shape), "train", 3, 2, 2).batch(0, 1))
+    return method.eval()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_support_order_and_label_permutation(case):
+    name, _, shape, _ = CASES[case]
+    method = warm_batchnorm(build(case), shape)
+    g = torch.Generator().manual_seed(1)
+    support, query = torch.randn(9, *shape, generator=g), torch.randn(5, *shape, generator=g)
+    labels = torch.arange(3).repeat_interleave(3)
+    with torch.no_grad():
+        base = method.adapt(support, labels, 3)(query)
+        order = torch.randperm(9, generator=g)
+        shuffled = method.adapt(support[order], labels[order], 3)(query)
+        perm = torch.tensor([2, 0, 1])  # class c becomes perm[c]
+        permuted = method.adapt(support, perm[labels], 3)(query)
+    assert base.shape == (5, 3)
+    assert torch.allclose(shuffled, base, atol=1e-4), case
+    assert torch.allclose(permuted[:, perm], base, atol=1e-4), case
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_learns_a_separable_task_in_a_few_steps(case):
+    name, _, shape, _ = CASES[case]
+    data = clusters(shape)
+    method = build(case)
+    opt = torch.optim.Adam(method.parameters(), 1e-2)
+    sampler = EpisodeSampler(data, "train", 3, 1, 5)
+    accuracies = []
+    for step in range(40):
+        loss, metrics = method.loss(sampler.batch(step, 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        accuracies.append(metrics["accuracy"])
+    assert sum(accuracies[-5:]) / 5 > 95, (case, accuracies[-5:])
+    result = evaluate(method, EpisodeSampler(data, "test", 3, 1, 10), 10, progress=False)
+    assert result.accuracy > 90, (case, result.accuracy)
+
+
+def test_registered_names_and_bad_options():
+    assert {"protonet", "matchingnet", "relationnet", "mann", "taskcond"} <= set(METHODS)
+    for name, options, fragment in [
+        ("relationnet", {"relation": "graph"}, "relation 'graph'"),
+        ("relationnet", {"loss": "hinge"}, "loss 'hinge'"),
+        ("relationnet", {"unpooled_blocks": 5}, "unpooled_blocks=5"),
+        ("matchingnet", {"fce_steps": 0}, "fce_steps"),
+        ("taskcond", {"condition": "everything"}, "condition 'everything'"),
+        ("protonet", {"normalize": "yes"}, "normalize"),
+        ("matchingnet", {"temperature": 3}, "bad option"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            build_method(name, Conv4(1, width=8, depth=2), image_shape=IMAGE, way=3, **options)
+    with pytest.raises(ConfigError, match="ending in Flatten"):
+        RelationNet(MLP(10, (8,)), image_shape=FLAT)
+    with pytest.raises(ConfigError, match="image_shape"):
+        MatchingNet(MLP(10, (8,)), fce=True)
+
+
+# -- Prototypical Networks, normalised ---------------------------------------------------
+
+def test_protonet_normalize_centres_and_l2_normalises():
+    method = ProtoNet(torch.nn.Identity(), normalize=True)
+    assert method.scale.requires_grad and method.scale.item() == 10.0
+    g = torch.Generator().manual_seed(0)
+    support, labels, query = torch.randn(6, 4, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4, generator=g)
+    logits = method.adapt(support, labels, 3)(query)
+    centre = torch.stack([support[labels == c].mean(0) for c in range(3)]).mean(0)
+    s, q = F.normalize(support - centre, dim=1), F.normalize(query - centre, dim=1)
+    prototypes = torch.stack([s[labels == c].mean(0) for c in range(3)])
+    assert torch.allclose(logits, -10.0 * torch.cdist(q, prototypes).pow(2), atol=1e-5)
+    # The default model is unchanged: no scale parameter, same options.
+    assert "scale" not in ProtoNet(torch.nn.Identity()).state_dict()
+    assert ProtoNet(torch.nn.Identity()).options() == {"distance": "euclidean"}
+
+
+# -- Matching Networks -----------------------------------------------------------------
+
+def test_matching_logits_are_log_attention_over_support_labels():
+    method = MatchingNet(torch.nn.Identity())
+    g = torch.Generator().manual_seed(0)
+    support, labels, query = torch.randn(6, 4, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4, generator=g)
+    logits = method.adapt(support, labels, 3)(query)
+    attention = torch.softmax(F.cosine_similarity(query[:, None], support[None], dim=2), dim=1)
+    expected = torch.stack([attention[:, labels == c].sum(1) for c in range(3)], dim=1)
+    assert torch.allclose(logits.exp(), expected, atol=1e-5)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_matching_fce_reads_the_whole_support_set():
+    torch.manual_seed(0)
+    method = MatchingNet(MLP(4, (8,)), image_shape=(4, 1, 1), fce=True).eval()
+    support, labels, query = torch.randn(6, 4, 1, 1), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(3, 4, 1, 1)
+    with torch.no_grad():
+        base = method.adapt(support, labels, 3)(query)
+        changed = support.clone()
+        changed[5] += 1.0  # one support example of class 2 changes ...
+        other = method.adapt(changed, labels, 3)(query)
+    # ... and, through the context embeddings, the attention to every other example changes too.
+    plain = MatchingNet(method.backbone).eval()
+    with torch.no_grad():
+        plain_base, plain_other = plain.adapt(support[:4], labels[:4], 3)(query), plain.adapt(changed[:4], labels[:4], 3)(query)
+    assert torch.equal(plain_base, plain_other)
+    assert not torch.allclose(base, other)
+    assert set(method.options()) == {"fce", "fce_steps"}
+
+
+# -- Relation Networks -----------------------------------------------------------------
+
+def test_relation_conv_keeps_feature_maps_and_sums_k_shot():
+    method = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28))
+    features = method._encode(torch.zeros(2, 1, 28, 28))
+    assert features.shape == (2, 8, 7, 7)  # the last two blocks unpooled, as in the paper
+    maps = torch.randn(6, 8, 7, 7)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    classes = method._class_features(maps, labels, 3)
+    assert torch.allclose(classes[1], maps[1] + maps[4], atol=1e-6)
+    mean = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28), aggregate="mean")
+    assert torch.allclose(mean._class_features(maps, labels, 3)[1], (maps[1] + maps[4]) / 2, atol=1e-6)
+
+
+def test_relation_mse_loss_regresses_sigmoid_scores_on_one_hot():
+    torch.manual_seed(0)
+    method = RelationNet(MLP(10, (16,)), image_shape=FLAT, relation="mlp")
+    ep = EpisodeSampler(clusters(FLAT), "train", 3, 2, 2).episode(0)
+    loss, _ = method.loss([ep])
+    scores = method.adapt(ep.support_x, ep.support_y, 3)(ep.query_x)
+    expected = F.mse_loss(torch.sigmoid(scores), F.one_hot(ep.query_y, 3).float())
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+# -- the trainer and the command line ----------------------------------------------------
+
+@pytest.mark.parametrize("name, options", [
+    ("matchingnet", ["fce=true"]), ("relationnet", []), ("taskcond", []), ("mann", ["controller_size=16"]),
+    ("protonet", ["normalize=true"]),
+])
+def test_cli_trains_and_evaluates(name, options, tmp_path, digits8, capsys):
+    out = tmp_path / name
+    args = ["train", name, "--dataset", "digits", "--backbone-option", "width=8", "--backbone-option", "depth=2",
+            "--way", "3", "--shot", "1", "--query", "2", "--episodes", "3", "--val-split", "none", "--quiet",
+            "--out", str(out), "--runs", str(tmp_path)]
+    for option in options:
+        args += ["-o", option]
+    assert main(args) == 0, capsys.readouterr().err
+    assert main(["evaluate", str(out), "--episodes", "4", "--quiet", "--json", "--runs", str(tmp_path)]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
