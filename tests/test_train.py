@@ -112,3 +112,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
             assert torch.equal(got[key], want[key]), key
     # The training curve after the resume point is the uninterrupted one.
     assert got_state["history"]["train"][-5:] == want_state["history"]["train"][-5:]
+
+
+def test_cpu_budget_stops_training_validated_and_checkpointed(tmp_path, digits8):
+    config = TrainConfig(episodes=100000, cpu_minutes=0.01, **TINY)
+    result = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path).run(progress=False)
+    assert 0 < result.steps < 100000 and result.cpu_seconds >= 0.6
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["checkpoint"] == f"checkpoint-{result.steps:07d}.safetensors" and state["best"]["step"] == result.steps
+    again = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path).run(resume=True, progress=False)
+    assert again.steps == result.steps  # a spent budget trains no further on resume

@@ -201,7 +201,8 @@ class Trainer:
         self.method.train()
         with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
                   disable=not progress or not self.dist.is_main, dynamic_ncols=True) as bar:
-            for step in range(start_step, config.episodes):
+            exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
+            for step in range(start_step, start_step if exhausted else config.episodes):
                 spent = cpu0 + time.process_time() - cpu
                 loss, acc, out_of_budget = self._step(step, config.cpu_minutes is not None and spent >= 60 * config.cpu_minutes)
                 log["loss"] += loss
