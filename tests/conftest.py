@@ -86,3 +86,15 @@ def write_fake_omniglot(folder: Path, drawers: int = 20) -> dict[str, Path]:
 def fake_omniglot():
     """The fake-archive writer, as a fixture so test modules need no imports from here."""
     return write_fake_omniglot
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and tests then do not fight each other or a
+    benchmark for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

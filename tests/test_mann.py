@@ -21,17 +21,18 @@ def one_thread():
 
 
 def clusters(seed: int = 0):
+    """80 well-separated classes of 10 examples: 64 to train on, 16 novel ones to test."""
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(24, 10, generator=g) * 3
-    y = torch.arange(24).repeat_interleave(20)
+    centers = torch.randn(80, 10, generator=g) * 3
+    y = torch.arange(80).repeat_interleave(10)
     x = centers[y] + 0.5 * torch.randn(len(y), 10, generator=g)
-    return from_arrays(x, y, splits={"train": list(range(18)), "test": list(range(18, 24))})
+    return from_arrays(x, y, splits={"train": list(range(64)), "test": list(range(64, 80))})
 
 
 def small_mann(way: int = 3, **options) -> MANN:
     torch.manual_seed(0)
-    defaults = dict(controller_size=32, memory_slots=16, memory_size=16, reads=1)
-    return build_method("mann", MLP(10, (16,)), image_shape=(10, 1, 1), way=way, **{**defaults, **options})
+    defaults = dict(controller_size=32, memory_slots=16, memory_size=16, reads=1, encoder="backbone")
+    return build_method("mann", torch.nn.Flatten(), image_shape=(10, 1, 1), way=way, **{**defaults, **options})
 
 
 def test_write_goes_to_the_least_used_slot_after_erasing_it():
@@ -83,7 +84,7 @@ def test_usage_decays_and_adds_reads_and_writes():
 
 def test_labels_arrive_one_step_late():
     method = small_mann().eval()
-    x = torch.randn(1, 5, 16)
+    x = torch.randn(1, 5, 10)
     y = torch.tensor([[0, 1, 2, 0, 1]])
     logits, _ = method.run(x, y)
     changed_last = y.clone()
@@ -122,12 +123,18 @@ def test_adapt_ignores_support_order_and_caps_the_way():
 
 
 def test_pixel_encoder_ignores_the_backbone():
-    method = MANN(MLP(784, (8,)), image_shape=(1, 28, 28), encoder="pixels", controller_size=8)
+    method = MANN(MLP(784, (8,)), image_shape=(1, 28, 28), controller_size=8)  # pixels by default
     assert not any(k.startswith("backbone") for k in method.state_dict())
     assert method.encode(torch.rand(3, 1, 28, 28)).shape == (3, 400)  # 20x20, as in the paper
+    small = MANN(None, image_shape=(3, 8, 8), controller_size=8)  # smaller images are left as they are
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(small.encode(x), x.flatten(1))
+    with pytest.raises(ConfigError, match="needs a backbone"):
+        MANN(None, image_shape=(3, 8, 8), encoder="backbone")
 
 
 def test_learns_to_bind_labels_and_reports_accuracy_by_instance():
+    # Labels are shuffled in every episode, so only binding them in memory helps.
     data = clusters()
     method = small_mann(way=2)
     opt = torch.optim.Adam(method.parameters(), 1e-2)
@@ -137,9 +144,9 @@ def test_learns_to_bind_labels_and_reports_accuracy_by_instance():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    by_instance = instance_accuracy(method, EpisodeSampler(data, "train", 2, 1, 4, seed=5), 64, instances=(1, 2, 5, 10))
-    assert set(by_instance) == {1, 2, 5, "sequence", "episodes"}  # no 10th instance in 5-long sequences
-    assert by_instance[5]["accuracy"] > 95 and by_instance[2]["accuracy"] > 90
-    assert by_instance[1]["accuracy"] < by_instance[5]["accuracy"]  # the first presentation is a guess
-    result = evaluate(method, EpisodeSampler(data, "test", 2, 2, 5), 20, progress=False)
-    assert result.accuracy > 90
+    seen = instance_accuracy(method, EpisodeSampler(data, "train", 2, 1, 4, seed=5), 64, instances=(1, 2, 5, 10))
+    assert set(seen) == {1, 2, 5, "sequence", "episodes"}  # no 10th instance in 5-long sequences
+    assert seen[5]["accuracy"] > 88 and seen[1]["accuracy"] < seen[5]["accuracy"]  # the 1st is (mostly) a guess
+    novel = instance_accuracy(method, EpisodeSampler(data, "test", 2, 1, 4, seed=5), 64, instances=(1, 5))
+    assert novel[5]["accuracy"] > 80
+    assert evaluate(method, EpisodeSampler(data, "test", 2, 2, 5), 20, progress=False).accuracy > 75

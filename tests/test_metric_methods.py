@@ -130,7 +130,8 @@ def test_protonet_normalize_centres_and_l2_normalises():
     method = ProtoNet(torch.nn.Identity(), normalize=True)
     assert method.scale.requires_grad and method.scale.item() == 10.0
     g = torch.Generator().manual_seed(0)
-    support, labels, query = torch.randn(6, 4, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4, generator=g)
+    support, query = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
     logits = method.adapt(support, labels, 3)(query)
     centre = torch.stack([support[labels == c].mean(0) for c in range(3)]).mean(0)
     s, q = F.normalize(support - centre, dim=1), F.normalize(query - centre, dim=1)
@@ -146,7 +147,8 @@ def test_protonet_normalize_centres_and_l2_normalises():
 def test_matching_logits_are_log_attention_over_support_labels():
     method = MatchingNet(torch.nn.Identity())
     g = torch.Generator().manual_seed(0)
-    support, labels, query = torch.randn(6, 4, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4, generator=g)
+    support, query = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
     logits = method.adapt(support, labels, 3)(query)
     attention = torch.softmax(F.cosine_similarity(query[:, None], support[None], dim=2), dim=1)
     expected = torch.stack([attention[:, labels == c].sum(1) for c in range(3)], dim=1)
@@ -166,7 +168,8 @@ def test_matching_fce_reads_the_whole_support_set():
     # ... and, through the context embeddings, the attention to every other example changes too.
     plain = MatchingNet(method.backbone).eval()
     with torch.no_grad():
-        plain_base, plain_other = plain.adapt(support[:4], labels[:4], 3)(query), plain.adapt(changed[:4], labels[:4], 3)(query)
+        plain_base = plain.adapt(support[:4], labels[:4], 3)(query)
+        plain_other = plain.adapt(changed[:4], labels[:4], 3)(query)
     assert torch.equal(plain_base, plain_other)
     assert not torch.allclose(base, other)
     assert set(method.options()) == {"fce", "fce_steps"}
@@ -184,6 +187,20 @@ def test_relation_conv_keeps_feature_maps_and_sums_k_shot():
     assert torch.allclose(classes[1], maps[1] + maps[4], atol=1e-6)
     mean = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28), aggregate="mean")
     assert torch.allclose(mean._class_features(maps, labels, 3)[1], (maps[1] + maps[4]) / 2, atol=1e-6)
+
+
+def test_relation_modules_score_the_concatenated_pairs():
+    torch.manual_seed(0)
+    conv = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28)).eval()
+    classes, query = torch.randn(3, 8, 7, 7), torch.randn(4, 8, 7, 7)
+    pairs = torch.cat([classes[None].expand(4, 3, 8, 7, 7), query[:, None].expand(4, 3, 8, 7, 7)], dim=2)
+    naive = conv.relation.head(conv.relation.convs(pairs.flatten(0, 1))).view(4, 3)
+    assert torch.allclose(conv._scores(classes, query), naive, atol=1e-4)
+    mlp = RelationNet(MLP(10, (16,)), image_shape=FLAT, relation="mlp")
+    classes, query = torch.randn(3, 16), torch.randn(4, 16)
+    pairs = torch.cat([classes[None].expand(4, 3, 16), query[:, None].expand(4, 3, 16)], dim=2)
+    naive = mlp.relation.out(torch.relu(mlp.relation.first(pairs)))[..., 0]
+    assert torch.allclose(mlp._scores(classes, query), naive, atol=1e-5)
 
 
 def test_relation_mse_loss_regresses_sigmoid_scores_on_one_hot():

@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", help="conv4 (default), resnet12 or mlp")
     g.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE", help="backbone option, e.g. width=32")
     g.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. distance=cosine")
-    g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet: distance to prototypes")
+    g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet, taskcond: distance to prototypes")
     g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
     g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
     g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")

@@ -44,4 +44,6 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
         raise ConfigError(f"bad option for method '{name}': {e}") from None
 
 
-__all__ = ["METHODS", "Method", "Predictor", "PixelNearestMean", "ProtoNet", "accuracy", "build_method", "class_means"]
+__all__ = ["ANIL", "FOMAML", "MAML", "MANN", "METHODS", "Baseline", "BaselinePlusPlus", "FineTune", "MatchingNet",
+           "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RelationNet", "Reptile", "TaskCondNet",
+           "accuracy", "build_method", "class_means"]

@@ -64,7 +64,8 @@ class ProtoNet(Method):
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" or normalize else None
 
     def options(self) -> dict:
-        return {"distance": self.distance, "normalize": self.normalize} if self.normalize else {"distance": self.distance}
+        # normalize is saved only when set, so the options of existing runs are unchanged.
+        return {"distance": self.distance, **({"normalize": True} if self.normalize else {})}
 
     def _classify(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
         if not self.normalize:

@@ -47,6 +47,13 @@ class Conv4(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.contiguous(memory_format=torch.channels_last))
 
+    def __getitem__(self, index):
+        # A slice (e.g. ``conv4[:-1]`` for feature maps) is a plain Sequential of the same
+        # modules: Conv4's constructor takes sizes, not modules.
+        if isinstance(index, slice):
+            return nn.Sequential(*list(self)[index])
+        return super().__getitem__(index)
+
 
 class ResidualBlock(nn.Module):
     """Three 3×3 conv-BN-LeakyReLU layers with a 1×1 projected shortcut, then 2×2 max-pool."""

@@ -1,0 +1,179 @@
+"""Matching Networks, Relation Networks, MANN, the task-conditioned network and normalised
+Prototypical Networks on Omniglot (Vinyals split, 28×28, rotations), beside the papers.
+
+Every model is trained by the one trainer within a CPU budget (``--minutes`` of CPU
+time per model, counted by the trainer across resumes), keeps its best validation
+checkpoint, and is tested by the one evaluation path on the same fixed suites: 600
+episodes of ``EpisodeSampler(omniglot, "test", way, shot, 15, seed=0)``, 95% CI.
+
+Models (Conv-4 backbone, except MANN; Adam 1e-3 halved every 2,000 steps):
+
+* matchingnet, taskcond, protonet (``normalize=True``): one model per shot. The 1-shot
+  model trains on 20-way episodes and is tested at 5 and 20 ways; the 5-shot model
+  trains on 5-way episodes. Matching Networks without FCE, as the paper's Omniglot rows.
+* relationnet: the paper's shapes: 5-way 1-shot and 5-shot with 15 queries; the 1-shot
+  model is tested at 20 ways too (the paper trains a separate 20-way model).
+* mann: one model for both shots, as the paper: raw pixels averaged down to 20×20,
+  sequences of 5 classes × 10 instances (5-way, 1 + 9), 16 sequences a step; tested as
+  an episode classifier at 1 and 5 shots and, as the paper's Table 1, by instance
+  number on 600 sequences of 5 classes × 11 instances.
+
+    FEWSHOT_DATA=../shared/data python benchmarks/metric_omniglot.py --minutes 20
+
+``--minutes 0.2 --episodes 50 --results /tmp/check --runs /tmp/check/runs`` checks the
+script end to end in a few minutes. Writes benchmarks/results/metric_omniglot.{json,md}
+(or under ``--results``). Finished runs are reused: run again with the same settings to
+re-test them, or after an interruption to resume training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot.config import TrainConfig
+from fewshot.data import EpisodeSampler, load_dataset
+from fewshot.evaluate import evaluate
+from fewshot.methods.mann import instance_accuracy
+from fewshot.train import Trainer, load_run
+
+RESULTS = Path(__file__).parent / "results"
+
+# Published Omniglot accuracies (%): (way, shot) -> figure.
+PUBLISHED = {
+    # Vinyals et al. 2016, Table 1, "Matching Nets (Ours)", cosine, no fine-tuning.
+    "matchingnet": {(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8},
+    # Sung et al. 2018, Table 1.
+    "relationnet": {(5, 1): 99.6, (5, 5): 99.8, (20, 1): 97.6},
+    # Santoro et al. 2016, Table 1 (MANN, one-hot labels), by instance: the 2nd presentation
+    # (after one example of the class) and the 5th (after four).
+    "mann": {(5, 1): 82.8, (5, 5): 94.9},
+    # Snell et al. 2017, Table 1: the plain Prototypical Network, for reference (the normalised
+    # variant has no published Omniglot figures).
+    "protonet-normalize": {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0},
+    # No published Omniglot figures (TADAM reports mini-ImageNet and FC100; CNAPs Meta-Dataset).
+    "taskcond": {},
+}
+MANN_BY_INSTANCE = {1: 36.4, 2: 82.8, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, Table 1
+
+# name -> method, method options, and per model: (test shot, train shape, meta-batch, test ways)
+SETUPS = {
+    "matchingnet": ("matchingnet", {}, [(1, (20, 1, 5), 1, (5, 20)), (5, (5, 5, 15), 1, (5,))]),
+    "relationnet": ("relationnet", {}, [(1, (5, 1, 15), 1, (5, 20)), (5, (5, 5, 15), 1, (5,))]),
+    "taskcond": ("taskcond", {}, [(1, (20, 1, 5), 1, (5, 20)), (5, (5, 5, 15), 1, (5,))]),
+    "protonet-normalize": ("protonet", {"normalize": True}, [(1, (20, 1, 5), 1, (5, 20)), (5, (5, 5, 15), 1, (5,))]),
+    "mann": ("mann", {}, [((1, 5), (5, 1, 9), 16, (5,))]),
+}
+
+
+def train(data, label: str, method: str, options: dict, shot: int, shape: tuple, meta_batch: int, steps: int,
+          minutes: float, val_episodes: int, runs: Path):
+    way, train_shot, query = shape
+    config = TrainConfig(method=method, method_options=options, dataset="omniglot",
+                         dataset_options={"split_scheme": "vinyals"}, way=5, shot=shot, query=15, train_way=way,
+                         train_shot=train_shot, train_query=query, episodes=steps, meta_batch=meta_batch, lr=1e-3,
+                         lr_step=2000, val_every=250, val_episodes=val_episodes, checkpoint_every=250, seed=0,
+                         cpu_minutes=minutes)
+    run_dir = runs / f"{label}-omniglot-{shot}shot"
+    trainer = Trainer(config, run_dir, dataset=data, runs=runs)
+    trainer.run(resume=(run_dir / "state.json").exists())
+    _, model, state = load_run(run_dir, "best")
+    return model, state
+
+
+def run_setup(data, label: str, steps: int, minutes: float, episodes: int, val_episodes: int, runs: Path) -> list[dict]:
+    method, options, models = SETUPS[label]
+    rows = []
+    for shots, shape, meta_batch, ways in models:
+        shots = shots if isinstance(shots, tuple) else (shots,)
+        model, state = train(data, label, method, options, shots[0], shape, meta_batch, steps, minutes,
+                             val_episodes, runs)
+        training = {"train_shape": list(shape), "meta_batch": meta_batch, "steps_trained": state["step"],
+                    "cpu_seconds": state["cpu_seconds"], "wall_seconds": state["seconds"],
+                    "best_step": state["best"]["step"], "val_accuracy": state["best"]["accuracy"],
+                    "val_curve": state["history"]["val"]}
+        for way in ways:
+            for shot in shots:
+                start = time.process_time()
+                r = evaluate(model, EpisodeSampler(data, "test", way, shot, 15, seed=0), episodes,
+                             desc=f"{label} {way}-way {shot}-shot")
+                rows.append({"method": label, "options": options, "setting": f"{way}-way {shot}-shot", "way": way,
+                             "shot": shot, "accuracy": r.accuracy, "ci95": r.ci95, "episodes": r.episodes,
+                             "published": PUBLISHED[label].get((way, shot)), "eval_cpu_seconds":
+                             time.process_time() - start, "training": training})
+        if method == "mann":
+            start = time.process_time()
+            sampler = EpisodeSampler(data, "test", 5, 1, 10, seed=0)  # 5 classes x 11 instances
+            by_instance = instance_accuracy(model, sampler, episodes)
+            rows[-1]["by_instance"] = {str(k): v for k, v in by_instance.items()}
+            rows[-1]["by_instance_published"] = {str(k): v for k, v in MANN_BY_INSTANCE.items()}
+            rows[-1]["by_instance_cpu_seconds"] = time.process_time() - start
+    return rows
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, total_cpu: float) -> str:
+    lines = [f"Omniglot (Vinyals split, 28×28, rotations); {args.episodes} test episodes, 15 queries per class, "
+             f"95% CI. Budget: {args.minutes:g} CPU-minutes of training per model (at most {args.steps} steps); "
+             f"{total_cpu / 60:.1f} CPU-minutes in all, evaluation included. Conv-4 backbone; MANN on 20×20 pixels.",
+             "", "| method | setting | fewshot | published | trained on (way, shot + query) | steps | training CPU |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["training"]
+        way, shot, query = t["train_shape"]
+        shape = f"{way}-way, {shot} + {query}" + (f", {t['meta_batch']} a step" if t["meta_batch"] > 1 else "")
+        published = f"{r['published']} %" if r["published"] is not None else "—"
+        lines.append(f"| {r['method']} | {r['setting']} | {r['accuracy']:.1f} ± {r['ci95']:.1f} % | {published} | "
+                     f"{shape} | {t['steps_trained']} | {t['cpu_seconds'] / 60:.1f} min |")
+    for r in rows:
+        if "by_instance" in r:
+            lines += ["", "MANN accuracy by instance number (5 classes × 11 instances per sequence):", "",
+                      "| instance | fewshot | Santoro et al. 2016 |", "|---|---|---|"]
+            for k, published in MANN_BY_INSTANCE.items():
+                mine = r["by_instance"].get(str(k))
+                if mine:
+                    lines.append(f"| {k} | {mine['accuracy']:.1f} ± {mine['ci95']:.1f} % | {published} % |")
+            seq = r["by_instance"]["sequence"]
+            lines.append(f"| all steps | {seq['accuracy']:.1f} ± {seq['ci95']:.1f} % | — |")
+    lines += ["", "MANN's published figures are by instance (2nd and 5th presentation), not N-shot episodes; "
+              "the protonet-normalize row shows the plain Prototypical Network's figures for reference."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="CPU minutes of training per model")
+    parser.add_argument("--steps", type=int, default=20000, help="at most this many training steps per model")
+    parser.add_argument("--episodes", type=int, default=600, help="test episodes per setting")
+    parser.add_argument("--val-episodes", type=int, default=100, help="validation episodes")
+    parser.add_argument("--methods", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    parser.add_argument("--runs", default="runs/bench")
+    parser.add_argument("--results", default=str(RESULTS), help="folder for metric_omniglot.{json,md}")
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    cpu0 = time.process_time()
+    data = load_dataset("omniglot", split_scheme="vinyals")
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    rows = []
+    for label in args.methods:
+        rows += run_setup(data, label, args.steps, args.minutes, args.episodes, args.val_episodes, runs)
+    total_cpu = time.process_time() - cpu0
+    out = {"benchmark": "metric_omniglot", "command": " ".join(["python", *sys.argv]), "machine": machine,
+           "cpu_minutes_per_model": args.minutes, "total_cpu_seconds": total_cpu, "results": rows}
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "metric_omniglot.json").write_text(json.dumps(out, indent=2) + "\n")
+    text = markdown(rows, args, total_cpu)
+    (results / "metric_omniglot.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
