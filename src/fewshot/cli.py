@@ -134,9 +134,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         test_options = dict(_parse_option(o) for o in args.option)
         if args.inner_steps is not None:
             test_options["inner_steps"] = args.inner_steps
-        method.set_test_options(**test_options)
-        dataset_name, dataset_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
         method_name = config.method
+        if args.adapt:
+            from .methods.transfer import adapt_method
+
+            method = adapt_method(method, args.adapt, **test_options)
+            method_name = f"{config.method}+{args.adapt}"
+        else:
+            method.set_test_options(**test_options)
+        dataset_name, dataset_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
         args.way = args.way or config.way
         args.shot = args.shot or config.shot
         args.query = args.query or config.query
@@ -276,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
+    p.add_argument("--adapt", metavar="STRATEGY",
+                   help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
+                        "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="test-time method option, e.g. inner_steps=10")
     p.add_argument("--json", action="store_true", help="print a JSON object")

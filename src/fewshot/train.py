@@ -38,12 +38,16 @@ from .store import RunStore
 LOG_EVERY = 50
 
 
-def build_model(config: TrainConfig, image_shape: tuple[int, ...]) -> Method:
-    """The method a config describes, freshly initialised (seeded by ``config.seed``)."""
+def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list[int] | None = None) -> Method:
+    """The method a config describes, freshly initialised (seeded by ``config.seed``).
+
+    ``classes`` (the training split's class ids) sizes whole-class heads (Baseline); a
+    loaded run takes that size from its checkpoint instead.
+    """
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.backbone, image_shape, **config.backbone_options)
     return build_method(config.method, backbone, image_shape=tuple(image_shape), way=config.train_shape[0],
-                        **config.method_options)
+                        classes=classes, **config.method_options)
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Method, dict]:
@@ -103,7 +107,7 @@ class Trainer:
             # A fixed validation suite: the same episodes at every validation.
             self.val_sampler = EpisodeSampler(self.dataset, config.val_split, config.way, config.shot,
                                               config.query, seed=config.seed + 1)
-        self.method = build_model(config, self.dataset.image_shape)
+        self.method = build_model(config, self.dataset.image_shape, self.dataset.split_classes(config.train_split))
         if not self.method.trainable:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
         self.dist = from_environment()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Sequence
 
 from torch import nn
 
@@ -26,18 +27,19 @@ METHODS: dict[str, type[Method]] = {
 
 
 def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,
-                 way: int | None = None, **options) -> Method:
+                 way: int | None = None, classes: Sequence[int] | None = None, **options) -> Method:
     """Instantiate method ``name`` around ``backbone`` with its ``options``.
 
-    ``image_shape`` (channels, height, width) and ``way`` (of training episodes) are
-    passed to the methods whose constructor takes them (e.g. to size a head), and only
-    to those.
+    ``image_shape`` (channels, height, width), ``way`` (of training episodes) and
+    ``classes`` (the dataset class ids of the training split) are passed to the methods
+    whose constructor takes them (e.g. to size a head), and only to those.
     """
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
     accepted = inspect.signature(cls.__init__).parameters
-    context = {k: v for k, v in (("image_shape", image_shape), ("way", way)) if k in accepted and v is not None}
+    context = {k: v for k, v in (("image_shape", image_shape), ("way", way), ("classes", classes))
+               if k in accepted and v is not None}
     try:
         return cls(backbone, **context, **options) if cls.trainable else cls(**options)
     except TypeError as e:

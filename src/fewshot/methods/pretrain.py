@@ -140,6 +140,10 @@ class Baseline(Method):
         for c in episode.classes:
             row = self._rows.get(int(c))
             if row is None:
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    raise ConfigError(f"{self.name} in distributed training needs the training classes up front "
+                                      f"(option classes=[...]): processes see different episodes, so rows "
+                                      f"assigned on first sight would disagree")
                 row = len(self._rows)
                 if row >= self.num_classes or int(self.class_ids[row]) != -1:
                     raise ConfigError(f"{self.name} saw class {c}, beyond its {self.num_classes} training classes; "
