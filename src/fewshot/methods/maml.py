@@ -54,13 +54,30 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory, surrogate_loss
+from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
 from .base import Method, Predictor, accuracy
 
 TASKS = ("classification", "regression")
 DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
-Forward = Callable[[dict, torch.Tensor], torch.Tensor]
+Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
+
+
+@torch.no_grad()
+def _feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
+    """``feature_dim`` in the backbone's own dtype and device."""
+    first = next(iter(backbone.parameters()), None)
+    if first is None or first.dtype == torch.float32 and first.device.type == "cpu":
+        return feature_dim(backbone, image_shape)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        out = backbone(torch.zeros(2, *image_shape, dtype=first.dtype, device=first.device))
+    finally:
+        backbone.train(was_training)
+    if out.ndim != 2:
+        raise ConfigError(f"backbone must return (batch, features); it returned shape {tuple(out.shape)}")
+    return int(out.shape[1])
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -127,7 +144,7 @@ class MAML(Method):
             if in_features is None:
                 shape = self.image_shape or DEFAULT_IMAGE_SHAPE
                 try:
-                    in_features = feature_dim(backbone, shape)
+                    in_features = _feature_dim(backbone, shape)
                 except ConfigError:
                     raise
                 except Exception as e:  # the dry run failed: the input shape is wrong for this backbone
@@ -250,14 +267,11 @@ class MAML(Method):
         for step in range(steps):
             if detach:
                 params = {n: (p.detach().requires_grad_(True) if n in names else p) for n, p in params.items()}
-            loss = self._task_loss(forward(params, x), y)
+            out = forward(params, x, create_graph) if create_graph else forward(params, x)
+            loss = self._task_loss(out, y)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-            new = dict(params)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-                for name, grad, lr in zip(names, grads, self._lrs(step, detach, test)):
-                    if torch.is_tensor(lr) and lr.dim() and lr.shape[0] != grad.shape[0]:
-                        lr = lr[: grad.shape[0]]  # a head sliced to fewer ways: its rates too
-                    new[name] = params[name] - lr * grad
+                new = sgd_step(params, names, grads, self._lrs(step, detach, test))
             params = new
         if detach:
             params = {n: p.detach() for n, p in params.items()}
@@ -336,11 +350,20 @@ class MAML(Method):
         return self._predictor(fast)
 
     def _predictor(self, fast: dict) -> Predictor:
-        def predict(query_x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                forward, _, qx, params = self._task_model(query_x[:0], query_x, fast, detach=True)
-                return forward(params, qx)
-        return predict
+        return AdaptedPredictor(self, fast)
+
+
+class AdaptedPredictor:
+    """``query_x -> outputs`` of a model with adapted weights ``weights`` (detached; for
+    ANIL the head's only). Runs without gradients."""
+
+    def __init__(self, method: MAML, weights: dict):
+        self.method, self.weights = method, weights
+
+    def __call__(self, query_x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            forward, _, qx, params = self.method._task_model(query_x[:0], query_x, self.weights, detach=True)
+            return forward(params, qx)
 
 
 class FOMAML(MAML):
@@ -401,8 +424,8 @@ class ANIL(MAML):
         head_params = {n: p for n, p in params.items() if n.startswith(prefix)}
         fhead = FunctionalModule(head, self.batch_norm)
 
-        def forward(p: dict, features: torch.Tensor) -> torch.Tensor:
-            return fhead({n[len(prefix):]: t for n, t in p.items()}, features)
+        def forward(p: dict, features: torch.Tensor, twice: bool = False) -> torch.Tensor:
+            return fhead({n[len(prefix):]: t for n, t in p.items()}, features, twice)
 
         if detach:
             with torch.no_grad():
@@ -414,4 +437,4 @@ class ANIL(MAML):
         return forward, sf, qf, head_params
 
 
-__all__ = ["ANIL", "FOMAML", "MAML", "MetaSGD"]
+__all__ = ["ANIL", "AdaptedPredictor", "FOMAML", "MAML", "MetaSGD"]

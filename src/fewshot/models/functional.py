@@ -20,6 +20,22 @@ functional pass must not silently mutate:
 Other buffers are passed through untouched. Which layers count: every subclass of
 ``torch.nn.modules.batchnorm._NormBase`` (BatchNorm*, InstanceNorm*, SyncBatchNorm).
 
+Second-order inner loops differentiate BatchNorm twice, and PyTorch's generic double
+backward of BatchNorm is a composite of some thirty full-size operations, about a
+fifth of a 5-step second-order MAML iteration on CPU. Passes that will be differentiated
+twice (``twice=True``) therefore run batch-statistics BatchNorm through
+:func:`batch_norm_train`, whose forward and first backward are PyTorch's own kernels and
+whose double backward is written out in closed form (about 3x faster; equal to
+PyTorch's to float64 rounding, see ``tests/test_maml.py``). The module is still not
+modified: the ``F.batch_norm`` calls it makes are intercepted for the duration of the
+pass (a ``TorchFunctionMode``).
+
+Memory layout is kept too: fast weights ``θ - α g`` are laid out like θ (:func:`like`)
+and one-channel images get channels-last strides when the module's weights are
+channels-last (:meth:`FunctionalModule._input`); otherwise a channels-last network such
+as fewshot's Conv-4 silently runs its first block channels-first under fast weights,
+two to ten times slower for BatchNorm and pooling.
+
 The helpers below also give :func:`surrogate_loss`, the scalar that lets a method hand
 the shared trainer a meta-gradient it computed itself (task by task, so the graphs of a
 meta-batch never all live at once), and :func:`keep_freed_memory`, an allocator setting
@@ -35,9 +51,12 @@ import sys
 from typing import Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _NormBase
+from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError
 
@@ -78,12 +97,135 @@ def check_batch_norm(mode: str) -> str:
     return mode
 
 
+# -- BatchNorm with a closed-form double backward --------------------------------------------
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """``(M, C)`` view of a channels-last (or 2-d) tensor, whose per-channel sums are column sums."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    if t.dim() == 2 and t.is_contiguous():
+        return t
+    return None
+
+
+def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+    rows = _as_rows(t)
+    return rows.sum(0) if rows is not None else t.sum([d for d in range(t.dim()) if d != 1])
+
+
+def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ra, rb = _as_rows(a), _as_rows(b)
+    if ra is not None and rb is not None:
+        return (ra * rb).sum(0)
+    return (a * b).sum([d for d in range(a.dim()) if d != 1])
+
+
+def _per_channel(like: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return v.view([1, -1] + [1] * (like.dim() - 2))
+
+
+class _BatchNormBackward(torch.autograd.Function):
+    """BatchNorm's first backward (PyTorch's kernel), with a closed-form backward of its own.
+
+    With x̂ = (x - μ) r, r = 1/sqrt(σ² + ε), P(v) = v - mean(v) - x̂ mean(v x̂) (per
+    channel, over the M values of a channel), the first backward maps the output
+    gradient g to ``dx = w r P(g)``, ``dw = Σ g x̂``, ``db = Σ g``. For upstream
+    gradients (A, α, β) of (dx, dw, db), its gradients are
+    ``G_g = w r P(A) + α x̂ + β``, ``G_w = r Σ A P(g)`` and
+    ``G_x = -(w r² / M) (t x̂ + (Σ A x̂) P(g) + (Σ g x̂) P(A)) + α r P(g)`` with
+    ``t = Σ A P(g)``.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_out, x, weight, mean, rstd, eps):
+        mask = [True, weight is not None, weight is not None]
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad_out, x, weight, None, None, mean, rstd, True,
+                                                                eps, mask)
+        ctx.save_for_backward(grad_out, x, weight, mean, rstd)
+        return dx, dw, db
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gdx, gdw, gdb):
+        g, x, w, mean, r = ctx.saved_tensors
+        if gdx is not None and gdx.stride() != x.stride():
+            # One layout copy instead of a dozen slow mixed-layout operations below.
+            gdx = torch.empty_like(x).copy_(gdx)
+        m = x.numel() // x.shape[1]
+        xh = (x - _per_channel(x, mean)) * _per_channel(x, r)
+        sg, sgx = _channel_sum(g), _channel_dot(g, xh)
+        pg = g - _per_channel(x, sg / m) - xh * _per_channel(x, sgx / m)
+        wr = r if w is None else w * r
+        if gdx is not None:
+            sa, sax = _channel_sum(gdx), _channel_dot(gdx, xh)
+            pa = gdx - _per_channel(x, sa / m) - xh * _per_channel(x, sax / m)
+            t = _channel_dot(gdx, pg)
+            k = wr * r / m
+            grad_g = pa * _per_channel(x, wr)
+            grad_x = xh * _per_channel(x, -k * t) + pg * _per_channel(x, -k * sax) + pa * _per_channel(x, -k * sgx)
+            grad_w = r * t if w is not None else None
+        else:
+            grad_g, grad_x = torch.zeros_like(g), torch.zeros_like(x)
+            grad_w = torch.zeros_like(w) if w is not None else None
+        if gdw is not None:
+            grad_g = grad_g + xh * _per_channel(x, gdw)
+            grad_x = grad_x + pg * _per_channel(x, gdw * r)
+        if gdb is not None:
+            grad_g = grad_g + _per_channel(x, gdb)
+        return grad_g, grad_x, grad_w, None, None, None
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = _BatchNormBackward.apply(grad_out, x, weight, mean, rstd, ctx.eps)
+        return dx, dw, db, None
+
+
+def batch_norm_train(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float = 1e-5) -> torch.Tensor:
+    """BatchNorm with the batch's own statistics (no running statistics), as
+    ``F.batch_norm(x, None, None, weight, bias, True, eps=eps)``, but twice differentiable
+    at about a third of the cost (see :class:`_BatchNormBackward`)."""
+    if (weight is None) != (bias is None):  # rare; the generic path handles it
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    return _BatchNormTrain.apply(x, weight, bias, eps)
+
+
+def _batch_norm_args(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-5):
+    return input, running_mean, running_var, weight, bias, training, eps
+
+
+class _TwiceDifferentiableNorms(TorchFunctionMode):
+    """Routes batch-statistics ``F.batch_norm`` calls to :func:`batch_norm_train`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            x, running_mean, running_var, weight, bias, training, eps = _batch_norm_args(*args, **kwargs)
+            if training and running_mean is None and running_var is None:
+                return batch_norm_train(x, weight, bias, eps)
+        return func(*args, **kwargs)
+
+
 class FunctionalModule:
     """Calls ``module`` with substituted parameters: ``fm(params, x)``.
 
     ``params`` maps parameter names (as in ``module.named_parameters()``) to tensors;
     parameters it leaves out are the module's own. Normalisation layers follow
-    ``batch_norm`` (see the module docstring). The module itself is never modified.
+    ``batch_norm`` (see the module docstring). ``twice=True`` says the pass will be
+    differentiated twice (a second-order inner step), which routes BatchNorm through
+    :func:`batch_norm_train`. The module itself is never modified.
     """
 
     def __init__(self, module: nn.Module, batch_norm: str = "task"):
@@ -91,11 +233,32 @@ class FunctionalModule:
         self.batch_norm = check_batch_norm(batch_norm)
         self._none = {name: None for name in norm_buffer_names(module)}
         self._norms = [layer for _, layer in norm_layers(module)]
+        self._channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(
+            memory_format=torch.channels_last) for p in module.parameters())
 
-    def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the module's channels-last layout, if its weights use it.
+
+        A one-channel batch ``(n, 1, h, w)`` is contiguous in both layouts, and
+        ``x.contiguous(memory_format=torch.channels_last)`` leaves its strides
+        channels-first; convolutions then pick the layout from whatever else they are
+        given, and the first layer's double backward comes out channels-first. The
+        strides are set explicitly instead (the same memory, a view).
+        """
+        if not self._channels_last or x.dim() != 4:
+            return x
+        if x.shape[1] == 1 and x.is_contiguous():
+            return x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)), x.storage_offset())
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, twice: bool = False) -> torch.Tensor:
+        x = self._input(x)
         if self.batch_norm == "task":
             if not self._none:
                 return functional_call(self.module, dict(params), (x,))
+            if twice and torch.is_grad_enabled():
+                with _TwiceDifferentiableNorms():
+                    return functional_call(self.module, (dict(params), self._none), (x,))
             return functional_call(self.module, (dict(params), self._none), (x,))
         with _frozen_norms(self._norms):
             return functional_call(self.module, dict(params), (x,))
@@ -107,12 +270,32 @@ def functional_forward(module: nn.Module, params: Mapping[str, torch.Tensor], x:
     return FunctionalModule(module, batch_norm)(params, x)
 
 
+def like(reference: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` laid out in memory like ``reference`` (differentiably; itself when it already is).
+
+    A fast weight ``θ - α g`` takes its strides from the arithmetic, not from θ: a
+    channels-last ``(64, 1, 3, 3)`` convolution weight comes back channels-first (the
+    two layouts differ only in the stride of the size-1 dimension), and the
+    convolution then produces channels-first activations, which BatchNorm and pooling
+    process several times slower on CPU, and the next channels-last layer converts
+    back. Keeping every fast weight in its parameter's layout avoids both. The copy
+    costs one parameter-sized write.
+    """
+    if tensor.stride() == reference.stride() or tensor.dim() != reference.dim():
+        return tensor
+    out = torch.empty_like(reference, requires_grad=False)
+    return out.copy_(tensor)
+
+
 def sgd_step(params: Mapping[str, torch.Tensor], names: Sequence[str], grads: Sequence[torch.Tensor],
              lrs: Sequence[torch.Tensor | float]) -> dict[str, torch.Tensor]:
-    """``params`` with ``params[n] - lr * grad`` for each adapted name ``n`` (a new dict; no in-place update)."""
+    """``params`` with ``params[n] - lr * grad`` for each adapted name ``n``, each in its
+    parameter's memory layout (a new dict; nothing is updated in place)."""
     out = dict(params)
     for name, grad, lr in zip(names, grads, lrs):
-        out[name] = params[name] - lr * grad
+        if torch.is_tensor(lr) and lr.dim() and lr.shape[0] != grad.shape[0]:
+            lr = lr[: grad.shape[0]]  # a head sliced to fewer ways: its per-element rates too
+        out[name] = like(params[name], params[name] - lr * grad)
     return out
 
 
@@ -176,5 +359,5 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "check_batch_norm", "functional_forward", "keep_freed_memory",
+__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "batch_norm_train", "check_batch_norm", "functional_forward", "keep_freed_memory", "like",
            "norm_buffer_names", "norm_layers", "sgd_step", "surrogate_loss"]

@@ -1,0 +1,211 @@
+"""MAML, FOMAML, Meta-SGD and ANIL on Omniglot; MAML, Meta-SGD and a pretrained baseline on sinusoids.
+
+Omniglot (Vinyals split, 28x28, rotations): each method is meta-trained by the one
+trainer (:class:`fewshot.train.Trainer`) within a CPU budget, keeps its best
+validation checkpoint, and is tested on 600 fixed 1-shot episodes of the test split
+(15 queries per class) with a 95 % confidence interval, beside the published number.
+Settings follow Finn et al. (2017, appendix A.1): 5-way: meta-batch 32, one inner step
+of 0.4 in training and three at test; 20-way: meta-batch 16, five inner steps of 0.1;
+one query per class in meta-training, as in their code; Adam 1e-3. Meta-SGD adapts
+in one step from learned rates initialised at the same inner learning rate.
+
+Sinusoid regression (Finn et al., section 5.1): an MLP with two hidden layers of 40
+ReLU units, MSE; K = 5 and 10 support points, meta-batch 25, inner step 0.01, Adam
+1e-3. The pretrained baseline is joint training on all tasks (``maml`` with
+``inner_steps=0``) fine-tuned at test time with step 0.02 (the step of Finn et al.'s
+figure 2). Reported: the query MSE (100 points over [-5, 5]) on 600 test tasks after 1
+and 10 inner steps, with a 95 % confidence interval.
+
+    FEWSHOT_DATA=../shared/data python benchmarks/maml_accuracy.py --minutes 60 --sinusoid-minutes 10
+    FEWSHOT_DATA=../shared/data python benchmarks/maml_accuracy.py --tiny --out /tmp/maml_accuracy.json
+
+``--minutes`` is the CPU budget of each Omniglot model (training stops, validated
+and checkpointed, when the process has used that much CPU time; Finn et al. trained
+60,000 meta-iterations); ``--steps`` caps the iterations. Writes
+benchmarks/results/maml_accuracy.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fewshot.config import TrainConfig
+from fewshot.data import EpisodeSampler, SinusoidSampler, load_dataset
+from fewshot.evaluate import confidence_interval, evaluate
+from fewshot.methods import build_method
+from fewshot.models import MLP
+from fewshot.train import Trainer, load_run
+
+RESULTS = Path(__file__).parent / "results"
+
+# Published Omniglot 1-shot test accuracies (%): MAML and FOMAML from Finn et al. (2017)
+# Table 1, Meta-SGD from Li et al. (2017) Table 2, ANIL from Raghu et al. (2020) Table 2.
+PUBLISHED = {("maml", 5): 98.7, ("maml", 20): 95.8, ("fomaml", 5): 98.3, ("fomaml", 20): 89.4,
+             ("metasgd", 5): 99.53, ("metasgd", 20): 95.93, ("anil", 20): 96.2}
+# Sinusoid MSE after one step, Li et al. (2017) Table 1 (their own MAML run and Meta-SGD).
+PUBLISHED_SINUSOID = {("maml", 5): 1.13, ("maml", 10): 0.77, ("metasgd", 5): 0.90, ("metasgd", 10): 0.53}
+
+
+def omniglot_config(method: str, way: int, steps: int, minutes: float, query: int, val_every: int,
+                    val_episodes: int) -> TrainConfig:
+    five = way <= 5
+    options = {"inner_steps": 1 if five or method == "metasgd" else 5, "inner_lr": 0.4 if five else 0.1,
+               "test_inner_steps": 3 if five else 5}
+    if method == "metasgd":
+        options["test_inner_steps"] = 1  # Meta-SGD adapts in the one step its rates were learned for
+    return TrainConfig(method=method, method_options=options, dataset="omniglot",
+                       dataset_options={"split_scheme": "vinyals"}, backbone="conv4", way=way, shot=1, query=15,
+                       train_query=query, episodes=steps, meta_batch=32 if five else 16, lr=1e-3,
+                       val_every=val_every, val_episodes=val_episodes, checkpoint_every=val_every, seed=0,
+                       cpu_minutes=minutes)
+
+
+def run_omniglot(data, method: str, way: int, args, runs: Path) -> dict:
+    config = omniglot_config(method, way, args.steps, args.minutes, args.train_query, args.val_every,
+                             args.val_episodes)
+    run_dir = runs / f"{method}-omniglot-{way}way1shot"
+    trainer = Trainer(config, run_dir, dataset=data, runs=runs)
+    result = trainer.run(resume=(run_dir / "state.json").exists(), progress=not args.quiet)
+    state = trainer.state
+    _, model, _ = load_run(run_dir, "best")
+    sampler = EpisodeSampler(data, "test", way, 1, 15, seed=0)
+    report = evaluate(model, sampler, args.test_episodes, progress=not args.quiet, desc=f"{method} {way}-way")
+    row = {"method": method, "way": way, "shot": 1, "options": config.method_options, "meta_batch": config.meta_batch,
+           "train_query": config.train_query, "steps_trained": state["step"], "cpu_seconds": state["cpu_seconds"],
+           "wall_seconds": state["seconds"], "best_step": (state.get("best") or {}).get("step"),
+           "val_accuracy": (state.get("best") or {}).get("accuracy"), "val_curve": state["history"]["val"],
+           "test_accuracy": report.accuracy, "test_ci95": report.ci95, "test_episodes": report.episodes,
+           "test_inner_steps": model.test_inner_steps, "published": PUBLISHED.get((method, way)),
+           "images_per_second": result.images_per_second}
+    print(f"{method} {way}-way 1-shot: {report.accuracy:.2f} ± {report.ci95:.2f} % after {state['step']} steps "
+          f"({state['cpu_seconds'] / 60:.1f} CPU min); published {PUBLISHED.get((method, way))}", flush=True)
+    return row
+
+
+def sinusoid_method(name: str, seed: int):
+    torch.manual_seed(seed)
+    backbone = MLP(1, (40, 40), out_features=1)
+    if name == "pretrained":
+        model = build_method("maml", backbone, task="regression", inner_steps=0, inner_lr=0.01)
+        model.set_test_options(inner_lr=0.02)
+        return model
+    return build_method(name, backbone, task="regression", inner_steps=1, inner_lr=0.01)
+
+
+def run_sinusoid(name: str, k: int, args) -> dict:
+    model = sinusoid_method(name, args.seed)
+    sampler = SinusoidSampler(shot=k, query=k, seed=args.seed)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    cpu0, step, curve = time.process_time(), 0, []
+    model.train()
+    while step < args.sinusoid_steps and time.process_time() - cpu0 < 60 * args.sinusoid_minutes:
+        loss, metrics = model.loss(sampler.batch(step, 25))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 1000 == 0:
+            curve.append([step, metrics["mse"]])
+    cpu = time.process_time() - cpu0
+    test = list(SinusoidSampler(shot=k, query=100, seed=args.seed + 1000).suite(args.test_episodes))
+    row = {"method": name, "k": k, "steps_trained": step, "cpu_seconds": cpu, "train_curve": curve,
+           "published_1_step": PUBLISHED_SINUSOID.get((name, k))}
+    for steps in (1, 10):
+        model.set_test_options(inner_steps=steps)
+        errors = np.empty(len(test))
+        for i, ep in enumerate(test):
+            with torch.no_grad():
+                prediction = model.adapt(ep.support_x, ep.support_y, 1)(ep.query_x)
+            errors[i] = F.mse_loss(prediction, ep.query_y).item()
+        mean, ci = confidence_interval(errors)
+        row[f"mse_{steps}_step"], row[f"ci95_{steps}_step"] = mean, ci
+    print(f"sinusoid {name} K={k}: MSE {row['mse_1_step']:.3f} (1 step), {row['mse_10_step']:.3f} (10 steps) "
+          f"after {step} steps ({cpu / 60:.1f} CPU min)", flush=True)
+    return row
+
+
+def markdown(results: dict) -> str:
+    lines = ["# MAML family: accuracy", "", f"CPU budget: {results['budget']}. Machine: {results['machine']}.", "",
+             "## Omniglot, 1-shot (600 test episodes, 15 queries per class, 95 % CI)", "",
+             "| method | way | test accuracy % | published % | steps | CPU min | best step | inner steps (train/test) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results["omniglot"]:
+        pub = "-" if r["published"] is None else f"{r['published']}"
+        lines.append(f"| {r['method']} | {r['way']} | {r['test_accuracy']:.2f} ± {r['test_ci95']:.2f} | {pub} | "
+                     f"{r['steps_trained']} | {r['cpu_seconds'] / 60:.1f} | {r['best_step']} | "
+                     f"{r['options']['inner_steps']}/{r['test_inner_steps']} |")
+    lines += ["", "## Sinusoid regression (600 test tasks, query MSE, 95 % CI)", "",
+              "| method | K | MSE, 1 step | MSE, 10 steps | published (1 step) | steps | CPU min |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results["sinusoid"]:
+        pub = "-" if r["published_1_step"] is None else f"{r['published_1_step']}"
+        lines.append(f"| {r['method']} | {r['k']} | {r['mse_1_step']:.3f} ± {r['ci95_1_step']:.3f} | "
+                     f"{r['mse_10_step']:.3f} ± {r['ci95_10_step']:.3f} | {pub} | {r['steps_trained']} | "
+                     f"{r['cpu_seconds'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["maml", "fomaml", "metasgd", "anil"])
+    parser.add_argument("--ways", type=int, nargs="+", default=[5, 20])
+    parser.add_argument("--minutes", type=float, default=60.0, help="CPU minutes of meta-training per Omniglot model")
+    parser.add_argument("--steps", type=int, default=60000, help="at most this many meta-iterations per model")
+    parser.add_argument("--train-query", type=int, default=1, help="queries per class in meta-training (Finn: 1)")
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--val-episodes", type=int, default=200)
+    parser.add_argument("--test-episodes", type=int, default=600)
+    parser.add_argument("--sinusoid", nargs="+", default=["maml", "metasgd", "pretrained"])
+    parser.add_argument("--sinusoid-k", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--sinusoid-minutes", type=float, default=10.0, help="CPU minutes per sinusoid model")
+    parser.add_argument("--sinusoid-steps", type=int, default=70000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default="runs/bench-maml")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"  # the Makefile's default data root
+    parser.add_argument("--data-root", default=os.environ.get("FEWSHOT_DATA") or (str(shared) if shared.is_dir() else None))
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: a few steps, 20 test episodes")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "maml_accuracy.json"))
+    args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.val_every, args.val_episodes, args.test_episodes = 4, 2, 10, 20
+        args.sinusoid_steps = 30
+    torch.set_num_threads(args.threads)
+    runs = Path(args.runs)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    budget = (f"{args.minutes:g} CPU minutes (at most {args.steps} meta-iterations) per Omniglot model, "
+              f"{args.sinusoid_minutes:g} CPU minutes (at most {args.sinusoid_steps} iterations) per sinusoid model, "
+              f"{args.threads} thread(s)")
+    results = {"benchmark": "maml_accuracy", "command": " ".join(["python", *sys.argv]), "machine": machine,
+               "budget": budget, "omniglot": [], "sinusoid": []}
+    if args.methods and args.ways:
+        data = load_dataset("omniglot", args.data_root, split_scheme="vinyals")
+        for way in args.ways:
+            for method in args.methods:
+                results["omniglot"].append(run_omniglot(data, method, way, args, runs))
+    for k in args.sinusoid_k:
+        for name in args.sinusoid:
+            results["sinusoid"].append(run_sinusoid(name, k, args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o)
+                   + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
