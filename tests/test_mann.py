@@ -12,13 +12,6 @@ from fewshot.methods.mann import LRUAMemory, MemoryState, instance_accuracy, seq
 from fewshot.models import MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def clusters(seed: int = 0):
     """80 well-separated classes of 10 examples: 64 to train on, 16 novel ones to test."""

@@ -17,14 +17,6 @@ from core_fixtures import digits8  # noqa: F401  (fixture)
 FLAT, IMAGE = (10, 1, 1), (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than several, and kinder to a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # name -> (method, backbone factory, image shape, options)
 CASES = {
     "protonet-normalize": ("protonet", lambda: MLP(10, (32,)), FLAT, {"normalize": True}),

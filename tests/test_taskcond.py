@@ -10,13 +10,6 @@ from fewshot.methods import TaskCondNet
 from fewshot.models import MLP, Conv4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def conv_method(**options) -> TaskCondNet:
     torch.manual_seed(0)
