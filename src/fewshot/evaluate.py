@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.episodes import EpisodeSampler
+from .errors import ConfigError
 from .methods.base import Method
 
 
@@ -75,6 +76,8 @@ def evaluate(method: Method, sampler: EpisodeSampler, episodes: int = 600, *, pr
     The query set is predicted without gradients; methods whose ``adapt`` needs
     gradients (fine-tuning, MAML) enable them inside ``adapt`` themselves.
     """
+    if episodes < 1:
+        raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
     # Evaluation must not leave a trace: BatchNorm in train mode would update its
     # running statistics, so a "train"-mode method is evaluated on a copy.
     model = copy.deepcopy(method) if method.test_mode == "train" else method
