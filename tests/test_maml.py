@@ -350,7 +350,6 @@ def test_surrogate_loss_carries_value_and_gradient():
 
 @pytest.mark.parametrize("name", ["maml", "metasgd", "anil", "reptile"])
 def test_sinusoid_regression_learns(name):
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     options = {"maml": {"inner_lr": 0.01}, "metasgd": {"inner_lr": 0.01}, "anil": {"inner_lr": 0.1, "inner_steps": 2},
                "reptile": {"inner_lr": 0.01, "inner_steps": 3}}[name]
