@@ -145,13 +145,14 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         name = f"checkpoint-{step:07d}.safetensors"
         save_tensors(self.run_dir / name, tensors)
-        previous = self.state["checkpoint"]
         self.state.update(checkpoint=name, optimizer={"param_groups": optim["param_groups"], "scalars": scalars},
                           scheduler=self.scheduler.state_dict())
         write_json(self.run_dir / "state.json", self.state)
-        # Only now, with state.json pointing at the new file, is the old one garbage.
-        if previous and previous != name:
-            (self.run_dir / previous).unlink(missing_ok=True)
+        # Only now, with state.json naming the new files, are the files it no longer names garbage.
+        keep = {name, (self.state["best"] or {}).get("file")}
+        for path in [*self.run_dir.glob("checkpoint-*.safetensors"), *self.run_dir.glob("best-*.safetensors")]:
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         state = read_json(self.run_dir / "state.json")
@@ -275,14 +276,10 @@ class Trainer:
         if result is None or best is None or result.accuracy > best["accuracy"]:
             name = f"best-{step:07d}.safetensors"
             save_tensors(self.run_dir / name, {f"model.{k}": v for k, v in self.method.state_dict().items()})
+            # Recorded in state.json by the checkpoint that always follows a validation.
             self.state["best"] = {"step": step, "file": name,
                                   "accuracy": result.accuracy if result else None,
                                   "ci95": result.ci95 if result else None}
-            # The superseded best file is removed after state.json stops naming it.
-            old = best["file"] if best and best["file"] != name else None
-            write_json(self.run_dir / "state.json", self.state)
-            if old:
-                (self.run_dir / old).unlink(missing_ok=True)
 
     def _finish(self, images_per_step: int, record: bool) -> TrainResult:
         best = self.state["best"] or {}
