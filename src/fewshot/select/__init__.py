@@ -1,0 +1,13 @@
+"""Model selection: which pre-trained model to use for a new few-shot task.
+
+Transferability scores of a task's support features (:mod:`.scores`), a meta-learner that
+predicts each model's accuracy from task, model and score features (:mod:`.metalearner`),
+and the metrics that judge a selection (:mod:`.metrics`).
+"""
+
+from .metalearner import MetaLearner, compare, leave_one_group_out
+from .metrics import selection_report
+from .scores import SCORES, ScoreNotApplicable, compute_scores
+
+__all__ = ["SCORES", "MetaLearner", "ScoreNotApplicable", "compare", "compute_scores", "leave_one_group_out",
+           "selection_report"]
