@@ -11,18 +11,23 @@ in one step from learned rates initialised at the same inner learning rate.
 
 Sinusoid regression (Finn et al., section 5.1): an MLP with two hidden layers of 40
 ReLU units, MSE; K = 5 and 10 support points, meta-batch 25, inner step 0.01, Adam
-1e-3. The pretrained baseline is joint training on all tasks (``maml`` with
-``inner_steps=0``) fine-tuned at test time with step 0.02 (the step of Finn et al.'s
-figure 2). Reported: the query MSE (100 points over [-5, 5]) on 600 test tasks after 1
-and 10 inner steps, with a 95 % confidence interval.
+1e-3, meta-trained by the same trainer (dataset ``sinusoid``, no validation: the last
+weights) and tested by the same ``evaluate``. The pretrained baseline is joint training
+on all tasks (``maml`` with ``inner_steps=0``) fine-tuned at test time with step 0.02
+(the step of Finn et al.'s figure 2). Reported: the query MSE (100 points over [-5, 5])
+on 600 tasks of the test stream after 1 and 10 inner steps, with a 95 % confidence
+interval.
 
     FEWSHOT_DATA=../shared/data python benchmarks/maml_accuracy.py --minutes 60 --sinusoid-minutes 10
+    python benchmarks/maml_accuracy.py --only sinusoid --sinusoid-minutes 10
     FEWSHOT_DATA=../shared/data python benchmarks/maml_accuracy.py --tiny --out /tmp/maml_accuracy.json
 
 ``--minutes`` is the CPU budget of each Omniglot model (training stops, validated
 and checkpointed, when the process has used that much CPU time; Finn et al. trained
-60,000 meta-iterations); ``--steps`` caps the iterations. Writes
-benchmarks/results/maml_accuracy.{json,md}.
+60,000 meta-iterations); ``--steps`` caps the iterations. ``--only`` runs one part
+and keeps the other part of an existing results file. Writes
+benchmarks/results/maml_accuracy.{json,md}; a run folder that exists is resumed
+(``--tiny`` trains in a temporary folder unless ``--runs`` is given).
 """
 
 from __future__ import annotations
@@ -33,18 +38,14 @@ import math
 import os
 import platform
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fewshot.config import TrainConfig
-from fewshot.data import EpisodeSampler, SinusoidSampler, load_dataset
-from fewshot.evaluate import confidence_interval, evaluate
-from fewshot.methods import build_method
-from fewshot.models import MLP
+from fewshot.data import EpisodeSampler, load_dataset, make_sampler
+from fewshot.evaluate import evaluate
 from fewshot.train import Trainer, load_run
 
 RESULTS = Path(__file__).parent / "results"
@@ -93,46 +94,47 @@ def run_omniglot(data, method: str, way: int, args, runs: Path) -> dict:
     return row
 
 
-def sinusoid_method(name: str, seed: int):
-    torch.manual_seed(seed)
-    backbone = MLP(1, (40, 40), out_features=1)
+def sinusoid_config(name: str, k: int, args) -> TrainConfig:
+    """``name`` (or the pretrained baseline: ``maml`` without inner steps) on K-shot sinusoids."""
+    method, inner_steps = ("maml", 0) if name == "pretrained" else (name, 1)
+    return TrainConfig(method=method, method_options={"inner_steps": inner_steps, "inner_lr": 0.01},
+                       dataset="sinusoid", backbone="mlp", backbone_options={"hidden": [40, 40], "out_features": 1},
+                       shot=k, query=k, episodes=args.sinusoid_steps, meta_batch=25, lr=1e-3, val_split=None,
+                       checkpoint_every=1000, seed=args.seed, cpu_minutes=args.sinusoid_minutes)
+
+
+def run_sinusoid(name: str, k: int, args, runs: Path) -> dict:
+    config = sinusoid_config(name, k, args)
+    run_dir = runs / f"sinusoid-{name}-k{k}"
+    Trainer(config, run_dir, runs=runs).run(resume=(run_dir / "state.json").exists(), progress=not args.quiet)
+    _, model, state = load_run(run_dir, "last")
     if name == "pretrained":
-        model = build_method("maml", backbone, task="regression", inner_steps=0, inner_lr=0.01)
         model.set_test_options(inner_lr=0.02)
-        return model
-    return build_method(name, backbone, task="regression", inner_steps=1, inner_lr=0.01)
-
-
-def run_sinusoid(name: str, k: int, args) -> dict:
-    model = sinusoid_method(name, args.seed)
-    sampler = SinusoidSampler(shot=k, query=k, seed=args.seed)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    cpu0, step, curve = time.process_time(), 0, []
-    model.train()
-    while step < args.sinusoid_steps and time.process_time() - cpu0 < 60 * args.sinusoid_minutes:
-        loss, metrics = model.loss(sampler.batch(step, 25))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if step % 1000 == 0:
-            curve.append([step, metrics["mse"]])
-    cpu = time.process_time() - cpu0
-    test = list(SinusoidSampler(shot=k, query=100, seed=args.seed + 1000).suite(args.test_episodes))
+    sampler = make_sampler("sinusoid", None, "test", 1, k, 100, seed=args.seed)
+    step, cpu = state["step"], state["cpu_seconds"]
+    # The trainer logs the mean MSE of every 50 steps; the curve keeps one point per 1,000.
+    curve = [[s, mse] for s, _, mse in state["history"]["train"] if s % 1000 == 0]
     row = {"method": name, "k": k, "steps_trained": step, "cpu_seconds": cpu, "train_curve": curve,
            "published_1_step": PUBLISHED_SINUSOID.get((name, k))}
     for steps in (1, 10):
         model.set_test_options(inner_steps=steps)
-        errors = np.empty(len(test))
-        for i, ep in enumerate(test):
-            with torch.no_grad():
-                prediction = model.adapt(ep.support_x, ep.support_y, 1)(ep.query_x)
-            errors[i] = F.mse_loss(prediction, ep.query_y).item()
-        mean, ci = confidence_interval(errors)
-        row[f"mse_{steps}_step"], row[f"ci95_{steps}_step"] = mean, ci
+        report = evaluate(model, sampler, args.test_episodes, progress=not args.quiet,
+                          desc=f"sinusoid {name} K={k}, {steps} step(s)")
+        row[f"mse_{steps}_step"], row[f"ci95_{steps}_step"] = report.mse, report.ci95
     print(f"sinusoid {name} K={k}: MSE {row['mse_1_step']:.3f} (1 step), {row['mse_10_step']:.3f} (10 steps) "
           f"after {step} steps ({cpu / 60:.1f} CPU min)", flush=True)
     return row
+
+
+def read_previous(out: Path) -> dict:
+    """The results file as it stands, so that running one part keeps the other."""
+    if not out.exists():
+        return {}
+    try:
+        previous = json.loads(out.read_text())
+    except (ValueError, UnicodeDecodeError):
+        sys.exit(f"{out} is not valid JSON; move it away or choose another --out")
+    return previous if isinstance(previous, dict) else {}
 
 
 def markdown(results: dict) -> str:
@@ -140,7 +142,7 @@ def markdown(results: dict) -> str:
              "## Omniglot, 1-shot (600 test episodes, 15 queries per class, 95 % CI)", "",
              "| method | way | test accuracy % | published % | steps | CPU min | best step | inner steps (train/test) |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in results["omniglot"]:
+    for r in results.get("omniglot", []):
         pub = "-" if r["published"] is None else f"{r['published']}"
         lines.append(f"| {r['method']} | {r['way']} | {r['test_accuracy']:.2f} ± {r['test_ci95']:.2f} | {pub} | "
                      f"{r['steps_trained']} | {r['cpu_seconds'] / 60:.1f} | {r['best_step']} | "
@@ -148,7 +150,7 @@ def markdown(results: dict) -> str:
     lines += ["", "## Sinusoid regression (600 test tasks, query MSE, 95 % CI)", "",
               "| method | K | MSE, 1 step | MSE, 10 steps | published (1 step) | steps | CPU min |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results["sinusoid"]:
+    for r in results.get("sinusoid", []):
         pub = "-" if r["published_1_step"] is None else f"{r['published_1_step']}"
         lines.append(f"| {r['method']} | {r['k']} | {r['mse_1_step']:.3f} ± {r['ci95_1_step']:.3f} | "
                      f"{r['mse_10_step']:.3f} ± {r['ci95_10_step']:.3f} | {pub} | {r['steps_trained']} | "
@@ -172,7 +174,8 @@ def main() -> None:
     parser.add_argument("--sinusoid-steps", type=int, default=70000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default="runs/bench-maml")
+    parser.add_argument("--runs", help="run folders and store (default runs/bench-maml; --tiny: a temporary folder)")
+    parser.add_argument("--only", choices=["sinusoid", "omniglot"], help="run one part; the file keeps the other")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"  # the Makefile's default data root
     parser.add_argument("--data-root", default=os.environ.get("FEWSHOT_DATA") or (str(shared) if shared.is_dir() else None))
     parser.add_argument("--tiny", action="store_true", help="a smoke run: a few steps, 20 test episodes")
@@ -183,23 +186,30 @@ def main() -> None:
         args.steps, args.val_every, args.val_episodes, args.test_episodes = 4, 2, 10, 20
         args.sinusoid_steps = 30
     torch.set_num_threads(args.threads)
-    runs = Path(args.runs)
+    out = Path(args.out)
+    parts = [part for part in ("omniglot", "sinusoid") if args.only in (None, part)]
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     budget = (f"{args.minutes:g} CPU minutes (at most {args.steps} meta-iterations) per Omniglot model, "
               f"{args.sinusoid_minutes:g} CPU minutes (at most {args.sinusoid_steps} iterations) per sinusoid model, "
               f"{args.threads} thread(s)")
-    results = {"benchmark": "maml_accuracy", "command": " ".join(["python", *sys.argv]), "machine": machine,
-               "budget": budget, "omniglot": [], "sinusoid": []}
-    if args.methods and args.ways:
-        data = load_dataset("omniglot", args.data_root, split_scheme="vinyals")
-        for way in args.ways:
-            for method in args.methods:
-                results["omniglot"].append(run_omniglot(data, method, way, args, runs))
-    for k in args.sinusoid_k:
-        for name in args.sinusoid:
-            results["sinusoid"].append(run_sinusoid(name, k, args))
-    out = Path(args.out)
+    command = " ".join(["python", *sys.argv])
+    results = {"omniglot": [], "sinusoid": [], **read_previous(out)}
+    results.update(benchmark="maml_accuracy", command=command, machine=machine, budget=budget)
+    # Which command produced each part, since a merged file holds the output of several.
+    results["commands"] = {**results.get("commands", {}), **{part: command for part in parts}}
+    with tempfile.TemporaryDirectory(prefix="maml-accuracy-") as tmp:
+        runs = Path(args.runs or (tmp if args.tiny else "runs/bench-maml"))
+        if "omniglot" in parts:
+            rows = []
+            if args.methods and args.ways:
+                data = load_dataset("omniglot", args.data_root, split_scheme="vinyals")
+                for way in args.ways:
+                    for method in args.methods:
+                        rows.append(run_omniglot(data, method, way, args, runs))
+            results["omniglot"] = rows
+        if "sinusoid" in parts:
+            results["sinusoid"] = [run_sinusoid(name, k, args, runs) for k in args.sinusoid_k for name in args.sinusoid]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o)
                    + "\n")

@@ -142,7 +142,7 @@ def child(args) -> None:
     import fewshot.models.functional as functional
     from fewshot.methods import MAML
 
-    batches = torch.load(args.batches, weights_only=False)
+    batches = load_batches(args.batches)
     if args.limit:
         batches = batches[: args.limit]
     model = build_model(batches[0][0].way)
@@ -210,6 +210,19 @@ def child(args) -> None:
 
 # -- the driver --------------------------------------------------------------------------
 
+def save_batches(batches: list, path: Path) -> None:
+    """Meta-batches as plain tensors and ints, so that ``torch.load(weights_only=True)``
+    reads them back: nothing the benchmark passes between processes is unpickled."""
+    torch.save([[(e.support_x, e.support_y, e.query_x, e.query_y, e.way, e.shot) for e in batch]
+                for batch in batches], path)
+
+
+def load_batches(path) -> list:
+    from fewshot.data.episodes import Episode
+
+    return [[Episode(*fields) for fields in batch] for batch in torch.load(path, weights_only=True)]
+
+
 def sample_batches(data_root, way: int, shot: int, query: int, meta_batch: int, count: int, path: Path) -> str:
     from fewshot.data import EpisodeSampler, load_dataset
 
@@ -228,7 +241,7 @@ def sample_batches(data_root, way: int, shot: int, query: int, meta_batch: int, 
         batches = [[Episode(torch.rand(way * shot, 1, 28, 28, generator=g), labels(shot),
                             torch.rand(way * query, 1, 28, 28, generator=g), labels(query), way, shot)
                     for _ in range(meta_batch)] for _ in range(count)]
-    torch.save(batches, path)
+    save_batches(batches, path)
     return source
 
 
@@ -256,7 +269,7 @@ def precision(batches_path: Path, steps: int, first_order: bool, tasks: int = 8)
     """
     from fewshot.data.episodes import Episode
 
-    batch = torch.load(batches_path, weights_only=False)[0][:tasks]
+    batch = load_batches(batches_path)[0][:tasks]
     grads = {}
     for kind in ("reference-float32", "fewshot-float32", "reference-float64"):
         model = build_model(batch[0].way)
@@ -363,14 +376,14 @@ def main() -> None:
             for variant in once.get((steps, fo), []):
                 runs.setdefault(variant, []).append(
                     run_child(variant, steps, fo, batches, tmp / f"{variant}-{steps}-{fo}.pt", args, limit=2))
-            reference_grad = torch.load(tmp / f"reference-{steps}-{fo}.pt")
+            reference_grad = torch.load(tmp / f"reference-{steps}-{fo}.pt", weights_only=True)
             rows = {}
             for variant, got in runs.items():
                 if any("error" in r for r in got):
                     rows[variant] = {"error": next(r["error"] for r in got if "error" in r)}
                     continue
                 row = summarise(got)
-                g = torch.load(tmp / f"{variant}-{steps}-{fo}.pt")
+                g = torch.load(tmp / f"{variant}-{steps}-{fo}.pt", weights_only=True)
                 row["grad_max_rel_diff"] = float((g - reference_grad).abs().max() / reference_grad.abs().max())
                 rows[variant] = row
             ref = rows["reference"]

@@ -103,23 +103,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             backbone_options=backbone_options or None, way=args.way, shot=args.shot, query=args.query,
             train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
             episodes=args.episodes, meta_batch=args.meta_batch, optimizer=args.optimizer, lr=args.lr, lr_step=args.lr_step,
+            momentum=args.momentum,
             val_every=args.val_every, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
             seed=args.seed, train_split=args.train_split, cpu_minutes=args.cpu_minutes,
             val_split=None if (args.val_split or "").lower() == "none" else args.val_split)
+        if (args.val_split or "").lower() == "none":  # layered() skips None: it cannot override the default
+            config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})
         run_dir = Path(args.out)
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
-    best = (f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
-            if result.best_accuracy is not None else "no validation split: kept the last weights")
+    if result.best_mse is not None:
+        best = f"best validation mse {result.best_mse:.4g} ± {result.best_ci95:.2g}"
+    elif result.best_accuracy is not None:
+        best = f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
+    else:
+        best = "no validation split: kept the last weights"
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import EpisodeSampler, load_dataset
+    from .data import load_source, make_sampler
     from .evaluate import evaluate
     from .methods import METHODS, build_method
     from .store import RunStore
@@ -148,9 +155,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.query = args.query or config.query
         if args.dataset and args.dataset != config.dataset:
             dataset_name, dataset_options = args.dataset, {}
-    dataset = load_dataset(dataset_name, args.data_root, **_dataset_options(args, dataset_options))
+    dataset = load_source(dataset_name, args.data_root, **_dataset_options(args, dataset_options))
     way, shot, query = args.way or 5, args.shot or 1, args.query or 15
-    sampler = EpisodeSampler(dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
+    sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
     start_cpu = time.process_time()
     result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
     cpu = time.process_time() - start_cpu
@@ -169,9 +176,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from .data import DATASETS
+    from .data import DATASETS, TASK_FAMILIES
 
-    for name, loader in sorted(DATASETS.items()):
+    for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items()):
         doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
         print(f"{name:12s} {doc}")
     return 0
@@ -209,8 +216,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'id':>4s}  {'kind':8s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
     for r in rows:
         m = r["metrics"]
-        if r["kind"] == "evaluate":
+        if r["kind"] == "evaluate" and m.get("metric") == "mse":
+            result = f"mse {m['mse']:.3g} ± {m['ci95']:.2g} {m['shot']}s"
+        elif r["kind"] == "evaluate":
             result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
+        elif m.get("val_mse") is not None:
+            result = f"val mse {m['val_mse']:.3g} ({m['steps']} st)"
         elif m.get("val_accuracy") is not None:
             result = f"val {m['val_accuracy']:.1f} % ({m['steps']} st)"
         else:
@@ -259,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="outer-loop optimiser (default adam)")
+    g.add_argument("--momentum", type=float, help="momentum of --optimizer sgd (default 0.9; 0 for plain SGD)")
     g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
     g.add_argument("--lr-step", type=int, help="halve the learning rate every this many steps (default: never)")
     g.add_argument("--cpu-minutes", type=float, help="stop (validated, checkpointed) after this much CPU time")
@@ -326,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
     p.add_argument("--runs", help="runs folder (default ./runs)")
     p.set_defaults(func=cmd_demo)
+    __import__("fewshot.select.cli", fromlist=["register"]).register(sub)  # zoo, select
+    __import__("fewshot.cli_tools", fromlist=["register"]).register(sub)  # report, tune, advise
     return parser
 
 

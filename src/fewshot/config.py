@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ class TrainConfig:
     ``meta_batch`` episodes. ``lr_step`` > 0 multiplies the learning rate by
     ``lr_gamma`` every ``lr_step`` steps (Snell et al. halve it every 2,000).
     ``cpu_minutes`` stops training (validated and checkpointed) once the process has
-    spent that much CPU time, counted across resumes.
+    spent that much CPU time, counted across resumes. ``momentum`` is that of the outer
+    SGD (``optimizer="sgd"``); 0 makes Reptile's outer step exactly Nichol et al.'s
+    ``θ ← θ + ε (φ̃ − θ)``.
     """
 
     method: str = "protonet"
@@ -41,6 +44,7 @@ class TrainConfig:
     meta_batch: int = 1
     optimizer: str = "adam"
     lr: float = 1e-3
+    momentum: float = 0.9
     weight_decay: float = 0.0
     lr_step: int = 0
     lr_gamma: float = 0.5
@@ -59,6 +63,8 @@ class TrainConfig:
                 continue
             if kind in expected and (not isinstance(value, expected[kind]) or isinstance(value, bool)):
                 raise ConfigError(f"config '{f.name}' must be {kind}, got {value!r}")
+            if kind == "float" and not math.isfinite(value):
+                raise ConfigError(f"config '{f.name}' must be a finite number, got {value!r}")
         positive = ("way", "shot", "query", "episodes", "meta_batch", "val_every", "val_episodes", "checkpoint_every")
         for name in positive + ("train_way", "train_shot", "train_query"):
             value = getattr(self, name)
@@ -66,6 +72,8 @@ class TrainConfig:
                 raise ConfigError(f"config '{name}' must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
 
@@ -79,6 +87,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a JSON object of settings, got a {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -94,8 +104,10 @@ class TrainConfig:
                 values = json.loads(Path(config_file).read_text())
             except FileNotFoundError:
                 raise ConfigError(f"config file {config_file} not found") from None
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ConfigError(f"config file {config_file} is not valid JSON: {e}") from None
+            except OSError as e:
+                raise ConfigError(f"config file {config_file} cannot be read ({e.strerror or e})") from None
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {config_file} must hold a JSON object of settings")
         for key, value in overrides.items():

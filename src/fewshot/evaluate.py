@@ -2,7 +2,9 @@
 
 A suite is defined by (dataset, split, way, shot, query, seed, count), so two methods
 evaluated with the same arguments see identical tasks, and their per-episode
-accuracies can be compared pairwise.
+accuracies can be compared pairwise. Regression suites (sinusoids, Finn et al. 2017,
+section 5.1) are scored the same way by the query mean squared error of each episode:
+the sampler's ``kind`` decides the metric, and the method must do the same task.
 
 Test-time BatchNorm is explicit: each method's ``test_mode`` decides it. ``"eval"``
 (metric-based methods) normalises with the running statistics of meta-training;
@@ -20,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data.episodes import EpisodeSampler
+from .data.tasks import Sampler, metric_name
 from .errors import ConfigError
 from .methods.base import Method
 
@@ -37,64 +40,110 @@ def confidence_interval(values: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class EvalResult:
-    """Per-episode accuracies (in %) of one method on one suite."""
+    """Per-episode scores of one method on one suite: accuracies in % (``metric``
+    ``"accuracy"``), or query mean squared errors (``"mse"``, regression).
+
+    The scores are kept under ``accuracies`` whatever the metric (the name predates
+    regression); ``scores`` is the neutral name, ``value`` their mean.
+    """
 
     accuracies: np.ndarray = field(repr=False)
     way: int
     shot: int
     query: int
     seconds: float = 0.0
+    metric: str = "accuracy"
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.accuracies
 
     @property
     def episodes(self) -> int:
         return len(self.accuracies)
 
     @property
-    def accuracy(self) -> float:
+    def value(self) -> float:
+        """The mean score, in the suite's metric."""
         return confidence_interval(self.accuracies)[0]
+
+    @property
+    def accuracy(self) -> float:
+        """Mean accuracy in %; NaN for a regression suite."""
+        return self.value if self.metric == "accuracy" else math.nan
+
+    @property
+    def mse(self) -> float:
+        """Mean query MSE; NaN for a classification suite."""
+        return self.value if self.metric == "mse" else math.nan
 
     @property
     def ci95(self) -> float:
         return confidence_interval(self.accuracies)[1]
 
+    def better_than(self, other: float | None) -> bool:
+        """Whether this result beats a mean score ``other`` of the same metric (None: nothing to beat)."""
+        if other is None:
+            return True
+        return self.value < other if self.metric == "mse" else self.value > other
+
     def summary(self) -> str:
+        if self.metric == "mse":
+            return (f"mse {self.value:.4g} ± {self.ci95:.2g} "
+                    f"({self.episodes} episodes, {self.shot}-shot regression, {self.query} query points)")
         return (f"accuracy {self.accuracy:.1f} ± {self.ci95:.1f} % "
                 f"({self.episodes} episodes, {self.way}-way {self.shot}-shot)")
 
     def to_dict(self, per_episode: bool = False) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "accuracies"}
-        out.update(accuracy=self.accuracy, ci95=self.ci95, episodes=self.episodes)
+        out.update({self.metric: self.value}, ci95=self.ci95, episodes=self.episodes)
         if per_episode:
-            out["per_episode"] = [round(float(a), 4) for a in self.accuracies]
+            # Accuracies are multiples of 100/queries; errors need more digits.
+            digits = 4 if self.metric == "accuracy" else 8
+            out["per_episode"] = [round(float(a), digits) for a in self.accuracies]
         return out
 
 
-def evaluate(method: Method, sampler: EpisodeSampler, episodes: int = 600, *, progress: bool = True,
+def episode_score(outputs: torch.Tensor, targets: torch.Tensor, metric: str) -> float:
+    """One episode's score: accuracy in % of the argmax, or the mean squared error."""
+    if metric == "mse":
+        return float(F.mse_loss(outputs, targets.to(outputs.dtype).view_as(outputs)))
+    return float((outputs.argmax(-1) == targets).float().mean()) * 100.0
+
+
+def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress: bool = True,
              desc: str = "evaluating") -> EvalResult:
-    """Accuracy of ``method`` on episodes ``0 .. episodes-1`` of ``sampler``.
+    """Accuracy (or, on a regression suite, query MSE) of ``method`` on episodes
+    ``0 .. episodes-1`` of ``sampler``.
 
     The query set is predicted without gradients; methods whose ``adapt`` needs
     gradients (fine-tuning, MAML) enable them inside ``adapt`` themselves.
     """
     if episodes < 1:
         raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
+    task = getattr(sampler, "kind", "classification")
+    method_task = getattr(method, "task", "classification")
+    if method_task != task:
+        raise ConfigError(f"{method.name} was built for {method_task}, but these episodes are {task} tasks")
+    metric = metric_name(task)
+    label, fmt = ("acc", ".1f") if metric == "accuracy" else (metric, ".3g")
     # Evaluation must not leave a trace: BatchNorm in train mode would update its
     # running statistics, so a "train"-mode method is evaluated on a copy.
     model = copy.deepcopy(method) if method.test_mode == "train" else method
     was_training = method.training
     model.train(method.test_mode == "train")
-    accuracies = np.empty(episodes, dtype=np.float64)
+    scores = np.empty(episodes, dtype=np.float64)
     start = time.perf_counter()
     try:
         with tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False) as bar:
             for i, ep in enumerate(sampler.suite(episodes)):
                 with torch.no_grad():
                     predictor = model.adapt(ep.support_x, ep.support_y, ep.way)
-                    logits = predictor(ep.query_x)
-                accuracies[i] = float((logits.argmax(-1) == ep.query_y).float().mean()) * 100.0
+                    outputs = predictor(ep.query_x)
+                scores[i] = episode_score(outputs, ep.query_y, metric)
                 bar.update()
                 if i % 20 == 19:
-                    bar.set_postfix(acc=f"{accuracies[: i + 1].mean():.1f}")
+                    bar.set_postfix({label: format(scores[: i + 1].mean(), fmt)})
     finally:
         method.train(was_training)
-    return EvalResult(accuracies, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start)
+    return EvalResult(scores, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start, metric)

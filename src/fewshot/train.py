@@ -10,7 +10,12 @@ A run lives in one folder::
 Every file is written atomically, and ``state.json`` (written last) names the
 checkpoint it belongs to, so a run killed at any moment resumes from a consistent
 state. Episodes are indexed by step (see :mod:`fewshot.data.episodes`) and the RNG
-state is saved, so a resumed run ends exactly where an uninterrupted one would.
+state is saved, so a resumed run ends exactly where an uninterrupted one would. A run
+that fails before its first checkpoint leaves nothing behind.
+
+Classification datasets are validated and scored by accuracy (higher is better);
+regression families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean
+squared error (lower is better), and their method is built with ``task="regression"``.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import TrainConfig
-from .data import ClassDataset, EpisodeSampler, load_dataset
+from .data import ClassDataset, load_dataset, load_source
+from .data.tasks import backbone_defaults, input_shape, is_generated, make_sampler, metric_name, splits, task_kind
 from .distributed import from_environment
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, FewShotError, TrainingError
 from .evaluate import evaluate
 from .io import load_tensors, read_json, save_tensors, write_json
 from .methods import Method, build_method
 from .models import build_backbone
+from .models.backbones import feature_dim
 from .store import RunStore
 
 LOG_EVERY = 50
@@ -42,12 +49,29 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list
     """The method a config describes, freshly initialised (seeded by ``config.seed``).
 
     ``classes`` (the training split's class ids) sizes whole-class heads (Baseline); a
-    loaded run takes that size from its checkpoint instead.
+    loaded run takes that size from its checkpoint instead. A backbone that cannot take
+    inputs of ``image_shape`` (Conv-4's four poolings on 8x8 digits) is refused here,
+    by a dry run, rather than half-way into training.
     """
     torch.manual_seed(config.seed)
-    backbone = build_backbone(config.backbone, image_shape, **config.backbone_options)
+    options = {**backbone_defaults(config.dataset, config.backbone), **config.backbone_options}
+    backbone = build_backbone(config.backbone, image_shape, **options)
+    try:
+        feature_dim(backbone, image_shape)  # consumes no random numbers: initialisation is unchanged
+    except FewShotError:
+        raise
+    except Exception as e:  # the forward pass itself failed on this input shape
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"backbone '{config.backbone}' cannot take {'x'.join(map(str, image_shape))} inputs "
+                          f"({first}); choose a shallower backbone (e.g. --backbone-option depth=2) or "
+                          "larger images (--image-size)") from None
+    options = dict(config.method_options)
+    task = task_kind(config.dataset)
+    if options.pop("task", task) != task:
+        raise ConfigError(f"method option task={config.method_options['task']} does not fit {config.dataset}, "
+                          f"which is {task} data; leave the option out: the dataset decides")
     return build_method(config.method, backbone, image_shape=tuple(image_shape), way=config.train_shape[0],
-                        classes=classes, **config.method_options)
+                        classes=classes, task=task, **options)
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Method, dict]:
@@ -56,12 +80,43 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Met
     if not (run_dir / "state.json").exists():
         raise CheckpointError(f"{run_dir} is not a fewshot run folder (no state.json); train one with `fewshot train`")
     config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
-    state = read_json(run_dir / "state.json")
+    state = read_state(run_dir)
     method = build_model(config, tuple(state["image_shape"]))
     entry = state.get("best") if which == "best" and state.get("best") else {"file": state["checkpoint"]}
+    if entry["file"] is None:
+        raise CheckpointError(f"{run_dir} holds no checkpoint yet; train it further with `fewshot train --resume {run_dir}`")
     tensors = load_tensors(run_dir / entry["file"])
     _load_weights(method, tensors, run_dir / entry["file"])
     return config, method, state
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """``state.json`` of a run, checked for the fields the trainer relies on: a damaged
+    or edited file is a :class:`CheckpointError`, never a crash."""
+    path = run_dir / "state.json"
+    state = read_json(path)
+
+    def plain_name(name: Any) -> bool:  # a file of this run folder, not a path elsewhere
+        return isinstance(name, str) and name == Path(name).name and not name.startswith(".")
+
+    problem = None
+    if not isinstance(state, dict):
+        problem = f"holds a JSON {type(state).__name__}, not an object"
+    elif not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool) or state["step"] < 0:
+        problem = "has no valid 'step'"
+    elif not (isinstance(state.get("image_shape"), list) and state["image_shape"]
+              and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in state["image_shape"])):
+        problem = "has no valid 'image_shape'"
+    elif state.get("checkpoint") is not None and not plain_name(state["checkpoint"]):
+        problem = "names no valid 'checkpoint' file"
+    elif state.get("best") is not None and not (isinstance(state["best"], dict) and plain_name(state["best"].get("file"))):
+        problem = "names no valid 'best' file"
+    elif state.get("checkpoint") is not None and not (isinstance(state.get("optimizer"), dict)
+                                                      and isinstance(state.get("scheduler"), dict)):
+        problem = "lacks the optimiser or scheduler settings"
+    if problem:
+        raise CheckpointError(f"{path} {problem}; the run folder is damaged")
+    return state
 
 
 def _load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -75,6 +130,9 @@ def _load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) 
 
 @dataclass
 class TrainResult:
+    """What a training run gave. ``best_accuracy`` (classification) or ``best_mse``
+    (regression) is the best validation score, in the run's ``metric``."""
+
     run_dir: Path
     steps: int
     best_accuracy: float | None
@@ -83,31 +141,42 @@ class TrainResult:
     cpu_seconds: float
     images_per_second: float
     run_id: int | None = None
+    metric: str = "accuracy"
+    best_mse: float | None = None
 
 
 class Trainer:
     """Meta-trains ``config.method`` on episodes and keeps the best checkpoint.
 
     ``dataset`` may be passed in to share one loaded dataset between runs; otherwise it
-    is loaded from ``config.dataset`` (under ``data_root``).
+    is loaded from ``config.dataset`` (under ``data_root``). A generated task family
+    (``sinusoid``) loads nothing: its sampler draws the tasks.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, dataset: ClassDataset | None = None,
                  data_root: str | Path | None = None, runs: str | Path | None = None):
         self.config, self.run_dir, self.runs = config, Path(run_dir), runs
-        self.dataset = dataset or load_dataset(config.dataset, data_root, **config.dataset_options)
+        name = config.dataset
+        self.metric = metric_name(task_kind(name))
+        if is_generated(name):
+            self.dataset = load_source(name, data_root, **config.dataset_options)
+        else:
+            self.dataset = dataset if dataset is not None else load_dataset(name, data_root, **config.dataset_options)
         way, shot, query = config.train_shape
-        self.sampler = EpisodeSampler(self.dataset, config.train_split, way, shot, query, seed=config.seed)
+        self.sampler = make_sampler(name, self.dataset, config.train_split, way, shot, query, seed=config.seed)
         self.val_sampler = None
-        if config.val_split and config.val_split not in self.dataset.splits and config.val_split != "val":
-            raise ConfigError(f"{self.dataset.name} has no split '{config.val_split}' to validate on; its splits "
-                              f"are: {', '.join(self.dataset.splits)} (or pass --val-split none)")
+        known = splits(name, self.dataset)
+        if config.val_split and config.val_split not in known and config.val_split != "val":
+            raise ConfigError(f"{name if self.dataset is None else self.dataset.name} has no split '{config.val_split}' to "
+                              f"validate on; its splits are: {', '.join(known)} (or pass --val-split none)")
         # Datasets without a "val" split (digits) train without validation and keep the last weights.
-        if config.val_split in self.dataset.splits:
+        if config.val_split in known:
             # A fixed validation suite: the same episodes at every validation.
-            self.val_sampler = EpisodeSampler(self.dataset, config.val_split, config.way, config.shot,
-                                              config.query, seed=config.seed + 1)
-        self.method = build_model(config, self.dataset.image_shape, self.dataset.split_classes(config.train_split))
+            self.val_sampler = make_sampler(name, self.dataset, config.val_split, config.way, config.shot,
+                                            config.query, seed=config.seed + 1)
+        self.input_shape = input_shape(name, self.dataset)
+        classes = self.dataset.split_classes(config.train_split) if self.dataset is not None else None
+        self.method = build_model(config, self.input_shape, classes)
         if not self.method.trainable:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
         self.dist = from_environment()
@@ -119,14 +188,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
         self.state: dict[str, Any] = {
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
-            "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.dataset.image_shape),
+            "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),
             "version": __version__, "done": False, "log": {"loss": 0.0, "accuracy": 0.0, "count": 0},
         }
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
         if self.config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.config.lr, momentum=0.9, weight_decay=self.config.weight_decay)
+            return torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum,
+                                   weight_decay=self.config.weight_decay)
         return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     # -- checkpoints -------------------------------------------------------------------
@@ -155,7 +225,7 @@ class Trainer:
                 path.unlink(missing_ok=True)
 
     def _restore(self) -> None:
-        state = read_json(self.run_dir / "state.json")
+        state = read_state(self.run_dir)
         saved = TrainConfig.from_dict(read_json(self.run_dir / "config.json"))
         if saved != self.config:
             raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings")
@@ -176,8 +246,27 @@ class Trainer:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimiser state does not match the model ({e})") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(tensors["rng.torch"])
+        try:
+            torch.set_rng_state(tensors["rng.torch"])
+        except (KeyError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{path} holds no valid RNG state ({e}); the checkpoint is damaged") from None
         self.state = state
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of writes a killed process never finished (see :func:`fewshot.io.atomic_path`)."""
+        for path in self.run_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+    def _discard(self, made_dir: bool) -> None:
+        """Remove what a run that failed before its first checkpoint wrote: nothing half-made stays."""
+        for pattern in ("config.json", "state.json", "checkpoint-*.safetensors", "best-*.safetensors", ".*.tmp"):
+            for path in self.run_dir.glob(pattern):
+                path.unlink(missing_ok=True)
+        if made_dir:
+            try:
+                self.run_dir.rmdir()
+            except OSError:  # someone put other files there meanwhile: leave them
+                pass
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -185,20 +274,34 @@ class Trainer:
         config = self.config
         exists = (self.run_dir / "state.json").exists()
         self.dist.barrier()  # every process looks before the main one creates anything
+        made_dir = False
         if exists:
             if not resume:
                 raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
             self._restore()
+            if self.dist.is_main:
+                self._remove_leftovers()
         elif resume:
             raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
         elif self.dist.is_main:
+            made_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", config.to_dict())
             write_json(self.run_dir / "state.json", self.state)
         self.dist.barrier()  # every process has read the state before the main one writes again
+        try:
+            return self._train(progress, record)
+        except Exception:
+            # A new run that failed before its first checkpoint has nothing to resume
+            # from: remove it, so the same command can simply be run again.
+            if not exists and self.state["checkpoint"] is None and self.dist.is_main:
+                self._discard(made_dir)
+            raise
 
-        way, shot, query = config.train_shape
-        images_per_step = config.meta_batch * way * (shot + query)
+    def _train(self, progress: bool, record: bool) -> TrainResult:
+        config = self.config
+        _, shot, query = config.train_shape
+        images_per_step = config.meta_batch * self.sampler.way * (shot + query)
         start_step = self.state["step"]
         wall, cpu = time.perf_counter(), time.process_time()
         seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
@@ -217,8 +320,10 @@ class Trainer:
                 if log["count"] == LOG_EVERY or step + 1 == config.episodes:
                     self.state["history"]["train"].append(
                         [step + 1, log["loss"] / log["count"], log["accuracy"] / log["count"]])
-                    bar.set_postfix(loss=f"{log['loss'] / log['count']:.3f}",
-                                    acc=f"{log['accuracy'] / log['count']:.1f}")
+                    score = log["accuracy"] / log["count"]  # the run's metric, whatever the key says
+                    bar.set_postfix({"loss": f"{log['loss'] / log['count']:.3f}",
+                                     **({"acc": f"{score:.1f}"} if self.metric == "accuracy" else
+                                        {self.metric: f"{score:.3g}"})})
                     log.update(loss=0.0, accuracy=0.0, count=0)
                 self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
                 validate = (step + 1) % config.val_every == 0 or step + 1 == config.episodes or out_of_budget
@@ -250,7 +355,7 @@ class Trainer:
             loss, metrics = self.method.loss(mine)
             # This process's share of the mean over the whole meta-batch.
             (loss * (len(mine) / len(episodes))).backward()
-            stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get("accuracy", math.nan) * len(mine), len(mine)])
+            stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get(self.metric, math.nan) * len(mine), len(mine)])
         stats[3] = float(out_of_budget and self.dist.is_main)
         if self.dist.active:
             self.dist.all_reduce_gradients(self.method.parameters())
@@ -263,7 +368,8 @@ class Trainer:
         return mean_loss, float(stats[1] / stats[2]), bool(stats[3] > 0)
 
     def _validate(self, progress: bool) -> None:
-        """Validation accuracy on the fixed suite; keeps the best weights (the last, without a val split)."""
+        """Validation on the fixed suite (accuracy, or MSE for regression); keeps the best
+        weights (the last, without a val split)."""
         step = self.state["step"]
         result = None
         if self.val_sampler is not None:
@@ -271,14 +377,14 @@ class Trainer:
                 result = evaluate(self.method, self.val_sampler, self.config.val_episodes, progress=progress,
                                   desc="validating")
             self.method.train()
-            self.state["history"]["val"].append([step, result.accuracy, result.ci95])
+            self.state["history"]["val"].append([step, result.value, result.ci95])
         best = self.state["best"]
-        if result is None or best is None or result.accuracy > best["accuracy"]:
+        if result is None or best is None or result.better_than(best.get(self.metric)):
             name = f"best-{step:07d}.safetensors"
             save_tensors(self.run_dir / name, {f"model.{k}": v for k, v in self.method.state_dict().items()})
             # Recorded in state.json by the checkpoint that always follows a validation.
             self.state["best"] = {"step": step, "file": name,
-                                  "accuracy": result.accuracy if result else None,
+                                  self.metric: result.value if result else None,
                                   "ci95": result.ci95 if result else None}
 
     def _finish(self, images_per_step: int, record: bool) -> TrainResult:
@@ -286,13 +392,15 @@ class Trainer:
         steps = self.state["step"]
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
         result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
-                             images_per_step * steps / seconds if seconds > 0 else math.nan)
+                             images_per_step * steps / seconds if seconds > 0 else math.nan,
+                             metric=self.metric, best_mse=best.get("mse"))
         if record:
             c = self.config
             result.run_id = RunStore(self.runs).record(
                 "train", config=c.to_dict(), method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,
                 run_dir=str(self.run_dir.resolve()), seconds=seconds, cpu_seconds=cpu_seconds,
-                metrics={"steps": steps, "val_accuracy": result.best_accuracy, "val_ci95": result.best_ci95,
+                metrics={"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
+                         "metric": self.metric,
                          "best_step": best.get("step"), "images_per_second": result.images_per_second,
                          "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1]},
             )

@@ -1,7 +1,9 @@
 """Datasets and episodes.
 
 Every dataset loads into one form, :class:`ClassDataset`; :class:`EpisodeSampler`
-draws N-way K-shot episodes from any split of it.
+draws N-way K-shot episodes from any split of it. Generated task families
+(``sinusoid``) load nothing; :func:`~fewshot.data.tasks.make_sampler` gives the sampler
+of either kind by name.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .folder import load_folder
 from .mnist import load_mnist
 from .omniglot import load_omniglot
 from .sinusoid import SinusoidSampler, SinusoidTask
+from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampler
 
 DATASETS: dict[str, Callable[..., ClassDataset]] = {
     "digits": load_digits_dataset,
@@ -36,6 +39,9 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
 
     Options a loader does not take are rejected with the list of those it does.
     """
+    if name in TASK_FAMILIES:
+        raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with "
+                          f"`fewshot train maml --dataset {name} --backbone mlp`")
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]
@@ -44,8 +50,31 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         raise ConfigError(f"dataset '{name}' takes no option {', '.join(unknown)}; it takes: {', '.join(accepted) or 'none'}")
+    _check_option_types(name, loader, given)
     return loader(root, **given)
 
 
-__all__ = ["ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "SinusoidSampler", "SinusoidTask", "data_root",
-           "from_arrays", "load_dataset", "to_float_images"]
+def load_source(name: str, root=None, **options) -> ClassDataset | None:
+    """What :func:`~fewshot.data.tasks.make_sampler` samples from: the loaded dataset
+    ``name``, or ``None`` for a generated task family (which takes no options)."""
+    if is_generated(name):
+        check_family_options(name, options)
+        return None
+    return load_dataset(name, root, **options)
+
+
+def _check_option_types(name: str, loader: Callable, options: dict) -> None:
+    """Options (from a config file or flags) of the type of the loader's default, so a
+    string where a number belongs is a one-line error, not a crash inside the loader."""
+    defaults = {p.name: p.default for p in inspect.signature(loader).parameters.values()}
+    for key, value in options.items():
+        default = defaults.get(key)
+        if default is None or default is inspect.Parameter.empty:
+            continue
+        kind = bool if isinstance(default, bool) else (int if isinstance(default, int) else type(default))
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"dataset '{name}' option {key} must be {kind.__name__}, got {value!r}")
+
+
+__all__ = ["ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "SinusoidSampler", "SinusoidTask", "TASK_FAMILIES",
+           "data_root", "from_arrays", "is_generated", "load_dataset", "load_source", "make_sampler", "to_float_images"]

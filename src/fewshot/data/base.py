@@ -128,7 +128,12 @@ def from_arrays(
         x_t = x_t[:, :, None, None]
     elif x_t.ndim == 3:
         x_t = x_t[:, None]
-    values, y_ids = np.unique(y_arr, return_inverse=True)
+    if y_arr.dtype.kind in "fc" and not np.isfinite(y_arr).all():
+        raise DataError(f"{name}: y contains NaN or infinite labels; every row needs a label")
+    try:
+        values, y_ids = np.unique(y_arr, return_inverse=True)
+    except TypeError as e:  # e.g. None among numbers: labels that cannot be sorted
+        raise DataError(f"{name}: y labels cannot be sorted ({e}); give labels of one type") from None
     names = [str(v) for v in values] if class_names is None else list(class_names)
     if len(names) != len(values):
         raise DataError(f"{name}: {len(values)} distinct labels but {len(names)} class names")

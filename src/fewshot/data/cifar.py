@@ -14,8 +14,9 @@ class, 6,000 per CIFAR-10 class); images are ``(n, 3, 32, 32)`` uint8.
 * ``cifar10``: the 10 classes, ``train`` = 0-4 and ``test`` = 5-9.
 
 The archives hold Python pickles. They are read member by member straight from the
-tar.gz, never extracted, and unpickled by :class:`SafeUnpickler`, which can build
-only plain containers and uint8 numpy arrays, so a tampered archive cannot run code.
+tar.gz, never extracted, within the bounds of :mod:`fewshot.data.archives`, and
+unpickled by :class:`SafeUnpickler`, which can build only plain containers and uint8
+numpy arrays, so a tampered archive cannot run code.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .archives import ReadBudget, check_member
 from .base import ClassDataset
 from .download import data_root, ensure_files
 
@@ -148,14 +150,18 @@ def _read_members(folder: Path, archive: str, prefix: str, wanted: tuple[str, ..
         return extracted, {m: unpickle((extracted / m).read_bytes(), str(extracted / m)) for m in wanted}
     path = ensure_files(folder, files, dataset=dataset)[0]
     found = {}
+    budget = ReadBudget(path)
     try:
         # Stream mode reads the gzip once, front to back: members are decoded in passing.
         with tarfile.open(path, "r|gz") as tar:
             for member in tar:
                 name = check_member(member, path)
+                budget.count(member.name)
                 if member.isfile() and name.parent == PurePosixPath(prefix) and name.name in wanted:
                     handle = tar.extractfile(member)
-                    found[name.name] = unpickle(handle.read(), f"{path}:{member.name}")
+                    found[name.name] = unpickle(budget.read(handle, member.name), f"{path}:{member.name}")
+                else:
+                    budget.charge(member.size, member.name)  # the stream inflates it to pass over it
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"{path} is not a readable tar.gz archive ({e}); replace it with the official file") from None
     missing = [m for m in wanted if m not in found]
@@ -163,22 +169,6 @@ def _read_members(folder: Path, archive: str, prefix: str, wanted: tuple[str, ..
         raise DataError(f"{path} lacks {', '.join(prefix + '/' + m for m in missing)}; "
                         f"replace it with the official {archive}")
     return path, found
-
-
-def check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
-    """``member``'s path, refusing links, devices, absolute paths and '..' components.
-
-    Nothing is ever extracted, but an archive holding such members is not an official
-    one and is refused outright rather than half-read.
-    """
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or ".." in name.parts or member.name.startswith(("/", "\\")):
-        raise DataError(f"{archive} holds member '{member.name}' with an absolute or '..' path; "
-                        "refusing a tampered archive: replace it with the official file")
-    if not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive} holds '{member.name}', a link or special file; "
-                        "refusing a tampered archive: replace it with the official file")
-    return name
 
 
 class SafeUnpickler(pickle.Unpickler):

@@ -46,6 +46,9 @@ class EpisodeSampler:
     Impossible requests fail here, at construction, with a message naming the problem.
     """
 
+    #: Episodes are classification tasks (scored by accuracy); see :mod:`fewshot.data.tasks`.
+    kind = "classification"
+
     def __init__(self, dataset: ClassDataset, split: str | None, way: int, shot: int, query: int, seed: int = 0):
         for name, value in (("way", way), ("shot", shot), ("query", query)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from .archives import ReadBudget
 from .base import ClassDataset
 from .download import data_root, ensure_files
 
@@ -72,8 +73,9 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An unsigned-byte idx file (gzipped or not) as a ``uint8`` array of ``ndim`` dimensions."""
     try:
         if path.suffix == ".gz":
+            # Bounded: a gzip "bomb" inflating past any MNIST file is refused, not read whole.
             with gzip.open(path, "rb") as f:
-                data = f.read()
+                data = ReadBudget(path).read(f, path.name)
         else:
             data = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:

@@ -26,6 +26,7 @@ import json
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, save_tensors
+from .archives import ReadBudget, check_name
 from .base import ClassDataset
 from .download import cache_dir, data_root, ensure_files
 
@@ -135,7 +137,12 @@ def _image_entries(source: Path) -> dict:
             archive = zipfile.ZipFile(source)
         except (zipfile.BadZipFile, OSError) as e:
             raise DataError(f"{source} is not a readable zip archive ({e}); replace it with the official file") from None
-        items = [(n, (lambda n=n: archive.read(n))) for n in archive.namelist() if n.endswith(".png")]
+        # Members are read into memory, never extracted, within a budget (see fewshot.data.archives).
+        budget = ReadBudget(source)
+        for name in archive.namelist():
+            check_name(name, source)
+            budget.count(name)
+        items = [(n, (lambda n=n: _read_member(archive, n, budget))) for n in archive.namelist() if n.endswith(".png")]
     for name, reader in items:
         match = _IMAGE_PATH.match(name)
         if not match or match.group(1) != set_name:
@@ -149,6 +156,16 @@ def _image_entries(source: Path) -> dict:
         raise DataError(f"{source} holds no Omniglot images; expected {set_name}/<Alphabet>/characterNN/*.png")
     return {key: [(label, reader) for _, label, reader in sorted(entries[key], key=lambda e: e[0])]
             for key in sorted(entries)}
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, budget: ReadBudget) -> bytes:
+    try:
+        with archive.open(name) as handle:
+            return budget.read(handle, name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression.
+        raise DataError(f"{archive.filename}:{name} cannot be read ({e}); the archive is damaged: "
+                        "replace it with the official file") from None
 
 
 def _decode(data: bytes, image_size: int, label: str) -> np.ndarray:

@@ -5,8 +5,11 @@ Each task is ``y = A · sin(x − φ)`` with amplitude ``A ~ U[0.1, 5]`` and pha
 ``way=1``: ``shot`` support points and ``query`` query points, all ``(n, 1)`` float32.
 
 As with :class:`~fewshot.data.episodes.EpisodeSampler`, episode ``i`` depends only on
-``(seed, i, shot, query)``; its amplitude and phase depend only on ``(seed, i)``, so
-the same task index gives the same function whatever the shot count.
+``(seed, split, i, shot, query)``; its amplitude and phase depend only on
+``(seed, split, i)``, so the same task index gives the same function whatever the shot
+count. The family has no classes to divide, so its ``train``, ``val`` and ``test``
+splits are disjoint random streams: the split enters the seed of every episode
+(``train``, the default, draws the stream of ``SinusoidSampler(shot, query, seed)``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from .episodes import Episode
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
 X_RANGE = (-5.0, 5.0)
+# The word each split adds to an episode's seed. "train" adds none, so the training
+# stream is the one this sampler always drew; the others end in a non-zero word, which
+# numpy's SeedSequence cannot confuse with a shorter seed.
+SPLITS = {"train": (), "val": (1,), "test": (2,)}
 
 
 @dataclass(frozen=True)
@@ -39,24 +46,34 @@ class SinusoidTask:
 
 
 class SinusoidSampler:
-    """Draws sinusoid regression episodes: ``shot`` support and ``query`` query points."""
+    """Draws sinusoid regression episodes: ``shot`` support and ``query`` query points
+    from the tasks of ``split`` (``train``, ``val`` or ``test``)."""
 
-    def __init__(self, shot: int, query: int, seed: int = 0):
+    #: What the trainer and :func:`~fewshot.evaluate.evaluate` read: episodes are
+    #: regression tasks on inputs of this shape (one scalar per point).
+    kind = "regression"
+    input_shape = (1,)
+    splits = tuple(SPLITS)
+
+    def __init__(self, shot: int, query: int, seed: int = 0, split: str | None = "train"):
+        split = "train" if split is None else split
+        if split not in SPLITS:
+            raise ConfigError(f"sinusoid has no split '{split}'; its splits are: {', '.join(SPLITS)}")
         for name, value in (("shot", shot), ("query", query)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        self.shot, self.query, self.seed = int(shot), int(query), int(seed)
+        self.shot, self.query, self.seed, self.split = int(shot), int(query), int(seed), split
         self.way = 1
 
     def __repr__(self) -> str:
-        return f"SinusoidSampler({self.shot}-shot {self.query}-query, seed={self.seed})"
+        return f"SinusoidSampler({self.split}, {self.shot}-shot {self.query}-query, seed={self.seed})"
 
     def _rng(self, i: int) -> np.random.Generator:
         if i < 0:
             raise ConfigError(f"episode index must be non-negative, got {i}")
-        return np.random.default_rng((self.seed, int(i)))
+        return np.random.default_rng((self.seed, int(i), *SPLITS[self.split]))
 
     @staticmethod
     def _draw_task(rng: np.random.Generator) -> SinusoidTask:

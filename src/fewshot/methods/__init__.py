@@ -27,12 +27,15 @@ METHODS: dict[str, type[Method]] = {
 
 
 def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,
-                 way: int | None = None, classes: Sequence[int] | None = None, **options) -> Method:
+                 way: int | None = None, classes: Sequence[int] | None = None, task: str | None = None,
+                 **options) -> Method:
     """Instantiate method ``name`` around ``backbone`` with its ``options``.
 
     ``image_shape`` (channels, height, width), ``way`` (of training episodes) and
     ``classes`` (the dataset class ids of the training split) are passed to the methods
-    whose constructor takes them (e.g. to size a head), and only to those.
+    whose constructor takes them (e.g. to size a head), and only to those. ``task``
+    (``classification`` or ``regression``, what the data is) too; a method that cannot
+    do regression is refused for regression data.
     """
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
@@ -40,6 +43,12 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
     accepted = inspect.signature(cls.__init__).parameters
     context = {k: v for k, v in (("image_shape", image_shape), ("way", way), ("classes", classes))
                if k in accepted and v is not None}
+    if task is not None:
+        if "task" in accepted:
+            options["task"] = task
+        elif task != "classification":
+            able = sorted(n for n, c in METHODS.items() if "task" in inspect.signature(c.__init__).parameters)
+            raise ConfigError(f"method '{name}' does classification only; for {task} data use one of: {', '.join(able)}")
     try:
         return cls(backbone, **context, **options) if cls.trainable else cls(**options)
     except TypeError as e:

@@ -58,6 +58,9 @@ from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_m
 from .base import Method, Predictor, accuracy
 
 TASKS = ("classification", "regression")
+# The inner learning rate when none is given: Finn et al. (2017) use 0.4 for 5-way
+# Omniglot (appendix A.1) and 0.01 for sinusoid regression (section 5.1).
+DEFAULT_INNER_LR = {"classification": 0.4, "regression": 0.01}
 DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
@@ -97,7 +100,7 @@ class MAML(Method):
 
     Options: ``way`` (rows of the head: the training way), ``inner_steps`` (training
     inner steps; 0 trains the plain joint model, the "pretrained" baseline of Finn et
-    al.), ``inner_lr``, ``first_order``, ``learn_inner_lr`` (per-step, per-tensor
+    al.), ``inner_lr`` (default 0.4, or 0.01 for regression), ``first_order``, ``learn_inner_lr`` (per-step, per-tensor
     learned rates), ``test_inner_steps`` (default: ``inner_steps``), ``task``
     (``classification`` / ``regression``), ``image_shape`` or ``in_features`` (to size
     the head; the trainer passes ``image_shape``, and without either a dry run on a
@@ -112,8 +115,10 @@ class MAML(Method):
     adapts = "all"
     #: ``first_order`` when the option is not given.
     default_first_order = False
+    #: SGD momentum of the inner loop (0: plain SGD; Reptile makes it an option).
+    inner_momentum = 0.0
 
-    def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
+    def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 1, inner_lr: float | None = None,
                  first_order: bool | None = None, learn_inner_lr: bool = False, test_inner_steps: int | None = None,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
                  in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True):
@@ -131,7 +136,7 @@ class MAML(Method):
                 raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
         self.way = _check_int("way", way, 1)
         self.inner_steps = _check_int("inner_steps", inner_steps, 0)
-        self.inner_lr = _check_lr("inner_lr", inner_lr)
+        self.inner_lr = _check_lr("inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr)
         self.test_inner_steps = (None if test_inner_steps is None
                                  else _check_int("test_inner_steps", test_inner_steps, 0))
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
@@ -261,9 +266,12 @@ class MAML(Method):
         ``create_graph`` keeps the graph of the steps (second-order meta-gradient);
         ``detach`` (evaluation) restarts every step from detached leaves, so no graph
         outlives a step. ``test`` (default: ``detach``) applies a test-time ``inner_lr``.
+        With ``inner_momentum`` μ > 0 a step follows the velocity ``v ← μ v + g``
+        (``v = g`` at the first step), exactly as ``torch.optim.SGD(momentum=μ)``.
         """
         names = self._adapted
         test = detach if test is None else test
+        velocity = None
         for step in range(steps):
             if detach:
                 params = {n: (p.detach().requires_grad_(True) if n in names else p) for n, p in params.items()}
@@ -271,6 +279,10 @@ class MAML(Method):
             loss = self._task_loss(out, y)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+                if self.inner_momentum:
+                    velocity = list(grads) if velocity is None else [
+                        v * self.inner_momentum + g for v, g in zip(velocity, grads)]
+                    grads = velocity
                 new = sgd_step(params, names, grads, self._lrs(step, detach, test))
             params = new
         if detach:

@@ -18,6 +18,12 @@ query (``use_query=True``; ``False`` uses the support set alone). The reported l
 and accuracy are those of the adapted weights on the query set. Evaluation adapts on
 the support set with ``test_inner_steps`` steps (Nichol et al. used 50 on Omniglot).
 
+The inner optimiser is plain SGD (Nichol et al. used Adam in the inner loop for
+Omniglot); ``momentum`` μ > 0 adds heavy-ball momentum, exactly as
+``torch.optim.SGD(momentum=μ)``, in meta-training and at test time alike. For exactly
+the update above, train with ``--optimizer sgd --momentum 0``: the trainer's outer SGD
+otherwise has momentum 0.9.
+
 The model, the head (sliced for fewer ways) and BatchNorm (per-task batch
 statistics) are as in :class:`~fewshot.methods.maml.MAML`.
 """
@@ -32,33 +38,40 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.functional import keep_freed_memory, surrogate_loss
-from .maml import MAML
+from .maml import DEFAULT_INNER_LR, MAML
 
 
 class Reptile(MAML):
     """Reptile. Options: ``way``, ``inner_steps`` (default 5), ``inner_lr`` (SGD, default
-    0.1), ``test_inner_steps``, ``use_query``, ``task``, ``image_shape`` / ``in_features``,
-    ``batch_norm``, ``tune_allocator`` (as for :class:`~fewshot.methods.maml.MAML`)."""
+    0.1, or for regression MAML's 0.01), ``momentum`` (of the inner SGD, default 0), ``test_inner_steps``, ``use_query``,
+    ``task``, ``image_shape`` / ``in_features``, ``batch_norm``, ``tune_allocator`` (as
+    for :class:`~fewshot.methods.maml.MAML`)."""
 
     name = "reptile"
     default_first_order = True
 
-    def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
-                 test_inner_steps: int | None = None, use_query: bool = True, task: str = "classification",
-                 image_shape: Sequence[int] | None = None, in_features: int | None = None,
-                 batch_norm: str = "task", tune_allocator: bool = True):
+    def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float | None = None,
+                 momentum: float = 0.0, test_inner_steps: int | None = None, use_query: bool = True,
+                 task: str = "classification", image_shape: Sequence[int] | None = None,
+                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True):
         if not isinstance(use_query, bool):
             raise ConfigError(f"reptile use_query must be true or false, got {use_query!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise ConfigError(f"reptile momentum must be a number in [0, 1), got {momentum!r}")
+        if inner_lr is None:
+            inner_lr = DEFAULT_INNER_LR["regression"] if task == "regression" else 0.1
         super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
                          test_inner_steps=test_inner_steps, task=task, image_shape=image_shape,
                          in_features=in_features, batch_norm=batch_norm, tune_allocator=tune_allocator)
         self.use_query = use_query
+        self.inner_momentum = float(momentum)
 
     def options(self) -> dict:
         options = super().options()
         for key in ("first_order", "learn_inner_lr"):
             options.pop(key)
         options["use_query"] = self.use_query
+        options["momentum"] = self.inner_momentum
         return options
 
     def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:

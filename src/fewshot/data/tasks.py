@@ -1,0 +1,98 @@
+"""Episode samplers by dataset name: class datasets and generated task families alike.
+
+A class dataset (``digits``, ``omniglot``, ...) is loaded once into a
+:class:`~fewshot.data.base.ClassDataset`, and :class:`~fewshot.data.episodes.EpisodeSampler`
+draws N-way K-shot classification episodes from the classes of a split. A generated
+family (``sinusoid``, the regression tasks of Finn et al., 2017, section 5.1) has no
+data to load: its sampler draws each task on the fly, and its splits are disjoint
+random streams. The trainer and ``fewshot evaluate`` ask this module for a sampler and
+never need to know which kind a dataset is; a sampler's ``kind`` says how episodes
+are scored (accuracy for classification, mean squared error for regression).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from ..errors import ConfigError
+from .base import ClassDataset
+from .episodes import EpisodeSampler
+from .sinusoid import SinusoidSampler
+
+Sampler = Union[EpisodeSampler, SinusoidSampler]
+
+#: Generated task families: name -> sampler class (``(shot, query, seed, split)``).
+TASK_FAMILIES: dict[str, type[SinusoidSampler]] = {"sinusoid": SinusoidSampler}
+
+# The model of Finn et al. (2017, section 5.1) for sinusoids: an MLP with two hidden
+# layers of 40 ReLU units and one output, the prediction. The output width is not a
+# choice (one target per point); the hidden widths are defaults a run may override.
+_BACKBONE_DEFAULTS = {"sinusoid": {"mlp": {"hidden": [40, 40], "out_features": 1}}}
+
+
+def is_generated(name: str) -> bool:
+    """Whether ``name`` is a generated task family (nothing to load)."""
+    return name in TASK_FAMILIES
+
+
+def task_kind(name: str) -> str:
+    """``"regression"`` for a regression family, else ``"classification"``."""
+    return TASK_FAMILIES[name].kind if name in TASK_FAMILIES else "classification"
+
+
+def metric_name(task: str) -> str:
+    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better) or ``mse`` (lower is better)."""
+    return "mse" if task == "regression" else "accuracy"
+
+
+def check_family_options(name: str, options: dict) -> None:
+    """A generated family takes no dataset options (``--image-size``, ``--path`` ...)."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise ConfigError(f"dataset '{name}' is generated and takes no option {', '.join(given)}")
+
+
+def input_shape(name: str, data: ClassDataset | None) -> tuple[int, ...]:
+    """The shape of one input: a class dataset's image shape, or a family's (``(1,)`` for sinusoids)."""
+    if name in TASK_FAMILIES:
+        return tuple(TASK_FAMILIES[name].input_shape)
+    if data is None:
+        raise ConfigError(f"dataset '{name}' must be loaded before its input shape is known")
+    return tuple(data.image_shape)
+
+
+def splits(name: str, data: ClassDataset | None) -> tuple[str, ...]:
+    """The split names of a dataset or family."""
+    if name in TASK_FAMILIES:
+        return tuple(TASK_FAMILIES[name].splits)
+    return tuple(data.splits) if data is not None else ()
+
+
+def backbone_defaults(name: str, backbone: str) -> dict:
+    """Backbone options a family implies (sinusoid: ``MLP(1, (40, 40), out_features=1)``).
+
+    A family's inputs are not images: it refuses backbones it has no default for.
+    """
+    if name not in _BACKBONE_DEFAULTS:
+        return {}
+    defaults = _BACKBONE_DEFAULTS[name]
+    if backbone not in defaults:
+        raise ConfigError(f"dataset '{name}' has scalar inputs, not images; use --backbone "
+                          f"{' or '.join(sorted(defaults))}, not '{backbone}'")
+    return dict(defaults[backbone])
+
+
+def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: int, shot: int, query: int,
+                 seed: int = 0) -> Sampler:
+    """The sampler of ``split`` of dataset ``name``: episode ``i`` of it depends only on
+    these arguments and ``i``. ``data`` is the loaded class dataset (``None`` for a
+    family); ``way`` is ignored by a regression family (its episodes are single tasks)."""
+    if name in TASK_FAMILIES:
+        return TASK_FAMILIES[name](shot, query, seed, split=split)
+    if data is None:
+        raise ConfigError(f"dataset '{name}' must be loaded to sample episodes from it")
+    return EpisodeSampler(data, split, way, shot, query, seed=seed)
+
+
+__all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "input_shape", "is_generated",
+           "make_sampler", "metric_name", "splits", "task_kind"]
