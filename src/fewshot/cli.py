@@ -155,7 +155,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.query = args.query or config.query
         if args.dataset and args.dataset != config.dataset:
             dataset_name, dataset_options = args.dataset, {}
-    dataset = load_source(dataset_name, args.data_root, **_dataset_options(args, dataset_options))
+    dataset_options = _dataset_options(args, dataset_options)  # recorded as used, so suites compare
+    dataset = load_source(dataset_name, args.data_root, **dataset_options)
     way, shot, query = args.way or 5, args.shot or 1, args.query or 15
     sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
     start_cpu = time.process_time()
@@ -213,7 +214,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'id':>4s}  {'kind':8s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
+    print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
     for r in rows:
         m = r["metrics"]
         if r["kind"] == "evaluate" and m.get("metric") == "mse":
@@ -226,7 +227,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             result = f"val {m['val_accuracy']:.1f} % ({m['steps']} st)"
         else:
             result = f"{m.get('steps')} steps"
-        print(f"{r['id']:4d}  {r['kind']:8s} {r['created'][:19]:19s} {r['method'] or '':10s} "
+        print(f"{r['id']:4d}  {r['kind']:10s} {r['created'][:19]:19s} {r['method'] or '':10s} "
               f"{r['dataset'] or '':9s} {result:24s} {r['run_dir'] or ''}")
     return 0
 
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list recorded runs, or show one")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("id", nargs="?", type=int, help="run id, with show")
-    p.add_argument("--kind", choices=["train", "evaluate"], help="only runs of this kind")
+    p.add_argument("--kind", help="only runs of this kind (train, evaluate, tune-trial, ...)")
     p.add_argument("--method", help="only runs of this method")
     p.add_argument("--runs", help="runs folder holding the run store")
     p.add_argument("--json", action="store_true", help="print JSON")
