@@ -149,3 +149,19 @@ def test_feature_selection_and_table_errors():
             MetaLearner().fit(table)
     with pytest.raises(DataError, match="every task needs all"):
         leave_one_group_out(rows[1:], Oracle)
+
+
+def test_a_score_only_one_model_has_does_not_break_either_objective():
+    """LEEP exists only for models with a source head: with one such model, every pairwise
+    difference is NaN, which the trees would refuse."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in range(12):
+        for m in range(3):
+            acc = 50 + 10 * m + rng.normal()
+            rows.append({"task": t, "group": f"g{t % 3}", "model": f"m{m}", "accuracy": acc,
+                         "task.shot": 1 + t % 2, "model.width": 16 * (m + 1), "score.logme": acc / 100 + rng.normal(0, .01),
+                         "score.leep": -1.0 if m == 0 else None})
+    for objective in ("regression", "ranking"):
+        learner = MetaLearner(objective=objective, max_iter=20).fit(rows[:27])
+        assert np.isfinite(learner.predict(rows[27:])).all()

@@ -154,10 +154,15 @@ class MetaLearner:
 
     def fit(self, rows: Sequence[Row]) -> "MetaLearner":
         check_rows(rows, need_accuracy=True)
-        self.columns_ = feature_columns(rows, self.features)
+        columns = feature_columns(rows, self.features)
+        x = feature_matrix(rows, columns)
+        # A column with no value in training (e.g. LEEP when only one model has a source
+        # head, which the pairwise differences leave all-NaN) teaches nothing, and the
+        # trees refuse it.
+        known = ~np.isnan(x).all(axis=0)
+        self.columns_, x = [c for c, k in zip(columns, known) if k], x[:, known]
         if not self.columns_:
             raise ConfigError("the meta-learner has no feature column to learn from")
-        x = feature_matrix(rows, self.columns_)
         acc = np.array([float(row["accuracy"]) for row in rows])
         tasks, index = _task_index(rows)
         task_mean = np.bincount(index, acc) / np.bincount(index)
@@ -172,8 +177,11 @@ class MetaLearner:
             keep = gap != 0
             if not keep.any():
                 raise DataError("every model has the same accuracy on every training task: nothing to rank")
-            self.model_ = self._trees(HistGradientBoostingClassifier).fit(
-                self._pair_features(x, first[keep], second[keep]), gap[keep] > 0)
+            pairs = self._pair_features(x, first[keep], second[keep])
+            # A pair column can be all-NaN when x's is not (a score only one model has: every
+            # difference is NaN); the trees refuse such a column, and it teaches nothing.
+            self.pair_columns_ = ~np.isnan(pairs).all(axis=0)
+            self.model_ = self._trees(HistGradientBoostingClassifier).fit(pairs[:, self.pair_columns_], gap[keep] > 0)
         return self
 
     def predict(self, rows: Sequence[Row]) -> np.ndarray:
@@ -189,7 +197,8 @@ class MetaLearner:
             offset = level - np.bincount(index, centred) / np.bincount(index)
             return centred + offset[index]
         first, second = self._task_pairs(index)
-        win = self.model_.predict_proba(self._pair_features(x, first, second))[:, 1] if len(first) else np.empty(0)
+        win = (self.model_.predict_proba(self._pair_features(x, first, second)[:, self.pair_columns_])[:, 1]
+               if len(first) else np.empty(0))
         # Each pair is scored in both orders: i's chance of beating j averages win(i, j) and
         # 1 - win(j, i); its prediction is the mean of that over the other models of its task.
         wins = np.bincount(first, 0.5 * win, len(rows)) + np.bincount(second, 0.5 * (1 - win), len(rows))
