@@ -72,6 +72,32 @@ def _add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
 
 # -- commands ----------------------------------------------------------------------------
 
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    """The TrainConfig of a command's flags: defaults < ``--config`` file < flags. A command
+    without some flag (``tune`` has no ``--momentum``) leaves that setting to the layers below."""
+    from .config import TrainConfig
+
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
+    method_options = dict(_parse_option(o) for o in args.option)
+    for name in ("distance", "inner_steps", "inner_lr", "first_order"):
+        if flag(name) not in (None, False):
+            method_options[name] = flag(name)
+    backbone_options = dict(_parse_option(o) for o in args.backbone_option)
+    no_val = (flag("val_split") or "").lower() == "none"
+    config = TrainConfig.layered(
+        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+        dataset_options=_dataset_options(args), method_options=method_options or None,
+        backbone_options=backbone_options or None,
+        **{name: flag(name) for name in (
+            "way", "shot", "query", "train_way", "train_shot", "train_query", "episodes", "meta_batch", "optimizer",
+            "lr", "lr_step", "momentum", "val_every", "val_episodes", "checkpoint_every", "seed", "train_split",
+            "cpu_minutes")},
+        val_split=None if no_val else flag("val_split"))
+    if no_val:  # layered() skips None: it cannot override the default
+        config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .train import Trainer
@@ -92,23 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
-        method_options = dict(_parse_option(o) for o in args.option)
-        for flag in ("distance", "inner_steps", "inner_lr", "first_order"):
-            if getattr(args, flag) not in (None, False):
-                method_options[flag] = getattr(args, flag)
-        backbone_options = dict(_parse_option(o) for o in args.backbone_option)
-        config = TrainConfig.layered(
-            args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
-            dataset_options=_dataset_options(args), method_options=method_options or None,
-            backbone_options=backbone_options or None, way=args.way, shot=args.shot, query=args.query,
-            train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
-            episodes=args.episodes, meta_batch=args.meta_batch, optimizer=args.optimizer, lr=args.lr, lr_step=args.lr_step,
-            momentum=args.momentum,
-            val_every=args.val_every, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
-            seed=args.seed, train_split=args.train_split, cpu_minutes=args.cpu_minutes,
-            val_split=None if (args.val_split or "").lower() == "none" else args.val_split)
-        if (args.val_split or "").lower() == "none":  # layered() skips None: it cannot override the default
-            config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})
+        config = config_from_args(args)
         run_dir = Path(args.out)
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .cli import _add_data_flags, _add_episode_flags, _dataset_options, _parse_option
+from .cli import _add_data_flags, _add_episode_flags, config_from_args
 from .errors import ConfigError
 
 
@@ -25,20 +25,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .tune import parse_space, tune
 
     space = parse_space(args.space)
-    method_options = dict(_parse_option(o) for o in args.option)
-    backbone_options = dict(_parse_option(o) for o in args.backbone_option)
-    base = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
-        dataset_options=_dataset_options(args), method_options=method_options or None,
-        backbone_options=backbone_options or None, way=args.way, shot=args.shot, query=args.query,
-        train_way=args.train_way, train_shot=args.train_shot, train_query=args.train_query,
-        episodes=args.episodes, meta_batch=args.meta_batch, optimizer=args.optimizer, lr=args.lr,
-        val_every=args.val_every, val_episodes=args.val_episodes, seed=args.seed, train_split=args.train_split,
-        cpu_minutes=args.cpu_minutes, val_split=args.val_split)
+    base = config_from_args(args)
     result = tune(base, space, args.out, trials=args.trials, runs=args.runs, data_root=args.data_root,
                   sampler_seed=args.sampler_seed, log=None if args.quiet else print)
     best = result.best

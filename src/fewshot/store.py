@@ -41,6 +41,23 @@ COLUMNS = ("id", "kind", "created", "method", "dataset", "split", "seed", "run_d
            "seconds", "cpu_seconds", "version", "host")
 
 
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection that waits (up to a minute) for other writers rather than failing."""
+    db = sqlite3.connect(path, timeout=60.0)
+    db.execute("PRAGMA busy_timeout=60000")
+    return db
+
+
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """Create ``path`` (and its folder) if needed, in write-ahead-log mode, with ``schema``;
+    WAL lets readers and one writer proceed at once, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(schema)
+    return db
+
+
 def runs_folder(runs: str | os.PathLike | None = None) -> Path:
     return Path(runs or os.environ.get("FEWSHOT_RUNS") or "runs")
 
@@ -50,15 +67,10 @@ class RunStore:
 
     def __init__(self, folder: str | os.PathLike | None = None):
         self.path = runs_folder(folder) / "fewshot.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
+        open_database(self.path, SCHEMA).close()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60.0)
-        db.execute("PRAGMA busy_timeout=60000")
-        return db
+        return connect(self.path)
 
     def record(self, kind: str, *, config: dict, metrics: dict, method: str | None = None,
                dataset: str | None = None, split: str | None = None, seed: int | None = None,

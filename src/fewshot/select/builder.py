@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, FewShotError, TrainingError
+from ..store import connect, open_database
 from ..models.pretrained import Pretrained
 from .zoo import EVALUATION_GROUPS, Zoo, alphabet_splits, bn_mode
 
@@ -329,15 +330,10 @@ class MetaStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+        open_database(self.path, SCHEMA).close()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60.0)
-        db.execute("PRAGMA busy_timeout=60000")
-        return db
+        return connect(self.path)
 
     def settings(self) -> dict | None:
         with closing(self._connect()) as db:
