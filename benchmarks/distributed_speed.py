@@ -33,9 +33,9 @@ RESULTS = Path(__file__).parent / "results"
 
 # name -> (fewshot train arguments, short iterations, long iterations)
 SETUPS = {
-    "protonet": (["protonet", "--way", "20", "--shot", "5", "--query", "15", "--meta-batch", "4"], 10, 60),
+    "protonet": (["protonet", "--way", "20", "--shot", "5", "--query", "15", "--meta-batch", "4"], 5, 30),
     "maml": (["maml", "--way", "5", "--shot", "1", "--query", "15", "--train-query", "1", "--meta-batch", "32",
-              "--inner-steps", "1", "--inner-lr", "0.4"], 3, 15),
+              "--inner-steps", "1", "--inner-lr", "0.4"], 2, 10),
 }
 LAUNCHES = {"1 process, 1 thread": (1, 1), "2 processes, 1 thread each": (2, 1), "1 process, 2 threads": (1, 2)}
 

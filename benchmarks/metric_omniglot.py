@@ -118,7 +118,10 @@ def run_setup(data, label: str, steps: int, minutes: float, episodes: int, val_e
     return rows
 
 
-def markdown(rows: list[dict], args: argparse.Namespace, total_cpu: float) -> str:
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    # Every model's training once, plus every evaluation (rows may come from several runs).
+    training = {(r["method"], tuple(r["training"]["train_shape"])): r["training"]["cpu_seconds"] for r in rows}
+    total_cpu = sum(training.values()) + sum(r["eval_cpu_seconds"] + r.get("by_instance_cpu_seconds", 0) for r in rows)
     lines = [f"Omniglot (Vinyals split, 28×28, rotations); {args.episodes} test episodes, 15 queries per class, "
              f"95% CI. Budget: {args.minutes:g} CPU-minutes of training per model (at most {args.steps} steps); "
              f"{total_cpu / 60:.1f} CPU-minutes in all, evaluation included. Conv-4 backbone; MANN on 20×20 pixels.",
@@ -161,18 +164,27 @@ def main() -> None:
     data = load_dataset("omniglot", split_scheme="vinyals")
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    rows = []
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    # Rows of methods not run now are kept from an earlier run at the same settings, so one
+    # method can be re-run (``--methods matchingnet``) without losing the others.
+    earlier = results / "metric_omniglot.json"
+    kept = []
+    if earlier.exists():
+        old = json.loads(earlier.read_text())
+        if old.get("cpu_minutes_per_model") == args.minutes:
+            kept = [r for r in old["results"] if r["method"] not in args.methods and r["episodes"] == args.episodes]
+    rows = []
     for label in args.methods:
         rows += run_setup(data, label, args.steps, args.minutes, args.episodes, args.val_episodes, runs)
         # Written after every method, so a long run that is stopped keeps what it measured.
         total_cpu = time.process_time() - cpu0
+        everything = sorted(kept + rows, key=lambda r: list(SETUPS).index(r["method"]))
         out = {"benchmark": "metric_omniglot", "command": " ".join(["python", *sys.argv]), "machine": machine,
-               "cpu_minutes_per_model": args.minutes, "total_cpu_seconds": total_cpu, "results": rows,
-               "complete": label == args.methods[-1]}
+               "cpu_minutes_per_model": args.minutes, "episodes": args.episodes, "total_cpu_seconds": total_cpu,
+               "results": everything, "complete": label == args.methods[-1]}
         (results / "metric_omniglot.json").write_text(json.dumps(out, indent=2) + "\n")
-        text = markdown(rows, args, total_cpu)
+        text = markdown(everything, args)
         (results / "metric_omniglot.md").write_text(text)
     print(text)
 

@@ -136,16 +136,20 @@ def test_protonet_normalize_centres_and_l2_normalises():
 
 # -- Matching Networks -----------------------------------------------------------------
 
-def test_matching_logits_are_log_attention_over_support_labels():
-    method = MatchingNet(torch.nn.Identity())
+@pytest.mark.parametrize("scale", [None, 10.0])
+def test_matching_logits_are_log_attention_over_support_labels(scale):
+    method = MatchingNet(torch.nn.Identity(), scale=scale)
     g = torch.Generator().manual_seed(0)
     support, query = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    logits = method.adapt(support, labels, 3)(query)
-    attention = torch.softmax(F.cosine_similarity(query[:, None], support[None], dim=2), dim=1)
+    with torch.no_grad():
+        logits = method.adapt(support, labels, 3)(query)
+    cosine = F.cosine_similarity(query[:, None], support[None], dim=2)
+    attention = torch.softmax(cosine * (scale or 1.0), dim=1)  # None: the paper's unscaled cosine
     expected = torch.stack([attention[:, labels == c].sum(1) for c in range(3)], dim=1)
     assert torch.allclose(logits.exp(), expected, atol=1e-5)
     assert torch.allclose(logits.exp().sum(1), torch.ones(5), atol=1e-5)
+    assert ("scale" in method.state_dict()) == (scale is not None)  # learned when given
 
 
 def test_matching_fce_reads_the_whole_support_set():
@@ -164,7 +168,7 @@ def test_matching_fce_reads_the_whole_support_set():
         plain_other = plain.adapt(changed[:4], labels[:4], 3)(query)
     assert torch.equal(plain_base, plain_other)
     assert not torch.allclose(base, other)
-    assert set(method.options()) == {"fce", "fce_steps"}
+    assert set(method.options()) == {"fce", "fce_steps", "scale"}
 
 
 # -- Relation Networks -----------------------------------------------------------------
