@@ -138,7 +138,8 @@ def read_previous(out: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# MAML family: accuracy", "", f"CPU budget: {results['budget']}. Machine: {results['machine']}.", "",
+    lines = ["# MAML family: accuracy", "", f"CPU budget: {'; '.join(results['budgets'].values())}; "
+             f"{results['threads']} thread(s). Machine: {results['machine']}.", "",
              "## Omniglot, 1-shot (600 test episodes, 15 queries per class, 95 % CI)", "",
              "| method | way | test accuracy % | published % | steps | CPU min | best step | inner steps (train/test) |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -190,12 +191,14 @@ def main() -> None:
     parts = [part for part in ("omniglot", "sinusoid") if args.only in (None, part)]
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    budget = (f"{args.minutes:g} CPU minutes (at most {args.steps} meta-iterations) per Omniglot model, "
-              f"{args.sinusoid_minutes:g} CPU minutes (at most {args.sinusoid_steps} iterations) per sinusoid model, "
-              f"{args.threads} thread(s)")
+    budgets = {"omniglot": f"{args.minutes:g} CPU minutes (at most {args.steps} meta-iterations) per Omniglot model",
+               "sinusoid": f"{args.sinusoid_minutes:g} CPU minutes (at most {args.sinusoid_steps} iterations) "
+                           "per sinusoid model"}
     command = " ".join(["python", *sys.argv])
     results = {"omniglot": [], "sinusoid": [], **read_previous(out)}
-    results.update(benchmark="maml_accuracy", command=command, machine=machine, budget=budget)
+    results.update(benchmark="maml_accuracy", command=command, machine=machine, threads=args.threads)
+    results.pop("budget", None)  # one per part now
+    results["budgets"] = {**results.get("budgets", {}), **{part: budgets[part] for part in parts}}
     # Which command produced each part, since a merged file holds the output of several.
     results["commands"] = {**results.get("commands", {}), **{part: command for part in parts}}
     with tempfile.TemporaryDirectory(prefix="maml-accuracy-") as tmp:
