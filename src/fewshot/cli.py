@@ -236,7 +236,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         elif m.get("val_accuracy") is not None:
             result = f"val {m['val_accuracy']:.1f} % ({m['steps']} st)"
         else:
-            result = f"{m.get('steps')} steps"
+            result = (f"{m['steps']} steps" if "steps" in m else  # other kinds: their first numbers
+                      " ".join(f"{k}={v:.3g}" for k, v in m.items() if isinstance(v, (int, float)))[:24])
         print(f"{r['id']:4d}  {r['kind']:10s} {r['created'][:19]:19s} {r['method'] or '':10s} "
               f"{r['dataset'] or '':9s} {result:24s} {r['run_dir'] or ''}")
     return 0
@@ -365,5 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fewshot: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fewshot: interrupted; a run continues with `fewshot train --resume RUN_DIR`", file=sys.stderr)
+        # What was interrupted decides how to continue; each long command resumes by design.
+        how = {"train": "`fewshot train --resume RUN_DIR` continues the run",
+               "zoo": "`fewshot zoo build` again skips the models already built",
+               "select": "`fewshot select build` again adds only the missing rows",
+               "tune": "`fewshot tune` again with the same --out adds trials"}.get(argv[0] if argv else "")
+        print(f"fewshot: interrupted{'; ' + how if how else ''}", file=sys.stderr)
         return 130
