@@ -264,9 +264,10 @@ def main() -> None:
             significant = small["difference"] - small["ci95"] > 0
             shrinks = small["difference"] > large["difference"]
             text = ("holds" if significant and shrinks else "fails") + (
-                f": gap {small['difference']:+.1f} ± {small['ci95']:.1f} at {min(gaps)}-shot"
-                f" ({'significant' if significant else 'not significant'}), {large['difference']:+.1f} at "
-                f"{max(gaps)}-shot ({'narrower' if shrinks else 'not narrower'})")
+                f": {small['meta_learner']} − fine-tuning = {small['difference']:+.1f} ± {small['ci95']:.1f} at "
+                f"{min(gaps)}-shot ({versus(small, small['meta_learner'], 'fine-tuning')}), "
+                f"{large['difference']:+.1f} ± {large['ci95']:.1f} at {max(gaps)}-shot (the meta-learner's margin "
+                f"{'shrinks' if shrinks else 'does not shrink'} with more shots)")
             claims["small_k"].append({"suite": suite, "backbone": model, "holds": significant and shrinks,
                                       "verdict": text})
 
