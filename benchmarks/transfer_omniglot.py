@@ -267,7 +267,7 @@ def main() -> None:
                 f": {small['meta_learner']} − fine-tuning = {small['difference']:+.1f} ± {small['ci95']:.1f} at "
                 f"{min(gaps)}-shot ({versus(small, small['meta_learner'], 'fine-tuning')}), "
                 f"{large['difference']:+.1f} ± {large['ci95']:.1f} at {max(gaps)}-shot (the meta-learner's margin "
-                f"{'shrinks' if shrinks else 'does not shrink'} with more shots)")
+                f"{'falls' if shrinks else 'does not fall'} with more shots)")
             claims["small_k"].append({"suite": suite, "backbone": model, "holds": significant and shrinks,
                                       "verdict": text})
 
