@@ -91,6 +91,8 @@ def train(name: str, config: TrainConfig, data, runs: Path) -> dict:
     best = state.get("best") or {}
     return {"run_dir": str(run_dir), "method": config.method, "steps": state["step"],
             "cpu_seconds": state["cpu_seconds"], "val_accuracy": best.get("accuracy"),
+            # The last logged training accuracy (%): how far the budget took the fit itself.
+            "train_accuracy": state["history"]["train"][-1][2] if state["history"]["train"] else None,
             "best_step": best.get("step"), "config": config.to_dict()}
 
 
@@ -310,6 +312,8 @@ def main() -> None:
         lines.append(f"- {c['suite']} {c['shot']}-shot: LP-FT − fine-tuning ({c['backbone']}) = "
                      f"{c['difference']:+.1f} ± {c['ci95']:.1f}: {c['verdict']}")
     lines += ["", "Training: " + "; ".join(f"{k} {v['steps']} steps in {v['cpu_seconds'] / 60:.1f} CPU-min"
+                                          + (f" (last training accuracy {v['train_accuracy']:.0f} %)"
+                                             if v.get("train_accuracy") is not None else "")
                                           for k, v in models.items())]
     if skipped:
         lines.append(f"Not run (method not installed): {', '.join(skipped)}.")
