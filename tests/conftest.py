@@ -19,6 +19,17 @@ FAKE_OMNIGLOT = {
 FAKE_VINYALS = {"train": ["Alpha"], "val": ["Beta"], "test": ["Gamma"], "trainval": ["Alpha", "Beta"]}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_run_store(tmp_path_factory):
+    """Runs recorded without --runs go to a private store, never the user-level one."""
+    if "FEWSHOT_RUNS" not in os.environ:
+        os.environ["FEWSHOT_RUNS"] = str(tmp_path_factory.mktemp("run-store"))
+        yield
+        del os.environ["FEWSHOT_RUNS"]
+    else:
+        yield
+
+
 @pytest.fixture(scope="session")
 def omniglot_root() -> Path:
     """The data root holding the real Omniglot, from $FEWSHOT_DATA."""

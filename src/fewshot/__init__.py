@@ -2,6 +2,49 @@
 
 Meta-learning, transfer learning and model selection, all judged by one evaluation
 protocol: fixed, seeded suites of N-way K-shot episodes, accuracy ± 95% CI.
+
+The public API is importable from here: ``fewshot.load`` (a run or an exported model
+as a scikit-learn-style classifier), ``fewshot.FewShotClassifier``, ``fewshot.Trainer``,
+``fewshot.TrainConfig``, ``fewshot.load_dataset``,
+``fewshot.from_arrays``, ``fewshot.EpisodeSampler``, ``fewshot.image_folder`` and
+``fewshot.image_files``, and the errors. Names that need torch are imported on first
+use, so ``import fewshot`` (and ``fewshot --help``) stays fast. (``fewshot.evaluate`` is the
+evaluation module: ``from fewshot.evaluate import evaluate``.)
 """
 
+from importlib import import_module
+
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError, DataError, FewShotError, StoreError, TrainingError
+
 __version__ = "0.1.0"
+
+# name -> module that defines it, imported (with torch) on first access.
+_LAZY = {
+    "load": "learner", "FewShotClassifier": "learner",
+    "Trainer": "train", "TrainResult": "train",
+    "EvalResult": "evaluate",
+    "load_run": "runs",
+    "load_dataset": "data", "from_arrays": "data", "ClassDataset": "data", "EpisodeSampler": "data",
+    "image_folder": "images", "image_files": "images",
+    "methods": "methods", "build_method": "methods",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = import_module(f".{_LAZY[name]}", __name__)
+        value = module if name == _LAZY[name] else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fewshot' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["CheckpointError", "ClassDataset", "ConfigError", "DataError", "EpisodeSampler", "EvalResult",
+           "FewShotClassifier", "FewShotError", "StoreError", "TrainConfig", "Trainer", "TrainResult", "TrainingError",
+           "__version__", "build_method", "from_arrays", "image_files", "image_folder", "load",
+           "load_dataset", "load_run"]

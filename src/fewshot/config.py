@@ -11,6 +11,16 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: Per-dataset training recipes: the layer between the defaults and a config file, so
+#: ``fewshot train METHOD --dataset NAME`` works as it is on every built-in dataset.
+#: digits (8x8, 5 training digits): their rotations as 20 training classes, 20-way
+#: training episodes, validation on the rotated test digits (see fewshot.data.digits);
+#: the recipe measured in benchmarks/results/demo_digits.txt.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"dataset_options": {"rotations": True}, "train_way": 20, "train_query": 10, "episodes": 1500,
+               "lr_step": 1000, "val_every": 250},
+}
+
 
 @dataclass
 class TrainConfig:
@@ -96,8 +106,14 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
+    def for_dataset(cls, dataset: str = "digits", **settings: Any) -> "TrainConfig":
+        """Defaults, then the dataset's recipe (:data:`RECIPES`), then ``settings``."""
+        return cls.layered(None, dataset=dataset, **settings)
+
+    @classmethod
     def layered(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
-        """Defaults, then ``config_file`` (JSON), then ``overrides`` that are not None."""
+        """Defaults, then the dataset's recipe (:data:`RECIPES`), then ``config_file``
+        (JSON), then ``overrides`` that are not None."""
         values: dict[str, Any] = {}
         if config_file:
             try:
@@ -110,6 +126,10 @@ class TrainConfig:
                 raise ConfigError(f"config file {config_file} cannot be read ({e.strerror or e})") from None
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {config_file} must hold a JSON object of settings")
+        dataset = overrides.get("dataset") or values.get("dataset") or cls.dataset
+        recipe = RECIPES.get(dataset, {}) if isinstance(dataset, str) else {}
+        for key, value in recipe.items():
+            values[key] = {**value, **values[key]} if isinstance(values.get(key), dict) else values.get(key, value)
         for key, value in overrides.items():
             if value is None:
                 continue

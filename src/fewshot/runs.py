@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .config import TrainConfig
 from .data.tasks import backbone_defaults, task_kind
@@ -35,26 +36,62 @@ from .models.pretrained import (FORMAT, VERSION, Pretrained, count_parameters, d
 WHICH = ("best", "last")
 
 
-def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list[int] | None = None) -> Method:
+#: ``TrainConfig.backbone`` of a run whose backbone is the user's own ``nn.Module``.
+CUSTOM_BACKBONE = "custom"
+
+
+def conv4_depth(image_shape: tuple[int, ...]) -> int:
+    """Conv-4's default number of blocks for ``image_shape``: four from 16 pixels up (the
+    standard model), fewer for small images (8x8 digits: two), so every block but the
+    last halves a map of at least 2 pixels."""
+    side = min(int(s) for s in image_shape[1:]) if len(image_shape) == 3 else 1
+    if side >= 16:
+        return 4
+    return max(1, side.bit_length() - 2)
+
+
+def describe_module(module: nn.Module) -> dict[str, str]:
+    """How a run records a user's backbone: its class, for people (nothing is imported from it)."""
+    kind = type(module)
+    return {"class": f"{kind.__module__}.{kind.__qualname__}"}
+
+
+def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list[int] | None = None, *,
+                backbone: nn.Module | None = None) -> Method:
     """The method a config describes, freshly initialised (seeded by ``config.seed``).
 
     ``classes`` (the training split's class ids) sizes whole-class heads (Baseline); a
-    loaded run takes that size from its checkpoint instead. A backbone that cannot take
-    inputs of ``image_shape`` (Conv-4's four poolings on 8x8 digits) is refused here,
-    by a dry run, rather than half-way into training.
+    loaded run takes that size from its checkpoint instead. ``backbone`` is the user's
+    own module for a run whose ``config.backbone`` is ``"custom"``. A backbone that
+    cannot take inputs of ``image_shape`` (Conv-4's four poolings on 8x8 digits), or
+    gives 4-D maps instead of ``(batch, features)``, is refused here, by a dry run,
+    rather than half-way into training; the dry run also sizes every method's head.
     """
     torch.manual_seed(config.seed)
-    options = {**backbone_defaults(config.dataset, config.backbone), **config.backbone_options}
-    backbone = build_backbone(config.backbone, image_shape, **options)
+    if config.backbone == CUSTOM_BACKBONE:
+        if backbone is None:
+            kind = config.backbone_options.get("class", "an nn.Module")
+            raise ConfigError(f"this run was trained with your own backbone ({kind}); pass that module again "
+                              "(e.g. fewshot.load(path, backbone=MyNet()) or load_run(path, backbone=MyNet()))")
+        name = type(backbone).__name__
+    else:
+        if backbone is not None:
+            raise ConfigError(f"a backbone module was given, but the config names backbone '{config.backbone}'; "
+                              f"a run of your own module has backbone '{CUSTOM_BACKBONE}'")
+        options = {**backbone_defaults(config.dataset, config.backbone), **config.backbone_options}
+        if config.backbone == "conv4" and len(image_shape) == 3:
+            options.setdefault("depth", conv4_depth(image_shape))
+        backbone, name = build_backbone(config.backbone, image_shape, **options), config.backbone
     try:
         feature_dim(backbone, image_shape)  # consumes no random numbers: initialisation is unchanged
     except FewShotError:
         raise
     except Exception as e:  # the forward pass itself failed on this input shape
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"backbone '{config.backbone}' cannot take {'x'.join(map(str, image_shape))} inputs "
-                          f"({first}); choose a shallower backbone (e.g. --backbone-option depth=2) or "
-                          "larger images (--image-size)") from None
+        fix = ("choose a shallower backbone (e.g. --backbone-option depth=2) or larger images (--image-size)"
+               if name != type(backbone).__name__ else "make its first layer take this shape")
+        raise ConfigError(f"backbone '{name}' cannot take {'x'.join(map(str, image_shape))} inputs "
+                          f"({first}); {fix}") from None
     options = dict(config.method_options)
     task = task_kind(config.dataset)
     if options.pop("task", task) != task:
@@ -64,8 +101,10 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list
                         classes=classes, task=task, **options)
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Method, dict]:
-    """A trained run: its config, its method with the ``best`` (or ``last``) weights, its state."""
+def load_run(run_dir: str | Path, which: str = "best", *, backbone: nn.Module | None = None
+             ) -> tuple[TrainConfig, Method, dict]:
+    """A trained run: its config, its method with the ``best`` (or ``last``) weights, its state.
+    ``backbone``: the module of a run trained with your own backbone (its weights are loaded into it)."""
     if which not in WHICH:
         raise ConfigError(f"which weights: choose one of {', '.join(WHICH)}, not '{which}'")
     run_dir = Path(run_dir)
@@ -73,7 +112,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Met
         raise CheckpointError(f"{run_dir} is not a fewshot run folder (no state.json); train one with `fewshot train`")
     config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
     state = read_state(run_dir)
-    method = build_model(config, tuple(state["image_shape"]))
+    method = build_model(config, tuple(state["image_shape"]), backbone=backbone)
     entry = state.get("best") if which == "best" and state.get("best") else {"file": state["checkpoint"]}
     if entry["file"] is None:
         raise CheckpointError(f"{run_dir} holds no checkpoint yet; train it further with `fewshot train --resume {run_dir}`")
@@ -167,5 +206,5 @@ def finetune_from(path: str | Path, strategy: str = "finetune", which: str = "be
     return wrap(load_adaptable(path, which), strategy, **options)
 
 
-__all__ = ["WHICH", "build_model", "finetune_from", "load_adaptable", "load_run", "load_weights", "pretrained_from_run",
+__all__ = ["CUSTOM_BACKBONE", "WHICH", "build_model", "conv4_depth", "describe_module", "finetune_from", "load_adaptable", "load_run", "load_weights", "pretrained_from_run",
            "read_state"]

@@ -1,7 +1,9 @@
 """The run store: every train and evaluate run, in one embedded SQLite database.
 
-The database lives in the runs folder (``--runs``, else ``$FEWSHOT_RUNS``, else
-``./runs``) as ``fewshot.sqlite``. It uses write-ahead logging and a busy timeout, and
+The database lives in the runs folder as ``fewshot.sqlite``: ``--runs``, else
+``$FEWSHOT_RUNS``, else one user-level place, ``$XDG_DATA_HOME/fewshot`` (by default
+``~/.local/share/fewshot``), so every command finds the same records wherever it is
+run from, and none creates a folder in the current one. It uses write-ahead logging and a busy timeout, and
 each record is one transaction, so processes recording at once lose nothing.
 """
 
@@ -59,7 +61,11 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
 
 
 def runs_folder(runs: str | os.PathLike | None = None) -> Path:
-    return Path(runs or os.environ.get("FEWSHOT_RUNS") or "runs")
+    """The runs folder: ``runs``, else ``$FEWSHOT_RUNS``, else the user-level one (see the module docstring)."""
+    if runs or os.environ.get("FEWSHOT_RUNS"):
+        return Path(runs or os.environ["FEWSHOT_RUNS"]).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "fewshot"
 
 
 def record_run(kind: str, *, runs: str | os.PathLike | None = None, config: dict, metrics: dict,

@@ -13,6 +13,8 @@ squared error (lower is better), and their method is built with ``task="regressi
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -20,21 +22,63 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .calibration import calibrate, calibration_sampler
 from .config import TrainConfig
-from .data import ClassDataset, load_dataset, load_source
+from .data import IN_MEMORY, ClassDataset, load_dataset, load_source
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
-from .errors import CheckpointError, ConfigError, StoreError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, StoreError, TrainingError
+from .images import Preprocessing
 from .evaluate import evaluate
 from .io import load_tensors, read_json, save_tensors, write_json
 from .metrics import metric_name
-from .runs import build_model, load_weights, read_state
+from .runs import CUSTOM_BACKBONE, build_model, describe_module, load_weights, read_state
 from .store import record_run
 
 LOG_EVERY = 50
+#: Episodes the temperature of probabilities is fitted on at the end of training.
+CALIBRATION_EPISODES = 100
+
+
+def describe_inputs(config: TrainConfig, dataset: ClassDataset | None, backbone: nn.Module | None) -> TrainConfig:
+    """``config`` saying what is really trained: the dataset passed in (loaded by name:
+    that name and its options; in memory: ``memory:NAME``, which cannot be loaded again
+    by name) and the backbone module passed in (``custom``, with its class recorded)."""
+    changes: dict = {}
+    if dataset is not None:
+        if dataset.origin is not None:
+            changes.update(dataset=dataset.origin["name"], dataset_options=dict(dataset.origin["options"]))
+        else:
+            changes.update(dataset=f"{IN_MEMORY}{dataset.name}", dataset_options={})
+    if backbone is not None:
+        changes.update(backbone=CUSTOM_BACKBONE, backbone_options=describe_module(backbone))
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def describe_data(config: TrainConfig, dataset: ClassDataset | None) -> dict:
+    """The record of what a run trained on (``state.json``'s ``data``)."""
+    if dataset is None:
+        return {"name": config.dataset, "generated": True}
+    return {"name": config.dataset, "in_memory": dataset.origin is None, "options": config.dataset_options,
+            "classes": dataset.num_classes, "images": int(len(dataset.images)),
+            "image_shape": list(dataset.image_shape),
+            "splits": {name: len(classes) for name, classes in dataset.splits.items()}}
+
+
+def preprocessing_of(dataset: ClassDataset) -> Preprocessing:
+    """What the model's inputs look like: uint8 images become [0, 1]; float arrays keep
+    their own range (recorded, so new inputs can be checked against it)."""
+    c, h, w = dataset.image_shape
+    if dataset.images.dtype == torch.uint8:
+        return Preprocessing(c, h, w)
+    lo, hi = float(dataset.images.min()), float(dataset.images.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return Preprocessing(c, h, w)
+    return Preprocessing(c, h, w, (lo, hi if hi > lo else lo + 1.0))
 
 
 @dataclass
@@ -65,8 +109,18 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, dataset: ClassDataset | None = None,
-                 data_root: str | Path | None = None, runs: str | Path | None = None):
-        self.config, self.run_dir, self.runs = config, Path(run_dir), runs
+                 backbone: nn.Module | None = None, data_root: str | Path | None = None,
+                 runs: str | Path | None = None):
+        if dataset is not None and not isinstance(dataset, ClassDataset):
+            raise ConfigError(f"dataset must be a ClassDataset (fewshot.data.from_arrays or load_dataset), "
+                              f"got {type(dataset).__name__}")
+        if backbone is not None and not isinstance(backbone, nn.Module):
+            raise ConfigError(f"backbone must be an nn.Module mapping images to (batch, features), "
+                              f"got {type(backbone).__name__}")
+        # What is recorded is what is trained: a dataset passed in names itself (an
+        # in-memory one as such), and a module passed in is the backbone.
+        config = describe_inputs(config, dataset, backbone)
+        self.config, self.run_dir, self.runs, self.backbone = config, Path(run_dir), runs, backbone
         name = config.dataset
         self.metric = metric_name(task_kind(name))
         if is_generated(name):
@@ -80,14 +134,17 @@ class Trainer:
         if config.val_split and config.val_split not in known and config.val_split != "val":
             raise ConfigError(f"{name if self.dataset is None else self.dataset.name} has no split '{config.val_split}' to "
                               f"validate on; its splits are: {', '.join(known)} (or pass --val-split none)")
-        # Datasets without a "val" split (digits) train without validation and keep the last weights.
+        # Datasets without a "val" split train without validation and keep the last weights.
         if config.val_split in known:
-            # A fixed validation suite: the same episodes at every validation.
-            self.val_sampler = make_sampler(name, self.dataset, config.val_split, config.way, config.shot,
+            # A fixed validation suite: the same episodes at every validation; at fewer ways
+            # than the test's when the split has fewer classes (digits' four).
+            val_way = config.way if self.dataset is None else min(config.way,
+                                                                 len(self.dataset.split_classes(config.val_split)))
+            self.val_sampler = make_sampler(name, self.dataset, config.val_split, val_way, config.shot,
                                             config.query, seed=config.seed + 1)
         self.input_shape = input_shape(name, self.dataset)
         classes = self.dataset.split_classes(config.train_split) if self.dataset is not None else None
-        self.method = build_model(config, self.input_shape, classes)
+        self.method = build_model(config, self.input_shape, classes, backbone=backbone)
         if not self.method.learns_across_tasks:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
         self.dist = from_environment()
@@ -101,7 +158,10 @@ class Trainer:
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
             "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),
             "version": __version__, "done": False, "log": {"loss": 0.0, "accuracy": 0.0, "count": 0},
+            "data": describe_data(config, self.dataset), "calibration": None,
         }
+        if self.dataset is not None:
+            self.state["preprocessing"] = preprocessing_of(self.dataset).to_dict()
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
@@ -251,6 +311,8 @@ class Trainer:
         if self.dist.is_main:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
                 self._save_checkpoint()
+            if self.metric == "accuracy" and not self.state.get("calibration"):
+                self.state["calibration"] = self._calibrate()
             write_json(self.run_dir / "state.json", self.state)
         self.dist.barrier()
         return self._finish(images_per_step, record and self.dist.is_main)
@@ -297,6 +359,20 @@ class Trainer:
             self.state["best"] = {"step": step, "file": name,
                                   self.metric: result.value if result else None,
                                   "ci95": result.ci95 if result else None}
+
+    def _calibrate(self) -> dict:
+        """The temperature of the weights the run ships (best, else last), fitted on the
+        validation split's episodes (see :mod:`fewshot.calibration`)."""
+        entry = self.state.get("best") or {"file": self.state["checkpoint"]}
+        try:
+            sampler, split = calibration_sampler(self.dataset, self.config)
+        except (ConfigError, DataError) as e:  # e.g. too few images per class for the suite
+            return {"temperature": 1.0, "fitted": False, "why": str(e)}
+        with torch.random.fork_rng():  # building a model reseeds; the run's RNG stream stays as saved
+            model = build_model(self.config, self.input_shape, backbone=copy.deepcopy(self.backbone))
+            path = self.run_dir / entry["file"]
+            load_weights(model, load_tensors(path), path)
+            return calibrate(model, sampler, min(self.config.val_episodes, CALIBRATION_EPISODES), split)
 
     def _finish(self, images_per_step: int, record: bool) -> TrainResult:
         best = self.state["best"] or {}

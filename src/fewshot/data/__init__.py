@@ -12,7 +12,7 @@ import inspect
 from typing import Callable
 
 from ..errors import ConfigError
-from .base import ClassDataset, from_arrays, to_float_images
+from .base import IN_MEMORY, ClassDataset, from_arrays, to_float_images
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .digits import load_digits_dataset
 from .download import data_root
@@ -42,6 +42,11 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     if name in TASK_FAMILIES:
         raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with "
                           f"`fewshot train maml --dataset {name} --backbone mlp`")
+    if name.startswith(IN_MEMORY):
+        raise ConfigError(f"'{name[len(IN_MEMORY):]}' was an in-memory dataset (from_arrays or built in Python), "
+                          "which fewshot cannot load by name; evaluate the run in Python with that dataset "
+                          "(evaluate(load_run(RUN)[1], EpisodeSampler(data, 'test', ...))), or name a dataset "
+                          "fewshot can load (--dataset)")
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]
@@ -51,7 +56,9 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     if unknown:
         raise ConfigError(f"dataset '{name}' takes no option {', '.join(unknown)}; it takes: {', '.join(accepted) or 'none'}")
     _check_option_types(name, loader, given)
-    return loader(root, **given)
+    dataset = loader(root, **given)
+    dataset.origin = {"name": name, "options": given}
+    return dataset
 
 
 def load_source(name: str, root=None, **options) -> ClassDataset | None:
@@ -76,5 +83,5 @@ def _check_option_types(name: str, loader: Callable, options: dict) -> None:
             raise ConfigError(f"dataset '{name}' option {key} must be {kind.__name__}, got {value!r}")
 
 
-__all__ = ["ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "SinusoidSampler", "SinusoidTask", "TASK_FAMILIES",
+__all__ = ["IN_MEMORY", "ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "SinusoidSampler", "SinusoidTask", "TASK_FAMILIES",
            "data_root", "from_arrays", "is_generated", "load_dataset", "load_source", "make_sampler", "to_float_images"]

@@ -10,6 +10,9 @@ import torch
 
 from ..errors import ConfigError, DataError
 
+#: The recorded dataset name of a run trained on in-memory data: ``memory:NAME``.
+IN_MEMORY = "memory:"
+
 
 @dataclass
 class ClassDataset:
@@ -30,6 +33,9 @@ class ClassDataset:
     class_names: list[str]
     splits: dict[str, list[int]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    #: How to load it again: ``{"name": ..., "options": {...}}`` when it was loaded by
+    #: name (:func:`fewshot.data.load_dataset` sets it); ``None`` for data built in memory.
+    origin: dict | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -137,4 +143,27 @@ def from_arrays(
     names = [str(v) for v in values] if class_names is None else list(class_names)
     if len(names) != len(values):
         raise DataError(f"{name}: {len(values)} distinct labels but {len(names)} class names")
-    return ClassDataset(name, x_t.contiguous(), torch.as_tensor(y_ids, dtype=torch.int64), names, splits or {})
+    ids = {split: _class_ids(name, split, classes, values.tolist(), names) for split, classes in (splits or {}).items()}
+    return ClassDataset(name, x_t.contiguous(), torch.as_tensor(y_ids, dtype=torch.int64), names, ids)
+
+
+def _class_ids(name: str, split: str, classes, values: list, names: list[str]) -> list[int]:
+    """A split given by labels (as in ``y``), class names, or class ids 0..n-1, as class ids."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise DataError(f"{name}: split '{split}' must be a list of classes, got {type(classes).__name__}")
+    classes = list(classes.tolist() if isinstance(classes, (np.ndarray, torch.Tensor)) else classes)
+    by_label = {v: i for i, v in enumerate(values)}
+    by_name = {n: i for i, n in enumerate(names)}
+    out = []
+    for c in classes:
+        if isinstance(c, (int, np.integer, str)) and c in by_label:
+            out.append(by_label[c])
+        elif isinstance(c, str) and c in by_name:
+            out.append(by_name[c])
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(values) \
+                and not any(isinstance(v, (int, np.integer)) for v in values):
+            out.append(int(c))  # a class id, when the labels themselves are not numbers
+        else:
+            raise DataError(f"{name}: split '{split}' names {c!r}, which is neither a label in y nor a class name; "
+                            f"labels: {', '.join(map(repr, values[:8]))}{' ...' if len(values) > 8 else ''}")
+    return out

@@ -5,10 +5,14 @@ The offline default. Few-shot splits divide the classes: digits 0-4 to ``train``
 on digits keeps the last checkpoint). ``image_size`` upsamples bilinearly, e.g. to 28
 to feed a model trained on Omniglot.
 
-Five training classes are few for meta-learning; ``rotations=True`` adds each training
-digit rotated by 90, 180 and 270 degrees as classes of its own (the trick Omniglot
-papers use), giving 20 training classes. The ``test`` split stays the upright digits
-5-9, so test tasks are the natural ones.
+Five training classes are few for meta-learning; ``rotations=True`` adds each digit
+rotated by 90, 180 and 270 degrees as classes of its own (the trick Omniglot papers
+use), giving 20 training classes, and a ``val`` split: the 15 rotated test digits
+(5-9 at 90, 180 and 270 degrees). Validation tasks are thus new classes, as test tasks
+are, but their images are the test images rotated, so a setting chosen on ``val`` is
+not independent of ``test``: checkpoint choice and tuning on it carry a small optimism
+into test figures (there is no other class to spare among ten). The ``test`` split
+stays the upright digits 5-9, so test tasks are the natural ones.
 """
 
 from __future__ import annotations
@@ -38,5 +42,7 @@ def load_digits_dataset(root=None, *, image_size: int = 8, rotations: bool = Fal
     images = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
     labels = torch.cat([labels * 4 + k for k in range(4)])
     names = [f"{d}/rot{90 * k:03d}" for d in range(10) for k in range(4)]
-    splits = {"train": [d * 4 + k for d in range(5) for k in range(4)], "test": [d * 4 for d in range(5, 10)]}
+    splits = {"train": [d * 4 + k for d in range(5) for k in range(4)],
+              "val": [d * 4 + k for d in range(5, 10) for k in range(1, 4)],
+              "test": [d * 4 for d in range(5, 10)]}
     return ClassDataset("digits", images, labels, names, splits, {"rotations": True})

@@ -134,5 +134,6 @@ def feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
     finally:
         backbone.train(was_training)
     if out.ndim != 2:
-        raise ConfigError(f"backbone must return (batch, features); it returned shape {tuple(out.shape)}")
+        raise ConfigError(f"backbone must return (batch, features); it returned shape {tuple(out.shape)} "
+                          "(end it with nn.Flatten() or a pooling layer)")
     return int(out.shape[1])
