@@ -51,18 +51,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = "no validation split: kept the last weights"
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
-    return 0
+    return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
+                                                  f"`fewshot train --resume {run_dir}` and a writable --runs")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_source, make_sampler
-    from ..evaluate import evaluate
+    from ..errors import StoreError
+    from ..evaluate import evaluate, record_evaluation
     from ..methods import METHODS, build_method
-    from ..store import RunStore
-    from ..train import load_run
+    from ..runs import load_run
 
     target = args.target
-    if target in METHODS and not METHODS[target].trainable:
+    if target in METHODS and not METHODS[target].needs_backbone:
         method, dataset_name, data_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
         method_name = target
     else:
@@ -91,18 +92,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     start_cpu = time.process_time()
     result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
     cpu = time.process_time() - start_cpu
-    RunStore(args.runs).record(
-        "evaluate", method=method_name, dataset=dataset_name, split=args.eval_split, seed=args.seed or 0,
-        run_dir=run_dir, seconds=result.seconds, cpu_seconds=cpu,
-        config={"dataset_options": data_options, "way": way, "shot": shot, "query": query,
-                "episodes": args.episodes, "weights": args.weights},
-        metrics=result.to_dict(per_episode=True))
+    record_error = None
+    try:
+        record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split,
+                          seed=args.seed or 0, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
+                          config={"dataset_options": data_options, "weights": args.weights})
+    except StoreError as e:  # the result is printed all the same
+        record_error = str(e)
     if args.json:
         print(json.dumps({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
         print(result.summary())
-    return 0
+    return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
+
+
+def _recording_failed(error: str | None, how: str) -> int:
+    """0, or (after the work was reported) one line saying it was not recorded, and 2."""
+    if error is None:
+        return 0
+    print(f"fewshot: error: {error}; the result above is not recorded: {how}", file=sys.stderr)
+    return 2
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:

@@ -134,10 +134,11 @@ def add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
 
 
 def trainable_methods() -> list[str]:
-    """Names of the registered methods that train (imports the registry, and so torch)."""
+    """Names of the registered methods that learn across tasks, i.e. that ``fewshot train``
+    trains (imports the registry, and so torch)."""
     from ..methods import METHODS
 
-    return sorted(n for n, m in METHODS.items() if m.trainable)
+    return sorted(n for n, m in METHODS.items() if m.learns_across_tasks)
 
 
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821

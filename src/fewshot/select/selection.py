@@ -96,16 +96,17 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
            "selection_cpu_seconds": select_cpu, "finetune_all_cpu_seconds_estimate": finetune_all,
            "ranking": ranking}
     if verify:
-        run_store = RunStore(runs)
         _verify(zoo, ranking[:verify], x, y, classes, target=target, query=query, support=support,
-                meta_rows=len(rows), store=run_store, data_root=data_root)
-        out["monitor"] = running_error(verification_history(run_store, str(zoo.root.resolve())))
+                meta_rows=len(rows), runs=runs, data_root=data_root)
+        out["monitor"] = running_error(verification_history(RunStore(runs), str(zoo.root.resolve())))
     return out
 
 
 def _verify(zoo: Zoo, entries: list[dict], x, y, classes, *, target: str, query, support, meta_rows: int,
-            store, data_root) -> None:
-    """Measure each of ``entries`` for real and record the prediction's error in ``store``."""
+            runs, data_root) -> None:
+    """Measure each of ``entries`` for real and record the prediction's error in the run store."""
+    from ..store import record_run
+
     way = len(classes)
     query_data = load_task_folder(query, zoo, data_root) if query else None
     if query_data is not None and list(query_data[2]) != list(classes):
@@ -120,15 +121,15 @@ def _verify(zoo: Zoo, entries: list[dict], x, y, classes, *, target: str, query,
             measured, cpu = cross_validated_accuracy(model, x, y, way, target)
             protocol = "cross-validation on the support set"
         entry.update(measured_accuracy=measured, verify_cpu_seconds=cpu, protocol=protocol)
-        store.record(VERIFY_KIND, method=entry["model"], dataset="folder",
-                     run_dir=str(Path(support).resolve()), cpu_seconds=cpu,
-                     config={"zoo": str(zoo.root.resolve()), "support": str(Path(support).resolve()),
-                             "query": str(Path(query).resolve()) if query else None,
-                             "target": target, "way": way, "images": int(len(y)), "protocol": protocol,
-                             "meta_rows": meta_rows},
-                     metrics={"predicted": entry["predicted_accuracy"], "measured": measured,
-                              "error": entry["predicted_accuracy"] - measured, "uncertainty": entry["uncertainty"],
-                              "rank": entry["rank"]})
+        record_run(VERIFY_KIND, runs=runs, method=entry["model"], dataset="folder",
+                   run_dir=str(Path(support).resolve()), cpu_seconds=cpu,
+                   config={"zoo": str(zoo.root.resolve()), "support": str(Path(support).resolve()),
+                           "query": str(Path(query).resolve()) if query else None,
+                           "target": target, "way": way, "images": int(len(y)), "protocol": protocol,
+                           "meta_rows": meta_rows},
+                   metrics={"predicted": entry["predicted_accuracy"], "measured": measured,
+                            "error": entry["predicted_accuracy"] - measured, "uncertainty": entry["uncertainty"],
+                            "rank": entry["rank"]})
 
 
 __all__ = ["VERIFY_KIND", "load_task_folder", "running_error", "select_models", "verification_history"]
