@@ -69,7 +69,7 @@ def test_bad_config_file_is_one_line(tmp_path):
     bad = tmp_path / "c.json"
     bad.write_text('{"lr": "fast"}')
     proc = run_cli("train", "protonet", "--config", str(bad), "--out", str(tmp_path / "r"))
-    assert_one_line_error(proc, "config 'lr' must be float")
+    assert_one_line_error(proc, "config 'lr' must be a finite number > 0")
     bad.write_text('{"learning_rate": 1}')
     assert_one_line_error(run_cli("train", "protonet", "--config", str(bad), "--out", str(tmp_path / "r")),
                           "unknown config key(s) learning_rate")
