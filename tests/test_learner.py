@@ -246,3 +246,42 @@ def test_defaults_work_on_8x8_digits(tmp_path):
     run = tmp_path / "d"
     result = Trainer(config, run).run(progress=False, record=False)
     assert result.best_accuracy is not None  # validated on digits' val split
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def image_tree(root, digits, classes, per_class, offset=0):
+    for c in classes:
+        (root / f"digit-{c}").mkdir(parents=True)
+        for i in range(per_class):
+            image = digits.images[int(digits.class_offsets[c]) + offset + i, 0].numpy()
+            Image.fromarray(image).save(root / f"digit-{c}" / f"{i}.png")
+    return root
+
+
+def fewshot_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "fewshot", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predict_and_export_commands(proto_run, digits, tmp_path):
+    support = image_tree(tmp_path / "support", digits, range(5, 10), 3)
+    query = image_tree(tmp_path / "query", digits, range(5, 8), 2, offset=20)
+    text = fewshot_cli("predict", proto_run, "--support", support, "--query", query)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.strip().splitlines()
+    assert len(lines) == 6 and all(line.split()[1].startswith("digit-") for line in lines)
+    as_json = fewshot_cli("predict", proto_run, "--support", support, "--query", query / "digit-5" / "0.png",
+                          query / "digit-6", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)
+    assert len(rows) == 3 and {"path", "label", "probability"} <= set(rows[0])
+    assert rows[0]["label"] == lines[0].split()[1] and 0 < rows[0]["probability"] <= 1
+    assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-4
+    out = tmp_path / "digits.safetensors"
+    exported = fewshot_cli("export", proto_run, "--out", out)
+    assert exported.returncode == 0 and out.is_file(), exported.stderr
+    again = fewshot_cli("predict", out, "--support", support, "--query", query)
+    assert again.stdout == text.stdout
+    bad = fewshot_cli("predict", proto_run, "--support", tmp_path / "nowhere", "--query", query)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

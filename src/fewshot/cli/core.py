@@ -67,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         method, dataset_name, data_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
         method_name = target
     else:
-        config, method, _ = load_run(target, args.weights)
+        config, method, state = load_run(target, args.weights)
         test_options = parse_options(args.option)
         if args.inner_steps is not None:
             test_options["inner_steps"] = args.inner_steps
@@ -85,8 +85,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.query = args.query or config.query
         if args.dataset and args.dataset != config.dataset:
             dataset_name, data_options = args.dataset, {}
+            if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
+                data_options = {"channels": state["image_shape"][0], "image_size": state["image_shape"][-1]}
     data_options = dataset_options(args, data_options)  # recorded as used, so suites compare
     dataset = load_source(dataset_name, args.data_root, **data_options)
+    if run_dir is not None and dataset is not None and list(dataset.image_shape) != list(state["image_shape"]):
+        from ..errors import DataError
+
+        channels, size = state["image_shape"][0], state["image_shape"][-1]
+        fix = f"--image-size {size}" + (f" --channels {channels}" if dataset_name == "folder" else "")
+        raise DataError(f"{target} takes {'x'.join(map(str, state['image_shape']))} inputs, but {dataset_name} gives "
+                        f"{'x'.join(map(str, dataset.image_shape))}; pass {fix}")
     way, shot, query = args.way or 5, args.shot or 1, args.query or 15
     sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
     start_cpu = time.process_time()
@@ -209,7 +218,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, help="checkpoint every this many steps (default 100)")
     g.add_argument("--train-split", help="split to train on (default train)")
     g.add_argument("--val-split", help="split to validate on (default val; 'none': no validation)")
-    p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ./runs)")
+    p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -242,11 +251,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     q.set_defaults(func=cmd_data_list)
     q = dsub.add_parser("info", help="classes and images per split")
     q.add_argument("name", help="dataset name")
-    q.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
-    q.add_argument("--split", dest="split_scheme", help="split scheme (omniglot: vinyals, background)")
-    q.add_argument("--image-size", type=int, help="image size")
-    q.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
-                   help="rotated copies as extra classes")
+    add_data_flags(q, default_dataset=None)
+    q.set_defaults(dataset=None)
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_data_info)
 
@@ -266,7 +272,7 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root for omniglot")
     p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
-    p.add_argument("--runs", help="runs folder (default ./runs)")
+    p.add_argument("--runs", help="runs folder (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.set_defaults(func=cmd_demo)
 
 

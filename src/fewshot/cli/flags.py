@@ -104,16 +104,28 @@ def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
-    g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
-    g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
+    g.add_argument("--path", help="folder dataset: a folder with one sub-folder of images per class, or a CSV "
+                   "of path,label rows")
+    g.add_argument("--image-size", type=int, help="resize images to this many pixels a side (folder: inferred)")
+    g.add_argument("--channels", type=int, choices=[1, 3], help="folder dataset: 1 (grey) or 3 (RGB); inferred")
     g.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
-                   help="rotated copies as extra classes (omniglot: on by default; digits: off)")
+                   help="rotated copies as extra classes (omniglot: on by default; digits: on in training's recipe)")
+    g.add_argument("--train-classes", metavar="A,B,...", help="folder dataset: the classes to train on "
+                   "(default: those no other split names)")
+    g.add_argument("--val-classes", metavar="A,B,...", help="folder dataset: the classes to validate on")
+    g.add_argument("--test-classes", metavar="A,B,...", help="folder dataset: the classes held out for testing")
+    g.add_argument("--val-ratio", type=float, help="folder dataset: fraction of classes held out for validation "
+                   "when none are named (default 0.2)")
+    g.add_argument("--test-ratio", type=float, help="folder dataset: fraction of classes held out for testing "
+                   "when none are named (default 0.2)")
+    g.add_argument("--split-seed", type=int, help="folder dataset: seed of the random class split (default 0)")
 
 
 def dataset_options(args: argparse.Namespace, base: dict | None = None) -> dict:
     """The dataset options given by the data flags, over ``base``."""
     options = dict(base or {})
-    for key in ("split_scheme", "image_size", "path"):
+    for key in ("split_scheme", "image_size", "path", "channels", "train_classes", "val_classes", "test_classes",
+                "val_ratio", "test_ratio", "split_seed"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
     if getattr(args, "rotations", None) is not None:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import FewShotError
-from . import core, tools, zoo
+from . import core, model, tools, zoo
 from .flags import Parser
 
 # What was interrupted decides how to continue; each long command resumes by design.
@@ -30,6 +30,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     core.register(sub)  # train, evaluate, data, runs, demo
+    model.register(sub)  # export, predict
     zoo.register(sub)  # zoo, select
     tools.register(sub)  # report, tune, advise
     return parser

@@ -48,7 +48,7 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="RUN", help="run folders, or folders holding run folders")
     p.add_argument("--out", required=True, help="folder to write (replaced if it holds an earlier report)")
     p.add_argument("--runs", help="runs folder whose store holds the evaluate records "
-                   "(default $FEWSHOT_RUNS, else ./runs)")
+                   "(default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--selection", metavar="FILE",
                    help="model-selection results (JSON: arrays predicted/true/regret, or rows task/predicted/true); "
                         "default: selection by validation accuracy among the runs")
@@ -86,7 +86,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-split", help="split to train on (default train)")
     g.add_argument("--val-split", help="split to score trials on (default val)")
     p.add_argument("--runs", help="runs folder holding the run store and the study "
-                   "(default $FEWSHOT_RUNS, else ./runs)")
+                   "(default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
     p.set_defaults(func=needs_tool(cmd_tune, "optuna", "tune"))
 
@@ -99,7 +99,7 @@ def _advise_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cross-domain", action="store_true", help="the new tasks come from another domain than the "
                    "meta-training set")
     p.add_argument("--rules", action="store_true", help="ignore the records: the documented rules only")
-    p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ./runs)")
+    p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--data-root", help="data root, to size the recorded runs' training sets (never downloads)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_advise)
