@@ -40,12 +40,12 @@ def test_bad_flags_exit_2_in_one_line(args, fragments, capsys):
 def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
     cases = [
         (["data", "info", "nosuchdata"], "unknown dataset 'nosuchdata'"),
-        (["train", "protonet", "--dataset", "digits", "--way", "6", "--out", str(tmp_path / "r")],
-         "6-way episodes need 6 classes"),
+        (["train", "protonet", "--dataset", "digits", "--train-way", "21", "--out", str(tmp_path / "r")],
+         "21-way episodes need 21 classes"),
         (["train", "protonet", "--dataset", "digits", "--shot", "170", "--query", "15", "--out", str(tmp_path / "r")],
          "170-shot 15-query needs 185"),
-        (["train", "protonet", "--dataset", "digits", "--train-split", "val", "--out", str(tmp_path / "r")],
-         "has no split 'val'"),
+        (["train", "protonet", "--dataset", "digits", "--no-rotations", "--train-split", "val", "--out",
+          str(tmp_path / "r")], "has no split 'val'"),
         (["evaluate", str(tmp_path)], "not a fewshot run folder"),
         (["train", "protonet", "--config", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r")],
          "not found"),

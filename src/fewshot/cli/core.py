@@ -184,7 +184,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(args.dataset, data_root=args.data_root, runs=args.runs, episodes=args.episodes, quick=args.quick)
+    run_demo(args.dataset, data_root=args.data_root, runs=args.runs, out=args.out, episodes=args.episodes,
+             quick=args.quick)
     return 0
 
 
@@ -272,6 +273,8 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root for omniglot")
     p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
+    p.add_argument("--out", help="folder for the demo's runs, report and model (default: demo-DATASET in the "
+                   "runs folder); replaced by the next demo")
     p.add_argument("--runs", help="runs folder (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.set_defaults(func=cmd_demo)
 
