@@ -88,3 +88,18 @@ def test_defaults_train_on_mnist_files_and_folders(tmp_root, tmp_path):
         Trainer(config, run, data_root=tmp_root).run(progress=False, record=False)
         state = json.loads((run / "state.json").read_text())
         assert state["image_shape"] == [1, 28, 28] and state["data"]["name"] == dataset
+
+
+def test_demo_tells_the_whole_story(tmp_path, capsys):
+    from fewshot.demo import run_demo
+
+    out = tmp_path / "demo"
+    result = run_demo("digits", out=out, runs=tmp_path / "store", quick=True, test_episodes=2)
+    printed = capsys.readouterr().out
+    for step in ("[1] meta-training", "[2] your task", "[3]", "[4] done", "LP-FT", "raw pixels", "predicted"):
+        assert step in printed
+    assert (out / "model.safetensors").is_file() and (out / "report" / "index.html").is_file()
+    assert set(result["accuracy"][1]) == {"pixel-ncm", "protonet", "maml", "protonet+lp-ft"}
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="not made by the demo"):
+        run_demo("digits", out=tmp_path / "mine", quick=True)

@@ -27,11 +27,14 @@ CONSTRAINTS = {
 #: Per-dataset training recipes: the layer between the defaults and a config file, so
 #: ``fewshot train METHOD --dataset NAME`` works as it is on every built-in dataset.
 #: digits (8x8, 5 training digits): their rotations as 20 training classes, 20-way
-#: training episodes, validation on the rotated test digits (see fewshot.data.digits);
-#: the recipe measured in benchmarks/results/demo_digits.txt.
+#: training episodes, validated once, at the end, on the rotated test digits (see
+#: fewshot.data.digits): validating every 250 steps, the accuracy stayed within its
+#: interval (78.8-80.0 ± 1.4 %) and the checkpoint it picked (step 750) tested no better
+#: than the last (71.9 against 72.1 %), so the last weights ship. Measured in
+#: benchmarks/results/demo_digits.txt.
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"dataset_options": {"rotations": True}, "train_way": 20, "train_query": 10, "episodes": 1500,
-               "lr_step": 1000, "val_every": 250},
+               "lr_step": 1000, "val_every": 1500},
 }
 
 

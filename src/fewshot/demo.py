@@ -34,9 +34,10 @@ MARKER = ".fewshot-demo"
 #: Meta-training settings per dataset and method (over the dataset's recipe, fewshot.config.RECIPES).
 PRESETS = {
     "digits": {
-        "protonet": dict(method="protonet", val_episodes=100),
-        "maml": dict(method="maml", method_options={"first_order": True, "inner_steps": 1}, train_way=5,
-                     train_query=10, meta_batch=4, episodes=300, val_every=150, val_episodes=50),
+        "protonet": dict(method="protonet"),  # exactly `fewshot train protonet --dataset digits`
+        # inner_lr 0.1: at MAML's Omniglot 0.4, 300 steps reached 55 % validation accuracy, at 0.1 59 %.
+        "maml": dict(method="maml", method_options={"first_order": True, "inner_steps": 1, "inner_lr": 0.1},
+                     train_way=5, train_query=10, meta_batch=4, episodes=600, val_every=300, val_episodes=100),
         "test_episodes": 300, "support_per_class": 5,
     },
     "omniglot": {
