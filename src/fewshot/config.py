@@ -53,6 +53,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     cpu_minutes: float | None = None
+    # Outer-rate schedule: "step" (lr_step/lr_gamma above) or "cosine", from lr down to
+    # lr_min over `episodes` steps (MAML++'s annealing, Antoniou et al. 2019, arXiv:1810.09502).
+    lr_schedule: str = "step"
+    lr_min: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -74,6 +78,10 @@ class TrainConfig:
             raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ConfigError(f"config 'lr_schedule' must be 'step' or 'cosine', got '{self.lr_schedule}'")
+        if not 0 <= self.lr_min <= self.lr:
+            raise ConfigError(f"config 'lr_min' must be in [0, lr], got {self.lr_min}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
 

@@ -117,14 +117,18 @@ class MAML(Method):
     learned rates), ``test_inner_steps`` (default: ``inner_steps``), ``task``
     (``classification`` / ``regression``), ``image_shape`` or ``in_features`` (to size
     the head; the trainer passes ``image_shape``, and without either a dry run on a
-    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``) and
+    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``),
     ``tune_allocator`` (let glibc keep freed memory, see
-    :func:`~fewshot.models.functional.keep_freed_memory`).
+    :func:`~fewshot.models.functional.keep_freed_memory`), ``task_batching`` (meta-train
+    the tasks of a meta-batch as one batched computation, default on; see
+    :meth:`loss`), ``task_chunk`` (at most this many tasks per batched computation;
+    default: by input size, :meth:`_chunks`) and ``boil`` (BOIL, Oh et al. 2021,
+    arXiv:2008.08882: the inner loop adapts the body, the head stays as meta-learned).
     """
 
     name = "maml"
     test_mode = "train"
-    #: Names of the parameters the inner loop adapts: "all", or "head" (ANIL).
+    #: Names of the parameters the inner loop adapts: "all", "head" (ANIL) or "body" (BOIL).
     adapts = "all"
     #: ``first_order`` when the option is not given.
     default_first_order = False
@@ -135,7 +139,7 @@ class MAML(Method):
                  first_order: bool | None = None, learn_inner_lr: bool = False, test_inner_steps: int | None = None,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
                  in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
-                 task_batching: bool = True, task_chunk: int | None = None):
+                 task_batching: bool = True, task_chunk: int | None = None, boil: bool = False):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise ConfigError(f"{self.name} needs a backbone module, got {type(backbone).__name__}")
@@ -145,7 +149,7 @@ class MAML(Method):
         if task not in TASKS:
             raise ConfigError(f"unknown {self.name} task '{task}'; choose one of: {', '.join(TASKS)}")
         for flag, value in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
-                            ("tune_allocator", tune_allocator), ("task_batching", task_batching)):
+                            ("tune_allocator", tune_allocator), ("task_batching", task_batching), ("boil", boil)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
         self.way = _check_int("way", way, 1)
@@ -157,6 +161,11 @@ class MAML(Method):
         self.batch_norm = check_batch_norm(batch_norm)
         self.tune_allocator = tune_allocator
         self.task_batching = task_batching
+        if boil:
+            if self.adapts != "all":
+                raise ConfigError(f"{self.name} adapts the {self.adapts} only; boil (the body only) does not apply")
+            self.adapts = "body"
+        self.boil = boil
         self.task_chunk = None if task_chunk is None else _check_int("task_chunk", task_chunk, 1)
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.backbone = backbone
@@ -205,9 +214,9 @@ class MAML(Method):
 
     def _adapted_names(self) -> list[str]:
         names = [n for n, p in self.named_parameters() if n.startswith(("backbone.", "head.")) and p.requires_grad]
-        if self.adapts == "head":
+        if self.adapts in ("head", "body"):
             prefix, _ = self._head_module()
-            names = [n for n in names if n.startswith(prefix)]
+            names = [n for n in names if n.startswith(prefix) == (self.adapts == "head")]
         if not names:
             raise ConfigError(f"{self.name} has no trainable parameters to adapt")
         return names
@@ -232,7 +241,7 @@ class MAML(Method):
                    "first_order": self.first_order, "learn_inner_lr": self.learn_inner_lr,
                    "test_inner_steps": self.test_inner_steps, "task": self.task, "batch_norm": self.batch_norm,
                    "tune_allocator": self.tune_allocator, "task_batching": self.task_batching,
-                   "task_chunk": self.task_chunk}
+                   "task_chunk": self.task_chunk, "boil": self.boil}
         if self.head is not None:
             options["in_features"] = self.in_features
         return options

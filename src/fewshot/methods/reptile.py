@@ -71,7 +71,7 @@ class Reptile(MAML):
 
     def options(self) -> dict:
         options = super().options()
-        for key in ("first_order", "learn_inner_lr"):
+        for key in ("first_order", "learn_inner_lr", "boil"):
             options.pop(key)
         options["use_query"] = self.use_query
         options["momentum"] = self.inner_momentum

@@ -341,7 +341,8 @@ class TaskBatched:
     prefix; a missing name is the module's own parameter, shared by all tasks), and
     inputs ``x`` of shape ``(T, N, *input)``, and returns ``(T, N, *output)``: task t's
     output is that of the module under task t's weights on task t's inputs, exactly as
-    a per-task loop over :class:`FunctionalModule` would compute it.
+    a per-task loop over :class:`FunctionalModule` would compute it. An entry of a
+    parameter's own shape is shared by all tasks.
 
     The tasks are laid side by side along the channels: an activation is one tensor
     ``(N, T·C, ...)``, so that a ``Conv1d``/``Conv2d`` is one grouped convolution (groups
@@ -381,9 +382,12 @@ class TaskBatched:
 
         def weight(prefix: str, name: str, own: torch.Tensor | None) -> torch.Tensor | None:
             full = prefix + name
-            if full in params:
-                return params[full]
-            return None if own is None else own.unsqueeze(0).expand(tasks, *own.shape)
+            given = params.get(full, own)
+            if given is None:
+                return None
+            if own is not None and given.dim() == own.dim():  # one tensor for every task
+                given = given.unsqueeze(0).expand(tasks, *given.shape)
+            return given
 
         def run(module: nn.Module, prefix: str, h: torch.Tensor) -> torch.Tensor:
             kind = type(module)
