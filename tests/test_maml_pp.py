@@ -13,7 +13,8 @@ from fewshot.evaluate import evaluate
 from fewshot.methods import MAML, METHODS, build_method
 from fewshot.methods.mamlpp import MAMLpp, msl_weights
 from fewshot.models import Conv4, ResNet12
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 
 def tiny_conv():

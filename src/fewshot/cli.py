@@ -140,10 +140,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .methods import METHODS, build_method
     from .store import RunStore
-    from .train import load_run
+    from .runs import load_run
 
     target = args.target
-    if target in METHODS and not METHODS[target].trainable:
+    if target in METHODS and not METHODS[target].needs_backbone:
         method, dataset_name, dataset_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
         method_name = target
     else:
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="meta-train a method on episodes",
                        description="Meta-train METHOD on episodes of a dataset, validating on its val split "
                        "and keeping the best checkpoint. Settings: defaults < --config < flags.")
-    p.add_argument("method", nargs="?", choices=sorted(n for n, m in METHODS.items() if m.trainable),
+    p.add_argument("method", nargs="?", choices=sorted(n for n, m in METHODS.items() if m.learns_across_tasks),
                    help="method to train (omit with --resume)")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")

@@ -91,7 +91,7 @@ def register(sub) -> None:
                        "accuracy (Optuna: exhaustive for small discrete spaces, else seeded TPE). Every trial is "
                        "recorded in the run store; the best settings go to OUT/best.json for "
                        "`fewshot train --config`. Run again with the same --out to add trials.")
-    p.add_argument("method", choices=sorted(n for n, m in METHODS.items() if m.trainable), help="method to tune")
+    p.add_argument("method", choices=sorted(n for n, m in METHODS.items() if m.learns_across_tasks), help="method to tune")
     p.add_argument("--space", action="append", default=[], required=True, metavar="NAME=RANGE",
                    help="a dimension: lr=1e-4:1e-2:log (log-uniform), inner_steps=1:5 (integers), "
                         "inner_lr=0.01,0.4 (choices); NAME is a config key, backbone.KEY or a method option")
