@@ -1,17 +1,19 @@
 """Gradient-based meta-learning: MAML, first-order MAML, Meta-SGD and ANIL.
 
-* MAML (Finn, Abbeel and Levine, ICML 2017): learn an initialisation from which a few
+* MAML (Finn, Abbeel and Levine, ICML 2017, arXiv:1703.03400): learn an initialisation from which a few
   gradient steps on a task's support set give low loss on its query set. The
   meta-gradient differentiates through the inner steps (second order) unless
   ``first_order=True`` (FOMAML, registered as ``fomaml``), which treats the inner
   gradients as constants. ``learn_inner_lr=True`` learns one inner learning rate per
   step and per parameter tensor (the "LSLR" of Antoniou et al.'s MAML++, 2019).
-* Meta-SGD (Li, Zhou, Chen and Li, 2017): one learning rate per parameter *element*,
+* Meta-SGD (Li, Zhou, Chen and Li, 2017, arXiv:1707.09835): one learning rate per parameter *element*,
   learned in the outer loop with the initialisation (``metasgd``).
-* ANIL (Raghu, Raghu, Bengio and Vinyals, ICLR 2020): the inner loop adapts the head
+* ANIL (Raghu, Raghu, Bengio and Vinyals, ICLR 2020, arXiv:1909.09157): the inner loop adapts the head
   only; the body is shared by all tasks and learned in the outer loop (``anil``).
 
-Reptile lives in :mod:`fewshot.methods.reptile`.
+Reptile lives in :mod:`fewshot.methods.reptile`, MAML++ (Antoniou et al., 2019,
+arXiv:1810.09502) in :mod:`fewshot.methods.mamlpp`. ``boil=True`` makes MAML, FOMAML,
+Meta-SGD or MAML++ BOIL (Oh et al., 2021, arXiv:2008.08882): the inner loop adapts the body, not the head.
 
 **Any module.** The inner loop runs the backbone functionally
 (:mod:`fewshot.models.functional`): an unmodified ``nn.Module``, pre-trained or not,
@@ -28,12 +30,24 @@ refused with a message saying to train with that way. ``task="regression"`` (the
 sinusoid of Finn et al.) adds no head: the backbone is the whole model
 (``MLP(1, (40, 40), out_features=1)``) and the loss is the mean squared error.
 
-**Meta-gradient, task by task.** :meth:`MAML.loss` computes each task's
-meta-gradient as soon as its query loss is known and frees that task's graph, then
-returns a scalar equal to the mean query loss whose gradient is the mean
+**Task batching.** Meta-training runs the tasks of a meta-batch together
+(:class:`~fewshot.models.functional.TaskBatched`): the tasks' fast weights are stacked
+``(T, ...)``, their images laid side by side along the channels, every ``Conv2d`` one
+grouped convolution over tasks, every ``Linear`` one batched product, BatchNorm with
+each task's own statistics. One inner step of T tasks is one pass of a few large
+operations instead of T passes of small ones, which is what fills a GPU; the losses and
+meta-gradients equal the per-task loop's to float rounding (``tests/test_maml_batched.py``).
+A module with a layer the batched path does not know (``unbatched_reason`` names it)
+runs the per-task loop instead, so any ``nn.Module`` still works; ``task_batching=False``
+asks for the per-task loop.
+
+**Meta-gradient, chunk by chunk.** :meth:`MAML.loss` computes the meta-gradient of
+each chunk of tasks (:meth:`MAML._chunks`: at most ``task_chunk`` tasks, by default
+sized to bound a chunk's graph) as soon as its query losses are known and frees that
+graph, then returns a scalar equal to the mean query loss whose gradient is the mean
 meta-gradient (:func:`~fewshot.models.functional.surrogate_loss`). The trainer's
 ``loss.backward()`` and optimiser step therefore apply exactly the MAML update, while
-peak memory is that of one task rather than of the whole meta-batch.
+peak memory is that of one chunk rather than of the whole meta-batch.
 
 **Evaluation** (:meth:`MAML.adapt`) takes first-order steps from detached weights
 under ``torch.enable_grad()``: no second-order graph is built and nothing outlives an
@@ -324,11 +338,14 @@ class MAML(Method):
         """Episodes in groups that run as one task-batched computation.
 
         Tasks batch when their support and query sets have the same shapes (a
-        meta-batch always does). A group holds at most ``task_chunk`` tasks; by default
-        as many as keep the inputs of one group's inner loop (examples x input size x
-        steps) under about 2^23 values: a whole Omniglot meta-batch, one task at a time
-        for 84x84 images with 15 queries per class, so that memory stays bounded
-        whatever the meta-batch.
+        meta-batch always does). A chunk's graph (every inner step's activations, for
+        the second-order meta-gradient) lives until its meta-gradient is taken, so a
+        chunk holds at most ``task_chunk`` tasks; by default as many as keep (input
+        values of support and query sets) x (inner steps) under 2^20 per chunk, which
+        for Conv-4 (about 1 KB of saved activations per input value and step) bounds a
+        chunk's graph near 1 GiB whatever the meta-batch: Omniglot 5-way 1-shot with one
+        query per class runs 32 tasks at once (about 0.3 GB), with 15 queries 16 tasks,
+        20-way with 5 steps 6 tasks; 84x84 images with 15 queries one task at a time.
         """
         groups: dict[tuple, list[Episode]] = {}
         for ep in episodes:
@@ -341,7 +358,7 @@ class MAML(Method):
             if size is None:
                 ep = group[0]
                 values = (ep.support_x.numel() + (0 if ep.query_x is None else ep.query_x.numel()))
-                size = max(1, (1 << 23) // max(1, values * max(1, self.inner_steps)))
+                size = max(1, (1 << 20) // max(1, values * max(1, self.inner_steps)))
             chunks += [group[i: i + size] for i in range(0, len(group), size)]
         return chunks
 

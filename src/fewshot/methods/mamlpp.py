@@ -123,8 +123,6 @@ class MAMLpp(MAML):
         for i, (mean, var) in enumerate(stats):
             self.register_buffer(f"bn_step_mean_{i}", mean)
             self.register_buffer(f"bn_step_var_{i}", var)
-        for i, (_, layer) in enumerate(self._bn_layers):
-            layer.register_forward_pre_hook(self._make_hook(i))
 
     def _adapted_names(self) -> list[str]:
         names = super()._adapted_names()
@@ -177,11 +175,6 @@ class MAMLpp(MAML):
                 running_mean.lerp_((mean / count).to(running_mean.dtype), momentum)
                 running_var.lerp_((var / count).to(running_var.dtype), momentum)
         self._gathered = {}
-
-    def _make_hook(self, index: int):
-        def hook(module, inputs):  # the per-task path (FunctionalModule): one task per pass
-            self._record(index, inputs[0], 1)
-        return hook
 
     def _batched_task_model(self, support_x, query_x, params, detach):
         forward, sx, qx, params = super()._batched_task_model(support_x, query_x, params, detach)
@@ -269,7 +262,22 @@ class MAMLpp(MAML):
         if detach and self.test_batch_norm == "per_step":
             # Evaluation passes normalise with step s's running statistics (in params).
             forward = self._fmodel_running
-        return forward, sx, qx, params
+        if not self._observing or not self._bn_layers:
+            return forward, sx, qx, params
+        plain = forward
+
+        def observed(p, x, twice=False):
+            # The per-task path: each BatchNorm layer's input, one task per pass, seen
+            # through hooks that live for this pass only (the module is left as it was).
+            handles = [layer.register_forward_pre_hook(lambda m, inputs, i=i: self._record(i, inputs[0], 1))
+                       for i, (_, layer) in enumerate(self._bn_layers)]
+            try:
+                return plain(p, x, twice)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        return observed, sx, qx, params
 
     def options(self) -> dict:
         options = super().options()

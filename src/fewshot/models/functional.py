@@ -36,6 +36,13 @@ channels-last (:meth:`FunctionalModule._input`); otherwise a channels-last netwo
 as fewshot's Conv-4 silently runs its first block channels-first under fast weights,
 two to ten times slower for BatchNorm and pooling.
 
+:class:`TaskBatched` runs a module for many tasks at once, each under its own weights
+(grouped convolutions over tasks, batched matrix products, per-task BatchNorm
+statistics), for the layers it knows; :func:`unbatchable_layer` says when a module holds
+one it does not, and the methods then use :class:`FunctionalModule` task by task. It
+lays activations out channels-first: grouped convolutions and BatchNorm over many
+channels measured slower channels-last on CPU.
+
 The helpers below also give :func:`surrogate_loss`, the scalar that lets a method hand
 the shared trainer a meta-gradient it computed itself (task by task, so the graphs of a
 meta-batch never all live at once), and :func:`keep_freed_memory`, an allocator setting
