@@ -137,9 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_source, make_sampler
-    from .evaluate import evaluate
+    from .evaluate import evaluate, record_evaluation
     from .methods import METHODS, build_method
-    from .store import RunStore
     from .runs import load_run
 
     target = args.target
@@ -172,12 +171,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     start_cpu = time.process_time()
     result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
     cpu = time.process_time() - start_cpu
-    RunStore(args.runs).record(
-        "evaluate", method=method_name, dataset=dataset_name, split=args.eval_split, seed=args.seed or 0,
-        run_dir=run_dir, seconds=result.seconds, cpu_seconds=cpu,
-        config={"dataset_options": dataset_options, "way": way, "shot": shot, "query": query,
-                "episodes": args.episodes, "weights": args.weights},
-        metrics=result.to_dict(per_episode=True))
+    record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split, seed=args.seed or 0,
+                      run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
+                      config={"dataset_options": dataset_options, "weights": args.weights})
     if args.json:
         print(json.dumps({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
                           **result.to_dict(per_episode=args.per_episode)}))
