@@ -10,7 +10,7 @@ cd "$work"
 echo "# $(date -u +%FT%TZ), fewshot $($PYTHON -c 'import fewshot; print(fewshot.__version__)'), in a fresh folder"
 
 cat > make_task.py <<'PY'
-# A stand-in for your own photos: digits 5-9 as PNG files, 5 labelled per class, 20 to classify.
+# make_task.py: my_task/support/<class>/*.png (5 labelled per class), my_task/query/<class>/*.png (20 per class)
 from pathlib import Path
 from PIL import Image
 from sklearn.datasets import load_digits
