@@ -84,7 +84,8 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
         print(f"    {trained[name].steps} steps, {trained[name].cpu_seconds:.0f} CPU-s -> {out / name}")
 
     # 2. Your task: a few labelled images per new class, predictions on the rest.
-    shown = _your_task(out, data, test, preset["support_per_class"])
+    task = test if len(test) <= 5 else sorted(np.random.default_rng(1).choice(test, 5, replace=False).tolist())
+    shown = _your_task(out, data, task, preset["support_per_class"])
 
     # 3. Identical episodes, paired intervals against the pixel baseline.
     print(f"\n[3] {configs['protonet'].way}-way test accuracy on {test_episodes} identical episodes per column "
@@ -144,7 +145,7 @@ def _your_task(out: Path, data, classes: list[int], per_class: int) -> dict:
     for c in classes:
         images = data.class_images(c)
         order = rng.permutation(len(images))
-        name = data.class_names[c].split("/")[0]
+        name = data.class_names[c].removesuffix("/rot000")
         support += [images[i] for i in order[:per_class]]
         labels += [name] * per_class
         query += [images[i] for i in order[per_class:]]
