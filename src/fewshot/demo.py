@@ -61,7 +61,7 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
     preset = PRESETS[dataset]
     test_episodes = test_episodes or (30 if quick else preset["test_episodes"])
     out = _fresh_folder(Path(out) if out else runs_folder(runs) / f"demo-{dataset}")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     configs = {}
     for name in ("protonet", "maml"):
         settings = dict(preset[name])
@@ -81,7 +81,7 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
         print(f"[1] meta-training {COLUMNS[[c for c, _ in COLUMNS].index(name)][1]}: {config.episodes} steps of "
               f"{config.train_shape[0]}-way episodes")
         trained[name] = Trainer(config, out / name, dataset=data, runs=runs).run()
-        print(f"    {trained[name].steps} steps, {trained[name].cpu_seconds:.0f} CPU-s -> {out / name}")
+        print(f"    {trained[name].steps} steps, {trained[name].cpu_seconds:.0f} CPU-s -> {_shown(out / name)}")
 
     # 2. Your task: a few labelled images per new class, predictions on the rest.
     task = test if len(test) <= 5 else sorted(np.random.default_rng(1).choice(test, 5, replace=False).tolist())
@@ -116,13 +116,20 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
 
     # 4. The report and the shipped model.
     report = _report(out, runs, data_root)
-    print(f"\n[4] done in {time.perf_counter() - start:.0f} s (one thread). Where everything went:")
-    print(f"    runs (config, checkpoints, calibration):  {out / 'protonet'}  {out / 'maml'}")
-    print(f"    exported model (fewshot.load / fewshot predict): {out / 'model.safetensors'}")
-    print(f"    HTML report: {report}")
-    print(f"    run records: {runs_folder(runs) / 'fewshot.sqlite'} (`fewshot runs`)")
+    print(f"\n[4] done in {time.perf_counter() - start:.0f} s, {time.process_time() - cpu_start:.0f} CPU-s (one "
+          "thread). Where everything went:")
+    print(f"    runs (config, checkpoints, calibration):  {_shown(out / 'protonet')}  {_shown(out / 'maml')}")
+    print(f"    exported model (fewshot.load / fewshot predict): {_shown(out / 'model.safetensors')}")
+    print(f"    HTML report: {_shown(report)}")
+    print(f"    run records: {_shown(runs_folder(runs) / 'fewshot.sqlite')} (`fewshot runs`)")
     return {"accuracy": {shot: {n: r.accuracy for n, r in rs.items()} for shot, rs in table.items()},
             "your_task": shown, "out": str(out)}
+
+
+def _shown(path: Path | str) -> str:
+    """A path as printed: under the home folder as ``~/...``."""
+    path, home = Path(path), Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_absolute() and path.is_relative_to(home) else str(path)
 
 
 def _fresh_folder(out: Path) -> Path:
