@@ -40,6 +40,8 @@ def _parse_option(text: str) -> tuple[str, Any]:
 def _add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
+    g.add_argument("--env", dest="dataset", default=argparse.SUPPRESS,
+                   help="environment family, for maml-rl (the same as --dataset; see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
     g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
@@ -84,8 +86,15 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
             method_options[name] = flag(name)
     backbone_options = dict(_parse_option(o) for o in args.backbone_option)
     no_val = (flag("val_split") or "").lower() == "none"
+    backbone = args.backbone
+    if flag("rollouts") is not None:  # maml-rl: rollouts per adaptation step, and for the outer objective
+        args.shot, args.query = flag("shot") or args.rollouts, flag("query") or args.rollouts
+    if backbone is None and args.dataset:
+        from .data.tasks import default_backbone
+
+        backbone = default_backbone(args.dataset)  # an environment family's policy is an MLP
     config = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+        args.config, method=args.method, dataset=args.dataset, backbone=backbone,
         dataset_options=_dataset_options(args), method_options=method_options or None,
         backbone_options=backbone_options or None,
         **{name: flag(name) for name in (
@@ -124,7 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
-    if result.best_mse is not None:
+    if result.best_return is not None:
+        best = f"best validation return {result.best_return:.4g} ± {result.best_ci95:.2g}"
+    elif result.best_mse is not None:
         best = f"best validation mse {result.best_mse:.4g} ± {result.best_ci95:.2g}"
     elif result.best_accuracy is not None:
         best = f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
@@ -191,7 +202,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
     for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items()):
         doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
-        print(f"{name:12s} {doc}")
+        print(f"{name:14s} {doc}")
     return 0
 
 
@@ -227,7 +238,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
     for r in rows:
         m = r["metrics"]
-        if r["kind"] == "evaluate" and m.get("metric") == "mse":
+        if r["kind"] == "evaluate" and m.get("metric") == "return":
+            result = f"return {m['return']:.4g} ± {m['ci95']:.2g}"
+        elif r["kind"] == "evaluate" and m.get("metric") == "mse":
             result = f"mse {m['mse']:.3g} ± {m['ci95']:.2g} {m['shot']}s"
         elif r["kind"] == "evaluate":
             result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
@@ -278,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet, taskcond: distance to prototypes")
     g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
     g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
+    g.add_argument("--rollouts", type=int, help="maml-rl: rollouts per adaptation step and for the outer objective "
+                   "(sets --shot and --query)")
     g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
@@ -306,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
+    p.add_argument("--adapt-steps", dest="inner_steps", type=int,
+                   help="maml-rl: report the return after 0..K policy-gradient steps (the same as --inner-steps)")
     p.add_argument("--adapt", metavar="STRATEGY",
                    help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
                         "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import TrainConfig
 from .data import ClassDataset, load_dataset, load_source
-from .data.tasks import backbone_defaults, input_shape, is_generated, make_sampler, metric_name, splits, task_kind
+from .data.tasks import (backbone_defaults, input_shape, is_generated, make_sampler, method_defaults, metric_name, splits,
+                         task_kind)
 from .distributed import from_environment
 from .errors import CheckpointError, ConfigError, FewShotError, TrainingError
 from .evaluate import evaluate
@@ -65,7 +66,7 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list
         raise ConfigError(f"backbone '{config.backbone}' cannot take {'x'.join(map(str, image_shape))} inputs "
                           f"({first}); choose a shallower backbone (e.g. --backbone-option depth=2) or "
                           "larger images (--image-size)") from None
-    options = dict(config.method_options)
+    options = {**method_defaults(config.dataset), **config.method_options}  # an environment family's policy kind
     task = task_kind(config.dataset)
     if options.pop("task", task) != task:
         raise ConfigError(f"method option task={config.method_options['task']} does not fit {config.dataset}, "
@@ -143,6 +144,7 @@ class TrainResult:
     run_id: int | None = None
     metric: str = "accuracy"
     best_mse: float | None = None
+    best_return: float | None = None  # reinforcement (fewshot.rl): mean return after adaptation
 
 
 class Trainer:
@@ -393,7 +395,7 @@ class Trainer:
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
         result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
                              images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, best_mse=best.get("mse"))
+                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"))
         if record:
             c = self.config
             result.run_id = RunStore(self.runs).record(

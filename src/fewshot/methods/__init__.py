@@ -12,6 +12,7 @@ from .base import Method, Predictor, accuracy, class_means
 from .baselines import PixelNearestMean
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
+from .maml_rl import MAMLRL
 from .matching import MatchingNet
 from .pretrain import Baseline, BaselinePlusPlus
 from .protonet import ProtoNet
@@ -22,7 +23,7 @@ from .transfer import FineTune
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
-                          MAML, FOMAML, MetaSGD, ANIL, Reptile, Baseline, BaselinePlusPlus)
+                          MAML, FOMAML, MetaSGD, ANIL, Reptile, Baseline, BaselinePlusPlus, MAMLRL)
 }
 
 
