@@ -107,6 +107,45 @@ def test_seeded_tasks_are_reproducible():
         make_sampler("bandit-5", None, "trainval", 1, 5, 5)
 
 
+def test_a_meta_batch_rolls_out_each_task_as_if_alone():
+    """Tasks share one batch of environments but each draws from its own generator."""
+    sampler = make_sampler("tabular-mdp", None, "train", 1, 6, 6, seed=1)
+    policy = _policy(TabularMDP())
+    tasks = sampler.batch(0, 3)
+    shared = policy.parameters_dict(detach=True)
+    together = policy.sample_tasks([shared] * 3, tasks, 6, [t.generator() for t in tasks])
+    for task, batch in zip(tasks, together):
+        alone = policy.sample_rollouts(shared, task, 6, task.generator())
+        assert torch.equal(batch.actions, alone.actions) and torch.allclose(batch.rewards, alone.rewards)
+    # Adapted (different) policies per task: the batched forward pass gives the same rollouts.
+    nav = make_sampler("navigation-2d", None, "train", 1, 4, 4).batch(0, 2)
+    policy = _policy(Navigation2D())
+    start = policy.parameters_dict(detach=True)
+    other = {n: p + 0.05 for n, p in start.items()}
+    together = policy.sample_tasks([start, other], nav, 4, [t.generator() for t in nav])
+    for params, task, batch in zip([start, other], nav, together):
+        alone = policy.sample_rollouts(params, task, 4, task.generator())
+        assert torch.allclose(batch.obs, alone.obs, atol=1e-5) and torch.allclose(batch.rewards, alone.rewards, atol=1e-5)
+
+
+def test_discounted_returns_and_baseline():
+    from fewshot.rl.rollouts import LinearFeatureBaseline, Rollouts, discounted_returns
+
+    rewards, mask = torch.randn(7, 3), torch.ones(7, 3)
+    mask[5:, 1] = 0  # rollout 1 terminated after 5 steps
+    expected, running = torch.zeros(7, 3), torch.zeros(3)
+    for t in range(6, -1, -1):
+        running = rewards[t] * mask[t] + 0.9 * running
+        expected[t] = running
+    assert torch.allclose(discounted_returns(rewards, mask, 0.9), expected, atol=1e-6)
+    # The baseline is a least-squares fit: on returns linear in its features it is exact.
+    obs = torch.randn(7, 3, 2)
+    batch = Rollouts(obs, torch.zeros(7, 3, 2), rewards, torch.ones(7, 3))
+    target = 0.5 * obs[..., 0] - obs[..., 1] ** 2 + 2.0
+    fitted = LinearFeatureBaseline().fit(batch, target).predict(batch)
+    assert torch.allclose(fitted, target, atol=1e-3)
+
+
 # -- the policy gradient and the meta-gradient ---------------------------------------------
 
 @pytest.mark.parametrize("baseline", [False, True])

@@ -44,6 +44,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.functional import FunctionalModule, sgd_step, surrogate_loss
 from ..rl.policies import log_prob, sample
+from ..rl.rng import Generators
 from ..rl.rollouts import Rollouts, advantages, policy_gradient_loss, rollout
 from ..rl.tasks import RLTask
 from .base import Method
@@ -179,17 +180,57 @@ class MAMLRL(Method):
         actions = batch.actions.reshape(steps * size, *batch.actions.shape[2:])
         return log_prob(self.policy, out, params.get("log_std"), actions).view(steps, size)
 
+    def _stacked_output(self, stacked: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
+        """Outputs of M policies at once: ``stacked[name]`` is ``(M, *shape)``, ``obs`` is ``(M, K, d)``."""
+        x = obs
+        for prefix, layer in self._layers:
+            if isinstance(layer, nn.Linear):
+                weight, bias = stacked[prefix + "weight"].transpose(1, 2), stacked.get(prefix + "bias")
+                x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+            elif isinstance(layer, nn.ReLU):
+                x = torch.relu(x)
+            elif isinstance(layer, nn.Tanh):
+                x = torch.tanh(x)
+            # Flatten: a row is already a vector here.
+        return x
+
     def sample_rollouts(self, params: dict[str, torch.Tensor], task: RLTask, count: int,
                         generator: torch.Generator) -> Rollouts:
         """``count`` rollouts of ``task`` under the policy with weights ``params`` (no gradient)."""
-        log_std = params.get("log_std")
-        log_std = log_std.detach() if log_std is not None else None
+        return self.sample_tasks([params], [task], count, [generator])[0]
+
+    def sample_tasks(self, params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[RLTask], count: int,
+                     generators: Sequence[torch.Generator]) -> list[Rollouts]:
+        """``count`` rollouts of each task, task ``m`` under ``params[m]`` drawing its noise
+        from ``generators[m]``, run as one batch of environments (see
+        :mod:`fewshot.rl.rng`: each task's rollouts are those it would get alone, up to
+        floating-point rounding of the batched policy)."""
+        family, m = tasks[0].family, len(tasks)
+        if any(t.family is not family for t in tasks):
+            raise ConfigError("a meta-batch of maml-rl must hold tasks of one environment family")
+        rows = torch.cat([t.params.unsqueeze(0).expand(count, -1) for t in tasks])
+        source = generators[0] if m == 1 else Generators(generators, [count] * m)
+        env = family.make(rows, source)
+        detached = [{n: p.detach() for n, p in ps.items()} for ps in params]
+        if all(ps is params[0] for ps in params):  # one policy for all (before adaptation)
+            forward = lambda obs: self._policy_output(detached[0], obs)  # noqa: E731
+            log_std = detached[0].get("log_std")
+        elif self._layers is not None:
+            stacked = {n: torch.stack([ps[n] for ps in detached]) for n in detached[0]}
+            forward = lambda obs: self._stacked_output(stacked, obs.view(m, count, -1)).reshape(m * count, -1)  # noqa: E731
+            log_std = stacked["log_std"].repeat_interleave(count, 0) if "log_std" in stacked else None
+        else:
+            forward = lambda obs: torch.cat([self._policy_output(ps, chunk)  # noqa: E731
+                                             for ps, chunk in zip(detached, obs.split(count))])
+            log_std = (torch.stack([ps["log_std"] for ps in detached]).repeat_interleave(count, 0)
+                       if "log_std" in detached[0] else None)
 
         def act(obs: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return sample(self.policy, self._policy_output(params, obs), log_std, generator)
+                return sample(self.policy, forward(obs), log_std, source)
 
-        return rollout(task.envs(count, generator), act, task.family.horizon)
+        batch = rollout(env, act, family.horizon)
+        return [batch.columns(i * count, (i + 1) * count) for i in range(m)]
 
     def surrogate(self, params: dict[str, torch.Tensor], batch: Rollouts) -> torch.Tensor:
         """The REINFORCE surrogate of ``batch`` under ``params`` (advantages are constants)."""
@@ -231,24 +272,27 @@ class MAMLRL(Method):
         total: list[torch.Tensor | None] = [None] * len(meta)
         values, after, before = [], [], []
         scale = 1.0 / len(episodes)
-        for task in episodes:
-            generator = task.generator()
-            with torch.enable_grad():
-                fast = self.parameters_dict()
-                for step in range(self.inner_steps):
-                    batch = self.sample_rollouts(fast, task, task.shot, generator)
-                    if step == 0:
-                        before.append(float(batch.returns().mean()))
-                    fast = self.inner_update(fast, batch, create_graph=want_grad and not self.first_order)
-                outer = self.sample_rollouts(fast, task, task.query, generator)
-                loss = self.surrogate(fast, outer)
+        generators = [task.generator() for task in episodes]
+        create_graph = want_grad and not self.first_order
+        with torch.enable_grad():
+            # All tasks' rollouts step together; each task adapts from the shared weights.
+            fast = [self.parameters_dict()] * len(episodes)
+            for step in range(self.inner_steps):
+                batches = self.sample_tasks(fast, episodes, episodes[0].shot, generators)
+                if step == 0:
+                    before = [float(b.returns().mean()) for b in batches]
+                fast = [self.inner_update(f, b, create_graph=create_graph) for f, b in zip(fast, batches)]
+            outer = self.sample_tasks(fast, episodes, episodes[0].query, generators)
+            for f, batch in zip(fast, outer):
+                loss = self.surrogate(f, batch)
                 if want_grad:
                     grads = torch.autograd.grad(loss * scale, meta, allow_unused=True)
                     for i, g in enumerate(grads):
                         if g is not None:
                             total[i] = g.clone() if total[i] is None else total[i].add_(g)
-            values.append(loss.detach())
-            after.append(float(outer.returns().mean()))
+                values.append(loss.detach())
+                after.append(float(batch.returns().mean()))
+            del fast
         value = torch.stack(values).mean()
         metrics = {"return": float(np.mean(after)), "return_before": float(np.mean(before or after))}
         if not want_grad:

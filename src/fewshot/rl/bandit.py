@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .envs import EnvFamily, uniform
+from .envs import EnvFamily
+from .rng import uniform
 
 
 class BernoulliBandit(EnvFamily):

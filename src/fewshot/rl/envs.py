@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .rng import Source
 
 
 class VectorEnv:
@@ -38,11 +39,12 @@ class VectorEnv:
     business (every environment has the same horizon).
     """
 
-    def __init__(self, family: "EnvFamily", params: torch.Tensor, generator: torch.Generator | None = None):
+    def __init__(self, family: "EnvFamily", params: torch.Tensor, generator: Source | None = None):
         if params.ndim != 2 or params.shape[1] != family.param_dim:
             raise ConfigError(f"{family.name} tasks are vectors of {family.param_dim} numbers; "
                               f"got parameters of shape {tuple(params.shape)}")
         self.family, self.params = family, params
+        # One generator, or one per block of rows (a task each, see fewshot.rl.rng).
         self.generator = generator if generator is not None else torch.Generator(device=params.device).manual_seed(0)
         self.state: torch.Tensor | None = None
 
@@ -85,18 +87,18 @@ class EnvFamily:
         """One task's parameters, ``(param_dim,)`` float32, from ``rng`` alone."""
         raise NotImplementedError
 
-    def initial_state(self, params: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def initial_state(self, params: torch.Tensor, generator: Source) -> torch.Tensor:
         raise NotImplementedError
 
     def observe(self, params: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def transition(self, params: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   generator: Source) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(next state, reward (B,), terminated (B,) bool)``."""
         raise NotImplementedError
 
-    def make(self, params: torch.Tensor, generator: torch.Generator | None = None) -> VectorEnv:
+    def make(self, params: torch.Tensor, generator: Source | None = None) -> VectorEnv:
         """The environments of the tasks ``params`` (``(B, param_dim)``), stepped together."""
         return VectorEnv(self, params, generator)
 
@@ -109,9 +111,4 @@ class EnvFamily:
         return f"{self.name}: {self.obs_dim}-d observations, {self.action_dim} {self.action_kind} actions, horizon {self.horizon}"
 
 
-def uniform(generator: torch.Generator, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """Uniform [0, 1) numbers from ``generator`` in ``like``'s dtype and device."""
-    return torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
-
-
-__all__ = ["EnvFamily", "VectorEnv", "uniform"]
+__all__ = ["EnvFamily", "VectorEnv"]

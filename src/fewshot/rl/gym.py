@@ -29,6 +29,7 @@ import torch
 
 from ..errors import ConfigError
 from .envs import EnvFamily, VectorEnv
+from .rng import Source, uniform
 
 try:
     import gymnasium
@@ -93,12 +94,13 @@ if gymnasium is not None:
 class GymVectorEnv(VectorEnv):
     """A batch of a user's Gymnasium environments, stepped in a Python loop."""
 
-    def __init__(self, family: "GymnasiumFamily", params: torch.Tensor, generator: torch.Generator | None = None):
+    def __init__(self, family: "GymnasiumFamily", params: torch.Tensor, generator: Source | None = None):
         super().__init__(family, params, generator)
         self.envs = [family.make_env(row.cpu().numpy()) for row in params]
 
     def reset(self) -> torch.Tensor:
-        seeds = torch.randint(0, 2**62, (len(self.envs),), generator=self.generator).tolist()
+        # One seed per environment, from its task's generator (53 random bits of a float64).
+        seeds = (uniform(self.generator, (len(self.envs),), torch.zeros((), dtype=torch.float64)) * 2**53).long().tolist()
         obs = [env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)]
         self.state = torch.zeros(len(self.envs))
         return torch.as_tensor(np.stack(obs), dtype=self.params.dtype, device=self.params.device)
@@ -147,7 +149,7 @@ class GymnasiumFamily(EnvFamily):
     def sample_task(self, rng: np.random.Generator) -> torch.Tensor:
         return torch.as_tensor(np.asarray(self._sample(rng), dtype=np.float32).reshape(-1))
 
-    def make(self, params: torch.Tensor, generator: torch.Generator | None = None) -> VectorEnv:
+    def make(self, params: torch.Tensor, generator: Source | None = None) -> VectorEnv:
         return GymVectorEnv(self, params, generator)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .envs import EnvFamily, uniform
+from .envs import EnvFamily
+from .rng import normal, uniform
 
 
 class TabularMDP(EnvFamily):
@@ -53,7 +54,7 @@ class TabularMDP(EnvFamily):
         rows = torch.arange(params.shape[0], device=params.device)
         action = action.long().view(-1)
         mean = rewards[rows, state, action]
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        noise = normal(generator, mean.shape, mean)
         cdf = transitions[rows, state, action].cumsum(-1)
         u = uniform(generator, (params.shape[0], 1), cdf)
         following = (cdf < u).sum(-1).clamp_max(self.states - 1)  # inverse-CDF sampling

@@ -4,7 +4,8 @@ The policy network (any module, e.g. fewshot's ``MLP``) maps observations to a v
 the mean of a Gaussian with a state-independent, learned log standard deviation per
 action dimension (Finn et al., 2017, arXiv:1703.03400, section 5.3, following rllab),
 or the logits of a categorical distribution. Sampling draws its noise from a
-``torch.Generator``, so rollouts are reproducible.
+``torch.Generator`` (or one per task, :mod:`fewshot.rl.rng`), so rollouts are
+reproducible.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .rng import Source, normal, uniform
 
 KINDS = {"continuous": "gaussian", "discrete": "categorical"}
 
@@ -25,14 +28,14 @@ def log_prob(kind: str, out: torch.Tensor, log_std: torch.Tensor | None, actions
 
 
 @torch.no_grad()
-def sample(kind: str, out: torch.Tensor, log_std: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+def sample(kind: str, out: torch.Tensor, log_std: torch.Tensor | None, generator: Source) -> torch.Tensor:
     """Actions drawn from the distribution of network output ``out``, noise from ``generator``."""
     if kind == "gaussian":
-        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        noise = normal(generator, out.shape, out)
         return out + log_std.exp() * noise
     # Inverse-CDF sampling: one uniform per row, the first category whose cumulative probability exceeds it.
     cdf = torch.softmax(out, dim=-1).cumsum(-1)
-    u = torch.rand(out.shape[:-1] + (1,), generator=generator, dtype=out.dtype, device=out.device)
+    u = uniform(generator, out.shape[:-1] + (1,), out)
     return (cdf < u).sum(-1).clamp_max(out.shape[-1] - 1)
 
 

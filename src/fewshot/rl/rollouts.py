@@ -50,6 +50,11 @@ class Rollouts:
     def steps(self) -> int:
         return int(self.mask.sum())
 
+    def columns(self, start: int, stop: int) -> "Rollouts":
+        """Rollouts ``start .. stop-1`` of the batch (one task's, in a meta-batch)."""
+        return Rollouts(self.obs[:, start:stop], self.actions[:, start:stop], self.rewards[:, start:stop],
+                        self.mask[:, start:stop])
+
 
 @torch.no_grad()
 def rollout(env: VectorEnv, policy: Policy, horizon: int) -> Rollouts:
@@ -72,13 +77,16 @@ def rollout(env: VectorEnv, policy: Policy, horizon: int) -> Rollouts:
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
-    """Return-to-go ``Σ_{k≥t} γ^(k-t) r_k`` of every step, ``(T, B)`` (masked steps count 0)."""
-    out = torch.empty_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        running = rewards[t] * mask[t] + discount * running
-        out[t] = running
-    return out
+    """Return-to-go ``Σ_{k≥t} γ^(k-t) r_k`` of every step, ``(T, B)`` (masked steps count 0).
+
+    One matrix product with the upper-triangular ``D[t, k] = γ^(k-t)`` rather than a
+    Python loop over the horizon."""
+    steps = rewards.shape[0]
+    t = torch.arange(steps, device=rewards.device, dtype=torch.float64)
+    lag = t.view(1, -1) - t.view(-1, 1)
+    weights = torch.where(lag >= 0, torch.as_tensor(float(discount), dtype=torch.float64) ** lag.clamp_min(0),
+                          torch.zeros((), dtype=torch.float64))
+    return weights.to(rewards.dtype) @ (rewards * mask)
 
 
 class LinearFeatureBaseline:
