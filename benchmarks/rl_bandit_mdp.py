@@ -33,8 +33,10 @@ import torch
 from fewshot.config import TrainConfig
 from fewshot.data import make_sampler
 from fewshot.data.tasks import input_shape
-from fewshot.evaluate import confidence_interval, evaluate
-from fewshot.train import Trainer, build_model, load_run
+from fewshot.evaluate import evaluate
+from fewshot.metrics import confidence_interval
+from fewshot.runs import build_model, load_run
+from fewshot.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {"bandit-5": {"inner_lr": 0.5}, "tabular-mdp": {"inner_lr": 0.5}}

@@ -19,7 +19,8 @@ from fewshot.evaluate import evaluate
 from fewshot.methods import MAMLRL
 from fewshot.models import MLP
 from fewshot.rl import ENV_FAMILIES, BernoulliBandit, Navigation2D, RLTask, TabularMDP, rollout, sampler_class
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 
 def _policy(family, hidden=(8,), dtype=torch.float32, **options) -> MAMLRL:
@@ -259,8 +260,8 @@ def test_cli_trains_and_evaluates_maml_rl(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "maml-rl", "--dataset", "digits", "--backbone", "mlp"], "maml-rl learns policies on environment families"),
-    (["train", "protonet", "--env", "navigation-2d"], "does classification only"),
+    (["train", "maml-rl", "--dataset", "digits", "--backbone", "mlp"], "method 'maml-rl' does reinforcement only"),
+    (["train", "protonet", "--env", "navigation-2d"], "for reinforcement data use one of: maml-rl"),
     (["train", "maml-rl", "--env", "navigation-2d", "-o", "discount=2"], "discount must be in [0, 1]"),
 ])
 def test_bad_rl_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):

@@ -19,56 +19,43 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data.tasks import Sampler, metric_name
+from .data.tasks import Sampler
 from .errors import ConfigError
 from .methods.base import Method
-
-
-def confidence_interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% interval, 1.96 · s / √n (s with n-1 dof)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()) if len(values) else math.nan, math.nan
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
+from .metrics import confidence_interval, episode_score, higher_is_better, metric_name
+from .store import record_run
 
 
 @dataclass
 class EvalResult:
-    """Per-episode scores of one method on one suite: accuracies in % (``metric``
-    ``"accuracy"``), or query mean squared errors (``"mse"``, regression).
+    """Per-episode ``scores`` of one method on one suite: accuracies in % (``metric``
+    ``"accuracy"``), or query mean squared errors (``"mse"``, regression)."""
 
-    The scores are kept under ``accuracies`` whatever the metric (the name predates
-    regression); ``scores`` is the neutral name, ``value`` their mean.
-    """
-
-    accuracies: np.ndarray = field(repr=False)
+    scores: np.ndarray = field(repr=False)
     way: int
     shot: int
     query: int
     seconds: float = 0.0
     metric: str = "accuracy"
     #: Reinforcement suites: each task's mean return after 0, 1, ..., K adaptation steps,
-    #: ``(episodes, K+1)``; ``accuracies`` holds the last column.
+    #: ``(episodes, K+1)``; ``scores`` holds the last column.
     per_step: np.ndarray | None = field(default=None, repr=False)
 
     @property
-    def scores(self) -> np.ndarray:
-        return self.accuracies
-
-    @property
     def episodes(self) -> int:
-        return len(self.accuracies)
+        return len(self.scores)
 
     @property
     def value(self) -> float:
         """The mean score, in the suite's metric."""
-        return confidence_interval(self.accuracies)[0]
+        return confidence_interval(self.scores)[0]
 
     @property
     def accuracy(self) -> float:
@@ -82,13 +69,13 @@ class EvalResult:
 
     @property
     def ci95(self) -> float:
-        return confidence_interval(self.accuracies)[1]
+        return confidence_interval(self.scores)[1]
 
     def better_than(self, other: float | None) -> bool:
         """Whether this result beats a mean score ``other`` of the same metric (None: nothing to beat)."""
         if other is None:
             return True
-        return self.value < other if self.metric == "mse" else self.value > other
+        return self.value > other if higher_is_better(self.metric) else self.value < other
 
     def by_step(self) -> list[tuple[float, float]]:
         """Mean return ± 95% CI after 0, 1, ..., K adaptation steps (reinforcement suites)."""
@@ -106,7 +93,7 @@ class EvalResult:
                 f"({self.episodes} episodes, {self.way}-way {self.shot}-shot)")
 
     def to_dict(self, per_episode: bool = False) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("accuracies", "per_step")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("scores", "per_step")}
         out.update({self.metric: self.value}, ci95=self.ci95, episodes=self.episodes)
         if self.per_step is not None:
             out["by_step"] = [{"steps": k, "return": m, "ci95": c} for k, (m, c) in enumerate(self.by_step())]
@@ -115,15 +102,8 @@ class EvalResult:
         if per_episode:
             # Accuracies are multiples of 100/queries; errors need more digits.
             digits = 4 if self.metric == "accuracy" else 8
-            out["per_episode"] = [round(float(a), digits) for a in self.accuracies]
+            out["per_episode"] = [round(float(a), digits) for a in self.scores]
         return out
-
-
-def episode_score(outputs: torch.Tensor, targets: torch.Tensor, metric: str) -> float:
-    """One episode's score: accuracy in % of the argmax, or the mean squared error."""
-    if metric == "mse":
-        return float(F.mse_loss(outputs, targets.to(outputs.dtype).view_as(outputs)))
-    return float((outputs.argmax(-1) == targets).float().mean()) * 100.0
 
 
 def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress: bool = True,
@@ -136,12 +116,10 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     """
     if episodes < 1:
         raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
-    task = getattr(sampler, "kind", "classification")
-    method_task = getattr(method, "task", "classification")
-    if method_task != task:
-        raise ConfigError(f"{method.name} was built for {method_task}, but these episodes are {task} tasks")
-    metric = metric_name(task)
-    if task == "reinforcement":
+    if method.task != sampler.kind:
+        raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {sampler.kind} tasks")
+    metric = metric_name(sampler.kind)
+    if sampler.kind == "reinforcement":
         return _evaluate_returns(method, sampler, episodes, progress, desc)
     label, fmt = ("acc", ".1f") if metric == "accuracy" else (metric, ".3g")
     # Evaluation must not leave a trace: BatchNorm in train mode would update its
@@ -184,3 +162,20 @@ def _evaluate_returns(method: Method, sampler: Sampler, episodes: int, progress:
     table = np.asarray(per_step, dtype=np.float64)
     return EvalResult(table[:, -1].copy(), sampler.way, sampler.shot, sampler.query, time.perf_counter() - start,
                       "return", per_step=table)
+
+
+def record_evaluation(result: EvalResult, *, method: str, dataset: str, split: str | None, seed: int,
+                      run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
+                      cpu_seconds: float | None = None, runs: str | Path | None = None) -> int:
+    """Record an evaluation in the run store, with its per-episode scores (so any two
+    methods on the same suite can later be compared pairwise); returns the record id.
+
+    ``config`` holds what defines the suite beyond ``dataset``/``split``/``seed``
+    (dataset options, way, shot, query, episodes). A store failure is a
+    :class:`~fewshot.errors.StoreError`; ``result`` is untouched by it.
+    """
+    suite = {"way": result.way, "shot": result.shot, "query": result.query, "episodes": result.episodes}
+    return record_run("evaluate", runs=runs, method=method, dataset=dataset, split=split, seed=seed,
+                      run_dir=str(Path(run_dir).resolve()) if run_dir else None, seconds=result.seconds,
+                      cpu_seconds=cpu_seconds, config={**suite, **(config or {})},
+                      metrics=result.to_dict(per_episode=True))

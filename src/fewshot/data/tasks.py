@@ -43,12 +43,6 @@ def task_kind(name: str) -> str:
     return TASK_FAMILIES[name].kind if name in TASK_FAMILIES else "classification"
 
 
-def metric_name(task: str) -> str:
-    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better), ``mse``
-    (lower is better) or, for reinforcement, ``return`` (higher is better)."""
-    return {"regression": "mse", "reinforcement": "return"}.get(task, "accuracy")
-
-
 def method_defaults(name: str) -> dict:
     """Method options a family implies (an environment family: the policy's distribution)."""
     return dict(getattr(TASK_FAMILIES.get(name), "method_defaults", {}))
@@ -110,4 +104,4 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
 
 
 __all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "default_backbone", "input_shape",
-           "is_generated", "make_sampler", "method_defaults", "metric_name", "splits", "task_kind"]
+           "is_generated", "make_sampler", "method_defaults", "splits", "task_kind"]

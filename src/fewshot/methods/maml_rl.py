@@ -75,25 +75,27 @@ class MAMLRL(Method):
     """
 
     name = "maml-rl"
+    tasks = ("reinforcement",)
+    task = "reinforcement"
     test_mode = "train"
 
     def __init__(self, backbone: nn.Module, policy: str | None = None, inner_steps: int = 1, inner_lr: float = 0.1,
                  first_order: bool = False, test_inner_steps: int | None = None, discount: float = 0.99,
                  baseline: bool = True, normalize_advantages: bool = True, init_std: float = 1.0,
                  task: str = "reinforcement", image_shape: Sequence[int] | None = None):
-        super().__init__()
+        super().__init__(backbone)
         if task != "reinforcement":
             raise ConfigError(f"maml-rl learns policies on environment families, not {task} data; "
                               "train it with --env (see `fewshot data list`), e.g. --env navigation-2d")
         if policy not in POLICIES:
             raise ConfigError(f"maml-rl policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        if not isinstance(backbone, nn.Module):
-            raise ConfigError(f"maml-rl needs a policy network module, got {type(backbone).__name__}")
+        if backbone is None:
+            raise ConfigError("maml-rl needs a policy network module (e.g. fewshot.models.MLP)")
         for flag, value in (("first_order", first_order), ("baseline", baseline),
                             ("normalize_advantages", normalize_advantages)):
             if not isinstance(value, bool):
                 raise ConfigError(f"maml-rl {flag} must be true or false, got {value!r}")
-        self.policy, self.task = policy, task
+        self.policy = policy
         self.inner_steps = _check("inner_steps", inner_steps, True)
         self.inner_lr = _check("inner_lr", inner_lr, False, strict=True)
         self.test_inner_steps = None if test_inner_steps is None else _check("test_inner_steps", test_inner_steps, True)
@@ -102,7 +104,6 @@ class MAMLRL(Method):
             raise ConfigError(f"maml-rl discount must be in [0, 1], got {discount!r}")
         self.init_std = _check("init_std", init_std, False, strict=True)
         self.first_order, self.baseline, self.normalize_advantages = first_order, baseline, normalize_advantages
-        self.backbone = backbone
         self.log_std = None
         if policy == "gaussian":
             shape = tuple(image_shape) if image_shape is not None else None
