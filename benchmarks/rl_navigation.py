@@ -76,7 +76,8 @@ def main() -> None:
     torch.set_num_threads(1)
     runs = Path(args.runs)
     results: dict = {"command": "python benchmarks/rl_navigation.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("runs", "out")),
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("runs", "out"))
+        + ("" if args.out == str(RESULTS / "rl_navigation.json") else f" --out benchmarks/results/{Path(args.out).name}"),
         "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread, a shared 2-core machine",
         "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out")}, "models": {}}
     test = make_sampler(ENV, None, "test", 1, args.rollouts, args.rollouts, seed=0)
