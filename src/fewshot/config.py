@@ -11,6 +11,10 @@ from typing import Any
 
 from .errors import ConfigError
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: Settings of how a run computes, not of what it learns: a resumed run may change them.
+RUNTIME = ("device", "precision", "tf32", "deterministic")
+
 
 @dataclass
 class TrainConfig:
@@ -24,6 +28,11 @@ class TrainConfig:
     spent that much CPU time, counted across resumes. ``momentum`` is that of the outer
     SGD (``optimizer="sgd"``); 0 makes Reptile's outer step exactly Nichol et al.'s
     ``θ ← θ + ε (φ̃ − θ)``.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), ``precision``
+    (``fp32``, ``bf16``, ``fp16``), ``tf32`` and ``deterministic`` say how a run
+    computes, not what it learns (:mod:`fewshot.devices`): they are the
+    :data:`RUNTIME` settings, which a resumed run may change.
     """
 
     method: str = "protonet"
@@ -53,15 +62,19 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     cpu_minutes: float | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    tf32: bool = True
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str, "dict": dict}
+            expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "bool": bool}
             kind = str(f.type).replace(" | None", "")
             if value is None and "None" in str(f.type):
                 continue
-            if kind in expected and (not isinstance(value, expected[kind]) or isinstance(value, bool)):
+            if kind in expected and (not isinstance(value, expected[kind]) or (isinstance(value, bool) and kind != "bool")):
                 raise ConfigError(f"config '{f.name}' must be {kind}, got {value!r}")
             if kind == "float" and not math.isfinite(value):
                 raise ConfigError(f"config '{f.name}' must be a finite number, got {value!r}")
@@ -76,6 +89,15 @@ class TrainConfig:
             raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"config 'precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+
+    def same_run(self, other: "TrainConfig") -> bool:
+        """Whether ``other`` describes the same run, whatever device or precision computes it."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for name in RUNTIME:
+            mine.pop(name), theirs.pop(name)
+        return mine == theirs
 
     @property
     def train_shape(self) -> tuple[int, int, int]:
