@@ -224,3 +224,43 @@ def test_a_step_that_cannot_fit_fails_before_training(tmp_path, digits8, monkeyp
     with pytest.raises(ConfigError, match="meta-batch"):
         Trainer(config, tmp_path / "run", dataset=digits8, device="cpu").run(progress=False, record=False)
     assert not (tmp_path / "run").exists()  # nothing half-made is left
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def _cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
+def test_cli_device_cuda_without_cuda_is_one_line_exit_2(tmp_path):
+    proc = _cli("train", "protonet", "--dataset", "digits", "--out", str(tmp_path / "run"), "--device", "cuda",
+                "--runs", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0] and "--device cpu" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_cpu_bf16_trains_and_evaluates(tmp_path):
+    run = tmp_path / "run"
+    proc = _cli("train", "protonet", "--dataset", "digits", "--backbone", "mlp", "--backbone-option", "hidden=[16]",
+                "--way", "5", "--shot", "1", "--query", "2", "--episodes", "3", "--val-split", "none",
+                "--device", "cpu", "--precision", "bf16", "--out", str(run), "--runs", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "device cpu" in proc.stderr
+    assert json.loads((run / "config.json").read_text())["precision"] == "bf16"
+    proc = _cli("evaluate", str(run), "--episodes", "5", "--device", "cpu", "--precision", "bf16", "--json",
+                "--runs", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["precision"] == "bf16" and out["device"] == "cpu" and out["episodes"] == 5
+    # A resumed run may change how it computes, not what it learns.
+    proc = _cli("train", "--resume", str(run), "--precision", "fp32", "--device", "auto", "--quiet",
+                "--runs", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .params import Boolean, Integer, OneOf, Optional, Real, Settings, Text, validate
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Settings of how a run computes, not of what it learns: a resumed run may change them.
 RUNTIME = ("device", "precision", "tf32", "deterministic")
+_COUNT = Integer(low=1)
+#: What each setting may hold (checked once, when a config is made).
+CONSTRAINTS = {
+    "method": Text(), "method_options": Settings(), "backbone": Text(), "backbone_options": Settings(),
+    "dataset": Text(), "dataset_options": Settings(), "train_split": Text(), "val_split": Optional(Text()),
+    "way": _COUNT, "shot": _COUNT, "query": _COUNT, "train_way": Optional(_COUNT), "train_shot": Optional(_COUNT),
+    "train_query": Optional(_COUNT), "episodes": _COUNT, "meta_batch": _COUNT, "optimizer": OneOf("adam", "sgd"),
+    "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(),
+    "lr_step": Integer(), "lr_gamma": Real(), "val_every": _COUNT, "val_episodes": _COUNT,
+    "checkpoint_every": _COUNT, "seed": Integer(), "cpu_minutes": Optional(Real()),
+    "device": Text(), "precision": OneOf(*PRECISIONS), "tf32": Boolean(), "deterministic": Boolean(),
+}
 
 
 @dataclass
@@ -68,29 +80,7 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "bool": bool}
-            kind = str(f.type).replace(" | None", "")
-            if value is None and "None" in str(f.type):
-                continue
-            if kind in expected and (not isinstance(value, expected[kind]) or (isinstance(value, bool) and kind != "bool")):
-                raise ConfigError(f"config '{f.name}' must be {kind}, got {value!r}")
-            if kind == "float" and not math.isfinite(value):
-                raise ConfigError(f"config '{f.name}' must be a finite number, got {value!r}")
-        positive = ("way", "shot", "query", "episodes", "meta_batch", "val_every", "val_episodes", "checkpoint_every")
-        for name in positive + ("train_way", "train_shot", "train_query"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"config '{name}' must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"config 'precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        validate("config", self.to_dict(), CONSTRAINTS)
 
     def same_run(self, other: "TrainConfig") -> bool:
         """Whether ``other`` describes the same run, whatever device or precision computes it."""

@@ -261,21 +261,27 @@ def _step_of(file_name: str) -> int | None:
 
 
 @torch.no_grad()
-def embed(method: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
-    """Backbone features of ``images``, flattened to ``(n, d)``, in the method's test mode.
+def embed(method: torch.nn.Module, images: torch.Tensor, device: torch.device | None = None) -> np.ndarray:
+    """Backbone features of ``images``, flattened to ``(n, d)``, in the method's test mode,
+    computed on ``device`` (default: where the method is) and returned on the host.
 
     Train-mode methods (MAML family) normalise with the batch's own statistics, as at
-    test time; they embed on a copy so no running statistic changes.
+    test time; they embed on a copy so no running statistic changes (so does a method
+    that lives on another device).
     """
+    from .devices import module_device
+
     if method.backbone is None:
         raise _Missing(f"{method.name} has no backbone to embed with")
+    device = module_device(method) if device is None else device
     train_mode = method.test_mode == "train"
-    if train_mode:
-        method = copy.deepcopy(method)
+    if train_mode or module_device(method) != device:
+        method = copy.deepcopy(method).to(device)
     was_training = method.training
     method.train(train_mode)
     try:
-        return method.features(images).double().numpy()
+        with torch.no_grad():
+            return method.features(images.to(device)).to("cpu", torch.float64).numpy()
     finally:
         method.train(was_training)
 
@@ -291,7 +297,8 @@ def _project(features: np.ndarray, projection: str) -> np.ndarray:
     return PCA(2, random_state=0).fit_transform(features)
 
 
-def _embedding_row(run: RunInfo, data_root, split: str, projection: str, datasets: dict) -> list[plots.EmbeddingPanel]:
+def _embedding_row(run: RunInfo, data_root, split: str, projection: str, datasets: dict,
+                   device: torch.device | None = None) -> list[plots.EmbeddingPanel]:
     """One panel per kept checkpoint: initial weights, best, last."""
     from sklearn.metrics import silhouette_score
 
@@ -319,7 +326,7 @@ def _embedding_row(run: RunInfo, data_root, split: str, projection: str, dataset
         checkpoints.append((f"last (step {_step_of(last)})", load_run(run.path, "last")[1]))
     panels = []
     for title, method in checkpoints:
-        features = embed(method, episode.query_x)
+        features = embed(method, episode.query_x, device)
         labels = episode.query_y.numpy()
         separation = silhouette_score(features, labels) if way > 1 else math.nan
         panels.append(plots.EmbeddingPanel(f"{title}\nsilhouette {separation:.2f}", _project(features, projection),
@@ -328,11 +335,11 @@ def _embedding_row(run: RunInfo, data_root, split: str, projection: str, dataset
 
 
 def _embedding_map(runs: Sequence[RunInfo], folder: Path, data_root, split: str, projection: str,
-                   notes: list[str]) -> Path:
+                   notes: list[str], device: torch.device | None = None) -> Path:
     rows, datasets = [], {}
     for run in runs[:6]:
         try:
-            rows.append((run.name, _embedding_row(run, data_root, split, projection, datasets)))
+            rows.append((run.name, _embedding_row(run, data_root, split, projection, datasets, device)))
         except (FewShotError, _Missing) as e:
             notes.append(f"{run.name}: no embedding map ({e})")
     if not rows:
@@ -475,8 +482,9 @@ def _publish(built: Path, out: Path) -> None:
 
 def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | Path | None = None,
                  selection: str | Path | None = None, data_root: str | Path | None = None,
-                 embed_split: str = "test", projection: str = "pca") -> Report:
-    """Write the report on the runs named by ``targets`` to the folder ``out``.
+                 embed_split: str = "test", projection: str = "pca", device: torch.device | None = None) -> Report:
+    """Write the report on the runs named by ``targets`` to the folder ``out``
+    (embedding maps computed on ``device``, default the CPU).
 
     Figures without data are left out, and the page says what would give them data.
     ``runs`` is the runs folder holding the store of evaluate records.
@@ -498,7 +506,7 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
             "comparison": lambda: _comparison(records, built),
             "accuracy_vs_shots": lambda: _against(records, built, "shot"),
             "accuracy_vs_ways": lambda: _against(records, built, "way"),
-            "embedding_map": lambda: _embedding_map(infos, built, data_root, embed_split, projection, notes),
+            "embedding_map": lambda: _embedding_map(infos, built, data_root, embed_split, projection, notes, device),
             "model_selection": lambda: _model_selection(chosen, infos, records, built),
         }
         data: dict[str, Any] = {}
