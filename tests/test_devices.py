@@ -264,3 +264,32 @@ def test_cli_cpu_bf16_trains_and_evaluates(tmp_path):
     proc = _cli("train", "--resume", str(run), "--precision", "fp32", "--device", "auto", "--quiet",
                 "--runs", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+def test_backend_follows_the_device():
+    from fewshot.distributed import backend_for, from_environment
+
+    assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("cuda", 0)) == "nccl"
+    assert backend_for(torch.device("mps")) == "gloo"
+    single = from_environment(torch.device("cpu"))
+    assert not single.active and single.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than 2 CUDA GPUs")),
+])
+def test_two_processes_train_on_their_devices(device, tmp_path):
+    """2 processes: gloo on the CPU (in bf16 here), NCCL with one GPU each."""
+    run = tmp_path / "run"
+    proc = _cli("train", "protonet", "--dataset", "digits", "--backbone", "mlp", "--backbone-option", "hidden=[16]",
+                "--way", "5", "--shot", "1", "--query", "2", "--meta-batch", "2", "--episodes", "3",
+                "--val-split", "none", "--device", device, "--precision", "bf16", "--nproc", "2", "--quiet",
+                "--out", str(run), "--runs", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 3
+    record = RunStore(tmp_path).list(kind="train")[0]
+    assert record["metrics"]["device"].startswith(device) and record["metrics"]["precision"] == "bf16"

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
-    parse_options, resolve_device, trainable_methods
+    parse_options, resolve_device, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -56,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = "no validation split: kept the last weights"
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
+    say_device(args, device, config.device)
     return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
                                                   f"`fewshot train --resume {run_dir}` and a writable --runs")
 
@@ -111,6 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
         print(result.summary())
+    say_device(args, device)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
 
 
@@ -182,8 +184,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    device = resolve_device(args)
     run_demo(args.dataset, data_root=args.data_root, runs=args.runs, episodes=args.episodes, quick=args.quick,
-             device=str(resolve_device(args)), precision=args.precision or "fp32")
+             device=str(device), precision=args.precision or "fp32")
+    say_device(args, device)
     return 0
 
 

@@ -149,17 +149,22 @@ def add_device_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None
 
 
 def resolve_device(args: argparse.Namespace, default: str = "auto"):
-    """The torch device of ``--device`` (or ``default``); says which on stderr unless ``--quiet``
-    (or ``--json``), in one line: ``fewshot: device auto -> cpu (...)``."""
+    """The torch device of ``--device`` (or ``default``); one that is not there is a ConfigError."""
+    from .. import devices
+
+    return devices.resolve(getattr(args, "device", None) or default)
+
+
+def say_device(args: argparse.Namespace, device, default: str = "auto") -> None:
+    """After a command's work: which device did it, and why (``device auto -> cpu: no CUDA GPU
+    or MPS device found``), on stderr, unless ``--quiet`` or ``--json``. Said after the
+    work, so that an error stays the one line a failed command prints."""
     import sys
 
     from .. import devices
 
-    spec = getattr(args, "device", None) or default
-    device = devices.resolve(spec)
     if not getattr(args, "quiet", False) and not getattr(args, "json", False):
-        print(f"fewshot: {devices.why_auto(spec, device)}", file=sys.stderr)
-    return device
+        print(f"fewshot: {devices.why_auto(getattr(args, 'device', None) or default, device)}", file=sys.stderr)
 
 
 def trainable_methods() -> list[str]:
