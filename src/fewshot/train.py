@@ -64,6 +64,7 @@ class TrainResult:
     run_id: int | None = None
     metric: str = "accuracy"
     best_mse: float | None = None
+    best_return: float | None = None  # reinforcement (fewshot.rl): mean return after adaptation
     #: Why the finished run could not be recorded in the run store (None: it was, or was not asked to be).
     record_error: str | None = None
     device: str = "cpu"
@@ -91,7 +92,9 @@ class Trainer:
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config, self.run_dir, self.runs = config, Path(run_dir), runs
-        self.device = devices.resolve(config.device)
+        # Reinforcement rollouts are simulated on the host: "auto" means the CPU for them.
+        host_only = task_kind(config.dataset) == "reinforcement" and config.device == "auto"
+        self.device = devices.resolve("cpu" if host_only else config.device)
         devices.check_precision(config.precision, self.device)
         devices.Backend(tf32=config.tf32, deterministic=config.deterministic).apply(self.device)
         name = config.dataset
@@ -125,6 +128,8 @@ class Trainer:
         self.dist.broadcast_parameters(self.method)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
+        if config.lr_schedule == "cosine":  # MAML++'s outer-rate annealing (config.py)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.episodes, config.lr_min)
         self.scaler = devices.grad_scaler(self.device, config.precision)
         self.state: dict[str, Any] = {
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
@@ -370,8 +375,9 @@ class Trainer:
         peak, peak_kind = devices.peak_memory(self.device)
         result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
                              images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, best_mse=best.get("mse"), device=str(self.device),
-                             peak_memory_mb=None if peak is None else round(peak / 2**20, 1), peak_memory_kind=peak_kind)
+                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"),
+                             device=str(self.device), peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
+                             peak_memory_kind=peak_kind)
         if record:
             c = self.config
             metrics = {"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
