@@ -84,7 +84,8 @@ class GraphMemory:
 
 
 def _episode_bytes(episodes: Sequence[Episode]) -> int:
-    tensors = [t for ep in episodes for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)]
+    """Bytes of the tensors the episodes hold (an episode of any kind: its tensor fields)."""
+    tensors = [t for ep in episodes for t in vars(ep).values() if isinstance(t, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -335,7 +335,10 @@ class Trainer:
 
     def _check_memory(self, step: int) -> None:
         """Fail before training if this process's share of a meta-batch cannot fit (see
-        :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict."""
+        :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict.
+        Reinforcement runs are not checked: their rollouts and small policies live on the host."""
+        if task_kind(self.config.dataset) == "reinforcement":
+            return
         episodes = self.sampler.batch(step, self.config.meta_batch)
         mine = episodes[self.dist.rank :: self.dist.world_size]
         problem = check_step_fits(self.method, mine, self.device, self.config.precision,
