@@ -23,7 +23,8 @@ class TrainConfig:
     ``cpu_minutes`` stops training (validated and checkpointed) once the process has
     spent that much CPU time, counted across resumes. ``momentum`` is that of the outer
     SGD (``optimizer="sgd"``); 0 makes Reptile's outer step exactly Nichol et al.'s
-    ``θ ← θ + ε (φ̃ − θ)``.
+    ``θ ← θ + ε (φ̃ − θ)``. ``optimizer="rmsprop"`` is RMSprop with that momentum and a
+    squared-gradient decay of 0.95 (Santoro et al.'s MANN, after Graves, 2013).
     """
 
     method: str = "protonet"
@@ -74,8 +75,8 @@ class TrainConfig:
             raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
+        if self.optimizer not in ("adam", "sgd", "rmsprop"):
+            raise ConfigError(f"config 'optimizer' must be 'adam', 'sgd' or 'rmsprop', got '{self.optimizer}'")
 
     @property
     def train_shape(self) -> tuple[int, int, int]:
