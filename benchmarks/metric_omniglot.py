@@ -133,8 +133,9 @@ def published_for(method: str, options: dict, way: int, shot: int) -> float | No
 
 
 def run_recipe(data, config_file: Path, tests: list[tuple[int, int]], cpu_minutes: float | None, episodes: int,
-               runs: Path) -> list[dict]:
-    """Train the recipe ``config_file`` (resuming a stopped run) and test its best checkpoint."""
+               runs: Path, aggregates: tuple[str, ...] = ()) -> list[dict]:
+    """Train the recipe ``config_file`` (resuming a stopped run) and test its best checkpoint;
+    a Relation Network also with each K-shot ``aggregates`` ("sum": the paper's) at more than one shot."""
     overrides = {"cpu_minutes": cpu_minutes} if cpu_minutes is not None else {}
     config = TrainConfig.layered(config_file, **overrides)
     run_dir = runs / config_file.stem
@@ -147,14 +148,23 @@ def run_recipe(data, config_file: Path, tests: list[tuple[int, int]], cpu_minute
                 "best_step": state["best"]["step"], "val_accuracy": state["best"]["accuracy"],
                 "val_curve": state["history"]["val"], "train_curve": state["history"]["train"]}
     rows = []
-    for way, shot in tests:
+    own = getattr(model, "aggregate", None)
+    variants = [(way, shot, None) for way, shot in tests]
+    if config.method == "relationnet":
+        variants += [(way, shot, a) for way, shot in tests for a in aggregates if shot > 1 and a != own]
+    for way, shot, aggregate in variants:
         start = time.process_time()
+        if aggregate is not None:
+            model.aggregate = aggregate  # the same weights, class features aggregated the other way
         r = evaluate(model, EpisodeSampler(data, "test", way, shot, 15, seed=0), episodes,
                      desc=f"{config_file.stem} {way}-way {shot}-shot")
+        if aggregate is not None:
+            model.aggregate = own
+        setting = f"{way}-way {shot}-shot" + (f", {aggregate} of K-shot features" if aggregate else "")
         rows.append({"method": config.method, "config": config_file.stem, "options": config.method_options,
-                     "setting": f"{way}-way {shot}-shot", "way": way, "shot": shot, "accuracy": r.accuracy,
+                     "setting": setting, "way": way, "shot": shot, "accuracy": r.accuracy,
                      "ci95": r.ci95, "episodes": r.episodes,
-                     "published": published_for(config.method, config.method_options, way, shot),
+                     "published": None if aggregate else published_for(config.method, config.method_options, way, shot),
                      "eval_cpu_seconds": time.process_time() - start, "training": training})
     if config.method == "mann":
         start = time.process_time()
@@ -210,11 +220,15 @@ def recipes_main(args: argparse.Namespace) -> None:
     old = json.loads(path.read_text()) if path.exists() else {"results": []}
     config_file = Path(args.config)
     tests = [tuple(int(v) for v in t.lower().split("x")) for t in args.test]
-    rows = run_recipe(data, config_file, tests, args.cpu_minutes, args.episodes, Path(args.runs))
-    everything = [r for r in old["results"] if r["config"] != config_file.stem] + rows
+    rows = run_recipe(data, config_file, tests, args.cpu_minutes, args.episodes, Path(args.runs),
+                      tuple(args.aggregate or ()))
+    # Rows of other configs, and of this config's settings not tested now, are kept.
+    new = {(r["config"], r["setting"]) for r in rows}
+    everything = [r for r in old["results"] if (r["config"], r["setting"]) not in new] + rows
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "shared": True}
-    commands = {**old.get("commands", {}), config_file.stem: " ".join(["python", *sys.argv])}
+    command = " ".join(["python", *sys.argv])
+    commands = {**old.get("commands", {}), **{f"{r['config']}: {r['setting']}": command for r in rows}}
     out = {"benchmark": "metric_recipes", "machine": machine, "commands": commands, "results": everything}
     (results / "metric_recipes.json").write_text(json.dumps(out, indent=2) + "\n")
     text = recipes_markdown(everything)
@@ -265,6 +279,9 @@ def main() -> None:
     parser.add_argument("--config", help="a training recipe (JSON, keys of TrainConfig) to train and test instead")
     parser.add_argument("--test", nargs="+", default=["5x1"], help="with --config: WAYxSHOT test suites")
     parser.add_argument("--cpu-minutes", type=float, help="with --config: override the recipe's CPU budget")
+    parser.add_argument("--aggregate", nargs="+", choices=["sum", "mean"],
+                        help="with --config of a Relation Network: also test the same weights with these K-shot "
+                             "aggregations at more than one shot")
     args = parser.parse_args()
     if args.config:
         recipes_main(args)
