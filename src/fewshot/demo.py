@@ -9,10 +9,12 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import EpisodeSampler, load_dataset
-from .evaluate import confidence_interval, evaluate
+from .evaluate import evaluate
+from .metrics import confidence_interval
 from .methods import PixelNearestMean
 from .store import RunStore, runs_folder
-from .train import Trainer, load_run
+from .runs import load_run
+from .train import Trainer
 
 PRESETS = {
     # digits 0-4 train (x4 rotations: 20 classes), upright 5-9 test; too few classes for
@@ -48,7 +50,7 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, episodes: in
         sampler = EpisodeSampler(data, "test", config.way, shot, config.query, seed=0)
         ours = evaluate(protonet, sampler, test_episodes, desc=f"protonet {shot}-shot")
         base = evaluate(PixelNearestMean(), sampler, test_episodes, desc=f"pixel-ncm {shot}-shot")
-        gain = confidence_interval(ours.accuracies - base.accuracies)
+        gain = confidence_interval(ours.scores - base.scores)
         rows[shot] = (ours, base, gain)
         store = RunStore(runs)
         for name, result in (("protonet", ours), ("pixel-ncm", base)):

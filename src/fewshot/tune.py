@@ -175,7 +175,8 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
     config and ``out/tune.json`` a summary. Running again with the same ``out``
     continues the same study with ``trials`` more trials (with the same settings only).
     """
-    from .train import Trainer, build_model
+    from .runs import build_model
+    from .train import Trainer
 
     optuna = _optuna()
     if trials < 1:

@@ -52,8 +52,10 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..io import atomic_path, read_json, write_json
 from ..models.backbones import BACKBONES, build_backbone, feature_dim
-from ..models.pretrained import (Pretrained, count_parameters, load_pretrained, pretrained_from_run, read_metadata,
+from ..models.pretrained import (Pretrained, count_parameters, load_pretrained, read_metadata,
                                  save_pretrained)
+from ..methods import Method
+from ..runs import pretrained_from_run
 
 FORMAT = "fewshot-zoo"
 VERSION = 1
@@ -247,10 +249,12 @@ class Zoo:
             elif isinstance(source, nn.Module):
                 if image_shape is None:
                     raise ConfigError("adding an nn.Module to the zoo needs image_shape=(channels, height, width)")
-                cls = type(getattr(source, "backbone", source))
+                backbone, head, objective = ((source.backbone, source.head, source.name) if isinstance(source, Method)
+                                             else (source, None, None))
+                cls = type(backbone)
                 if cls.__module__.split(".")[0] != "fewshot" and "factory" not in extra:
                     extra.update(factory=f"{cls.__module__}:{cls.__qualname__}", factory_options={})
-                save_pretrained(source, weights, extra, image_shape=image_shape)
+                save_pretrained(backbone, weights, extra, image_shape=image_shape, head=head, objective=objective)
             else:
                 raise ConfigError(f"cannot add a {type(source).__name__} to the zoo: give a run folder, a "
                                   f".safetensors file, a Pretrained or an nn.Module")
