@@ -17,6 +17,7 @@ from PIL import Image
 
 from fewshot.cli import main
 from fewshot.models import build_backbone
+from fewshot.models.pretrained import register_architecture
 from fewshot.select.builder import MetaStore, build_meta_dataset, sample_tasks
 from fewshot.select.zoo import Zoo, build_zoo
 
@@ -67,7 +68,7 @@ def test_zoo_build_is_diverse_resumable_and_checked(zoo, env):
 
 
 class TwoLayer(torch.nn.Module):
-    """A user's own network (not a built-in backbone), rebuilt by its class on load."""
+    """A user's own network (not a built-in backbone), registered in Python and rebuilt by that name."""
 
     def __init__(self):
         super().__init__()
@@ -79,6 +80,7 @@ class TwoLayer(torch.nn.Module):
 
 def test_zoo_add_user_models_and_mismatches_fail_in_one_line(zoo, env, tmp_path, capsys):
     user = Zoo(tmp_path / "user", create=True)
+    register_architecture("pipeline-two-layer", TwoLayer, replace=True)
     entry = user.add("mine", TwoLayer(), image_shape=(1, 8, 8), metadata={"objective": "supervised"})
     assert entry["feature_dim"] == 16 and entry["parameters"] == 64 * 16 + 16
     assert isinstance(user.load("mine").backbone, TwoLayer)
@@ -103,14 +105,14 @@ def test_zoo_add_user_models_and_mismatches_fail_in_one_line(zoo, env, tmp_path,
                  "--metadata", str(tmp_path / "meta.json")]) == 0
     assert user.entry("good")["feature_dim"] == 32
 
-    # An entry whose metadata no longer matches its weights: a one-line error naming it.
+    # An entry whose metadata changed since it was added: a one-line error naming it.
     sidecar = tmp_path / "user" / "good.json"
     tampered = json.loads(sidecar.read_text())
     tampered["architecture_options"]["width"] = 4
     sidecar.write_text(json.dumps(tampered))
     capsys.readouterr()
     _one_line_error(capsys, main(["zoo", "list", "--zoo", str(tmp_path / "user"), "--check"]),
-                    "zoo entry 'good'", "does not fit the backbone")
+                    "zoo entry 'good'", "good.json changed since it was added")
 
 
 def _rows_in(path: Path) -> int:
