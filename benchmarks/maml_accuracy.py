@@ -46,7 +46,8 @@ import torch
 from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, load_dataset, make_sampler
 from fewshot.evaluate import evaluate
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -42,7 +42,8 @@ from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, load_dataset
 from fewshot.evaluate import evaluate
 from fewshot.methods.mann import instance_accuracy
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -25,7 +25,8 @@ import torch
 from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, load_dataset
 from fewshot.evaluate import evaluate
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import conv4_throughput, matmul_gflops  # noqa: E402

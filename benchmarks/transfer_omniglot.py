@@ -46,11 +46,13 @@ import torch
 
 from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, load_dataset
-from fewshot.evaluate import confidence_interval, evaluate
+from fewshot.evaluate import evaluate
+from fewshot.metrics import confidence_interval
 from fewshot.io import read_json, write_json
 from fewshot.methods import METHODS
 from fewshot.methods.transfer import wrap
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -213,7 +215,7 @@ def main() -> None:
             cache[key] = {"suite": suite, "shot": shot, "model": model, "strategy": strategy,
                           "accuracy": r.accuracy, "ci95": r.ci95, "episodes": r.episodes,
                           "seconds_per_episode": r.seconds / r.episodes,
-                          "per_episode": [round(float(a), 4) for a in r.accuracies]}
+                          "per_episode": [round(float(a), 4) for a in r.scores]}
             write_json(partial_file, {"settings": settings, "rows": cache})
         row = cache[key]
         rows.append(row)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fewshot.data import EpisodeSampler
-from fewshot.evaluate import confidence_interval, evaluate
+from fewshot.evaluate import evaluate
+from fewshot.metrics import confidence_interval
 from fewshot.methods import PixelNearestMean, ProtoNet
 from fewshot.models import Conv4
 
@@ -26,10 +27,10 @@ def test_suite_is_identical_across_methods_and_runs(digits8):
     sampler = EpisodeSampler(digits8, "test", 5, 1, 5, seed=7)
     a = evaluate(PixelNearestMean(), sampler, 30, progress=False)
     b = evaluate(PixelNearestMean(), EpisodeSampler(digits8, "test", 5, 1, 5, seed=7), 30, progress=False)
-    assert np.array_equal(a.accuracies, b.accuracies)
+    assert np.array_equal(a.scores, b.scores)
     assert a.episodes == 30 and "30 episodes, 5-way 1-shot" in a.summary()
     c = evaluate(PixelNearestMean(), EpisodeSampler(digits8, "test", 5, 1, 5, seed=8), 30, progress=False)
-    assert not np.array_equal(a.accuracies, c.accuracies)
+    assert not np.array_equal(a.scores, c.scores)
 
 
 def test_evaluation_leaves_batchnorm_statistics_and_mode_untouched(digits8):

@@ -71,6 +71,7 @@ def test_a_hub_model_is_scored_and_selected_end_to_end(folders, tmp_path, capsys
     monkeypatch.setenv("FEWSHOT_RUNS", str(tmp_path / "runs"))
     zoo = Zoo(tmp_path / "zoo", create=True)
     assert main(["zoo", "add", "vit", str(folders / "vit"), "--zoo", str(zoo.root)]) == 0
+    assert "added vit" in capsys.readouterr().out
     from fewshot.models import build_backbone
 
     torch.manual_seed(0)
@@ -95,3 +96,4 @@ def test_a_hub_model_is_scored_and_selected_end_to_end(folders, tmp_path, capsys
     assert main(["select", "--zoo", str(zoo.root), "--support", str(tmp_path / "support"), "--json"]) == 0
     ranking = json.loads(capsys.readouterr().out)["ranking"]
     assert sorted(e["model"] for e in ranking) == ["conv", "vit"]
+    assert all(0 <= e["interval"][0] <= e["interval"][1] <= 100 for e in ranking)

@@ -21,7 +21,8 @@ from fewshot.evaluate import evaluate
 from fewshot.methods import ANIL, FOMAML, MAML, METHODS, MetaSGD, Reptile, build_method
 from fewshot.models import MLP, Conv4
 from fewshot.models.functional import FunctionalModule, batch_norm_train, keep_freed_memory, surrogate_loss
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 
 def tiny_conv(dtype=torch.float64) -> nn.Module:

@@ -12,10 +12,12 @@ from fewshot.data import Episode, EpisodeSampler, from_arrays
 from fewshot.errors import CheckpointError, ConfigError
 from fewshot.evaluate import evaluate
 from fewshot.methods import Baseline, BaselinePlusPlus, build_method
-from fewshot.methods.transfer import CosineHead, FineTune, from_run, wrap
+from fewshot.methods.transfer import FineTune, wrap
 from fewshot.models import MLP, Conv4
-from fewshot.models.pretrained import load_pretrained, pretrained_from_run, read_metadata, save_pretrained
-from fewshot.train import Trainer, load_run
+from fewshot.models.heads import CosineHead
+from fewshot.models.pretrained import load_pretrained, read_metadata, save_pretrained
+from fewshot.runs import finetune_from, load_run, pretrained_from_run
+from fewshot.train import Trainer
 
 torch.set_num_threads(1)
 
@@ -70,7 +72,7 @@ def test_baseline_pretrains_in_the_one_trainer_and_adapts(tmp_path):
     test = EpisodeSampler(data, "test", 5, 1, 5)
     result = evaluate(method, test, 10, progress=False)
     assert result.accuracy > 60  # the paper's protocol: frozen features, a new linear head
-    tuned = evaluate(from_run(tmp_path / "run", "lp-ft", steps=5), test, 10, progress=False)
+    tuned = evaluate(finetune_from(tmp_path / "run", "lp-ft", steps=5), test, 10, progress=False)
     assert tuned.episodes == 10
     # the Chen et al. adaptation is seeded per task
     ep = test.episode(0)
@@ -91,7 +93,7 @@ def test_baseline_plus_plus_uses_a_cosine_head_and_passes_it_on():
     assert torch.isfinite(loss) and 0 <= metrics["accuracy"] <= 100
     loss.backward()
     assert method.backbone[0][0].weight.grad is not None
-    assert wrap(method, "linear-probe")._options["head_type"] == "cosine"
+    assert wrap(method, "linear-probe").options()["head_type"] == "cosine"
     assert method.adapt(ep.support_x, ep.support_y, 3)(ep.query_x).shape == (6, 3)
 
 
@@ -101,7 +103,8 @@ def test_save_and_load_a_pretrained_model_with_its_metadata(tmp_path):
     torch.manual_seed(0)
     method = BaselinePlusPlus(Conv4(1, width=8, depth=2), image_shape=(1, 16, 16), classes=[4, 2, 8])
     source = {"dataset": "omniglot", "split": "train", "classes": [2, 4, 8]}
-    path = save_pretrained(method, tmp_path / "zoo" / "bpp", source=source, metadata={"note": "test"})
+    path = save_pretrained(method.backbone, tmp_path / "zoo" / "bpp", source=source, metadata={"note": "test"},
+                           head=method.head, objective=method.name, image_shape=method.image_shape)
     assert path.name == "bpp.safetensors" and (tmp_path / "zoo" / "bpp.json").exists()
     meta = json.loads((tmp_path / "zoo" / "bpp.json").read_text())
     assert meta["architecture"] == "conv4" and meta["architecture_options"] == {"width": 8, "depth": 2}
@@ -115,7 +118,7 @@ def test_save_and_load_a_pretrained_model_with_its_metadata(tmp_path):
     # without the JSON, the safetensors header still describes the model
     (tmp_path / "zoo" / "bpp.json").unlink()
     assert read_metadata(path)["architecture"] == "conv4"
-    assert wrap(path, "finetune")._options["head_type"] == "cosine"
+    assert finetune_from(path, "finetune").options()["head_type"] == "cosine"
 
 
 def test_mismatched_weights_raise_checkpoint_error(tmp_path):
@@ -168,4 +171,4 @@ def test_pretrained_from_run(tmp_path):
     assert sorted(meta["source"]["classes"]) == [0, 1, 2, 3, 4]
     again = load_pretrained(tmp_path / "baseline-arrays")
     assert isinstance(again.head, nn.Linear) and again.head.out_features == 5
-    assert isinstance(wrap(tmp_path / "run", "surgical"), FineTune)
+    assert isinstance(finetune_from(tmp_path / "run", "surgical"), FineTune)

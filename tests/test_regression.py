@@ -20,7 +20,8 @@ from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
 from fewshot.methods import PixelNearestMean, Reptile
 from fewshot.models import MLP
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 # Finn et al.'s sinusoid model and episode shape; Adam at 1e-2 learns in a few hundred steps.
 SINUSOID = dict(method="maml", dataset="sinusoid", backbone="mlp", shot=10, query=10, meta_batch=4, lr=1e-2,

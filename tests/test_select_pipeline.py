@@ -180,11 +180,12 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["tasks"] == TASKS and result["models"] == 4 and result["groups"] == ["digits", "digits-rot"]
     report = result["report"]
-    for name in ("random", "best-on-average", "biggest model", "meta-learner", "meta-learner without scores",
+    for name in ("random", "best-on-average", "best-on-average in domain", "biggest model", "meta-learner (ranking)",
+                 "meta-learner (regression)", "meta-learner without scores", "score.knn_view", "score.sfda",
                  "oracle", "score.logme"):
         assert name in report
     assert report["oracle"]["top1_regret"]["mean"] == 0.0
-    assert report["meta-learner"]["rmse"]["low"] <= report["meta-learner"]["rmse"]["mean"]
+    assert report["meta-learner (regression)"]["rmse"]["low"] <= report["meta-learner (regression)"]["rmse"]["mean"]
     assert result["cost"]["finetune_all_cpu_seconds"] > result["cost"]["select_cpu_seconds"] > 0
 
     # Resuming with other settings is refused in one line.
@@ -210,8 +211,11 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
     assert out["way"] == 3 and out["images"] == 12
     ranking = out["ranking"]
     assert sorted(e["model"] for e in ranking) == zoo.names()
-    predicted = [e["predicted_accuracy"] for e in ranking]
-    assert predicted == sorted(predicted, reverse=True) and all(e["uncertainty"] >= 0 for e in ranking)
+    scores = [e["rank_score"] for e in ranking]  # the ranking meta-learner's order
+    assert scores == sorted(scores, reverse=True) and all(e["uncertainty"] >= 0 for e in ranking)
+    for e in ranking:  # a calibrated interval around each predicted accuracy
+        low, high = e["interval"]
+        assert 0 <= low <= high <= 100 and e["coverage"] == 0.9
     assert 0 <= ranking[0]["measured_accuracy"] <= 100 and "measured_accuracy" not in ranking[1]
     assert out["monitor"]["verifications"] == 1
 

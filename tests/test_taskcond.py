@@ -43,10 +43,10 @@ def test_film_starts_as_identity_and_conditions_every_batchnorm():
         film = method.film_parameters(method.task_embedding(x, y, 3))
         assert [g.shape[0] for g, _ in film] == [8, 8]  # one (γ, β) per BatchNorm layer
         plain = method.backbone(x)
-        assert torch.allclose(method.features(x, film), plain)
+        assert torch.allclose(method.conditioned_features(x, film), plain)
         method.film_heads[1].bias[8:] = 0.5  # shift β of the last layer
         film = method.film_parameters(method.task_embedding(x, y, 3))
-        assert not torch.allclose(method.features(x, film), plain)
+        assert not torch.allclose(method.conditioned_features(x, film), plain)
         assert torch.equal(method.backbone(x), plain)  # outside a conditioned pass nothing changes
 
 
@@ -60,8 +60,8 @@ def test_feature_conditioning_and_copies():
     with torch.no_grad():
         clone.film_heads[0].bias[8:] = 1.0
         film = clone.film_parameters(clone.task_embedding(x, y, 3))
-        assert not torch.allclose(clone.features(x, film), conv.backbone(x))
-        assert torch.allclose(conv.features(x, conv.film_parameters(conv.task_embedding(x, y, 3))), conv.backbone(x))
+        assert not torch.allclose(clone.conditioned_features(x, film), conv.backbone(x))
+        assert torch.allclose(conv.conditioned_features(x, conv.film_parameters(conv.task_embedding(x, y, 3))), conv.backbone(x))
     assert conv.options() == {"condition": "backbone", "distance": "euclidean", "hidden": 64}
 
 
@@ -70,5 +70,5 @@ def test_bad_settings():
         TaskCondNet(Conv4(1, width=8, depth=2))
     with pytest.raises(ConfigError, match="BatchNorm or Linear"):
         TaskCondNet(torch.nn.Flatten(), image_shape=(10, 1, 1))
-    with pytest.raises(ConfigError, match="distance 'manhattan'"):
+    with pytest.raises(ConfigError, match="'distance' must be one of euclidean, cosine, got 'manhattan'"):
         conv_method(distance="manhattan")

@@ -13,7 +13,8 @@ import torch
 from fewshot.config import TrainConfig
 from fewshot.errors import CheckpointError, ConfigError
 from fewshot.io import load_tensors
-from fewshot.train import Trainer, load_run
+from fewshot.runs import load_run
+from fewshot.train import Trainer
 
 from core_fixtures import digits8  # noqa: F401  (fixture)
 

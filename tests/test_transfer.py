@@ -10,8 +10,10 @@ from fewshot.data import EpisodeSampler, from_arrays
 from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
 from fewshot.methods import ProtoNet
-from fewshot.methods.transfer import (STRATEGIES, CosineHead, FineTune, adapt_method, cv_folds, discriminative_rates,
-                                      gradual_schedule, logistic_probe, split_blocks, wrap)
+from fewshot.methods.strategies import STRATEGIES, discriminative_rates, gradual_schedule
+from fewshot.methods.transfer import FineTune, adapt_method, cv_folds, wrap
+from fewshot.models.blocks import split_blocks
+from fewshot.models.heads import CosineHead, logistic_probe
 from fewshot.models import MLP, Conv4
 
 torch.set_num_threads(1)
@@ -290,7 +292,7 @@ def test_keep_head_uses_the_source_head_when_it_fits():
     source.test_mode = "train"  # as the MAML family: batch statistics by default
     ep = task(way=4)
     method = wrap(source, "finetune", head="keep", steps=0)
-    assert method._options["bn"] == "batch"
+    assert method.options()["bn"] == "batch"
     _, head, _ = method.fit(ep.support_x, ep.support_y, ep.way)
     assert torch.equal(head.weight, source.head.weight) and head is not source.head
     ep3 = task(way=3)
@@ -307,4 +309,4 @@ def test_cosine_head():
     ep = task()
     method = FineTune(MLP(8, (16,)), "linear-probe", head_type="cosine", probe_steps=20)
     method.adapt(ep.support_x, ep.support_y, ep.way)
-    assert method._options["probe"] == "torch"  # logistic regression fits linear heads only
+    assert method.options()["probe"] == "torch"  # logistic regression fits linear heads only

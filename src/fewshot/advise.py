@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, FewShotError
-from .evaluate import confidence_interval
+from .metrics import confidence_interval
 from .store import RunStore
 
 SMALL_META_TRAINING_SET = 1000  # images; the rules' "small meta-training set"

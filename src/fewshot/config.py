@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .params import Integer, OneOf, Optional, Real, Settings, Text, validate
+
+
+_COUNT = Integer(low=1)
+#: What each setting may hold (checked once, when a config is made).
+CONSTRAINTS = {
+    "method": Text(), "method_options": Settings(), "backbone": Text(), "backbone_options": Settings(),
+    "dataset": Text(), "dataset_options": Settings(), "train_split": Text(), "val_split": Optional(Text()),
+    "way": _COUNT, "shot": _COUNT, "query": _COUNT, "train_way": Optional(_COUNT), "train_shot": Optional(_COUNT),
+    "train_query": Optional(_COUNT), "episodes": _COUNT, "meta_batch": _COUNT, "optimizer": OneOf("adam", "sgd"),
+    "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(),
+    "lr_step": Integer(), "lr_gamma": Real(), "val_every": _COUNT, "val_episodes": _COUNT,
+    "checkpoint_every": _COUNT, "seed": Integer(), "cpu_minutes": Optional(Real()),
+}
 
 
 @dataclass
@@ -55,27 +68,7 @@ class TrainConfig:
     cpu_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str, "dict": dict}
-            kind = str(f.type).replace(" | None", "")
-            if value is None and "None" in str(f.type):
-                continue
-            if kind in expected and (not isinstance(value, expected[kind]) or isinstance(value, bool)):
-                raise ConfigError(f"config '{f.name}' must be {kind}, got {value!r}")
-            if kind == "float" and not math.isfinite(value):
-                raise ConfigError(f"config '{f.name}' must be a finite number, got {value!r}")
-        positive = ("way", "shot", "query", "episodes", "meta_batch", "val_every", "val_episodes", "checkpoint_every")
-        for name in positive + ("train_way", "train_shot", "train_query"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"config '{name}' must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
+        validate("config", self.to_dict(), CONSTRAINTS)
 
     @property
     def train_shape(self) -> tuple[int, int, int]:

@@ -24,3 +24,11 @@ class CheckpointError(FewShotError):
 
 class TrainingError(FewShotError):
     """Training cannot go on (e.g. the loss diverged)."""
+
+
+class StoreError(FewShotError):
+    """The run store cannot be read or written (read-only, damaged, locked too long).
+
+    Work that finished before recording failed is kept: the message says where it is
+    and how to record it later.
+    """

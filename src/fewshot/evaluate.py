@@ -19,35 +19,26 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data.tasks import Sampler, metric_name
+from .data.tasks import Sampler
 from .errors import ConfigError
 from .methods.base import Method
-
-
-def confidence_interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% interval, 1.96 · s / √n (s with n-1 dof)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()) if len(values) else math.nan, math.nan
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
+from .metrics import confidence_interval, episode_score, higher_is_better, metric_name
+from .store import record_run
 
 
 @dataclass
 class EvalResult:
-    """Per-episode scores of one method on one suite: accuracies in % (``metric``
-    ``"accuracy"``), or query mean squared errors (``"mse"``, regression).
+    """Per-episode ``scores`` of one method on one suite: accuracies in % (``metric``
+    ``"accuracy"``), or query mean squared errors (``"mse"``, regression)."""
 
-    The scores are kept under ``accuracies`` whatever the metric (the name predates
-    regression); ``scores`` is the neutral name, ``value`` their mean.
-    """
-
-    accuracies: np.ndarray = field(repr=False)
+    scores: np.ndarray = field(repr=False)
     way: int
     shot: int
     query: int
@@ -55,17 +46,13 @@ class EvalResult:
     metric: str = "accuracy"
 
     @property
-    def scores(self) -> np.ndarray:
-        return self.accuracies
-
-    @property
     def episodes(self) -> int:
-        return len(self.accuracies)
+        return len(self.scores)
 
     @property
     def value(self) -> float:
         """The mean score, in the suite's metric."""
-        return confidence_interval(self.accuracies)[0]
+        return confidence_interval(self.scores)[0]
 
     @property
     def accuracy(self) -> float:
@@ -79,13 +66,13 @@ class EvalResult:
 
     @property
     def ci95(self) -> float:
-        return confidence_interval(self.accuracies)[1]
+        return confidence_interval(self.scores)[1]
 
     def better_than(self, other: float | None) -> bool:
         """Whether this result beats a mean score ``other`` of the same metric (None: nothing to beat)."""
         if other is None:
             return True
-        return self.value < other if self.metric == "mse" else self.value > other
+        return self.value > other if higher_is_better(self.metric) else self.value < other
 
     def summary(self) -> str:
         if self.metric == "mse":
@@ -95,20 +82,13 @@ class EvalResult:
                 f"({self.episodes} episodes, {self.way}-way {self.shot}-shot)")
 
     def to_dict(self, per_episode: bool = False) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "accuracies"}
+        out = {k: v for k, v in asdict(self).items() if k != "scores"}
         out.update({self.metric: self.value}, ci95=self.ci95, episodes=self.episodes)
         if per_episode:
             # Accuracies are multiples of 100/queries; errors need more digits.
             digits = 4 if self.metric == "accuracy" else 8
-            out["per_episode"] = [round(float(a), digits) for a in self.accuracies]
+            out["per_episode"] = [round(float(a), digits) for a in self.scores]
         return out
-
-
-def episode_score(outputs: torch.Tensor, targets: torch.Tensor, metric: str) -> float:
-    """One episode's score: accuracy in % of the argmax, or the mean squared error."""
-    if metric == "mse":
-        return float(F.mse_loss(outputs, targets.to(outputs.dtype).view_as(outputs)))
-    return float((outputs.argmax(-1) == targets).float().mean()) * 100.0
 
 
 def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress: bool = True,
@@ -121,11 +101,9 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     """
     if episodes < 1:
         raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
-    task = getattr(sampler, "kind", "classification")
-    method_task = getattr(method, "task", "classification")
-    if method_task != task:
-        raise ConfigError(f"{method.name} was built for {method_task}, but these episodes are {task} tasks")
-    metric = metric_name(task)
+    if method.task != sampler.kind:
+        raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {sampler.kind} tasks")
+    metric = metric_name(sampler.kind)
     label, fmt = ("acc", ".1f") if metric == "accuracy" else (metric, ".3g")
     # Evaluation must not leave a trace: BatchNorm in train mode would update its
     # running statistics, so a "train"-mode method is evaluated on a copy.
@@ -147,3 +125,20 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     finally:
         method.train(was_training)
     return EvalResult(scores, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start, metric)
+
+
+def record_evaluation(result: EvalResult, *, method: str, dataset: str, split: str | None, seed: int,
+                      run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
+                      cpu_seconds: float | None = None, runs: str | Path | None = None) -> int:
+    """Record an evaluation in the run store, with its per-episode scores (so any two
+    methods on the same suite can later be compared pairwise); returns the record id.
+
+    ``config`` holds what defines the suite beyond ``dataset``/``split``/``seed``
+    (dataset options, way, shot, query, episodes). A store failure is a
+    :class:`~fewshot.errors.StoreError`; ``result`` is untouched by it.
+    """
+    suite = {"way": result.way, "shot": result.shot, "query": result.query, "episodes": result.episodes}
+    return record_run("evaluate", runs=runs, method=method, dataset=dataset, split=split, seed=seed,
+                      run_dir=str(Path(run_dir).resolve()) if run_dir else None, seconds=result.seconds,
+                      cpu_seconds=cpu_seconds, config={**suite, **(config or {})},
+                      metrics=result.to_dict(per_episode=True))

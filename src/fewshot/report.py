@@ -41,7 +41,7 @@ import torch
 from . import __version__, plots
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError, FewShotError
-from .evaluate import confidence_interval
+from .metrics import confidence_interval
 from .io import read_json, write_json
 from .store import RunStore
 
@@ -260,15 +260,6 @@ def _step_of(file_name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _embedder(method: torch.nn.Module) -> torch.nn.Module:
-    """The part of a method that maps images to features."""
-    for name in ("backbone", "encoder"):
-        net = getattr(method, name, None)
-        if isinstance(net, torch.nn.Module):
-            return net
-    raise _Missing(f"{type(method).__name__} has no backbone to embed with")
-
-
 @torch.no_grad()
 def embed(method: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     """Backbone features of ``images``, flattened to ``(n, d)``, in the method's test mode.
@@ -276,16 +267,17 @@ def embed(method: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     Train-mode methods (MAML family) normalise with the batch's own statistics, as at
     test time; they embed on a copy so no running statistic changes.
     """
-    net = _embedder(method)
-    train_mode = getattr(method, "test_mode", "eval") == "train"
+    if method.backbone is None:
+        raise _Missing(f"{method.name} has no backbone to embed with")
+    train_mode = method.test_mode == "train"
     if train_mode:
-        net = copy.deepcopy(net)
-    was_training = net.training
-    net.train(train_mode)
+        method = copy.deepcopy(method)
+    was_training = method.training
+    method.train(train_mode)
     try:
-        return net(images).reshape(len(images), -1).double().numpy()
+        return method.features(images).double().numpy()
     finally:
-        net.train(was_training)
+        method.train(was_training)
 
 
 def _project(features: np.ndarray, projection: str) -> np.ndarray:
@@ -304,7 +296,7 @@ def _embedding_row(run: RunInfo, data_root, split: str, projection: str, dataset
     from sklearn.metrics import silhouette_score
 
     from .data import EpisodeSampler, load_dataset
-    from .train import build_model, load_run
+    from .runs import build_model, load_run
 
     config = run.config
     key = (config.dataset, json.dumps(config.dataset_options, sort_keys=True))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,6 +60,22 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
 
 def runs_folder(runs: str | os.PathLike | None = None) -> Path:
     return Path(runs or os.environ.get("FEWSHOT_RUNS") or "runs")
+
+
+def record_run(kind: str, *, runs: str | os.PathLike | None = None, config: dict, metrics: dict,
+               **fields: Any) -> int:
+    """The one way a run enters the store (train, evaluate, tune trials, model selection).
+
+    Returns the new record's id. Any failure of the store (a read-only folder, a
+    damaged database, a lock held too long) is a :class:`~fewshot.errors.StoreError`,
+    raised only after the caller's work is done, so the caller can keep that work and
+    say that recording failed.
+    """
+    path = runs_folder(runs) / "fewshot.sqlite"
+    try:
+        return RunStore(runs).record(kind, config=config, metrics=metrics, **fields)
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"could not record this {kind} run in {path} ({e})") from None
 
 
 class RunStore:

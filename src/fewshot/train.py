@@ -1,13 +1,6 @@
 """The one episodic trainer, used by every method.
 
-A run lives in one folder::
-
-    config.json                       the TrainConfig
-    state.json                        step, history, best validation, optimiser settings
-    checkpoint-NNNNNNN.safetensors    weights, optimiser tensors and RNG state at step N
-    best-NNNNNNN.safetensors          weights with the best validation accuracy
-
-Every file is written atomically, and ``state.json`` (written last) names the
+It writes a run folder (layout and loading: :mod:`fewshot.runs`). Every file is written atomically, and ``state.json`` (written last) names the
 checkpoint it belongs to, so a run killed at any moment resumes from a consistent
 state. Episodes are indexed by step (see :mod:`fewshot.data.episodes`) and the RNG
 state is saved, so a resumed run ends exactly where an uninterrupted one would. A run
@@ -32,100 +25,16 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import TrainConfig
 from .data import ClassDataset, load_dataset, load_source
-from .data.tasks import backbone_defaults, input_shape, is_generated, make_sampler, metric_name, splits, task_kind
+from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
-from .errors import CheckpointError, ConfigError, FewShotError, TrainingError
+from .errors import CheckpointError, ConfigError, StoreError, TrainingError
 from .evaluate import evaluate
 from .io import load_tensors, read_json, save_tensors, write_json
-from .methods import Method, build_method
-from .models import build_backbone
-from .models.backbones import feature_dim
-from .store import RunStore
+from .metrics import metric_name
+from .runs import build_model, load_weights, read_state
+from .store import record_run
 
 LOG_EVERY = 50
-
-
-def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list[int] | None = None) -> Method:
-    """The method a config describes, freshly initialised (seeded by ``config.seed``).
-
-    ``classes`` (the training split's class ids) sizes whole-class heads (Baseline); a
-    loaded run takes that size from its checkpoint instead. A backbone that cannot take
-    inputs of ``image_shape`` (Conv-4's four poolings on 8x8 digits) is refused here,
-    by a dry run, rather than half-way into training.
-    """
-    torch.manual_seed(config.seed)
-    options = {**backbone_defaults(config.dataset, config.backbone), **config.backbone_options}
-    backbone = build_backbone(config.backbone, image_shape, **options)
-    try:
-        feature_dim(backbone, image_shape)  # consumes no random numbers: initialisation is unchanged
-    except FewShotError:
-        raise
-    except Exception as e:  # the forward pass itself failed on this input shape
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"backbone '{config.backbone}' cannot take {'x'.join(map(str, image_shape))} inputs "
-                          f"({first}); choose a shallower backbone (e.g. --backbone-option depth=2) or "
-                          "larger images (--image-size)") from None
-    options = dict(config.method_options)
-    task = task_kind(config.dataset)
-    if options.pop("task", task) != task:
-        raise ConfigError(f"method option task={config.method_options['task']} does not fit {config.dataset}, "
-                          f"which is {task} data; leave the option out: the dataset decides")
-    return build_method(config.method, backbone, image_shape=tuple(image_shape), way=config.train_shape[0],
-                        classes=classes, task=task, **options)
-
-
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[TrainConfig, Method, dict]:
-    """A trained run: its config, its method with the ``best`` (or ``last``) weights, its state."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "state.json").exists():
-        raise CheckpointError(f"{run_dir} is not a fewshot run folder (no state.json); train one with `fewshot train`")
-    config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
-    state = read_state(run_dir)
-    method = build_model(config, tuple(state["image_shape"]))
-    entry = state.get("best") if which == "best" and state.get("best") else {"file": state["checkpoint"]}
-    if entry["file"] is None:
-        raise CheckpointError(f"{run_dir} holds no checkpoint yet; train it further with `fewshot train --resume {run_dir}`")
-    tensors = load_tensors(run_dir / entry["file"])
-    _load_weights(method, tensors, run_dir / entry["file"])
-    return config, method, state
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    """``state.json`` of a run, checked for the fields the trainer relies on: a damaged
-    or edited file is a :class:`CheckpointError`, never a crash."""
-    path = run_dir / "state.json"
-    state = read_json(path)
-
-    def plain_name(name: Any) -> bool:  # a file of this run folder, not a path elsewhere
-        return isinstance(name, str) and name == Path(name).name and not name.startswith(".")
-
-    problem = None
-    if not isinstance(state, dict):
-        problem = f"holds a JSON {type(state).__name__}, not an object"
-    elif not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool) or state["step"] < 0:
-        problem = "has no valid 'step'"
-    elif not (isinstance(state.get("image_shape"), list) and state["image_shape"]
-              and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in state["image_shape"])):
-        problem = "has no valid 'image_shape'"
-    elif state.get("checkpoint") is not None and not plain_name(state["checkpoint"]):
-        problem = "names no valid 'checkpoint' file"
-    elif state.get("best") is not None and not (isinstance(state["best"], dict) and plain_name(state["best"].get("file"))):
-        problem = "names no valid 'best' file"
-    elif state.get("checkpoint") is not None and not (isinstance(state.get("optimizer"), dict)
-                                                      and isinstance(state.get("scheduler"), dict)):
-        problem = "lacks the optimiser or scheduler settings"
-    if problem:
-        raise CheckpointError(f"{path} {problem}; the run folder is damaged")
-    return state
-
-
-def _load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        method.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise CheckpointError(f"{path} does not match the run's model ({first})") from None
 
 
 @dataclass
@@ -143,6 +52,8 @@ class TrainResult:
     run_id: int | None = None
     metric: str = "accuracy"
     best_mse: float | None = None
+    #: Why the finished run could not be recorded in the run store (None: it was, or was not asked to be).
+    record_error: str | None = None
 
 
 class Trainer:
@@ -177,7 +88,7 @@ class Trainer:
         self.input_shape = input_shape(name, self.dataset)
         classes = self.dataset.split_classes(config.train_split) if self.dataset is not None else None
         self.method = build_model(config, self.input_shape, classes)
-        if not self.method.trainable:
+        if not self.method.learns_across_tasks:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
         self.dist = from_environment()
         if config.meta_batch < self.dist.world_size:
@@ -233,7 +144,7 @@ class Trainer:
             return  # killed before its first checkpoint: start over
         path = self.run_dir / state["checkpoint"]
         tensors = load_tensors(path)
-        _load_weights(self.method, tensors, path)
+        load_weights(self.method, tensors, path)
         optim_state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -396,13 +307,16 @@ class Trainer:
                              metric=self.metric, best_mse=best.get("mse"))
         if record:
             c = self.config
-            result.run_id = RunStore(self.runs).record(
-                "train", config=c.to_dict(), method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,
-                run_dir=str(self.run_dir.resolve()), seconds=seconds, cpu_seconds=cpu_seconds,
-                metrics={"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
-                         "metric": self.metric,
-                         "best_step": best.get("step"), "images_per_second": result.images_per_second,
-                         "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1]},
-            )
+            metrics = {"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
+                       "metric": self.metric, "best_step": best.get("step"),
+                       "images_per_second": result.images_per_second,
+                       "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1]}
+            try:
+                result.run_id = record_run("train", runs=self.runs, config=c.to_dict(), metrics=metrics,
+                                           method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,
+                                           run_dir=str(self.run_dir.resolve()), seconds=seconds,
+                                           cpu_seconds=cpu_seconds)
+            except StoreError as e:  # the trained run is safe in its folder; only its record is missing
+                result.record_error = str(e)
         return result
 

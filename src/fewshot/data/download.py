@@ -37,14 +37,6 @@ def cache_dir(root: Path) -> Path:
     return path
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path, md5: str | None = None, *, timeout: float = 60.0, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` (atomically), checking its MD5 when one is given.
 

@@ -34,11 +34,6 @@ class Episode:
     shot: int
     classes: tuple[int, ...] = ()
 
-    def to(self, device: torch.device | str) -> "Episode":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Episode(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
-                       self.way, self.shot, self.classes)
-
 
 class EpisodeSampler:
     """Draws N-way K-shot Q-query episodes from the classes of one split.

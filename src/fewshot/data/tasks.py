@@ -40,11 +40,6 @@ def task_kind(name: str) -> str:
     return TASK_FAMILIES[name].kind if name in TASK_FAMILIES else "classification"
 
 
-def metric_name(task: str) -> str:
-    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better) or ``mse`` (lower is better)."""
-    return "mse" if task == "regression" else "accuracy"
-
-
 def check_family_options(name: str, options: dict) -> None:
     """A generated family takes no dataset options (``--image-size``, ``--path`` ...)."""
     given = sorted(k for k, v in options.items() if v is not None)
@@ -95,4 +90,4 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
 
 
 __all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "input_shape", "is_generated",
-           "make_sampler", "metric_name", "splits", "task_kind"]
+           "make_sampler", "splits", "task_kind"]

@@ -1,4 +1,8 @@
-"""Methods: every meta-learner and transfer strategy behind one interface."""
+"""Methods: every meta-learner and transfer strategy behind one interface (:mod:`.base`).
+
+:data:`METHODS` is the registry by name. A new method is one file in this package
+and one :func:`register` call (here for the built-in ones, anywhere for your own).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Sequence
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, Predictor, accuracy, class_means
+from .base import Method, Predictor, class_means
 from .baselines import PixelNearestMean
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
@@ -20,10 +24,34 @@ from .reptile import Reptile
 from .taskcond import TaskCondNet
 from .transfer import FineTune
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
-                          MAML, FOMAML, MetaSGD, ANIL, Reptile, Baseline, BaselinePlusPlus)
-}
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add a :class:`Method` subclass to :data:`METHODS` under its ``name`` (usable as a decorator).
+
+    Registering another class under a taken name is refused, so a plug-in cannot
+    silently replace a built-in method.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"register() takes a Method subclass, got {cls!r}")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ConfigError(f"a method named '{cls.name}' is already registered ({METHODS[cls.name].__qualname__})")
+    METHODS[cls.name] = cls
+    return cls
+
+
+for _builtin in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
+                 MAML, FOMAML, MetaSGD, ANIL, Reptile, Baseline, BaselinePlusPlus):
+    register(_builtin)
+del _builtin
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 
 def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,
@@ -34,27 +62,26 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
     ``image_shape`` (channels, height, width), ``way`` (of training episodes) and
     ``classes`` (the dataset class ids of the training split) are passed to the methods
     whose constructor takes them (e.g. to size a head), and only to those. ``task``
-    (``classification`` or ``regression``, what the data is) too; a method that cannot
-    do regression is refused for regression data.
+    (``classification`` or ``regression``, what the data is) must be one the method
+    does (its ``tasks``); a method that does several is told which.
     """
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
+    cls = method_class(name)
     accepted = inspect.signature(cls.__init__).parameters
     context = {k: v for k, v in (("image_shape", image_shape), ("way", way), ("classes", classes))
                if k in accepted and v is not None}
     if task is not None:
-        if "task" in accepted:
+        if task not in cls.tasks:
+            able = sorted(n for n, c in METHODS.items() if task in c.tasks)
+            raise ConfigError(f"method '{name}' does {' and '.join(cls.tasks)} only; for {task} data use one of: "
+                              f"{', '.join(able)}")
+        if len(cls.tasks) > 1:
             options["task"] = task
-        elif task != "classification":
-            able = sorted(n for n, c in METHODS.items() if "task" in inspect.signature(c.__init__).parameters)
-            raise ConfigError(f"method '{name}' does classification only; for {task} data use one of: {', '.join(able)}")
     try:
-        return cls(backbone, **context, **options) if cls.trainable else cls(**options)
+        return cls(backbone, **context, **options) if cls.needs_backbone else cls(**context, **options)
     except TypeError as e:
         raise ConfigError(f"bad option for method '{name}': {e}") from None
 
 
 __all__ = ["ANIL", "FOMAML", "MAML", "MANN", "METHODS", "Baseline", "BaselinePlusPlus", "FineTune", "MatchingNet",
            "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RelationNet", "Reptile", "TaskCondNet",
-           "accuracy", "build_method", "class_means"]
+           "build_method", "class_means", "method_class", "register"]

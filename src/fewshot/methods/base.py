@@ -7,7 +7,31 @@ A method is an ``nn.Module`` that
 * adapts to a new task's support set and returns a predictor of query logits
   (:meth:`Method.adapt`), which the one evaluation path (:mod:`fewshot.evaluate`) calls.
 
-``evaluate`` never needs to know which kind of method it holds.
+The contract is declared here, once, so that nothing outside ``methods/`` has to guess
+a method's nature from its name or by probing attributes:
+
+``task`` / ``tasks``
+    ``"classification"`` or ``"regression"``: what its predictors output (logits, or
+    one value per query point). ``tasks`` lists what the class can do; a method that
+    can do several (MAML) takes a ``task`` option and sets ``task`` per instance.
+``test_mode``
+    ``"eval"`` puts the module in eval mode at test time, so BatchNorm uses the running
+    statistics gathered in meta-training (Prototypical, Matching, Relation Networks);
+    ``"train"`` keeps train mode, so BatchNorm normalises with the statistics of the
+    task's own batch (the transductive convention of MAML, Finn et al., 2017).
+``learns_across_tasks``
+    Whether :meth:`loss` exists, i.e. whether the trainer can (meta-)train it.
+``needs_backbone``
+    Whether it is built around a feature extractor (``backbone``). Methods that need
+    neither (the pixel baseline) can be evaluated by name, without a run.
+``backbone`` / :meth:`features`
+    The feature extractor (``None`` for methods without one) and the ``(n, d)``
+    features it gives, as used for embeddings, transfer and model selection.
+``head``
+    The method's own classifier over backbone features, where it has one (MAML's
+    output layer, Baseline's class head), else ``None``.
+
+A new method is one file in this package and one :func:`fewshot.methods.register` call.
 """
 
 from __future__ import annotations
@@ -15,32 +39,84 @@ from __future__ import annotations
 from typing import Callable, ClassVar, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
+from ..metrics import accuracy
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
+TASKS = ("classification", "regression")
+TEST_MODES = ("eval", "train")
+
 
 class Method(nn.Module):
-    """Base class of every method.
+    """Base class of every method (see the module docstring for the contract).
 
-    Subclasses set ``name`` and implement :meth:`adapt`, and :meth:`loss` if they learn
-    across tasks. ``test_mode`` says how the model runs at test time:
-    ``"eval"`` puts the module in eval mode, so BatchNorm uses the running statistics
-    gathered in meta-training (Prototypical, Matching, Relation Networks); ``"train"``
-    keeps train mode, so BatchNorm normalises with the statistics of the task's own batch
-    (the transductive convention of MAML, Finn et al., 2017).
+    Subclasses set ``name``, call ``super().__init__(backbone)`` and implement
+    :meth:`adapt`; methods that learn across tasks implement either :meth:`loss`, or
+    :meth:`episode_logits` (and, if not cross-entropy, :meth:`episode_loss`) to use
+    the shared per-episode loop of :meth:`loss`.
     """
 
     name: ClassVar[str] = "method"
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    task: str = "classification"
     test_mode: ClassVar[str] = "eval"
-    trainable: ClassVar[bool] = True
+    learns_across_tasks: ClassVar[bool] = True
+    needs_backbone: ClassVar[bool] = True
+    backbone: nn.Module | None
+    head: nn.Module | None
+
+    def __init__(self, backbone: nn.Module | None = None):
+        super().__init__()
+        if backbone is not None and not isinstance(backbone, nn.Module):
+            raise ConfigError(f"{self.name} needs a backbone network (an nn.Module), got {type(backbone).__name__}")
+        self.backbone = backbone
+        self.head = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.test_mode not in TEST_MODES:
+            raise TypeError(f"{cls.__name__}.test_mode must be one of {TEST_MODES}, not {cls.test_mode!r}")
+
+    # -- features ----------------------------------------------------------------------
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature extractor's output for ``x``, flattened to ``(n, d)``."""
+        if self.backbone is None:
+            raise ConfigError(f"{self.name} has no backbone to extract features with")
+        return self.backbone(x).flatten(1)
+
+    # -- meta-training -----------------------------------------------------------------
 
     def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean outer-loop loss over ``episodes`` and metrics (at least ``accuracy`` in %)."""
-        raise NotImplementedError(f"{self.name} does not meta-train")
+        """Mean outer-loop loss over ``episodes`` and metrics (at least ``accuracy`` in %).
+
+        The default is the per-episode loop every metric-based learner shares: the
+        query logits of each episode (:meth:`episode_logits`) scored by
+        :meth:`episode_loss`, averaged over the meta-batch.
+        """
+        if not self.learns_across_tasks:
+            raise ConfigError(f"{self.name} learns nothing across tasks; evaluate it directly")
+        losses, accs = [], []
+        for ep in episodes:
+            logits = self.episode_logits(ep)
+            losses.append(self.episode_loss(logits, ep.query_y))
+            accs.append(accuracy(logits, ep.query_y))
+        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
+        """Query logits ``(queries, way)`` of one training episode (for the default :meth:`loss`)."""
+        raise NotImplementedError(f"{self.name} implements neither loss() nor episode_logits()")
+
+    def episode_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One episode's loss from its query logits: cross-entropy unless a method says otherwise."""
+        return F.cross_entropy(logits, labels)
+
+    # -- adaptation --------------------------------------------------------------------
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         """Adapt to a support set and return ``query_x -> logits (n, way)``."""
@@ -50,6 +126,11 @@ class Method(nn.Module):
         """Constructor options, saved with a run so it can be rebuilt."""
         return {}
 
+    def source_classes(self) -> list[int] | None:
+        """The dataset class ids its ``head`` classifies, in row order, for a head over a
+        training split's classes (Baseline); ``None`` otherwise."""
+        return None
+
     def set_test_options(self, **options) -> None:
         """Change how :meth:`adapt` works at test time (e.g. MAML's ``inner_steps``).
 
@@ -57,11 +138,6 @@ class Method(nn.Module):
         """
         if options:
             raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}")
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Percentage of ``logits`` whose argmax is ``labels``."""
-    return float((logits.argmax(dim=-1) == labels).float().mean()) * 100.0
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:

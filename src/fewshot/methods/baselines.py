@@ -12,8 +12,12 @@ class PixelNearestMean(Method):
     """Nearest class mean on raw pixels (squared Euclidean): no features, no training."""
 
     name = "pixel-ncm"
-    trainable = False
+    learns_across_tasks = False
+    needs_backbone = False
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)  # the pixels are its features
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
-        means = class_means(support_x.flatten(1), support_y, way)
-        return lambda query_x: prototype_logits(query_x.flatten(1), means, "euclidean")
+        means = class_means(self.features(support_x), support_y, way)
+        return lambda query_x: prototype_logits(self.features(query_x), means, "euclidean")

@@ -55,7 +55,8 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
-from .base import Method, Predictor, accuracy
+from ..metrics import accuracy
+from .base import Method, Predictor
 
 TASKS = ("classification", "regression")
 # The inner learning rate when none is given: Finn et al. (2017) use 0.4 for 5-way
@@ -111,6 +112,7 @@ class MAML(Method):
 
     name = "maml"
     test_mode = "train"
+    tasks = TASKS
     #: Names of the parameters the inner loop adapts: "all", or "head" (ANIL).
     adapts = "all"
     #: ``first_order`` when the option is not given.

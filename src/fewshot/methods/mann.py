@@ -53,7 +53,8 @@ from torch import nn
 from ..data.episodes import Episode, EpisodeSampler
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from .base import Method, Predictor, accuracy
+from ..metrics import accuracy, confidence_interval
+from .base import Method, Predictor
 
 ENCODERS = ("backbone", "pixels")
 
@@ -138,7 +139,7 @@ class MANN(Method):
                  encoder: str = "pixels", pixel_size: int = 20, controller_size: int = 200,
                  memory_slots: int = 128, memory_size: int = 40, reads: int = 4, gamma: float = 0.95,
                  key_strength: bool = True):
-        super().__init__()
+        super().__init__(backbone if encoder == "backbone" else None)
         if encoder not in ENCODERS:
             raise ConfigError(f"unknown mann encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}")
         if image_shape is None:
@@ -151,9 +152,8 @@ class MANN(Method):
             raise ConfigError(f"mann gamma must be between 0 and 1, got {gamma}")
         if encoder == "backbone" and backbone is None:
             raise ConfigError("mann encoder='backbone' needs a backbone; or use encoder='pixels'")
-        self.way, self.encoder, self.pixel_size = way, encoder, pixel_size
+        self.way, self.encoder_kind, self.pixel_size = way, encoder, pixel_size
         self.controller_size, self.key_strength = controller_size, bool(key_strength)
-        self.backbone = backbone if encoder == "backbone" else None
         self.input_size = (min(pixel_size, int(image_shape[1])), min(pixel_size, int(image_shape[2])))
         in_features = (feature_dim(backbone, image_shape) if encoder == "backbone"
                        else int(image_shape[0]) * self.input_size[0] * self.input_size[1])
@@ -163,7 +163,7 @@ class MANN(Method):
 
     def options(self) -> dict:
         m = self.memory
-        return {"way": self.way, "encoder": self.encoder, "pixel_size": self.pixel_size,
+        return {"way": self.way, "encoder": self.encoder_kind, "pixel_size": self.pixel_size,
                 "controller_size": self.controller_size, "memory_slots": m.slots, "memory_size": m.size,
                 "reads": m.reads, "gamma": m.gamma, "key_strength": self.key_strength}
 
@@ -176,6 +176,9 @@ class MANN(Method):
         if tuple(x.shape[2:]) != self.input_size:
             x = F.adaptive_avg_pool2d(x, self.input_size)
         return x.flatten(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> tuple:
         zeros = torch.zeros(batch, self.controller_size, device=device)
@@ -259,8 +262,6 @@ def instance_accuracy(method: MANN, sampler: EpisodeSampler, episodes: int = 600
     meta-training; ``instances`` beyond that count are left out. Also gives the accuracy
     over all steps of the sequences (``sequence``).
     """
-    from ..evaluate import confidence_interval
-
     per_class = sampler.shot + sampler.query
     wanted = [k for k in instances if 1 <= k <= per_class]
     was_training = method.training

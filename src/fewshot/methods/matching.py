@@ -40,7 +40,7 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from .base import Method, Predictor, accuracy
+from .base import Method, Predictor
 
 
 class FullContextEmbedding(nn.Module):
@@ -80,12 +80,12 @@ class MatchingNet(Method):
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, fce: bool = False,
                  fce_steps: int = 5, scale: float | None = 10.0):
-        super().__init__()
+        super().__init__(backbone)
         if not isinstance(fce_steps, int) or fce_steps < 1:
             raise ConfigError(f"matchingnet fce_steps must be a positive integer, got {fce_steps!r}")
         if scale is not None and (not isinstance(scale, (int, float)) or not scale > 0):
             raise ConfigError(f"matchingnet scale must be a positive number (or null for the paper's 1), got {scale!r}")
-        self.backbone, self.fce, self.fce_steps = backbone, bool(fce), fce_steps
+        self.fce, self.fce_steps = bool(fce), fce_steps
         self.initial_scale = None if scale is None else float(scale)
         self.scale = nn.Parameter(torch.tensor(self.initial_scale)) if scale is not None else None
         self.context = None
@@ -109,15 +109,14 @@ class MatchingNet(Method):
         probs = attention @ F.one_hot(support_y, way).to(attention.dtype)
         return probs.clamp_min(1e-12).log()
 
-    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses, accs = [], []
-        for ep in episodes:
-            features = self.backbone(torch.cat([ep.support_x, ep.query_x]))
-            support, query = self._embed(features[: len(ep.support_x)], features[len(ep.support_x):])
-            logits = self._log_probs(support, ep.support_y, query, ep.way)
-            losses.append(F.nll_loss(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
+        n = len(episode.support_x)
+        features = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        support, query = self._embed(features[:n], features[n:])
+        return self._log_probs(support, episode.support_y, query, episode.way)
+
+    def episode_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(logits, labels)  # the logits are already log-probabilities
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         support = self.backbone(support_x)

@@ -3,7 +3,7 @@
 "A Closer Look at Few-shot Classification": a backbone and a classifier over *all*
 training classes are trained with plain cross-entropy; at test time the backbone is
 frozen and a new classifier is trained on each task's support set. Baseline uses a
-linear classifier, Baseline++ a cosine one (:class:`~fewshot.methods.transfer.CosineHead`),
+linear classifier, Baseline++ a cosine one (:class:`~fewshot.models.heads.CosineHead`),
 which reduces intra-class variation.
 
 Both train in the one episodic trainer (:mod:`fewshot.train`): an episode is a
@@ -113,6 +113,9 @@ class Baseline(Method):
         self._adapt = merged
 
     # -- the class map -------------------------------------------------------------------
+
+    def source_classes(self) -> list[int] | None:
+        return [int(c) for c in self.class_ids.tolist()]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

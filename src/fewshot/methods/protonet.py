@@ -16,17 +16,16 @@ from α = 10 with the Euclidean distance, ``α cos(q, p)`` with the cosine one.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.episodes import Episode
-from ..errors import ConfigError
-from .base import Method, Predictor, accuracy, class_means
+from ..params import Boolean, OneOf, validate
+from .base import Method, Predictor, class_means
 
 DISTANCES = ("euclidean", "cosine")
+OPTIONS = {"distance": OneOf(*DISTANCES), "normalize": Boolean()}
 
 
 def prototype_logits(query: torch.Tensor, prototypes: torch.Tensor, distance: str, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -55,12 +54,9 @@ class ProtoNet(Method):
     name = "protonet"
 
     def __init__(self, backbone: nn.Module, distance: str = "euclidean", normalize: bool = False):
-        super().__init__()
-        if distance not in DISTANCES:
-            raise ConfigError(f"unknown distance '{distance}'; choose one of: {', '.join(DISTANCES)}")
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"protonet normalize must be true or false, got {normalize!r}")
-        self.backbone, self.distance, self.normalize = backbone, distance, normalize
+        super().__init__(backbone)
+        validate(self.name, {"distance": distance, "normalize": normalize}, OPTIONS)
+        self.distance, self.normalize = distance, normalize
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" or normalize else None
 
     def options(self) -> dict:
@@ -77,18 +73,11 @@ class ProtoNet(Method):
             return self.scale * prototype_logits(query, prototypes, "euclidean")
         return prototype_logits(query, prototypes, "cosine", self.scale)
 
-    def _logits(self, support_x, support_y, query_x, way) -> torch.Tensor:
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
         # One forward pass over support and query together, as in the paper's code.
-        features = self.backbone(torch.cat([support_x, query_x]))
-        return self._classify(features[: len(support_x)], support_y, features[len(support_x):], way)
-
-    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses, accs = [], []
-        for ep in episodes:
-            logits = self._logits(ep.support_x, ep.support_y, ep.query_x, ep.way)
-            losses.append(F.cross_entropy(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+        n = len(episode.support_x)
+        features = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        return self._classify(features[:n], episode.support_y, features[n:], episode.way)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         support = self.backbone(support_x)

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from .base import Method, Predictor, accuracy
+from .base import Method, Predictor
 
 RELATIONS = ("conv", "mlp")
 LOSSES = ("mse", "ce")
@@ -124,7 +124,7 @@ class RelationNet(Method):
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, relation: str = "conv",
                  loss: str = "mse", aggregate: str = "sum", hidden: int | None = None, unpooled_blocks: int = 2):
-        super().__init__()
+        super().__init__(backbone)
         for option, value, choices in (("relation", relation, RELATIONS), ("loss", loss, LOSSES),
                                        ("aggregate", aggregate, AGGREGATES)):
             if value not in choices:
@@ -141,23 +141,23 @@ class RelationNet(Method):
             if not children or not isinstance(children[-1], nn.Flatten):
                 raise ConfigError("relationnet relation='conv' needs a backbone ending in Flatten (conv4, resnet12); "
                                   "use relation='mlp' for flat features")
-            self.encoder: nn.Module = nn.Sequential(*children[:-1])
-            _without_pooling(self.encoder, unpooled_blocks)
+            # The backbone without its Flatten: feature maps for the convolutional relation module.
+            self.backbone = nn.Sequential(*children[:-1])
+            _without_pooling(self.backbone, unpooled_blocks)
             channels, h, w = self._dry_run(image_shape)
             self.relation = ConvRelation(channels, (h, w), self.hidden, width=channels)
         else:
-            self.encoder = backbone
             (d,) = self._dry_run(image_shape)
             self.relation = MLPRelation(d, self.hidden)
 
     @torch.no_grad()
     def _dry_run(self, image_shape: Sequence[int]) -> tuple[int, ...]:
-        was_training = self.encoder.training
-        self.encoder.eval()
+        was_training = self.backbone.training
+        self.backbone.eval()
         try:
-            shape = tuple(self.encoder(torch.zeros(2, *image_shape)).shape[1:])
+            shape = tuple(self.backbone(torch.zeros(2, *image_shape)).shape[1:])
         finally:
-            self.encoder.train(was_training)
+            self.backbone.train(was_training)
         expected = 3 if self.relation_kind == "conv" else 1
         if len(shape) != expected:
             raise ConfigError(f"relationnet relation='{self.relation_kind}' needs {expected}-d features per image, "
@@ -171,7 +171,7 @@ class RelationNet(Method):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.relation_kind == "conv":
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.encoder(x)
+        return self.backbone(x)
 
     def _class_features(self, support: torch.Tensor, support_y: torch.Tensor, way: int) -> torch.Tensor:
         flat = support.reshape(len(support), -1)
@@ -184,18 +184,18 @@ class RelationNet(Method):
         """Raw relation scores ``(queries, way)`` of every (query, class) pair."""
         return self.relation(classes, query)
 
-    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses, accs = [], []
-        for ep in episodes:
-            features = self._encode(torch.cat([ep.support_x, ep.query_x]))
-            n = len(ep.support_x)
-            scores = self._scores(self._class_features(features[:n], ep.support_y, ep.way), features[n:])
-            if self.loss_kind == "mse":
-                losses.append(F.mse_loss(torch.sigmoid(scores), F.one_hot(ep.query_y, ep.way).to(scores.dtype)))
-            else:
-                losses.append(F.cross_entropy(scores, ep.query_y))
-            accs.append(accuracy(scores, ep.query_y))
-        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._encode(x).flatten(1)
+
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
+        features = self._encode(torch.cat([episode.support_x, episode.query_x]))
+        n = len(episode.support_x)
+        return self._scores(self._class_features(features[:n], episode.support_y, episode.way), features[n:])
+
+    def episode_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss_kind == "mse":  # the paper's: sigmoid scores regressed on one-hot targets
+            return F.mse_loss(torch.sigmoid(logits), F.one_hot(labels, logits.shape[1]).to(logits.dtype))
+        return F.cross_entropy(logits, labels)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         classes = self._class_features(self._encode(support_x), support_y, way)

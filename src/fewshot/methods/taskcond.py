@@ -32,13 +32,13 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
+from ..params import Integer, OneOf, validate
 from ..models.backbones import feature_dim
-from .base import Method, Predictor, accuracy, class_means
+from .base import Method, Predictor, class_means
 from .protonet import DISTANCES, prototype_logits
 
 CONDITIONS = ("backbone", "features")
@@ -83,18 +83,13 @@ class TaskCondNet(Method):
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, condition: str = "backbone",
                  distance: str = "euclidean", hidden: int = 64):
-        super().__init__()
-        if condition not in CONDITIONS:
-            raise ConfigError(f"unknown taskcond condition '{condition}'; choose one of: {', '.join(CONDITIONS)}")
-        if distance not in DISTANCES:
-            raise ConfigError(f"unknown distance '{distance}'; choose one of: {', '.join(DISTANCES)}")
+        super().__init__(backbone)
+        validate(self.name, {"condition": condition, "distance": distance, "hidden": hidden},
+                 {"condition": OneOf(*CONDITIONS), "distance": OneOf(*DISTANCES), "hidden": Integer(low=1)})
         if image_shape is None:
             raise ConfigError("taskcond needs image_shape=(c, h, w) to size its task encoder")
-        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-            raise ConfigError(f"taskcond hidden must be a positive integer, got {hidden!r}")
         self.condition, self.distance, self.hidden = condition, distance, hidden
         d = feature_dim(backbone, image_shape)
-        self.backbone = backbone
         self.task_backbone = copy.deepcopy(backbone)
         self.task_encoder = TaskEncoder(d, hidden)
         if condition == "backbone":
@@ -139,7 +134,7 @@ class TaskCondNet(Method):
         finally:
             self._film = None
 
-    def features(self, x: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def conditioned_features(self, x: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Features of ``x`` conditioned on a task's FiLM parameters."""
         if self.condition == "features":
             gamma, beta = film[0]
@@ -152,18 +147,13 @@ class TaskCondNet(Method):
             return self.scale * prototype_logits(query, prototypes, "euclidean")
         return prototype_logits(query, prototypes, "cosine", self.scale)
 
-    def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses, accs = [], []
-        for ep in episodes:
-            film = self.film_parameters(self.task_embedding(ep.support_x, ep.support_y, ep.way))
-            features = self.features(torch.cat([ep.support_x, ep.query_x]), film)
-            n = len(ep.support_x)
-            logits = self._logits(features[n:], class_means(features[:n], ep.support_y, ep.way))
-            losses.append(F.cross_entropy(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
+        film = self.film_parameters(self.task_embedding(episode.support_x, episode.support_y, episode.way))
+        features = self.conditioned_features(torch.cat([episode.support_x, episode.query_x]), film)
+        n = len(episode.support_x)
+        return self._logits(features[n:], class_means(features[:n], episode.support_y, episode.way))
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         film = self.film_parameters(self.task_embedding(support_x, support_y, way))
-        prototypes = class_means(self.features(support_x, film), support_y, way)
-        return lambda query_x: self._logits(self.features(query_x, film), prototypes)
+        prototypes = class_means(self.conditioned_features(support_x, film), support_y, way)
+        return lambda query_x: self._logits(self.conditioned_features(query_x, film), prototypes)

@@ -22,11 +22,11 @@ with one of these strategies:
     From the head down (Howard and Ruder, 2018): the head trains alone, then every
     ``unfreeze_every`` steps the next block down joins.
 ``lp-ft``
-    Kumar et al. (2022): a linear probe first, then everything is fine-tuned starting
+    Kumar et al. (2022, arXiv:2202.10054): a linear probe first, then everything is fine-tuned starting
     from the probe's head (``head="probe"``), which distorts the features less than
     fine-tuning under a random head.
 ``surgical``
-    Lee et al. (2022): only one chosen ``block`` (and the head) is tuned: the first for
+    Lee et al. (2022, arXiv:2210.11466): only one chosen ``block`` (and the head) is tuned: the first for
     input-level shifts, the last for output-level ones.
 
 ``head`` says where the task head starts: ``"reinit"`` (random, the default but for
@@ -42,14 +42,9 @@ so a good starting head (LP-FT's) no longer protects the features; on Omniglot w
 Baseline backbone, LP-FT fell below fine-tuning with Adam and matched the linear probe
 with SGD.
 
-**Blocks.** Freezing works block by block. For an ``nn.Sequential`` backbone (Conv-4,
-ResNet-12, MLP and most user networks) the blocks are its top-level children that
-hold parameters (Conv-4: its four conv blocks; Flatten, ReLU and pooling are skipped).
-Other modules are split into their direct children that hold parameters, in
-registration order; a module with a single such child is split through it (a wrapper
-around a Sequential splits like the Sequential). Parameters held directly by a
-container join the last block. Pass ``blocks=[...]`` (names of sub-modules, bottom to
-top) to split a network your own way.
+**Blocks.** Freezing works block by block (:mod:`fewshot.models.blocks`); pass
+``blocks=[...]`` (names of sub-modules, bottom to top) to split a network your own way.
+Each strategy is a plan over those blocks in :mod:`fewshot.methods.strategies`.
 
 **No trace.** Every adaptation deep-copies the backbone: the trained model is never
 modified, and frozen parameters are not even handed to the optimiser, so they stay
@@ -65,9 +60,7 @@ batch with its own statistics, the transductive convention of MAML.
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
+import itertools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -75,249 +68,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.augment import jitter
 from ..errors import ConfigError
-from .base import Method, Predictor, accuracy
+from ..metrics import accuracy
+from ..models.blocks import sequential_runner, split_blocks
+from ..models.heads import HEAD_TYPES, OPTIMIZERS, CosineHead, NormalizedHead, logistic_probe, make_optimizer, new_head, train_head
+from ..models.pretrained import Pretrained
+from ..params import Boolean, Integer, OneOf, Optional, Real, validate
+from .base import Method, Predictor
+from .strategies import STRATEGIES
 
-STRATEGIES = ("linear-probe", "finetune", "freeze-k", "discriminative", "gradual-unfreeze", "lp-ft", "surgical")
 HEADS = ("reinit", "probe", "keep")
-HEAD_TYPES = ("linear", "cosine")
 PROBES = ("logistic", "torch")
 BN_MODES = ("eval", "batch")
 UNTUNABLE = ("strategy", "cv", "cv_grid", "cv_folds", "blocks", "seed")
-OPTIMIZERS = ("adam", "sgd")
-
-
-# -- heads ----------------------------------------------------------------------------------
-
-class CosineHead(nn.Module):
-    """Cosine-similarity classifier (Baseline++, Chen et al. 2019; Gidaris and Komodakis, 2018).
-
-    ``logits = scale · g_c · cos(f, w_c)``. With ``learnable_norm`` each class has a
-    learned norm ``g_c`` (initialised to the norm of its initial weight row), as the
-    weight normalisation of Chen et al.'s code (their issues #4 and #8); without it the
-    logits are pure scaled cosines. ``scale`` defaults to their choice: 2 for up to
-    200 classes, 10 beyond (Omniglot's thousands).
-    """
-
-    def __init__(self, in_features: int, out_features: int, scale: float | None = None,
-                 learnable_norm: bool = True):
-        super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.scale = float(scale) if scale is not None else (2.0 if out_features <= 200 else 10.0)
-        self.learnable_norm = bool(learnable_norm)
-        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
-        self.norm = nn.Parameter(torch.ones(self.out_features)) if self.learnable_norm else None
-        self.reset_parameters()
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        bound = 1.0 / math.sqrt(max(self.in_features, 1))
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound, generator=generator)
-            if self.norm is not None:
-                self.norm.copy_(self.weight.norm(dim=1))
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, scale={self.scale}, learnable_norm={self.learnable_norm}"
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cosine = F.normalize(features, dim=1, eps=1e-5) @ F.normalize(self.weight, dim=1, eps=1e-5).T
-        return self.scale * (cosine * self.norm if self.norm is not None else cosine)
-
-
-def new_head(kind: str, in_features: int, way: int, *, generator: torch.Generator | None = None,
-             scale: float | None = None) -> nn.Module:
-    """A freshly initialised ``way``-class head on ``in_features`` features, seeded by ``generator``.
-
-    ``linear``: PyTorch's default ``nn.Linear`` initialisation (uniform ±1/√d), drawn
-    from ``generator``; ``cosine``: a :class:`CosineHead`.
-    """
-    if kind == "cosine":
-        head = CosineHead(in_features, way, scale)
-        head.reset_parameters(generator)
-        return head
-    if kind != "linear":
-        raise ConfigError(f"unknown head type '{kind}'; choose one of: {', '.join(HEAD_TYPES)}")
-    head = nn.Linear(in_features, way)
-    bound = 1.0 / math.sqrt(max(in_features, 1))
-    with torch.no_grad():
-        head.weight.uniform_(-bound, bound, generator=generator)
-        head.bias.uniform_(-bound, bound, generator=generator)
-    return head
-
-
-def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-               batch_size: int | None = None, optimizer: str = "adam", momentum: float = 0.9,
-               dampening: float = 0.0, weight_decay: float = 0.0,
-               generator: torch.Generator | None = None) -> nn.Module:
-    """Train ``head`` on fixed ``features`` with cross-entropy; returns it.
-
-    ``batch_size=None`` takes full-batch steps (``epochs`` of them); otherwise each
-    epoch visits the examples in a fresh random order (from ``generator``) in batches,
-    as Chen et al.'s adaptation (SGD, lr 0.01, momentum 0.9, dampening 0.9, weight decay
-    0.001, batch 4, 100 epochs).
-    """
-    features, labels = features.detach(), labels.detach()
-    opt = _optimizer(optimizer, [{"params": list(head.parameters()), "lr": lr}], momentum, dampening, weight_decay)
-    n = len(features)
-    with torch.enable_grad():
-        for _ in range(int(epochs)):
-            order = torch.randperm(n, generator=generator) if batch_size else None
-            for start in range(0, n, batch_size or n):
-                index = order[start:start + batch_size] if order is not None else slice(None)
-                loss = F.cross_entropy(head(features[index]), labels[index])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    return head
-
-
-_CONTROLLER = None
-
-
-def _blas_controller():
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
-
-
-def logistic_probe(features: torch.Tensor, labels: torch.Tensor, way: int, C: float = 1.0,
-                   max_iter: int = 1000) -> nn.Linear:
-    """Multinomial L2 logistic regression (scikit-learn, lbfgs) as an ``nn.Linear`` head.
-
-    Classes absent from ``labels`` get a bias of -1e4 (never predicted). With two
-    classes scikit-learn fits one weight vector ``w``; the head gets ``(-w/2, w/2)``,
-    which gives the same probabilities.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    import warnings
-
-    x = features.detach().to(torch.float64).cpu().numpy()
-    y = labels.detach().cpu().numpy()
-    present = np.unique(y)
-    head = nn.Linear(x.shape[1], way)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(-1e4)
-        if len(present) == 1:
-            head.bias[int(present[0])] = 0.0
-            return head
-        # One BLAS thread: on a tiny problem, a pool of threads costs 30x the fit on a busy machine.
-        with warnings.catch_warnings(), _blas_controller().limit(limits=1):
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = LogisticRegression(C=float(C), max_iter=max_iter).fit(x, y)
-        coef = torch.as_tensor(model.coef_, dtype=torch.float32)
-        intercept = torch.as_tensor(model.intercept_, dtype=torch.float32)
-        if len(present) == 2:
-            coef = torch.cat([-coef / 2, coef / 2])
-            intercept = torch.cat([-intercept / 2, intercept / 2])
-        index = torch.as_tensor(model.classes_, dtype=torch.int64)
-        head.weight[index] = coef
-        head.bias[index] = intercept
-    return head
-
-
-# -- blocks ---------------------------------------------------------------------------------
-
-@dataclass
-class Block:
-    """A unit of freezing: named sub-modules and the parameters they hold."""
-
-    name: str
-    modules: list[nn.Module]
-    params: list[nn.Parameter] = field(default_factory=list)
-    child: int | None = None  # index among the top-level children, for Sequential backbones
-
-    @property
-    def size(self) -> int:
-        return sum(p.numel() for p in self.params)
-
-
-def _has_params(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
-
-
-def split_blocks(backbone: nn.Module, names: Sequence[str] | None = None) -> list[Block]:
-    """The blocks of ``backbone``, bottom (input) to top (features); see the module docstring."""
-    if names:
-        lookup = dict(backbone.named_modules())
-        blocks, seen = [], set()
-        for name in names:
-            if name not in lookup:
-                raise ConfigError(f"backbone has no sub-module '{name}'; it has: "
-                                  f"{', '.join(n for n in lookup if n)[:300]}")
-            params = [p for p in lookup[name].parameters() if id(p) not in seen]
-            seen.update(id(p) for p in params)
-            blocks.append(Block(name, [lookup[name]], params))
-        rest = [p for p in backbone.parameters() if id(p) not in seen]
-        if rest and blocks:
-            blocks[-1].params.extend(rest)
-        return blocks
-    prefix, module = "", backbone
-    while True:
-        children = [(n, c) for n, c in module.named_children() if _has_params(c)]
-        if len(children) == 1 and not isinstance(module, nn.Sequential) and not list(module.parameters(recurse=False)):
-            prefix, module = f"{prefix}{children[0][0]}.", children[0][1]
-            continue
-        break
-    if not children:
-        return [Block(prefix.rstrip(".") or "backbone", [module], list(module.parameters()))] if _has_params(module) else []
-    sequential = module is backbone and isinstance(backbone, nn.Sequential)
-    all_children = [n for n, _ in module.named_children()]
-    blocks = [Block(f"{prefix}{n}", [c], list(c.parameters()), all_children.index(n) if sequential else None)
-              for n, c in children]
-    own = list(module.parameters(recurse=False))
-    if own:
-        blocks[-1].params.extend(own)
-    return blocks
-
-
-def _sequential_runner(backbone: nn.Module) -> Callable[[torch.Tensor, int, int], torch.Tensor] | None:
-    """``run(x, start, stop)`` applying top-level children ``start .. stop-1``, for backbones
-    whose forward is the plain Sequential one (Conv-4 only adds a memory format); else None."""
-    from ..models.backbones import Conv4
-
-    forward = type(backbone).forward
-    if not isinstance(backbone, nn.Sequential) or forward not in (nn.Sequential.forward, Conv4.forward):
-        return None
-    children = list(backbone.children())
-    channels_last = isinstance(backbone, Conv4)
-
-    def run(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        if start == 0 and channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        for child in children[start:stop]:
-            x = child(x)
-        return x
-
-    run.length = len(children)  # type: ignore[attr-defined]
-    return run
-
-
-# -- schedules ------------------------------------------------------------------------------
-
-def discriminative_rates(num_blocks: int, lr: float, decay: float) -> list[float]:
-    """Learning rate of each block, bottom to top: the top block gets ``lr``, each block
-    below ``decay`` times the rate of the block above it."""
-    return [lr * decay ** (num_blocks - 1 - i) for i in range(num_blocks)]
-
-
-def gradual_schedule(num_blocks: int, steps: int, every: int | None = None) -> list[tuple[int, int]]:
-    """When each block is unfrozen: ``[(step, block), ...]`` from the top block down.
-
-    The head trains alone for ``every`` steps, then the top block joins, ``every`` steps
-    later the one below it, and so on (blocks whose turn would come at or after
-    ``steps`` never do). ``every`` defaults to ``steps // (num_blocks + 1)`` (at least
-    1), so the whole network trains for the last stage.
-    """
-    every = max(1, steps // (num_blocks + 1)) if every is None else int(every)
-    if every < 1:
-        raise ConfigError(f"unfreeze_every must be at least 1, got {every}")
-    events = [((j + 1) * every, num_blocks - 1 - j) for j in range(num_blocks)]
-    return [(s, b) for s, b in events if s < steps]
+_POSITIVE = Real(low=0, open_low=True)
+#: What each option may hold (the rest are checked where they are used: k and block
+#: against the backbone's blocks, cv_grid against the options).
+OPTIONS = {
+    "strategy": OneOf(*STRATEGIES), "head_type": OneOf(*HEAD_TYPES), "probe": OneOf(*PROBES), "bn": OneOf(*BN_MODES),
+    "optimizer": OneOf(*OPTIMIZERS), "head": Optional(OneOf(*HEADS)), "lr": _POSITIVE, "probe_lr": _POSITIVE,
+    "backbone_lr_scale": _POSITIVE, "backbone_lr": Optional(Real(low=0)), "steps": Integer(low=0),
+    "probe_steps": Integer(low=0), "decay": Real(low=0, high=1, open_low=True), "weight_decay": Real(low=0),
+    "batch_size": Optional(Integer(low=1)), "C": _POSITIVE, "normalize": Boolean(), "cv": Boolean(),
+    "cv_folds": Integer(low=1), "seed": Integer(), "scale": Optional(_POSITIVE), "k": Optional(Integer(low=0)),
+    "unfreeze_every": Optional(Integer(low=1)), "block": Integer(),
+}
 
 
 # -- cross-validation -----------------------------------------------------------------------
@@ -330,7 +106,7 @@ def cv_folds(labels: torch.Tensor, max_folds: int = 5) -> list[tuple[np.ndarray,
     every class is in every training part. At 1 shot: leave-one-out, one fold per
     example (at most ``max_folds``, spread over the classes); the held-out example's
     class would vanish from training, so its training part keeps an augmented copy of
-    it (see :func:`_augment`); its index is given as ``-1 - i`` in ``train_index``.
+    it (see :func:`~fewshot.data.augment.jitter`); its index is given as ``-1 - i`` in ``train_index``.
     """
     y = labels.cpu().numpy()
     classes, counts = np.unique(y, return_counts=True)
@@ -351,23 +127,6 @@ def cv_folds(labels: torch.Tensor, max_folds: int = 5) -> list[tuple[np.ndarray,
     return folds
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A slightly changed copy of one example: images (at least 8×8) are shifted by 1-2
-    pixels with zero fill; other inputs get Gaussian noise of 5% of their spread."""
-    if x.ndim == 3 and x.shape[-1] >= 8 and x.shape[-2] >= 8:
-        dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
-        if dy == 0 and dx == 0:
-            dx = 1
-        out = torch.zeros_like(x)
-        h, w = x.shape[-2:]
-        out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-        return out
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return x + 0.05 * (x.std() if x.numel() > 1 else 1.0) * noise
-
-
-# -- the method -----------------------------------------------------------------------------
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "finetune",
@@ -400,27 +159,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class _Normalized(nn.Module):
-    """A head applied to L2-normalised features."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(F.normalize(features, dim=1))
-
-
-def _optimizer(kind: str, groups: list[dict], momentum: float = 0.9, dampening: float = 0.0,
-               weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, dampening=dampening,
-                               weight_decay=weight_decay)
-    if kind == "adam":
-        return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer '{kind}'; choose one of: {', '.join(OPTIMIZERS)}")
-
-
 class FineTune(Method):
     """Adapt ``backbone`` to each task's support set with a transfer ``strategy``.
 
@@ -431,14 +169,13 @@ class FineTune(Method):
     """
 
     name = "finetune"
-    trainable = False
+    learns_across_tasks = False
 
     def __init__(self, backbone: nn.Module, strategy: str = "finetune", *, source_head: nn.Module | None = None,
                  **options: Any):
-        super().__init__()
         if not isinstance(backbone, nn.Module):
             raise ConfigError(f"the backbone must be an nn.Module, got {type(backbone).__name__}")
-        self.backbone = backbone
+        super().__init__(backbone)
         self.source_head = source_head
         self._options: dict[str, Any] = dict(DEFAULTS)
         self.set_test_options(strategy=strategy, **options)
@@ -463,28 +200,12 @@ class FineTune(Method):
         return self._options["strategy"]
 
     def _validate(self, o: dict[str, Any]) -> None:
-        choices = {"strategy": STRATEGIES, "head_type": HEAD_TYPES, "probe": PROBES, "bn": BN_MODES,
-                   "optimizer": OPTIMIZERS}
-        for key, allowed in choices.items():
-            if o[key] not in allowed:
-                raise ConfigError(f"unknown {key.replace('_', ' ')} '{o[key]}'; choose one of: {', '.join(allowed)}")
-        if o["head"] is not None and o["head"] not in HEADS:
-            raise ConfigError(f"unknown head '{o['head']}'; choose one of: {', '.join(HEADS)}")
+        validate(self.name, o, OPTIONS)
         if o["strategy"] == "lp-ft" and o["head"] not in (None, "probe"):
             raise ConfigError("lp-ft starts fine-tuning from the linear probe's head; leave head unset (or 'probe')")
         if o["head"] == "keep" and self.source_head is None:
             raise ConfigError("head=keep needs the source model's head, and this backbone came without one; "
                               "use head=reinit or head=probe")
-        for key in ("lr", "probe_lr", "backbone_lr_scale"):
-            if not (isinstance(o[key], (int, float)) and o[key] > 0):
-                raise ConfigError(f"finetune {key} must be a positive number, got {o[key]!r}")
-        if o["backbone_lr"] is not None and not (isinstance(o["backbone_lr"], (int, float)) and o["backbone_lr"] >= 0):
-            raise ConfigError(f"finetune backbone_lr must be a non-negative number, got {o['backbone_lr']!r}")
-        for key in ("steps", "probe_steps"):
-            if not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < 0:
-                raise ConfigError(f"finetune {key} must be a non-negative integer, got {o[key]!r}")
-        if not (isinstance(o["decay"], (int, float)) and 0 < o["decay"] <= 1):
-            raise ConfigError(f"finetune decay must lie in (0, 1], got {o['decay']!r}")
         if o["head_type"] == "cosine" and o["probe"] == "logistic" and (o["strategy"] == "linear-probe" or
                                                                         o["head"] == "probe" or o["strategy"] == "lp-ft"):
             o["probe"] = "torch"  # logistic regression fits a linear head only
@@ -513,7 +234,7 @@ class FineTune(Method):
         if report is not None:
             info["cv"] = report
         self.last_fit = info
-        return lambda query_x: head(net(query_x))
+        return lambda query_x: head(net(query_x).flatten(1))
 
     # -- fitting -----------------------------------------------------------------------
 
@@ -527,7 +248,7 @@ class FineTune(Method):
 
     def _features(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return net(x)
+            return net(x).flatten(1)
 
     def _initial_head(self, o: dict[str, Any], features: torch.Tensor, y: torch.Tensor, way: int,
                       generator: torch.Generator) -> nn.Module:
@@ -543,7 +264,7 @@ class FineTune(Method):
         if o["head"] == "probe" or o["strategy"] == "linear-probe":
             return self._probe(o, features, y, way, generator)
         head = new_head(o["head_type"], d, way, generator=generator, scale=o["scale"])
-        return _Normalized(head) if o["normalize"] and o["head_type"] == "linear" else head
+        return NormalizedHead(head) if o["normalize"] and o["head_type"] == "linear" else head
 
     def _probe(self, o: dict[str, Any], features: torch.Tensor, y: torch.Tensor, way: int,
                generator: torch.Generator) -> nn.Module:
@@ -555,7 +276,7 @@ class FineTune(Method):
             head = new_head(o["head_type"], features.shape[1], way, generator=generator, scale=o["scale"])
             train_head(head, inputs, y, epochs=o["probe_steps"], lr=o["probe_lr"], optimizer="adam",
                        weight_decay=o["weight_decay"], generator=generator)
-        return _Normalized(head) if normalize else head
+        return NormalizedHead(head) if normalize else head
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, way: int, options: dict[str, Any] | None = None,
             checkpoints: Sequence[int] = (), on_checkpoint: Callable | None = None):
@@ -579,41 +300,21 @@ class FineTune(Method):
         features = self._features(net, x)
         head = self._initial_head(o, features, y, way, generator)
         info["initial_head"] = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        if o["strategy"] == "linear-probe":
+        plan = STRATEGIES[o["strategy"]](n, o)
+        if not plan.fine_tune:
             info.update(trainable=[], groups=[], unfrozen=[])
             for c in checkpoints:
                 on_checkpoint(c, net, head)
             return net, head, info
 
-        # Which blocks learn, at which rate, and when they join.
-        schedule: list[tuple[int, int]] = []
-        if o["strategy"] in ("finetune", "lp-ft"):
-            tuned = list(range(n))
-        elif o["strategy"] == "freeze-k":
-            k = n // 2 if o["k"] is None else int(o["k"])
-            if not 0 <= k <= n:
-                raise ConfigError(f"freeze-k: k must lie in 0..{n} (the backbone has {n} blocks), got {k}")
-            tuned = list(range(k, n))
-        elif o["strategy"] == "surgical":
-            b = int(o["block"])
-            if not -n <= b < n:
-                raise ConfigError(f"surgical: block must lie in {-n}..{n - 1} (the backbone has {n} blocks), got {b}")
-            tuned = [b % n]
-        elif o["strategy"] == "gradual-unfreeze":
-            tuned = list(range(n))
-            schedule = gradual_schedule(n, o["steps"], o["unfreeze_every"])
-        else:  # discriminative
-            tuned = list(range(n))
-        rates = (discriminative_rates(n, o["backbone_lr"], o["decay"]) if o["strategy"] == "discriminative"
-                 else [o["backbone_lr"]] * n)
         groups = [{"params": list(head.parameters()), "lr": o["lr"], "name": "head"}]
-        groups += [{"params": blocks[i].params, "lr": rates[i], "name": f"block{i}:{blocks[i].name}"}
-                   for i in tuned if blocks[i].params]
+        groups += [{"params": blocks[i].params, "lr": plan.rates[i], "name": f"block{i}:{blocks[i].name}"}
+                   for i in plan.tuned if blocks[i].params]
         for p in head.parameters():
             p.requires_grad_(True)
-        # Gradual unfreezing starts with the head alone; blocks whose turn never comes stay frozen.
-        active = set() if o["strategy"] == "gradual-unfreeze" else set(tuned)
-        pending = sorted(schedule)
+        # A scheduled plan starts with the head alone; blocks whose turn never comes stay frozen.
+        active = set() if plan.unfreeze else set(plan.tuned)
+        pending = sorted(plan.unfreeze)
         for i in active:
             for p in blocks[i].params:
                 p.requires_grad_(True)
@@ -622,8 +323,8 @@ class FineTune(Method):
         info.update(trainable=sorted(active), unfrozen=[],
                     groups=[(g["name"], g["lr"], [names[id(p)] for p in g["params"]]) for g in groups])
 
-        opt = _optimizer(o["optimizer"], groups, weight_decay=o["weight_decay"])
-        runner = _sequential_runner(net) if all(b.child is not None for b in blocks) else None
+        opt = make_optimizer(o["optimizer"], groups, weight_decay=o["weight_decay"])
+        runner = sequential_runner(net) if all(b.child is not None for b in blocks) else None
         cache: dict[int, torch.Tensor] = {}
         checkpoints = sorted(set(int(c) for c in checkpoints))
         if 0 in checkpoints:
@@ -646,6 +347,7 @@ class FineTune(Method):
                 feats = runner(cache[lowest], lowest, runner.length)  # type: ignore[attr-defined]
             else:
                 feats = net(x[index])
+            feats = feats.flatten(1)  # backbones that end in feature maps (a Relation Network's)
             loss = F.cross_entropy(head(feats), y[index])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -670,13 +372,13 @@ class FineTune(Method):
         """The grid setting with the best held-out accuracy (ties: lower held-out loss, then grid order)."""
         grid = self._grid(options)
         keys = list(grid)
-        settings = [dict(zip(keys, values)) for values in _product([grid[k] for k in keys])]
+        settings = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
         folds = cv_folds(y, options["cv_folds"])
         generator = torch.Generator().manual_seed(int(options["seed"]) + 1)
         parts = []
         for train, held in folds:
             real, copies = train[train >= 0], [-1 - int(i) for i in train[train < 0]]
-            tx = torch.cat([x[real]] + [_augment(x[i], generator)[None] for i in copies])
+            tx = torch.cat([x[real]] + [jitter(x[i], generator)[None] for i in copies])
             ty = torch.cat([y[real]] + [y[i:i + 1] for i in copies])
             parts.append((tx, ty, x[held], y[held]))
         # Settings that differ only in "steps" share one training run per fold, scored at
@@ -699,9 +401,9 @@ class FineTune(Method):
                 def score(step, net, head, tx=tx, hx=hx, hy=hy, bn=trial["bn"]):
                     with torch.no_grad():
                         if bn == "batch":  # transductive: the held-out examples with the training part
-                            logits = head(net(torch.cat([tx, hx])))[len(tx):]
+                            logits = head(net(torch.cat([tx, hx])).flatten(1))[len(tx):]
                         else:
-                            logits = head(net(hx))
+                            logits = head(net(hx).flatten(1))
                     for i in at.get(step, []):
                         results[i].append((accuracy(logits, hy), float(F.cross_entropy(logits, hy))))
                 if trial["strategy"] == "linear-probe":
@@ -715,68 +417,40 @@ class FineTune(Method):
         return settings[best], {"folds": len(folds), "scores": table, "chosen": settings[best]}
 
 
-def _product(lists: list[list]) -> list[tuple]:
-    out: list[tuple] = [()]
-    for values in lists:
-        out = [t + (v,) for t in out for v in values]
-    return out
-
-
 # -- entry points -----------------------------------------------------------------------------
 
-def wrap(source: Any, strategy: str = "finetune", **options: Any) -> FineTune:
+def wrap(source: Method | Pretrained | nn.Module, strategy: str = "finetune", **options: Any) -> FineTune:
     """A :class:`FineTune` around ``source``'s backbone.
 
     ``source`` may be a method (its ``backbone``, and its ``head`` for ``head="keep"``;
     Baseline++ brings a cosine head type, and a method evaluated in train mode, like the
     MAML family, brings ``bn="batch"``), a :class:`~fewshot.models.pretrained.Pretrained`,
-    a plain ``nn.Module`` (the backbone itself), or a path: a run folder of
-    ``fewshot train`` or a pre-trained model file saved by ``save_pretrained``.
+    or a plain ``nn.Module`` (the backbone itself). For a run folder or a model file,
+    see :func:`fewshot.runs.finetune_from`.
     """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if (path / "state.json").exists():
-            return from_run(path, strategy, **options)
-        from ..models.pretrained import load_pretrained
-
-        source = load_pretrained(path)
     if isinstance(source, FineTune):
-        merged = {**source._options, **options}
+        merged = {**source.options(), **options}
         merged.pop("strategy")
         return FineTune(source.backbone, strategy, source_head=source.source_head, **merged)
-    from ..models.pretrained import Pretrained
-
     defaults: dict[str, Any] = {}
     head = None
     if isinstance(source, Pretrained):
         backbone, head = source.backbone, source.head
-        if isinstance(head, CosineHead):
-            defaults["head_type"] = "cosine"
     elif isinstance(source, Method):
-        backbone = getattr(source, "backbone", None)
-        if not isinstance(backbone, nn.Module):
+        if source.backbone is None:
             raise ConfigError(f"method '{source.name}' has no backbone to adapt; train one that has "
                               f"(e.g. `fewshot train baseline` or `fewshot train protonet`)")
-        head = getattr(source, "head", None)
-        head = head if isinstance(head, nn.Module) else None
-        if isinstance(head, CosineHead):
-            defaults["head_type"] = "cosine"
-        if getattr(source, "test_mode", "eval") == "train":
+        backbone, head = source.backbone, source.head
+        if source.test_mode == "train":
             defaults["bn"] = "batch"
     elif isinstance(source, nn.Module):
         backbone = source
     else:
         raise ConfigError(f"cannot adapt a {type(source).__name__}: give a method, a backbone (nn.Module), "
                           f"a run folder or a pre-trained model file")
+    if isinstance(head, CosineHead):
+        defaults["head_type"] = "cosine"
     return FineTune(backbone, strategy, source_head=head, **{**defaults, **options})
-
-
-def from_run(run_dir: str | Path, strategy: str = "finetune", which: str = "best", **options: Any) -> FineTune:
-    """The backbone of a ``fewshot train`` run (any method), wrapped for ``strategy``."""
-    from ..train import load_run
-
-    _, method, _ = load_run(run_dir, which)
-    return wrap(method, strategy, **options)
 
 
 def adapt_method(method: Method, strategy: str, **options: Any) -> Method:
@@ -794,6 +468,4 @@ def adapt_method(method: Method, strategy: str, **options: Any) -> Method:
     return wrap(method, strategy, **options)
 
 
-__all__ = ["BN_MODES", "Block", "CosineHead", "FineTune", "HEADS", "STRATEGIES", "adapt_method", "cv_folds",
-           "discriminative_rates", "from_run", "gradual_schedule", "logistic_probe", "new_head", "split_blocks",
-           "train_head", "wrap"]
+__all__ = ["BN_MODES", "FineTune", "HEADS", "PROBES", "adapt_method", "cv_folds", "wrap"]

@@ -21,7 +21,6 @@ and nothing is downloaded unless the user asks ``load_hub_folder`` for a hub id.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +30,8 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..io import read_json
 
+#: The architecture name of Hugging Face backbones in pre-trained metadata.
+HUB_ARCHITECTURE = "hf-transformers"
 #: ImageNet statistics, the default of most vision models when the folder gives none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,8 +93,6 @@ class HubBackbone(nn.Module):
 
     def architecture(self) -> tuple[str, dict]:
         """``(name, options)`` that :func:`build_hub_backbone` rebuilds this network from."""
-        from .pretrained import HUB_ARCHITECTURE
-
         config = {k: v for k, v in self.model.config.to_dict().items()
                   if k not in ("auto_map", "transformers_version", "_name_or_path", "architectures")}
         return HUB_ARCHITECTURE, {"config": config, "mean": self.mean.flatten().tolist(),
@@ -172,19 +171,5 @@ def load_hub_folder(folder: str | Path, image_shape: Sequence[int] | None = None
     return backbone, meta
 
 
-def save_hub_pretrained(folder: str | Path, path: str | Path, metadata: dict | None = None,
-                        image_shape: Sequence[int] | None = None) -> Path:
-    """Save a ``save_pretrained`` folder's model as a fewshot pre-trained model at ``path``."""
-    from .pretrained import save_pretrained
-
-    backbone, meta = load_hub_folder(folder, image_shape)
-    meta.update(metadata or {})
-    try:
-        json.dumps(meta)
-    except TypeError as e:
-        raise ConfigError(f"metadata must be JSON-serialisable: {e}") from None
-    return save_pretrained(backbone, path, meta, image_shape=backbone.image_shape)
-
-
-__all__ = ["HubBackbone", "IMAGENET_MEAN", "IMAGENET_STD", "build_hub_backbone", "load_hub_folder",
-           "save_hub_pretrained"]
+__all__ = ["HUB_ARCHITECTURE", "HubBackbone", "IMAGENET_MEAN", "IMAGENET_STD", "build_hub_backbone",
+           "load_hub_folder"]

@@ -45,6 +45,8 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from .backbones import BACKBONES, MLP, Conv4, ResNet12, ResidualBlock, build_backbone, feature_dim
+from .heads import CosineHead
+from .hub import HUB_ARCHITECTURE, build_hub_backbone
 
 FORMAT = "fewshot-pretrained"
 VERSION = 1
@@ -52,8 +54,6 @@ VERSION = 1
 MAX_IMAGE_SIDE = 1024
 #: Most values one input may hold (channels × height × width; vectors are [features, 1, 1]).
 MAX_INPUT = 1 << 22
-#: The architecture name of Hugging Face backbones (:mod:`fewshot.models.hub`, extra ``hub``).
-HUB_ARCHITECTURE = "hf-transformers"
 
 # Architectures registered in Python by the user: name -> callable(**architecture_options).
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
@@ -118,8 +118,6 @@ def _construct(arch: str, image_shape: Sequence[int], options: dict) -> nn.Modul
     if arch in BACKBONES:
         return build_backbone(arch, image_shape, **options)
     if arch == HUB_ARCHITECTURE:
-        from .hub import build_hub_backbone
-
         return build_hub_backbone(image_shape, **options)
     if arch in _ARCHITECTURES:
         try:
@@ -186,9 +184,7 @@ def describe_architecture(backbone: nn.Module) -> tuple[str, dict]:
     return f"{type(backbone).__module__}.{type(backbone).__qualname__}", {}
 
 
-def _describe_head(head: nn.Module | None) -> dict | None:
-    from ..methods.transfer import CosineHead
-
+def describe_head(head: nn.Module | None) -> dict | None:
     if head is None:
         return None
     if isinstance(head, CosineHead):
@@ -201,8 +197,6 @@ def _describe_head(head: nn.Module | None) -> dict | None:
 
 
 def _build_head(spec: dict | None) -> nn.Module | None:
-    from ..methods.transfer import CosineHead
-
     if not spec:
         return None
     if spec.get("type") == "cosine":
@@ -212,29 +206,20 @@ def _build_head(spec: dict | None) -> nn.Module | None:
     return None
 
 
-def save_pretrained(model: nn.Module, path: str | Path, metadata: dict | None = None, *,
+def save_pretrained(backbone: nn.Module, path: str | Path, metadata: dict | None = None, *,
                     image_shape: Sequence[int] | None = None, head: nn.Module | None = None,
                     source: dict | None = None, objective: str | None = None,
                     architecture: str | None = None, architecture_options: dict | None = None) -> Path:
-    """Save a method's backbone (and head), or a bare backbone, as a pre-trained model.
+    """Save a backbone (and a classifier ``head`` over its features) as a pre-trained model.
 
-    ``model`` is a method with a ``backbone`` (its ``head`` is saved too, and its name
-    is the default ``objective``) or the backbone module itself. ``image_shape`` is
-    needed to record the feature width (methods that know theirs supply it).
-    ``source`` describes the training data (dataset, options, split, classes);
-    ``metadata`` adds or overrides any field. Returns the path of the weights file.
+    ``image_shape`` is needed to record the feature width. ``objective`` names how it
+    was trained (a method's name); ``source`` describes the training data (dataset,
+    options, split, classes); ``metadata`` adds or overrides any field. Returns the
+    path of the weights file. A trained method's backbone and head:
+    :func:`fewshot.runs.pretrained_from_run`.
     """
-    backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, nn.Module):
-        if head is None:
-            head = getattr(model, "head", None)
-            head = head if isinstance(head, nn.Module) else None
-        objective = objective or getattr(model, "name", None)
-        image_shape = image_shape or getattr(model, "image_shape", None)
-    else:
-        backbone = model
     if not isinstance(backbone, nn.Module):
-        raise ConfigError(f"save_pretrained needs an nn.Module or a method with a backbone, got {type(model).__name__}")
+        raise ConfigError(f"save_pretrained needs the backbone nn.Module, got {type(backbone).__name__}")
     name, options = describe_architecture(backbone)
     meta: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
@@ -242,7 +227,7 @@ def save_pretrained(model: nn.Module, path: str | Path, metadata: dict | None = 
         "image_shape": list(image_shape) if image_shape is not None else None,
         "parameters": count_parameters(backbone),
         "feature_dim": feature_dim(backbone, image_shape) if image_shape is not None else None,
-        "head": _describe_head(head),
+        "head": describe_head(head),
         "head_parameters": count_parameters(head) if head is not None else 0,
         "source": source or {},
         "objective": objective,
@@ -388,39 +373,6 @@ def load_pretrained(path: str | Path, module: nn.Module | None = None) -> Pretra
     return Pretrained(module, head, meta)
 
 
-def pretrained_from_run(run_dir: str | Path, path: str | Path | None = None, which: str = "best",
-                        metadata: dict | None = None) -> Pretrained:
-    """A trained run's backbone and head as a :class:`Pretrained` (saved to ``path`` if given),
-    its metadata filled from the run's config: architecture, source data, objective."""
-    from ..train import load_run
-
-    config, method, state = load_run(run_dir, which)
-    image_shape = state.get("image_shape")
-    source = {"dataset": config.dataset, "dataset_options": config.dataset_options, "split": config.train_split,
-              "run": str(Path(run_dir).resolve()), "steps": state.get("step"), "seed": config.seed}
-    num_classes = getattr(method, "num_classes", None)
-    if isinstance(num_classes, int):
-        source["num_classes"] = num_classes
-        ids = getattr(method, "class_ids", None)
-        if ids is not None:
-            source["classes"] = [int(c) for c in ids.tolist()]
-    meta = {"architecture": config.backbone, "architecture_options": config.backbone_options,
-            "training": {"method_options": config.method_options, "episodes": config.episodes, "lr": config.lr,
-                         "train_shape": list(config.train_shape)}, **(metadata or {})}
-    backbone = method.backbone
-    head = getattr(method, "head", None)
-    head = head if isinstance(head, nn.Module) else None
-    if path is not None:
-        save_pretrained(method, path, meta, image_shape=image_shape, source=source, objective=config.method)
-        return Pretrained(backbone, head, read_metadata(path))
-    name, options = describe_architecture(backbone)
-    full = {"format": FORMAT, "version": VERSION, "architecture": name, "architecture_options": options,
-            "image_shape": image_shape, "parameters": count_parameters(backbone),
-            "feature_dim": feature_dim(backbone, image_shape) if image_shape else None,
-            "head": _describe_head(head), "source": source, "objective": config.method, **meta}
-    return Pretrained(backbone, head, full)
-
-
-__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "Pretrained", "check_image_shape", "count_parameters",
-           "describe_architecture", "known_architecture", "load_pretrained", "pretrained_from_run", "read_metadata", "rebuild",
-           "register_architecture", "registered_architectures", "save_pretrained"]
+__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "MAX_INPUT", "Pretrained", "check_image_shape", "count_parameters",
+           "describe_architecture", "describe_head", "known_architecture", "load_pretrained", "read_metadata",
+           "rebuild", "register_architecture", "registered_architectures", "save_pretrained"]

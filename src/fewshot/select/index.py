@@ -41,9 +41,11 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..io import atomic_path, read_json, write_json
 from ..models.backbones import feature_dim
+from ..models.hub import load_hub_folder
+from ..methods import Method
 from ..models.pretrained import (Pretrained, check_image_shape, count_parameters, describe_architecture,
-                                 known_architecture, load_pretrained, pretrained_from_run, read_metadata,
-                                 save_pretrained)
+                                 known_architecture, load_pretrained, read_metadata, save_pretrained)
+from ..runs import pretrained_from_run
 
 FORMAT = "fewshot-zoo"
 VERSION = 2  # 2: entries hash their metadata file too ("metadata_sha256")
@@ -257,9 +259,8 @@ class Zoo:
                 if (path / "state.json").exists():
                     pretrained_from_run(path, weights, metadata=extra)
                 elif (path / "config.json").exists():
-                    from ..models.hub import save_hub_pretrained
-
-                    save_hub_pretrained(path, weights, metadata=extra, image_shape=image_shape)
+                    backbone, meta = load_hub_folder(path, image_shape)
+                    save_pretrained(backbone, weights, {**meta, **extra}, image_shape=backbone.image_shape)
                 else:
                     raise CheckpointError(f"{path} is a folder but neither a fewshot run (no state.json) nor a "
                                           f"Hugging Face save_pretrained folder (no config.json)")
@@ -271,13 +272,14 @@ class Zoo:
         elif isinstance(source, nn.Module):
             if image_shape is None:
                 raise ConfigError("adding an nn.Module to the zoo needs image_shape=(channels, height, width)")
-            backbone = getattr(source, "backbone", source)
-            arch, _ = describe_architecture(backbone if isinstance(backbone, nn.Module) else source)
+            backbone, head, objective = ((source.backbone, source.head, source.name) if isinstance(source, Method)
+                                         else (source, None, None))
+            arch, _ = describe_architecture(backbone)
             if "architecture" not in extra and not known_architecture(arch):
                 raise ConfigError(f"{type(backbone).__name__} is not a built-in backbone; register it first, "
                                   f"fewshot.models.register_architecture('name', {type(backbone).__name__}), so "
                                   f"the zoo can rebuild it (nothing in a zoo file may name code to import)")
-            save_pretrained(source, weights, extra, image_shape=image_shape)
+            save_pretrained(backbone, weights, extra, image_shape=image_shape, head=head, objective=objective)
         else:
             raise ConfigError(f"cannot add a {type(source).__name__} to the zoo: give a run folder, a "
                               f".safetensors file, a Pretrained or an nn.Module")

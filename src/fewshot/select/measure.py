@@ -58,14 +58,14 @@ def cross_validated_accuracy(model: Pretrained, support_x: torch.Tensor, support
     folds (:func:`~fewshot.methods.transfer.cv_folds`; at 1 shot, leave-one-out with an
     augmented copy of the held-out example), and its CPU seconds. Slightly pessimistic:
     each fold adapts on part of the support set."""
-    # TODO(issue 12): the transfer split makes ``_augment`` public; import the public name then.
-    from ..methods.transfer import _augment, cv_folds  # private name: see the TODO above
+    from ..data.augment import jitter
+    from ..methods.transfer import cv_folds
 
     generator = torch.Generator().manual_seed(0)
     correct, total, cpu = 0.0, 0, 0.0
     for train, held in cv_folds(support_y, folds):
         real, copies = train[train >= 0], [-1 - int(i) for i in train[train < 0]]
-        tx = torch.cat([support_x[real]] + [_augment(support_x[i], generator)[None] for i in copies])
+        tx = torch.cat([support_x[real]] + [jitter(support_x[i], generator)[None] for i in copies])
         ty = torch.cat([support_y[real]] + [support_y[i:i + 1] for i in copies])
         accuracy, seconds = measure(model, tx, ty, support_x[held], support_y[held], way, target, finetune)
         correct += accuracy * len(held)

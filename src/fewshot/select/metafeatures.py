@@ -161,11 +161,10 @@ def selection_row(model: Pretrained, support_x: torch.Tensor,
 def augmented_views(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """One slightly changed copy of each image (shifted by 1-2 pixels), seeded: the same
     views for every model, so their nearest-neighbour scores compare."""
-    # TODO(issue 12): the transfer split makes this helper public; import the public name then.
-    from ..methods.transfer import _augment  # private name: see the TODO above
+    from ..data.augment import jitter
 
     generator = torch.Generator().manual_seed(seed)
-    return torch.stack([_augment(image, generator) for image in x])
+    return torch.stack([jitter(image, generator) for image in x])
 
 
 # -- a new task ----------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""The one metric kit: accuracy, mean squared error and the 95% confidence interval.
+
+Every score fewshot reports (training logs, validation, evaluation suites, transfer
+cross-validation) comes from these functions, so a number means the same thing
+wherever it is printed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+METRICS = ("accuracy", "mse")
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percentage of ``logits`` rows whose argmax is ``labels``."""
+    return float((logits.argmax(dim=-1) == labels).float().mean()) * 100.0
+
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean squared error of ``outputs`` against ``targets`` (reshaped to match)."""
+    return float(F.mse_loss(outputs, targets.to(outputs.dtype).view_as(outputs)))
+
+
+def episode_score(outputs: torch.Tensor, targets: torch.Tensor, metric: str) -> float:
+    """One episode's score in ``metric``: accuracy in % of the argmax, or the MSE."""
+    return mse(outputs, targets) if metric == "mse" else accuracy(outputs, targets)
+
+
+def metric_name(task: str) -> str:
+    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better) or ``mse`` (lower is better)."""
+    return "mse" if task == "regression" else "accuracy"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy grows with quality, an error shrinks."""
+    return metric != "mse"
+
+
+def confidence_interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% interval, 1.96 · s / √n (s with n-1 dof)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else math.nan, math.nan
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
