@@ -139,6 +139,9 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
+        if self.config.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=self.config.lr, alpha=0.95, momentum=self.config.momentum,
+                                       weight_decay=self.config.weight_decay)
         if self.config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum,
                                    weight_decay=self.config.weight_decay)
@@ -342,7 +345,7 @@ class Trainer:
         episodes = self.sampler.batch(step, self.config.meta_batch)
         mine = episodes[self.dist.rank :: self.dist.world_size]
         problem = check_step_fits(self.method, mine, self.device, self.config.precision,
-                                  optimizer_slots=2 if self.config.optimizer == "adam" else 1,
+                                  optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
                                   meta_batch=self.config.meta_batch)
         verdict = torch.tensor([0.0 if problem is None else 1.0])
         self.dist.all_reduce_(verdict)
