@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
-from .flags import add_data_flags, add_episode_flags, config_from_args, dataset_options, did_you_mean, \
+from ..errors import ConfigError, did_you_mean
+from .flags import add_data_flags, add_episode_flags, config_from_args, dataset_options, \
     parse_options, trainable_methods
 
 
