@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .data import load_dataset
 from .errors import ConfigError, TrainingError
 from .io import read_json, write_json
-from .store import RunStore, runs_folder
+from .store import record_run, runs_folder
 
 CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 # Keys a search may not change: they define the problem, not how to solve it.
@@ -196,7 +196,6 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
     build_model(first, dataset.image_shape, dataset.split_classes(first.train_split))
     write_json(out / "tune-spec.json", spec)
 
-    store = RunStore(runs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
     study_name = str(out.resolve())
     storage = f"sqlite:///{(runs_folder(runs) / 'tune.sqlite').resolve()}"
@@ -213,9 +212,9 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
         try:
             result = trainer.run(progress=False, record=False)
         except TrainingError as e:  # e.g. a learning rate that diverges: a bad point, not a broken search
-            store.record("tune-trial", config=config.to_dict(), method=config.method, dataset=config.dataset,
-                         split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()),
-                         metrics={**metrics, "error": str(e)})
+            record_run("tune-trial", runs=runs, config=config.to_dict(), method=config.method, dataset=config.dataset,
+                       split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()),
+                       metrics={**metrics, "error": str(e)})
             if log:
                 log(f"trial {trial.number}: {_format(values)} -> failed: {e}")
             raise
@@ -224,9 +223,9 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
                               "classification methods)")
         metrics.update(val_accuracy=result.best_accuracy, val_ci95=result.best_ci95, steps=result.steps,
                        best_step=(trainer.state["best"] or {}).get("step"))
-        store.record("tune-trial", config=config.to_dict(), method=config.method, dataset=config.dataset,
-                     split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()),
-                     seconds=result.seconds, cpu_seconds=result.cpu_seconds, metrics=metrics)
+        record_run("tune-trial", runs=runs, config=config.to_dict(), method=config.method, dataset=config.dataset,
+                   split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()),
+                   seconds=result.seconds, cpu_seconds=result.cpu_seconds, metrics=metrics)
         trial.set_user_attr("val_ci95", result.best_ci95)
         if log:
             log(f"trial {trial.number}: {_format(values)} -> validation {result.best_accuracy:.1f} ± "
