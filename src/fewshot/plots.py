@@ -99,7 +99,7 @@ def learning_curves(curves: Sequence[Curve], path: str | Path, *, score_title: s
                        f"training-episode {score} (no validation split)" if not any(validated) else
                        f"validation {score} (solid, band: 95% CI); training-episode {score} (dashed)")
     acc_ax.set(title=score_title, xlabel="step",
-               ylabel=f"accuracy (%, {ACCURACY_AXIS})" if accuracy_only else "accuracy (%) or mse")
+               ylabel=f"accuracy (%, {ACCURACY_AXIS})" if accuracy_only else " or ".join(sorted({c.metric for c in curves})))
     if accuracy_only:
         acc_ax.set_ylim(ACCURACY_ORIGIN, 100.0)
     for ax in (loss_ax, acc_ax):

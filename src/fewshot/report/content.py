@@ -54,8 +54,9 @@ class RunInfo:
 
     @property
     def metric(self) -> str:
-        """What the run validates by: "accuracy", or "mse" for regression runs."""
-        return "mse" if "mse" in (self.state.get("best") or {}) else "accuracy"
+        """What the run validates by: "accuracy", "mse" (regression) or "return" (reinforcement)."""
+        best = self.state.get("best") or {}
+        return "mse" if "mse" in best else "return" if "return" in best else "accuracy"
 
     @property
     def validated(self) -> bool:
