@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 
 class Constraint:
@@ -146,3 +146,14 @@ def validate(owner: str, values: Mapping[str, Any], constraints: Mapping[str, Co
     for name, constraint in constraints.items():
         if name in values and not constraint.accepts(values[name]):
             raise ConfigError(f"{owner} '{name}' must be {constraint.describe()}, got {values[name]!r}")
+
+
+def check_known(owner: str, given, accepted, *, how: str = "") -> None:
+    """Refuse option names of ``given`` that are not in ``accepted``, in one line naming the
+    closest valid one and listing them all (``how`` says where they are described)."""
+    accepted = list(accepted)
+    unknown = [name for name in given if name not in accepted]
+    if unknown:
+        listing = ", ".join(accepted) if accepted else "none"
+        raise ConfigError(f"{owner} has no option '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
+                          f"its options: {listing}{how}")
