@@ -134,6 +134,12 @@ def _range(low: float | None, high: float | None, *, closed_low: bool = True, cl
     return f" in {'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
 
 
+def checked(owner: str, name: str, value: Any, constraint: Constraint) -> Any:
+    """``value`` if ``constraint`` accepts it, else the :class:`~fewshot.errors.ConfigError` of :func:`validate`."""
+    validate(owner, {name: value}, {name: constraint})
+    return value
+
+
 def validate(owner: str, values: Mapping[str, Any], constraints: Mapping[str, Constraint]) -> None:
     """Check each of ``values`` that has a constraint; the first failure is a
     :class:`~fewshot.errors.ConfigError` naming ``owner`` and the option."""
