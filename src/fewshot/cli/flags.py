@@ -8,19 +8,11 @@ its help is asked for (:class:`Parser`'s ``build``).
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib
 import json
 import re
 from typing import Any, Callable
 
-from ..errors import ConfigError
-
-
-def did_you_mean(word: str, candidates, *, quote: str = "'") -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, else ""."""
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+from ..errors import ConfigError, did_you_mean
 
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
@@ -102,6 +94,8 @@ def parse_options(texts) -> dict[str, Any]:
 def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
+    g.add_argument("--env", dest="dataset", default=argparse.SUPPRESS,
+                   help="environment family, for maml-rl (the same as --dataset; see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
     g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
@@ -153,8 +147,15 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
             method_options[name] = flag(name)
     backbone_options = parse_options(args.backbone_option)
     no_val = (flag("val_split") or "").lower() == "none"
+    backbone = args.backbone
+    if flag("rollouts") is not None:  # maml-rl: rollouts per adaptation step, and for the outer objective
+        args.shot, args.query = flag("shot") or args.rollouts, flag("query") or args.rollouts
+    if backbone is None and args.dataset:
+        from ..data.tasks import default_backbone
+
+        backbone = default_backbone(args.dataset)  # an environment family's policy is an MLP
     config = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+        args.config, method=args.method, dataset=args.dataset, backbone=backbone,
         dataset_options=dataset_options(args), method_options=method_options or None,
         backbone_options=backbone_options or None,
         **{name: flag(name) for name in (
@@ -167,17 +168,29 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
     return config
 
 
-def require_tool(module: str, extra: str) -> None:
-    """Fail in one line when the optional dependency ``module`` (of ``fewshot[extra]``) is missing."""
+def _missing(module: str, extra: str) -> ConfigError:
+    return ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'")
+
+
+def require_matplotlib() -> None:
+    """Fail in one line when matplotlib (``fewshot[report]``) is missing."""
     try:
-        importlib.import_module(module)
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'") from None
+        raise _missing("matplotlib", "report") from None
 
 
-def needs_tool(func, module: str, extra: str):
-    """``func``, failing first in one line when its optional dependency is missing."""
+def require_optuna() -> None:
+    """Fail in one line when Optuna (``fewshot[tune]``) is missing."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise _missing("optuna", "tune") from None
+
+
+def needs_tool(func, require):
+    """``func``, failing first in one line (``require()``) when its optional dependency is missing."""
     def run(args: argparse.Namespace) -> int:
-        require_tool(module, extra)
+        require()
         return func(args)
     return run

@@ -59,7 +59,6 @@ from the training steps; steps beyond those with a learned rate reuse the last o
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -70,6 +69,7 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy
+from ..params import Integer, Real, checked
 from ..models.functional import FunctionalModule, TaskBatched, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
 from .base import Method, Predictor
 
@@ -80,6 +80,7 @@ DEFAULT_INNER_LR = {"classification": 0.4, "regression": 0.01}
 DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
+POSITIVE = Real(low=0, open_low=True)
 
 
 @torch.no_grad()
@@ -97,18 +98,6 @@ def _feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
     if out.ndim != 2:
         raise ConfigError(f"backbone must return (batch, features); it returned shape {tuple(out.shape)}")
     return int(out.shape[1])
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return value
-
-
-def _check_lr(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _batched_sgd_step(params: dict, names: Sequence[str], grads: Sequence[torch.Tensor],
@@ -168,11 +157,11 @@ class MAML(Method):
                             ("tune_allocator", tune_allocator), ("task_batching", task_batching), ("boil", boil)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
-        self.way = _check_int("way", way, 1)
-        self.inner_steps = _check_int("inner_steps", inner_steps, 0)
-        self.inner_lr = _check_lr("inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr)
+        self.way = checked(self.name, "way", way, Integer(low=1))
+        self.inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
+        self.inner_lr = checked(self.name, "inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr, POSITIVE)
         self.test_inner_steps = (None if test_inner_steps is None
-                                 else _check_int("test_inner_steps", test_inner_steps, 0))
+                                 else checked(self.name, "test_inner_steps", test_inner_steps, Integer(low=0)))
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
         self.batch_norm = check_batch_norm(batch_norm)
         self.tune_allocator = tune_allocator
@@ -182,7 +171,7 @@ class MAML(Method):
                 raise ConfigError(f"{self.name} adapts the {self.adapts} only; boil (the body only) does not apply")
             self.adapts = "body"
         self.boil = boil
-        self.task_chunk = None if task_chunk is None else _check_int("task_chunk", task_chunk, 1)
+        self.task_chunk = None if task_chunk is None else checked(self.name, "task_chunk", task_chunk, Integer(low=1))
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.backbone = backbone
         self.head: nn.Linear | None = None
@@ -197,7 +186,7 @@ class MAML(Method):
                     raise ConfigError(f"{self.name} could not size its head by a dry run of the backbone on a "
                                       f"{'x'.join(map(str, shape))} input ({type(e).__name__}: {e}); pass "
                                       f"image_shape=(c, h, w) or in_features=N") from None
-            self.in_features = _check_int("in_features", in_features, 1)
+            self.in_features = checked(self.name, "in_features", in_features, Integer(low=1))
             self.head = nn.Linear(self.in_features, self.way)
         else:
             self.in_features = in_features
@@ -268,11 +257,11 @@ class MAML(Method):
             raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}; "
                               "it takes inner_steps and inner_lr")
         if inner_steps is not None:
-            self.test_inner_steps = _check_int("inner_steps", inner_steps, 0)
+            self.test_inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
         if inner_lr is not None:
             if self._learns_rates():
                 raise ConfigError(f"{self.name} learned its inner learning rates; a test-time inner_lr would replace them")
-            self._test_lr = _check_lr("inner_lr", inner_lr)
+            self._test_lr = checked(self.name, "inner_lr", inner_lr, POSITIVE)
 
     def _learns_rates(self) -> bool:
         return self.step_lrs is not None
