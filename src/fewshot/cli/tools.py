@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, needs_tool, \
-    resolve_device, trainable_methods
+    require_matplotlib, require_optuna, resolve_device, trainable_methods
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -60,7 +60,7 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
                    help="2-D projection of embeddings (default pca)")
     p.add_argument("--device", metavar="DEVICE", help="where embeddings are computed: auto (default), cpu, cuda, "
                    "cuda:N or mps")
-    p.set_defaults(func=needs_tool(cmd_report, "matplotlib", "report"))
+    p.set_defaults(func=needs_tool(cmd_report, require_matplotlib))
 
 
 def _tune_flags(p: argparse.ArgumentParser) -> None:
@@ -92,7 +92,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
                    "(default $FEWSHOT_RUNS, else ./runs)")
     add_device_flags(p, train=True)
     p.add_argument("--quiet", action="store_true", help="no line per trial")
-    p.set_defaults(func=needs_tool(cmd_tune, "optuna", "tune"))
+    p.set_defaults(func=needs_tool(cmd_tune, require_optuna))
 
 
 def _advise_flags(p: argparse.ArgumentParser) -> None:
