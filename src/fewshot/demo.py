@@ -54,7 +54,8 @@ COLUMNS = (("pixel-ncm", "nearest class mean on raw pixels"), ("protonet", "Prot
 
 
 def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, episodes: int | None = None,
-             quick: bool = False, test_episodes: int | None = None) -> dict:
+             quick: bool = False, test_episodes: int | None = None, device: str = "auto",
+             precision: str = "fp32") -> dict:
     if dataset not in PRESETS:
         raise ConfigError(f"the demo runs on {' or '.join(PRESETS)}, not '{dataset}'")
     torch.set_num_threads(1)  # the figures' CPU-seconds are one core's
@@ -69,7 +70,7 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
             settings.update(episodes=10, val_every=10, val_episodes=5)
         elif episodes and name == "protonet":
             settings["episodes"] = episodes
-        configs[name] = TrainConfig.for_dataset(dataset, **settings)
+        configs[name] = TrainConfig.for_dataset(dataset, device=device, precision=precision, **settings)
     data = load_dataset(dataset, data_root, **configs["protonet"].dataset_options)
     train, test = data.split_classes("train"), data.split_classes("test")
     print(f"fewshot demo on {dataset}: meta-train on {len(train)} classes, then a new task with "
@@ -99,7 +100,8 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
         results = {}
         for name, method in methods.items():
             cpu = time.process_time()
-            results[name] = evaluate(method, sampler, test_episodes, desc=f"{name} {shot}-shot")
+            results[name] = evaluate(method, sampler, test_episodes, desc=f"{name} {shot}-shot", device=device,
+                                     precision=precision if name != "pixel-ncm" else "fp32")
             record_evaluation(results[name], method=name, dataset=dataset, split="test", seed=0, runs=runs,
                               run_dir=out / name.split("+")[0] if name != "pixel-ncm" else None,
                               cpu_seconds=time.process_time() - cpu,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .data.tasks import backbone_defaults, task_kind
+from .data.tasks import backbone_defaults, method_defaults, task_kind
 from .errors import CheckpointError, ConfigError, FewShotError
 from .io import load_tensors, read_json
 from .methods import Method, build_method
@@ -92,7 +92,7 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list
                if name != type(backbone).__name__ else "make its first layer take this shape")
         raise ConfigError(f"backbone '{name}' cannot take {'x'.join(map(str, image_shape))} inputs "
                           f"({first}); {fix}") from None
-    options = dict(config.method_options)
+    options = {**method_defaults(config.dataset), **config.method_options}  # an environment family's policy kind
     task = task_kind(config.dataset)
     if options.pop("task", task) != task:
         raise ConfigError(f"method option task={config.method_options['task']} does not fit {config.dataset}, "

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
-from .flags import add_data_flags, add_episode_flags, config_from_args, dataset_options, parse_options, \
-    trainable_methods
+from ..errors import ConfigError, did_you_mean
+from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
+    parse_options, resolve_device, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -33,17 +33,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ..io import read_json
 
         config = TrainConfig.from_dict(read_json(Path(args.resume) / "config.json"))
+        # How it computes may change on resume (a GPU run continued on a CPU); what it learns may not.
+        runtime = {k: getattr(args, k) for k in ("device", "precision", "tf32", "deterministic")
+                   if getattr(args, k, None) is not None}
+        config = TrainConfig.from_dict({**config.to_dict(), **runtime})
         run_dir = Path(args.resume)
     else:
         if not args.out:
             raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
         config = config_from_args(args)
         run_dir = Path(args.out)
-    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
+    device = resolve_device(args, config.device)
+    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs, device=str(device))
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
-    if result.best_mse is not None:
+    if result.best_return is not None:
+        best = f"best validation return {result.best_return:.4g} ± {result.best_ci95:.2g}"
+    elif result.best_mse is not None:
         best = f"best validation mse {result.best_mse:.4g} ± {result.best_ci95:.2g}"
     elif result.best_accuracy is not None:
         best = f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
@@ -51,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = "no validation split: kept the last weights"
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
+    say_device(args, device, config.device)
     return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
                                                   f"`fewshot train --resume {run_dir}` and a writable --runs")
 
@@ -64,7 +72,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     target = args.target
     if target in METHODS and not METHODS[target].needs_backbone:
-        method, dataset_name, data_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
+        method = build_method(target, None, **parse_options(args.option))
+        dataset_name, data_options, run_dir = args.dataset or "digits", {}, None
         method_name = target
     else:
         config, method, state = load_run(target, args.weights)
@@ -98,8 +107,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         f"{'x'.join(map(str, dataset.image_shape))}; pass {fix}")
     way, shot, query = args.way or 5, args.shot or 1, args.query or 15
     sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
+    device = resolve_device(args)
     start_cpu = time.process_time()
-    result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
+    result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=device,
+                      precision=args.precision or "fp32")
     cpu = time.process_time() - start_cpu
     record_error = None
     try:
@@ -113,6 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
         print(result.summary())
+    say_device(args, device)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
 
 
@@ -129,7 +141,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
     for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items()):
         doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
-        print(f"{name:12s} {doc}")
+        print(f"{name:14s} {doc}")
     return 0
 
 
@@ -165,7 +177,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
     for r in rows:
         m = r["metrics"]
-        if r["kind"] == "evaluate" and m.get("metric") == "mse":
+        if r["kind"] == "evaluate" and m.get("metric") == "return":
+            result = f"return {m['return']:.4g} ± {m['ci95']:.2g}"
+        elif r["kind"] == "evaluate" and m.get("metric") == "mse":
             result = f"mse {m['mse']:.3g} ± {m['ci95']:.2g} {m['shot']}s"
         elif r["kind"] == "evaluate":
             result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
@@ -181,11 +195,68 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(cls) -> dict[str, dict]:
+    """A method's options (:func:`~fewshot.methods.method_options`) as ``{name: {"default",
+    "required", "type"}}``."""
+    from ..methods import method_options
+
+    options = {}
+    for name, p in method_options(cls).items():
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
+        options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
+                         "required": p.default is inspect.Parameter.empty,
+                         "type": None if p.annotation is inspect.Parameter.empty else annotation}
+    return options
+
+
+def describe_method(name: str) -> dict:
+    """What ``fewshot methods`` says of one registered method."""
+    from ..methods import METHODS
+
+    cls = METHODS[name]
+    doc = inspect.getdoc(cls) or ""
+    return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
+            "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
+            "test_mode": cls.test_mode, "options": _options(cls)}
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods import METHODS
+
+    names = sorted(METHODS)
+    if args.name:
+        if args.name not in METHODS:
+            raise ConfigError(f"unknown method '{args.name}'{did_you_mean(args.name, names)}; "
+                              f"`fewshot methods` lists them")
+        names = [args.name]
+    described = [describe_method(n) for n in names]
+    if args.json:
+        print(json.dumps(described, default=str))
+        return 0
+    for d in described:
+        kind = ("meta-trained (`fewshot train`)" if d["learns_across_tasks"] else
+                "needs no training (`fewshot evaluate NAME`)" if not d["needs_backbone"] else
+                "adapts a trained backbone")
+        print(f"{d['name']}: {kind}; {' and '.join(d['tasks'])}")
+        summary = d["summary"] if args.name else d["summary"].split(". ")[0].rstrip(".") + "."
+        print(f"  {summary}")
+        if d["options"]:
+            text = "  ".join(f"{k}=" + ("(required)" if o["required"] else "auto" if o["default"] is None
+                                        else json.dumps(o["default"], default=str))
+                             for k, o in d["options"].items())
+            print(f"  options (-o KEY=VALUE), with defaults (auto: the method chooses): {text}")
+        else:
+            print("  options: none")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    device = resolve_device(args)
     run_demo(args.dataset, data_root=args.data_root, runs=args.runs, out=args.out, episodes=args.episodes,
-             quick=args.quick)
+             quick=args.quick, device=str(device), precision=args.precision or "fp32")
+    say_device(args, device)
     return 0
 
 
@@ -206,11 +277,13 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet, taskcond: distance to prototypes")
     g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
     g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
+    g.add_argument("--rollouts", type=int, help="maml-rl: rollouts per adaptation step and for the outer objective "
+                   "(sets --shot and --query)")
     g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
-    g.add_argument("--optimizer", choices=["adam", "sgd"], help="outer-loop optimiser (default adam)")
-    g.add_argument("--momentum", type=float, help="momentum of --optimizer sgd (default 0.9; 0 for plain SGD)")
+    g.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"], help="outer-loop optimiser (default adam)")
+    g.add_argument("--momentum", type=float, help="momentum of --optimizer sgd or rmsprop (default 0.9; 0 for plain SGD)")
     g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
     g.add_argument("--lr-step", type=int, help="halve the learning rate every this many steps (default: never)")
     g.add_argument("--cpu-minutes", type=float, help="stop (validated, checkpointed) after this much CPU time")
@@ -220,7 +293,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-split", help="split to train on (default train)")
     g.add_argument("--val-split", help="split to validate on (default val; 'none': no validation)")
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
-    p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed)")
+    p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed); "
+                   "on GPUs one process per GPU")
+    add_device_flags(p, train=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -233,6 +308,8 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
+    p.add_argument("--adapt-steps", dest="inner_steps", type=int,
+                   help="maml-rl: report the return after 0..K policy-gradient steps (the same as --inner-steps)")
     p.add_argument("--adapt", metavar="STRATEGY",
                    help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
                         "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")
@@ -241,6 +318,7 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
+    add_device_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -276,17 +354,27 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the demo's runs, report and model (default: demo-DATASET in the "
                    "runs folder); replaced by the next demo")
     p.add_argument("--runs", help="runs folder (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
+    add_device_flags(p)
     p.set_defaults(func=cmd_demo)
 
 
+def _methods_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="one method (default: every one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_methods)
+
+
 def register(sub) -> None:
-    """Add ``train``, ``evaluate``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
+    """Add ``train``, ``evaluate``, ``methods``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
     sub.add_parser("train", help="meta-train a method on episodes", build=_train_flags,
                    description="Meta-train METHOD on episodes of a dataset, validating on its val split "
                    "and keeping the best checkpoint. Settings: defaults < --config < flags.")
     sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes", build=_evaluate_flags,
                    description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
                    "on a fixed, seeded suite of test episodes.")
+    sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
+                   build=_methods_flags, description="Every registered method: what it does, whether it is "
+                   "meta-trained, and its options with their defaults, read from the method's constructor.")
     sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
     sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
     sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",

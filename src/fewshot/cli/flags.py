@@ -8,19 +8,11 @@ its help is asked for (:class:`Parser`'s ``build``).
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib
 import json
 import re
 from typing import Any, Callable
 
-from ..errors import ConfigError
-
-
-def did_you_mean(word: str, candidates, *, quote: str = "'") -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, else ""."""
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+from ..errors import ConfigError, did_you_mean
 
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
@@ -102,6 +94,8 @@ def parse_options(texts) -> dict[str, Any]:
 def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
+    g.add_argument("--env", dest="dataset", default=argparse.SUPPRESS,
+                   help="environment family, for maml-rl (the same as --dataset; see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
     g.add_argument("--path", help="folder dataset: a folder with one sub-folder of images per class, or a CSV "
@@ -145,6 +139,40 @@ def add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
         g.add_argument("--train-query", type=int, help="query examples per class in training (default: --query)")
 
 
+def add_device_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
+    """``--device`` and ``--precision`` (every command that computes); with ``train``, also
+    ``--tf32`` and ``--deterministic`` (see :mod:`fewshot.devices`)."""
+    g = p.add_argument_group("device")
+    g.add_argument("--device", metavar="DEVICE",
+                   help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default), or autocast to bf16 / fp16 (fp16 with a gradient scaler)")
+    if train:
+        g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                       help="TF32 matmuls and convolutions on GPUs that have them (default on)")
+        g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                       help="deterministic algorithms, no cuDNN autotuning: repeatable GPU runs, slower")
+
+
+def resolve_device(args: argparse.Namespace, default: str = "auto"):
+    """The torch device of ``--device`` (or ``default``); one that is not there is a ConfigError."""
+    from .. import devices
+
+    return devices.resolve(getattr(args, "device", None) or default)
+
+
+def say_device(args: argparse.Namespace, device, default: str = "auto") -> None:
+    """After a command's work: which device did it, and why (``device auto -> cpu: no CUDA GPU
+    or MPS device found``), on stderr, unless ``--quiet`` or ``--json``. Said after the
+    work, so that an error stays the one line a failed command prints."""
+    import sys
+
+    from .. import devices
+
+    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
+        print(f"fewshot: {devices.why_auto(getattr(args, 'device', None) or default, device)}", file=sys.stderr)
+
+
 def trainable_methods() -> list[str]:
     """Names of the registered methods that learn across tasks, i.e. that ``fewshot train``
     trains (imports the registry, and so torch)."""
@@ -165,31 +193,50 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
             method_options[name] = flag(name)
     backbone_options = parse_options(args.backbone_option)
     no_val = (flag("val_split") or "").lower() == "none"
+    backbone = args.backbone
+    if flag("rollouts") is not None:  # maml-rl: rollouts per adaptation step, and for the outer objective
+        args.shot, args.query = flag("shot") or args.rollouts, flag("query") or args.rollouts
+    if backbone is None and args.dataset:
+        from ..data.tasks import default_backbone
+
+        backbone = default_backbone(args.dataset)  # an environment family's policy is an MLP
     config = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+        args.config, method=args.method, dataset=args.dataset, backbone=backbone,
         dataset_options=dataset_options(args), method_options=method_options or None,
         backbone_options=backbone_options or None,
         **{name: flag(name) for name in (
             "way", "shot", "query", "train_way", "train_shot", "train_query", "episodes", "meta_batch", "optimizer",
             "lr", "lr_step", "momentum", "val_every", "val_episodes", "checkpoint_every", "seed", "train_split",
-            "cpu_minutes")},
+            "cpu_minutes", "device", "precision", "tf32", "deterministic")},
         val_split=None if no_val else flag("val_split"))
     if no_val:  # layered() skips None: it cannot override the default
         config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})
     return config
 
 
-def require_tool(module: str, extra: str) -> None:
-    """Fail in one line when the optional dependency ``module`` (of ``fewshot[extra]``) is missing."""
+def _missing(module: str, extra: str) -> ConfigError:
+    return ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'")
+
+
+def require_matplotlib() -> None:
+    """Fail in one line when matplotlib (``fewshot[report]``) is missing."""
     try:
-        importlib.import_module(module)
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'") from None
+        raise _missing("matplotlib", "report") from None
 
 
-def needs_tool(func, module: str, extra: str):
-    """``func``, failing first in one line when its optional dependency is missing."""
+def require_optuna() -> None:
+    """Fail in one line when Optuna (``fewshot[tune]``) is missing."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise _missing("optuna", "tune") from None
+
+
+def needs_tool(func, require):
+    """``func``, failing first in one line (``require()``) when its optional dependency is missing."""
     def run(args: argparse.Namespace) -> int:
-        require_tool(module, extra)
+        require()
         return func(args)
     return run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .base import IN_MEMORY, ClassDataset, from_arrays, to_float_images
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .digits import load_digits_dataset
@@ -40,15 +40,17 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     Options a loader does not take are rejected with the list of those it does.
     """
     if name in TASK_FAMILIES:
-        raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with "
-                          f"`fewshot train maml --dataset {name} --backbone mlp`")
+        how = (f"fewshot train maml-rl --env {name}" if TASK_FAMILIES[name].kind == "reinforcement"
+               else f"fewshot train maml --dataset {name} --backbone mlp")
+        raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with `{how}`")
     if name.startswith(IN_MEMORY):
         raise ConfigError(f"'{name[len(IN_MEMORY):]}' was an in-memory dataset (from_arrays or built in Python), "
                           "which fewshot cannot load by name; evaluate the run in Python with that dataset "
                           "(evaluate(load_run(RUN)[1], EpisodeSampler(data, 'test', ...))), or name a dataset "
                           "fewshot can load (--dataset)")
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; choose one of: "
+                          f"{', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     given = {k: v for k, v in options.items() if v is not None}

@@ -61,8 +61,8 @@ def load_folder(root: str | Path | None = None, *, path: str | Path | None = Non
                 val_ratio: float = 0.2, test_ratio: float = 0.2, split_seed: int = 0) -> ClassDataset:
     """Load the class folders (or CSV of ``path,label``) at ``path`` as a :class:`ClassDataset` of uint8 images."""
     if path is None:
-        raise ConfigError("the folder dataset needs --path: a folder with one sub-folder of images per class, "
-                          "or a CSV file of path,label rows")
+        raise ConfigError("the folder dataset needs its folder (one sub-folder of images per class, or a CSV of "
+                          "path,label rows): --path DIR on the command line, path=DIR in Python")
     if channels is not None and str(channels) not in ("1", "3"):
         raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     if image_size is not None and not 4 <= int(image_size) <= 512:

@@ -6,12 +6,15 @@ finds ``d`` for any module by one dry forward pass.
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
+from ..params import check_known
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -111,26 +114,30 @@ BACKBONES = ("conv4", "resnet12", "mlp")
 def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Module:
     """A backbone by name for inputs of ``image_shape`` = (channels, height, width)."""
     channels = int(image_shape[0])
+    classes = {"conv4": Conv4, "resnet12": ResNet12, "mlp": MLP}
+    if name in classes:  # the constructor's first argument comes from image_shape
+        check_known(f"backbone '{name}'", options, list(inspect.signature(classes[name]).parameters)[1:])
     try:
         if name == "conv4":
             return Conv4(channels, **options)
         if name == "resnet12":
             return ResNet12(channels, **options)
         if name == "mlp":
-            in_features = int(torch.tensor(image_shape).prod())
+            in_features = math.prod(int(s) for s in image_shape)  # plain ints: also builds on the meta device
             return MLP(in_features, **options)
     except TypeError as e:
         raise ConfigError(f"bad option for backbone '{name}': {e}") from None
-    raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    raise ConfigError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; choose one of: {', '.join(BACKBONES)}")
 
 
 @torch.no_grad()
 def feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
-    """Width of ``backbone``'s output for one input of ``image_shape``."""
+    """Width of ``backbone``'s output for one input of ``image_shape`` (a dry run on its device)."""
     was_training = backbone.training
+    first = next(iter(backbone.parameters()), None)
     backbone.eval()
     try:
-        out = backbone(torch.zeros(2, *image_shape))
+        out = backbone(torch.zeros(2, *image_shape, device=None if first is None else first.device))
     finally:
         backbone.train(was_training)
     if out.ndim != 2:
