@@ -12,32 +12,41 @@ use, so ``import fewshot`` (and ``fewshot --help``) stays fast. (``fewshot.evalu
 evaluation module: ``from fewshot.evaluate import evaluate``.)
 """
 
-from importlib import import_module
-
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, FewShotError, StoreError, TrainingError
 
 __version__ = "0.1.0"
 
-# name -> module that defines it, imported (with torch) on first access.
+# Names that need torch, imported (explicitly, on first access) from the module defining them.
 _LAZY = {
-    "load": "learner", "FewShotClassifier": "learner",
-    "Trainer": "train", "TrainResult": "train",
-    "EvalResult": "evaluate",
-    "load_run": "runs",
-    "load_dataset": "data", "from_arrays": "data", "ClassDataset": "data", "EpisodeSampler": "data",
-    "image_folder": "images", "image_files": "images",
-    "methods": "methods", "build_method": "methods",
+    "load": "learner", "FewShotClassifier": "learner", "Trainer": "train", "TrainResult": "train",
+    "EvalResult": "evaluate", "load_run": "runs", "load_dataset": "data", "from_arrays": "data",
+    "ClassDataset": "data", "EpisodeSampler": "data", "image_folder": "images", "image_files": "images",
+    "build_method": "methods",
 }
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        module = import_module(f".{_LAZY[name]}", __name__)
-        value = module if name == _LAZY[name] else getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fewshot' has no attribute '{name}'")
+    module = _LAZY.get(name)
+    if module == "learner":
+        from . import learner as found
+    elif module == "train":
+        from . import train as found
+    elif module == "evaluate":
+        from . import evaluate as found
+    elif module == "runs":
+        from . import runs as found
+    elif module == "data":
+        from . import data as found
+    elif module == "images":
+        from . import images as found
+    elif module == "methods":
+        from . import methods as found
+    else:
+        raise AttributeError(f"module 'fewshot' has no attribute '{name}'")
+    value = getattr(found, name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():
