@@ -5,6 +5,7 @@
 #   bash benchmarks/own_task.sh > benchmarks/results/own_task.txt
 set -euo pipefail
 PYTHON=${PYTHON:-python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread: CPU-seconds comparable across machines
 work=$(mktemp -d)
 cd "$work"
 echo "# $(date -u +%FT%TZ), fewshot $($PYTHON -c 'import fewshot; print(fewshot.__version__)'), in a fresh folder"
