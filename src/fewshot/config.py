@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from numbers import Integral
 from typing import Any
 
 from .errors import ConfigError
+from .io import read_json
+
+#: A config file is a few hundred bytes; anything past a megabyte is not one.
+MAX_CONFIG_BYTES = 1 << 20
+#: Seeds fit every generator fewshot seeds (torch, NumPy, Python's random) and leave room for offsets.
+MAX_SEED = 2**31 - 1
 
 
 @dataclass
@@ -72,6 +78,16 @@ class TrainConfig:
                 raise ConfigError(f"config '{name}' must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
+        check_seed(self.seed, "config 'seed'")
+        if self.weight_decay < 0:
+            raise ConfigError(f"config 'weight_decay' must be 0 or more, got {self.weight_decay}")
+        if self.lr_step < 0:
+            raise ConfigError(f"config 'lr_step' must be 0 (never decay) or a number of steps, got {self.lr_step}")
+        # A factor above 1 grows the learning rate without bound; 0 or less stops or reverses training.
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"config 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
+        if self.cpu_minutes is not None and not self.cpu_minutes > 0:
+            raise ConfigError(f"config 'cpu_minutes' must be positive (or left out: no budget), got {self.cpu_minutes}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("adam", "sgd"):
@@ -100,14 +116,9 @@ class TrainConfig:
         """Defaults, then ``config_file`` (JSON), then ``overrides`` that are not None."""
         values: dict[str, Any] = {}
         if config_file:
-            try:
-                values = json.loads(Path(config_file).read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file {config_file} not found") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ConfigError(f"config file {config_file} is not valid JSON: {e}") from None
-            except OSError as e:
-                raise ConfigError(f"config file {config_file} cannot be read ({e.strerror or e})") from None
+            if not Path(config_file).exists():
+                raise ConfigError(f"config file {config_file} not found")
+            values = read_json(config_file, ConfigError, limit=MAX_CONFIG_BYTES)
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {config_file} must hold a JSON object of settings")
         for key, value in overrides.items():
@@ -117,3 +128,10 @@ class TrainConfig:
                 value = {**values[key], **value}
             values[key] = value
         return cls.from_dict(values)
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` if it is an integer in [0, :data:`MAX_SEED`], else a :class:`ConfigError`."""
+    if not isinstance(seed, Integral) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return seed

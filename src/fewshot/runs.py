@@ -16,6 +16,7 @@ folders with it; nothing here trains.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,52 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     elif state.get("checkpoint") is not None and not (isinstance(state.get("optimizer"), dict)
                                                       and isinstance(state.get("scheduler"), dict)):
         problem = "lacks the optimiser or scheduler settings"
+    else:
+        problem = _progress_problem(state)
     if problem:
         raise CheckpointError(f"{path} {problem}; the run folder is damaged")
     return state
+
+
+def _real(value: Any) -> bool:
+    """A JSON number (NaN included: a metric a method does not report)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: Any, low: float = 0.0) -> bool:
+    """A finite JSON number of at least ``low``."""
+    return _real(value) and math.isfinite(value) and value >= low
+
+
+def _progress_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the bookkeeping fields of a state (history, running log, clocks,
+    best score, optimiser scalars), or None."""
+    history = state.get("history")
+    if not (isinstance(history, dict) and isinstance(history.get("train"), list) and isinstance(history.get("val"), list)
+            and all(isinstance(row, list) and len(row) == 3 and isinstance(row[0], int)
+                    and all(v is None or _real(v) for v in row[1:])
+                    for row in history["train"] + history["val"])):
+        return "has no valid 'history'"
+    log = state.get("log")
+    if not (isinstance(log, dict) and _real(log.get("loss")) and _real(log.get("accuracy"))
+            and isinstance(log.get("count"), int) and not isinstance(log.get("count"), bool) and log["count"] >= 0):
+        return "has no valid 'log'"
+    if not (_number(state.get("seconds")) and _number(state.get("cpu_seconds"))):
+        return "has no valid 'seconds' or 'cpu_seconds'"
+    if not isinstance(state.get("done", False), bool):
+        return "has no valid 'done'"
+    best = state.get("best")
+    if best is not None and not all(v is None or _real(v) for k, v in best.items() if k != "file"):
+        return "has no valid 'best' scores"
+    optimizer = state.get("optimizer")
+    if optimizer is not None:
+        scalars = optimizer.get("scalars") if isinstance(optimizer, dict) else None
+        if not (isinstance(scalars, dict) and all(
+                isinstance(k, str) and k.isdigit() and isinstance(v, dict)
+                and all(_number(x, -math.inf) for x in v.values()) for k, v in scalars.items())
+                and isinstance(optimizer.get("param_groups"), list)):
+            return "has no valid 'optimizer' settings"
+    return None
 
 
 def load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -119,6 +163,11 @@ def load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else "mismatch"
         raise CheckpointError(f"{path} does not match the run's model ({first})") from None
+    # NaN or infinite weights predict nothing; scored, they would pass for chance accuracy.
+    broken = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{path} holds non-finite weights ({broken}); the run diverged or the file is damaged: "
+                              "use other weights (--weights) or train again")
 
 
 def pretrained_from_run(run_dir: str | Path, path: str | Path | None = None, which: str = "best",
