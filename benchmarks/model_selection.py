@@ -48,7 +48,7 @@ import torch
 
 from fewshot.io import write_json
 from fewshot.select.builder import MetaStore, build_meta_dataset, complete, sample_tasks
-from fewshot.select.cli import evaluate_meta_dataset, evaluation_table
+from fewshot.select.evaluation import evaluate_meta_dataset, evaluation_table
 from fewshot.select.zoo import build_zoo
 
 RESULTS = Path(__file__).parent / "results"

@@ -69,7 +69,7 @@ def test_bad_config_file_is_one_line(tmp_path):
     bad = tmp_path / "c.json"
     bad.write_text('{"lr": "fast"}')
     proc = run_cli("train", "protonet", "--config", str(bad), "--out", str(tmp_path / "r"))
-    assert_one_line_error(proc, "config 'lr' must be float")
+    assert_one_line_error(proc, "config 'lr' must be a finite number > 0")
     bad.write_text('{"learning_rate": 1}')
     assert_one_line_error(run_cli("train", "protonet", "--config", str(bad), "--out", str(tmp_path / "r")),
                           "unknown config key(s) learning_rate")
@@ -108,3 +108,37 @@ def test_data_info_digits(capsys):
     assert main(["data", "info", "digits"]) == 0
     out = capsys.readouterr().out
     assert "train" in out and "1797" in out
+
+
+def test_help_is_fast_and_imports_no_torch():
+    # `fewshot --help` builds the top-level parser only; each command's flags (and the
+    # imports they need) are built when that command is used.
+    code = ("import sys\nfrom fewshot.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'sklearn', 'fewshot.methods', 'fewshot.select') "
+            "if m in sys.modules)\nprint('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    assert "train" in proc.stdout and "select" in proc.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["trian"], ["invalid choice: 'trian'", "did you mean 'train'?", "see `fewshot --help`"]),
+    (["train", "protnet", "--out", "x"], ["invalid choice: 'protnet'", "did you mean 'protonet'?",
+                                          "see `fewshot train --help`"]),
+    (["train", "protonet", "--wya", "5", "--out", "x"], ["unrecognized arguments: --wya 5", "did you mean --way?",
+                                                         "see `fewshot train --help`"]),
+    (["data", "info", "digits", "--jsno"], ["did you mean --json?", "see `fewshot data info --help`"]),
+    (["select", "build", "--tsaks=3"], ["did you mean --tasks?", "see `fewshot select build --help`"]),
+    (["runs", "--zzzz"], ["unrecognized arguments: --zzzz", "see `fewshot runs --help`"]),
+])
+def test_unknown_names_and_flags_suggest_and_point_to_the_command_help(args, fragments, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for fragment in fragments:
+        assert fragment in err[0], (fragment, err[0])
+    if args == ["runs", "--zzzz"]:
+        assert "did you mean" not in err[0]  # nothing close: no guess

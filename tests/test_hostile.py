@@ -63,11 +63,11 @@ CONFIGS = {
     "syntax": ('{"lr": 0.1,', "is not valid JSON"),
     "binary": (b"\xff\xfe\x00\x01garbage", "is not valid JSON"),
     "list": ("[1, 2]", "must hold a JSON object"),
-    "type": ('{"meta_batch": "5"}', "config 'meta_batch' must be int"),
+    "type": ('{"meta_batch": "5"}', "config 'meta_batch' must be an integer ≥ 1"),
     "nan": ('{"lr": NaN}', "config 'lr' must be a finite number"),
     "method": ('{"method": "nosuch"}', "unknown method 'nosuch'"),
     "dataset-option": ('{"dataset_options": {"image_size": "big"}}', "option image_size must be int, got 'big'"),
-    "options": ('{"method_options": {"distance": "manhattan"}}', "unknown distance 'manhattan'"),
+    "options": ('{"method_options": {"distance": "manhattan"}}', "protonet 'distance' must be one of euclidean, cosine, got 'manhattan'"),
 }
 
 
@@ -90,8 +90,8 @@ FLAGS = {
     "int-flag": (["--episodes", "ten"], "argument --episodes: invalid int value"),
     "float-flag": (["--lr", "fast"], "argument --lr: invalid float value"),
     "infinite-lr": (["--lr", "inf"], "config 'lr' must be a finite number"),
-    "momentum": (["--momentum", "1.5"], "config 'momentum' must be in [0, 1)"),
-    "option-type": (["-o", "normalize=yes"], "normalize must be true or false, got 'yes'"),
+    "momentum": (["--momentum", "1.5"], "config 'momentum' must be a finite number in [0, 1)"),
+    "option-type": (["-o", "normalize=yes"], "protonet 'normalize' must be true or false, got 'yes'"),
     "option-form": (["-o", "normalize"], "must look like KEY=VALUE"),
     "option-unknown": (["-o", "temperature=2"], "bad option for method 'protonet'"),
     "backbone-option": (["--backbone-option", "width=wide"], "bad option for backbone 'conv4'"),

@@ -70,5 +70,5 @@ def test_bad_settings():
         TaskCondNet(Conv4(1, width=8, depth=2))
     with pytest.raises(ConfigError, match="BatchNorm or Linear"):
         TaskCondNet(torch.nn.Flatten(), image_shape=(10, 1, 1))
-    with pytest.raises(ConfigError, match="distance 'manhattan'"):
+    with pytest.raises(ConfigError, match="'distance' must be one of euclidean, cosine, got 'manhattan'"):
         conv_method(distance="manhattan")

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from numbers import Integral
 from typing import Any
 
 from .errors import ConfigError
 from .io import read_json
+from .params import Integer, OneOf, Optional, Real, Settings, Text, validate
 
 #: A config file is a few hundred bytes; anything past a megabyte is not one.
 MAX_CONFIG_BYTES = 1 << 20
 #: Seeds fit every generator fewshot seeds (torch, NumPy, Python's random) and leave room for offsets.
 MAX_SEED = 2**31 - 1
+
+_COUNT = Integer(low=1)
+#: What each setting may hold (checked once, when a config is made).
+CONSTRAINTS = {
+    "method": Text(), "method_options": Settings(), "backbone": Text(), "backbone_options": Settings(),
+    "dataset": Text(), "dataset_options": Settings(), "train_split": Text(), "val_split": Optional(Text()),
+    "way": _COUNT, "shot": _COUNT, "query": _COUNT, "train_way": Optional(_COUNT), "train_shot": Optional(_COUNT),
+    "train_query": Optional(_COUNT), "episodes": _COUNT, "meta_batch": _COUNT, "optimizer": OneOf("adam", "sgd"),
+    "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(low=0),
+    # lr_step 0: never decay; a factor above 1 would grow the rate without bound, 0 or less stop or reverse it.
+    "lr_step": Integer(low=0), "lr_gamma": Real(low=0, open_low=True, high=1), "val_every": _COUNT,
+    "val_episodes": _COUNT, "checkpoint_every": _COUNT, "seed": Integer(low=0, high=MAX_SEED),
+    "cpu_minutes": Optional(Real(low=0, open_low=True)),
+}
 
 
 @dataclass
@@ -61,37 +74,7 @@ class TrainConfig:
     cpu_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str, "dict": dict}
-            kind = str(f.type).replace(" | None", "")
-            if value is None and "None" in str(f.type):
-                continue
-            if kind in expected and (not isinstance(value, expected[kind]) or isinstance(value, bool)):
-                raise ConfigError(f"config '{f.name}' must be {kind}, got {value!r}")
-            if kind == "float" and not math.isfinite(value):
-                raise ConfigError(f"config '{f.name}' must be a finite number, got {value!r}")
-        positive = ("way", "shot", "query", "episodes", "meta_batch", "val_every", "val_episodes", "checkpoint_every")
-        for name in positive + ("train_way", "train_shot", "train_query"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"config '{name}' must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise ConfigError(f"config 'lr' must be positive, got {self.lr}")
-        check_seed(self.seed, "config 'seed'")
-        if self.weight_decay < 0:
-            raise ConfigError(f"config 'weight_decay' must be 0 or more, got {self.weight_decay}")
-        if self.lr_step < 0:
-            raise ConfigError(f"config 'lr_step' must be 0 (never decay) or a number of steps, got {self.lr_step}")
-        # A factor above 1 grows the learning rate without bound; 0 or less stops or reverses training.
-        if not 0 < self.lr_gamma <= 1:
-            raise ConfigError(f"config 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
-        if self.cpu_minutes is not None and not self.cpu_minutes > 0:
-            raise ConfigError(f"config 'cpu_minutes' must be positive (or left out: no budget), got {self.cpu_minutes}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"config 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"config 'optimizer' must be 'adam' or 'sgd', got '{self.optimizer}'")
+        validate("config", self.to_dict(), CONSTRAINTS)
 
     @property
     def train_shape(self) -> tuple[int, int, int]:
@@ -128,10 +111,3 @@ class TrainConfig:
                 value = {**values[key], **value}
             values[key] = value
         return cls.from_dict(values)
-
-
-def check_seed(seed: object, what: str = "seed") -> int:
-    """``seed`` if it is an integer in [0, :data:`MAX_SEED`], else a :class:`ConfigError`."""
-    if not isinstance(seed, Integral) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
-    return seed

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.episodes import Episode
-from ..errors import ConfigError
+from ..params import Boolean, OneOf, validate
 from .base import Method, Predictor, class_means
 
 DISTANCES = ("euclidean", "cosine")
+OPTIONS = {"distance": OneOf(*DISTANCES), "normalize": Boolean()}
 
 
 def prototype_logits(query: torch.Tensor, prototypes: torch.Tensor, distance: str, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -54,10 +55,7 @@ class ProtoNet(Method):
 
     def __init__(self, backbone: nn.Module, distance: str = "euclidean", normalize: bool = False):
         super().__init__(backbone)
-        if distance not in DISTANCES:
-            raise ConfigError(f"unknown distance '{distance}'; choose one of: {', '.join(DISTANCES)}")
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"protonet normalize must be true or false, got {normalize!r}")
+        validate(self.name, {"distance": distance, "normalize": normalize}, OPTIONS)
         self.distance, self.normalize = distance, normalize
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" or normalize else None
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
+from ..params import Integer, OneOf, validate
 from ..models.backbones import feature_dim
 from .base import Method, Predictor, class_means
 from .protonet import DISTANCES, prototype_logits
@@ -83,14 +84,10 @@ class TaskCondNet(Method):
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, condition: str = "backbone",
                  distance: str = "euclidean", hidden: int = 64):
         super().__init__(backbone)
-        if condition not in CONDITIONS:
-            raise ConfigError(f"unknown taskcond condition '{condition}'; choose one of: {', '.join(CONDITIONS)}")
-        if distance not in DISTANCES:
-            raise ConfigError(f"unknown distance '{distance}'; choose one of: {', '.join(DISTANCES)}")
+        validate(self.name, {"condition": condition, "distance": distance, "hidden": hidden},
+                 {"condition": OneOf(*CONDITIONS), "distance": OneOf(*DISTANCES), "hidden": Integer(low=1)})
         if image_shape is None:
             raise ConfigError("taskcond needs image_shape=(c, h, w) to size its task encoder")
-        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-            raise ConfigError(f"taskcond hidden must be a positive integer, got {hidden!r}")
         self.condition, self.distance, self.hidden = condition, distance, hidden
         d = feature_dim(backbone, image_shape)
         self.task_backbone = copy.deepcopy(backbone)

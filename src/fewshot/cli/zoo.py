@@ -10,22 +10,19 @@
     fewshot select --support FOLDER [--verify K] [--json]         # rank the zoo for your task
     fewshot select monitor                                        # the meta-learner's error over time
 
-Every command takes ``--zoo DIR`` (default ``$FEWSHOT_ZOO``, else ``./zoo``). Errors a
-user can cause print one line and exit with status 2 (``fewshot.cli.main``).
+Every command takes ``--zoo DIR`` (default ``$FEWSHOT_ZOO``, else ``./zoo``). The work is
+done by the library (:mod:`fewshot.select`); this module parses and prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
-from pathlib import Path
-
-import numpy as np
 
 from ..errors import ConfigError
+from .flags import Parser, parse_options
 
 
 def _zoo_default() -> str:
@@ -46,7 +43,7 @@ def _fmt_int(value) -> str:
 # -- fewshot zoo -------------------------------------------------------------------------------
 
 def cmd_zoo_list(args: argparse.Namespace) -> int:
-    from .zoo import Zoo
+    from ..select.zoo import Zoo
 
     zoo = Zoo(args.zoo)
     if args.check:
@@ -67,10 +64,9 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_add(args: argparse.Namespace) -> int:
-    from ..cli import _parse_option
-    from .zoo import Zoo
+    from ..select.zoo import Zoo
 
-    metadata = dict(_parse_option(o) for o in args.meta_option)
+    metadata = parse_options(args.meta_option)
     if args.bn:
         metadata["bn"] = args.bn
     zoo = Zoo(args.zoo, create=True)
@@ -82,7 +78,7 @@ def cmd_zoo_add(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_build(args: argparse.Namespace) -> int:
-    from .zoo import PRESETS, build_zoo
+    from ..select.zoo import PRESETS, build_zoo
 
     specs = PRESETS.get(args.preset, [])
     start = time.process_time()
@@ -98,10 +94,9 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 # -- fewshot select build / evaluate -------------------------------------------------------------------
 
 def cmd_select_build(args: argparse.Namespace) -> int:
-    from ..cli import _parse_option
-    from .builder import build_meta_dataset
+    from ..select.builder import build_meta_dataset
 
-    finetune = dict(_parse_option(o) for o in args.option)
+    finetune = parse_options(args.option)
     result = build_meta_dataset(args.zoo, args.tasks, path=args.meta, sources=args.sources, seed=args.seed,
                                 workers=args.workers, finetune=finetune, data_root=args.data_root,
                                 progress=not args.quiet)
@@ -116,8 +111,8 @@ def cmd_select_build(args: argparse.Namespace) -> int:
 
 def _rows(args: argparse.Namespace):
     """The zoo, its meta-dataset store, the complete rows for ``args.target`` and the raw records."""
-    from .builder import complete, open_meta
-    from .zoo import Zoo
+    from ..select.builder import complete, open_meta
+    from ..select.zoo import Zoo
 
     zoo = Zoo(args.zoo)
     store = open_meta(zoo, args.meta)
@@ -129,51 +124,9 @@ def _rows(args: argparse.Namespace):
     return zoo, store, models, rows
 
 
-def _interval(m: dict, scale: float = 1.0, digits: int = 2) -> str:
-    if m is None or m.get("mean") is None or (isinstance(m["mean"], float) and math.isnan(m["mean"])):
-        return "-"
-    return f"{m['mean'] * scale:.{digits}f} [{m['low'] * scale:.{digits}f}, {m['high'] * scale:.{digits}f}]"
-
-
-def evaluation_table(report: dict[str, dict]) -> list[str]:
-    """Markdown table of :func:`~fewshot.select.metalearner.compare`'s report (95% bootstrap CIs)."""
-    lines = ["| selector | top-1 regret (points) | relative top-1 | best in top-3 | Kendall τ | weighted τ "
-             "| RMSE (points) |", "|---|---|---|---|---|---|---|"]
-    for name, r in report.items():
-        lines.append(f"| {name} | {_interval(r.get('top1_regret'))} | {_interval(r.get('relative_top1'), digits=3)} | "
-                     f"{_interval(r.get('best_in_top3'))} | {_interval(r.get('kendall_tau'))} | "
-                     f"{_interval(r.get('weighted_tau'))} | {_interval(r.get('rmse'))} |")
-    return lines
-
-
-def evaluate_meta_dataset(rows: list[dict], records: list[dict], *, seed: int = 0, resamples: int = 2000) -> dict:
-    """Every selector under leave-one-group-out (:func:`~fewshot.select.metalearner.compare`),
-    plus the costs: CPU seconds per task to select with the meta-learner (features and
-    scores of every model, plus the prediction) against fine-tuning every model."""
-    from .builder import selection_costs
-    from .metalearner import MetaLearner, compare
-
-    report = compare(rows, seed=seed, resamples=resamples)
-    tasks = {r["task"] for r in rows}
-    used = [r for r in records if r["task"] in tasks]
-    costs = selection_costs(used)
-    start = time.process_time()
-    learner = MetaLearner(seed=seed).fit(rows)
-    fit = time.process_time() - start
-    start = time.process_time()
-    learner.predict([{k: v for k, v in r.items() if k != "accuracy"} for r in rows])
-    predict = (time.process_time() - start) / max(len(tasks), 1)
-    costs.update(meta_learner_fit_cpu_seconds=fit, meta_learner_predict_cpu_seconds_per_task=predict)
-    select = costs.get("select_cpu_seconds", 0.0) + predict
-    costs["select_with_prediction_cpu_seconds"] = select
-    costs["speedup_over_finetuning_all"] = (costs.get("finetune_all_cpu_seconds", math.nan) / select
-                                            if select else math.inf)
-    groups = sorted({r["group"] for r in rows})
-    return {"tasks": len(tasks), "models": len({r["model"] for r in rows}), "groups": groups, "rows": len(rows),
-            "report": report, "cost": costs}
-
-
 def cmd_select_evaluate(args: argparse.Namespace) -> int:
+    from ..select.evaluation import evaluate_meta_dataset, evaluation_table
+
     zoo, store, models, rows = _rows(args)
     result = evaluate_meta_dataset(rows, store.records(models), seed=args.seed, resamples=args.resamples)
     result.update(target=args.target, meta=str(store.path), zoo=str(zoo.root))
@@ -193,118 +146,35 @@ def cmd_select_evaluate(args: argparse.Namespace) -> int:
 
 # -- fewshot select --support: rank the zoo for a user's task --------------------------------------------
 
-def _load_folder(path: str, zoo, data_root: str | None):
-    """A folder of class sub-folders as ``(images in [0, 1], labels, class names)``, decoded
-    at the largest input the zoo's models take (each model gets them resized)."""
-    from ..data import load_dataset, to_float_images
-
-    shapes = [e.get("image_shape") or [1, 28, 28] for e in zoo.entries()]
-    channels = 3 if any(s[0] == 3 for s in shapes) else 1
-    size = max(max(s[1], s[2]) for s in shapes)
-    data = load_dataset("folder", data_root, path=path, channels=channels, image_size=max(size, 4))
-    return to_float_images(data.images), data.labels, data.class_names
-
-
-def _verification_history(store, zoo_root: str | None = None) -> list[dict]:
-    runs = store.list(kind="select-verify")
-    return [r for r in runs if zoo_root is None or r["config"].get("zoo") == zoo_root]
-
-
-def _running_error(history: list[dict]) -> dict:
-    errors = np.array([r["metrics"]["error"] for r in history], dtype=np.float64)
-    if not len(errors):
-        return {"verifications": 0}
-    last = errors[-10:]
-    return {"verifications": int(len(errors)), "rmse": float(np.sqrt((errors ** 2).mean())),
-            "mean_error": float(errors.mean()), "mean_absolute_error": float(np.abs(errors).mean()),
-            "rmse_last_10": float(np.sqrt((last ** 2).mean()))}
-
-
 def cmd_select(args: argparse.Namespace) -> int:
-    from ..store import RunStore
-    from .builder import complete, cross_validated_accuracy, describe_candidates, measure, open_meta, \
-        prediction_errors
-    from .metalearner import MetaLearner
-    from .zoo import Zoo
+    from ..select.selection import select_models
 
     if not args.support:
         raise ConfigError("say which task: `fewshot select --support FOLDER` (one sub-folder of images per class), "
                           "or use `fewshot select build|evaluate|monitor`")
-    if args.verify is not None and args.verify < 0:
-        raise ConfigError(f"--verify takes a number of models, at least 0; got {args.verify}")
-    zoo = Zoo(args.zoo)
-    store = open_meta(zoo, args.meta)
-    models = zoo.names()
-    rows = complete(store.rows(args.target), models)
-    if not rows:
-        raise ConfigError(f"the meta-dataset {store.path} has no complete task yet; run `fewshot select build "
-                          f"--zoo {zoo.root}` first")
-    x, y, classes = _load_folder(args.support, zoo, args.data_root)
-    way = len(classes)
-    shots = np.bincount(y.numpy(), minlength=way)
-
-    start = time.process_time()
-    candidates, costs = describe_candidates(zoo, x, y, models, task="user-task", group="user")
-    learner = MetaLearner(seed=0).fit(rows)
-    predicted = learner.predict(candidates)
-    select_cpu = time.process_time() - start
-    key = f"errors/{args.target}/{len(rows)}/{','.join(models)}"
-    errors = prediction_errors(store, rows, lambda: MetaLearner(seed=0), key)
-    finetune_all = sum(r["cpu_ft"] for r in store.records(models)) / max(len({r["task"] for r in rows}), 1)
-    order = np.argsort(-predicted, kind="stable")
-    ranking = [{"rank": i + 1, "model": models[j], "predicted_accuracy": float(predicted[j]),
-                "uncertainty": errors.get(models[j]), "selection_cpu_seconds": costs[models[j]]}
-               for i, j in enumerate(order)]
-
-    verified = []
-    if args.verify:
-        query = _load_folder(args.query, zoo, args.data_root) if args.query else None
-        if query is not None and list(query[2]) != list(classes):
-            raise ConfigError(f"the query folder's classes ({', '.join(query[2])}) differ from the support "
-                              f"folder's ({', '.join(classes)})")
-        runs = RunStore(args.runs)
-        for entry in ranking[:args.verify]:
-            model = zoo.load(entry["model"])
-            if query is not None:
-                measured, cpu = measure(model, x, y, query[0], query[1], way, args.target)
-                protocol = "query folder"
-            else:
-                measured, cpu = cross_validated_accuracy(model, x, y, way, args.target)
-                protocol = "cross-validation on the support set"
-            entry.update(measured_accuracy=measured, verify_cpu_seconds=cpu, protocol=protocol)
-            runs.record("select-verify", method=entry["model"], dataset="folder",
-                        run_dir=str(Path(args.support).resolve()), cpu_seconds=cpu,
-                        config={"zoo": str(zoo.root.resolve()), "support": str(Path(args.support).resolve()),
-                                "query": str(Path(args.query).resolve()) if args.query else None,
-                                "target": args.target, "way": way, "images": int(len(y)), "protocol": protocol,
-                                "meta_rows": len(rows)},
-                        metrics={"predicted": entry["predicted_accuracy"], "measured": measured,
-                                 "error": entry["predicted_accuracy"] - measured, "uncertainty": entry["uncertainty"],
-                                 "rank": entry["rank"]})
-            verified.append(entry)
-        monitor = _running_error(_verification_history(runs, str(zoo.root.resolve())))
-    out = {"support": str(args.support), "way": way, "images": int(len(y)), "shots": [int(s) for s in shots],
-           "target": args.target, "meta_rows": len(rows), "selection_cpu_seconds": select_cpu,
-           "finetune_all_cpu_seconds_estimate": finetune_all, "ranking": ranking}
-    if args.verify:
-        out["monitor"] = monitor
+    out = select_models(args.zoo, args.support, target=args.target, meta=args.meta, verify=args.verify,
+                        query=args.query, runs=args.runs, data_root=args.data_root)
+    meta_name, model_count = os.path.basename(out.pop("meta")), out.pop("models")
+    ranking, way, target = out["ranking"], out["way"], out["target"]
+    verified = [e for e in ranking if "measured_accuracy" in e]
     if args.json:
         print(json.dumps(out))
         return 0
-    shot_text = f"{shots.min()}" if shots.min() == shots.max() else f"{shots.min()}-{shots.max()}"
-    print(f"{way}-way task, {shot_text} images per class, from {args.support}: {len(models)} models ranked by the "
-          f"meta-learner (fitted on {len(rows)} rows of {store.path.name}; predicted query accuracy after "
-          f"{args.target}, ± its held-out RMSE for that model)")
+    shots = out["shots"]
+    shot_text = f"{min(shots)}" if min(shots) == max(shots) else f"{min(shots)}-{max(shots)}"
+    print(f"{way}-way task, {shot_text} images per class, from {args.support}: {model_count} models ranked by the "
+          f"meta-learner (fitted on {out['meta_rows']} rows of {meta_name}; predicted query accuracy after "
+          f"{target}, ± its held-out RMSE for that model)")
     print(f"{'rank':>4s}  {'model':32s} {'predicted':>10s} {'±':>6s}" + (f" {'measured':>9s}" if verified else ""))
     for e in ranking:
         measured = (f" {e['measured_accuracy']:8.1f}%" if "measured_accuracy" in e
                     else " " * 10 if verified else "")
         unc = f"{e['uncertainty']:.1f}" if e["uncertainty"] is not None else "?"
         print(f"{e['rank']:4d}  {e['model']:32s} {e['predicted_accuracy']:9.1f}% {unc:>6s}{measured}")
-    print(f"selection took {select_cpu:.1f} CPU-s (meta-learner fit included); fine-tuning every model on a task of "
-          f"the meta-dataset took {finetune_all:.1f} CPU-s on average")
+    print(f"selection took {out['selection_cpu_seconds']:.1f} CPU-s (meta-learner fit included); fine-tuning every "
+          f"model on a task of the meta-dataset took {out['finetune_all_cpu_seconds_estimate']:.1f} CPU-s on average")
     if verified:
-        m = monitor
+        m = out["monitor"]
         print(f"verified the top {len(verified)} by {verified[0]['protocol']}; the meta-learner's error so far "
               f"(predicted − measured, {m['verifications']} verification(s) recorded in the run store): "
               f"RMSE {m['rmse']:.1f} points, mean {m['mean_error']:+.1f}, last 10 RMSE {m['rmse_last_10']:.1f} "
@@ -313,18 +183,19 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_select_monitor(args: argparse.Namespace) -> int:
+    from ..select.selection import running_error, verification_history
+    from ..select.zoo import Zoo
     from ..store import RunStore
-    from .zoo import Zoo
 
     zoo_root = str(Zoo(args.zoo).root.resolve()) if not args.all_zoos else None
-    history = _verification_history(RunStore(args.runs), zoo_root)
+    history = verification_history(RunStore(args.runs), zoo_root)
     table = []
     for i, r in enumerate(history):
         m = r["metrics"]
         table.append({"id": r["id"], "created": r["created"], "model": r["method"], "predicted": m["predicted"],
                       "measured": m["measured"], "error": m["error"],
-                      "running_rmse": _running_error(history[: i + 1])["rmse"]})
-    summary = _running_error(history)
+                      "running_rmse": running_error(history[: i + 1])["rmse"]})
+    summary = running_error(history)
     if args.json:
         print(json.dumps({"verifications": table, "summary": summary}))
         return 0
@@ -343,18 +214,10 @@ def cmd_select_monitor(args: argparse.Namespace) -> int:
 
 # -- parsers -------------------------------------------------------------------------------------
 
-def register(subparsers) -> None:
-    """Add ``zoo`` and ``select`` to the ``fewshot`` command's sub-commands."""
-    from ..cli import _Parser
-    from .builder import SOURCES, TARGETS
+def _zoo_flags(p: argparse.ArgumentParser) -> None:
+    from ..select.zoo import PRESETS
 
-    SUPPRESS = argparse.SUPPRESS
-    from .zoo import PRESETS
-
-    p = subparsers.add_parser("zoo", help="the model zoo: list, add or build pre-trained feature extractors",
-                              description="A folder of pre-trained models (weights in safetensors, metadata in "
-                              "JSON) that `fewshot select` ranks for a new task.")
-    zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION", parser_class=_Parser)
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION", parser_class=Parser)
     zsub.required = True
 
     q = zsub.add_parser("list", help="the zoo's models and their metadata")
@@ -396,10 +259,11 @@ def register(subparsers) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_zoo_build)
 
-    p = subparsers.add_parser("select", help="model selection: rank the zoo for a task; build and evaluate the "
-                              "meta-learner", description="Rank the zoo's models for your task (--support FOLDER), "
-                              "or build the meta-dataset (select build), judge the meta-learner against the baselines "
-                              "(select evaluate), follow its error (select monitor).")
+
+def _select_flags(p: argparse.ArgumentParser) -> None:
+    from ..select.builder import SOURCES, TARGETS
+
+    SUPPRESS = argparse.SUPPRESS
     _add_zoo_flag(p)
     p.add_argument("--support", metavar="FOLDER", help="your task's labelled images: one sub-folder per class")
     p.add_argument("--verify", type=int, metavar="K", help="adapt the top K models for real and report their accuracy")
@@ -412,7 +276,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", help="data root (for the image cache)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_select)
-    ssub = p.add_subparsers(dest="select_command", metavar="ACTION", parser_class=_Parser)
+    ssub = p.add_subparsers(dest="select_command", metavar="ACTION", parser_class=Parser)
 
     q = ssub.add_parser("build", help="the meta-dataset: tasks × zoo models, resumable, parallel",
                         description="For tasks from held-out classes and every zoo model, record task and model "
@@ -449,4 +313,15 @@ def register(subparsers) -> None:
     q.set_defaults(func=cmd_select_monitor)
 
 
-__all__ = ["evaluate_meta_dataset", "evaluation_table", "register"]
+def register(sub) -> None:
+    """Add ``zoo`` and ``select`` to the sub-command parsers ``sub``."""
+    sub.add_parser("zoo", help="the model zoo: list, add or build pre-trained feature extractors", build=_zoo_flags,
+                   description="A folder of pre-trained models (weights in safetensors, metadata in JSON) that "
+                   "`fewshot select` ranks for a new task.")
+    sub.add_parser("select", help="model selection: rank the zoo for a task; build and evaluate the meta-learner",
+                   build=_select_flags, description="Rank the zoo's models for your task (--support FOLDER), or "
+                   "build the meta-dataset (select build), judge the meta-learner against the baselines (select "
+                   "evaluate), follow its error (select monitor).")
+
+
+__all__ = ["register"]

@@ -1,8 +1,4 @@
-"""The ``fewshot`` command line.
-
-Every command has ``--help``. Errors a user can cause print one line and exit with
-status 2; nothing is left half-written.
-"""
+"""``fewshot train``, ``evaluate``, ``runs``, ``data`` and ``demo``: training runs and their evaluation."""
 
 from __future__ import annotations
 
@@ -14,96 +10,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .errors import ConfigError, FewShotError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line rather than usage plus error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"option '{text}' must look like KEY=VALUE")
-    key, value = text.split("=", 1)
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
-
-
-# -- shared flag groups ------------------------------------------------------------------
-
-def _add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
-    g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
-    g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
-    g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
-    g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
-    g.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
-                   help="rotated copies as extra classes (omniglot: on by default; digits: off)")
-
-
-def _dataset_options(args: argparse.Namespace, base: dict | None = None) -> dict:
-    options = dict(base or {})
-    for key in ("split_scheme", "image_size", "path"):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    if getattr(args, "rotations", None) is not None:
-        options["rotations"] = args.rotations
-    return options
-
-
-def _add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
-    g = p.add_argument_group("episodes")
-    g.add_argument("--way", type=int, help="classes per test episode (default 5)")
-    g.add_argument("--shot", type=int, help="support examples per class (default 1)")
-    g.add_argument("--query", type=int, help="query examples per class (default 15)")
-    g.add_argument("--seed", type=int, help="seed (default 0)")
-    if train:
-        g.add_argument("--train-way", type=int, help="classes per training episode (default: --way)")
-        g.add_argument("--train-shot", type=int, help="support examples per class in training (default: --shot)")
-        g.add_argument("--train-query", type=int, help="query examples per class in training (default: --query)")
+from ..errors import ConfigError
+from .flags import add_data_flags, add_episode_flags, config_from_args, dataset_options, parse_options, \
+    trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
 
-def config_from_args(args: argparse.Namespace) -> "TrainConfig":
-    """The TrainConfig of a command's flags: defaults < ``--config`` file < flags. A command
-    without some flag (``tune`` has no ``--momentum``) leaves that setting to the layers below."""
-    from .config import TrainConfig
-
-    flag = lambda name: getattr(args, name, None)  # noqa: E731
-    method_options = dict(_parse_option(o) for o in args.option)
-    for name in ("distance", "inner_steps", "inner_lr", "first_order"):
-        if flag(name) not in (None, False):
-            method_options[name] = flag(name)
-    backbone_options = dict(_parse_option(o) for o in args.backbone_option)
-    no_val = (flag("val_split") or "").lower() == "none"
-    config = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
-        dataset_options=_dataset_options(args), method_options=method_options or None,
-        backbone_options=backbone_options or None,
-        **{name: flag(name) for name in (
-            "way", "shot", "query", "train_way", "train_shot", "train_query", "episodes", "meta_batch", "optimizer",
-            "lr", "lr_step", "momentum", "val_every", "val_episodes", "checkpoint_every", "seed", "train_split",
-            "cpu_minutes")},
-        val_split=None if no_val else flag("val_split"))
-    if no_val:  # layered() skips None: it cannot override the default
-        config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})
-    return config
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
-    from .train import Trainer
+    from ..config import TrainConfig
+    from ..train import Trainer
 
     if args.nproc and args.nproc > 1:
-        from .distributed import launch
+        from ..distributed import launch
 
         argv = list(args.argv)
         i = argv.index("--nproc") if "--nproc" in argv else None
@@ -111,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args.nproc, argv)
 
     if args.resume:
-        from .io import read_json
+        from ..io import read_json
 
         config = TrainConfig.from_dict(read_json(Path(args.resume) / "config.json"))
         run_dir = Path(args.resume)
@@ -132,62 +51,72 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = "no validation split: kept the last weights"
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
-    return 0
+    return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
+                                                  f"`fewshot train --resume {run_dir}` and a writable --runs")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_source, make_sampler
-    from .evaluate import evaluate
-    from .methods import METHODS, build_method
-    from .store import RunStore
-    from .runs import load_run
+    from ..data import load_source, make_sampler
+    from ..errors import StoreError
+    from ..evaluate import evaluate, record_evaluation
+    from ..methods import METHODS, build_method
+    from ..runs import load_run
 
     target = args.target
     if target in METHODS and not METHODS[target].needs_backbone:
-        method, dataset_name, dataset_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
+        method, dataset_name, data_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
         method_name = target
     else:
         config, method, _ = load_run(target, args.weights)
-        test_options = dict(_parse_option(o) for o in args.option)
+        test_options = parse_options(args.option)
         if args.inner_steps is not None:
             test_options["inner_steps"] = args.inner_steps
         method_name = config.method
         if args.adapt:
-            from .methods.transfer import adapt_method
+            from ..methods.transfer import adapt_method
 
             method = adapt_method(method, args.adapt, **test_options)
             method_name = f"{config.method}+{args.adapt}"
         else:
             method.set_test_options(**test_options)
-        dataset_name, dataset_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
+        dataset_name, data_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
         args.way = args.way or config.way
         args.shot = args.shot or config.shot
         args.query = args.query or config.query
         if args.dataset and args.dataset != config.dataset:
-            dataset_name, dataset_options = args.dataset, {}
-    dataset_options = _dataset_options(args, dataset_options)  # recorded as used, so suites compare
-    dataset = load_source(dataset_name, args.data_root, **dataset_options)
+            dataset_name, data_options = args.dataset, {}
+    data_options = dataset_options(args, data_options)  # recorded as used, so suites compare
+    dataset = load_source(dataset_name, args.data_root, **data_options)
     way, shot, query = args.way or 5, args.shot or 1, args.query or 15
     sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
     start_cpu = time.process_time()
     result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
     cpu = time.process_time() - start_cpu
-    RunStore(args.runs).record(
-        "evaluate", method=method_name, dataset=dataset_name, split=args.eval_split, seed=args.seed or 0,
-        run_dir=run_dir, seconds=result.seconds, cpu_seconds=cpu,
-        config={"dataset_options": dataset_options, "way": way, "shot": shot, "query": query,
-                "episodes": args.episodes, "weights": args.weights},
-        metrics=result.to_dict(per_episode=True))
+    record_error = None
+    try:
+        record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split,
+                          seed=args.seed or 0, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
+                          config={"dataset_options": data_options, "weights": args.weights})
+    except StoreError as e:  # the result is printed all the same
+        record_error = str(e)
     if args.json:
         print(json.dumps({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
         print(result.summary())
-    return 0
+    return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
+
+
+def _recording_failed(error: str | None, how: str) -> int:
+    """0, or (after the work was reported) one line saying it was not recorded, and 2."""
+    if error is None:
+        return 0
+    print(f"fewshot: error: {error}; the result above is not recorded: {how}", file=sys.stderr)
+    return 2
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from .data import DATASETS, TASK_FAMILIES
+    from ..data import DATASETS, TASK_FAMILIES
 
     for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items()):
         doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
@@ -196,9 +125,9 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from ..data import load_dataset
 
-    summary = load_dataset(args.name, args.data_root, **_dataset_options(args)).summary()
+    summary = load_dataset(args.name, args.data_root, **dataset_options(args)).summary()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -212,7 +141,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .store import RunStore
+    from ..store import RunStore
 
     store = RunStore(args.runs)
     if args.action == "show":
@@ -244,37 +173,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(args.dataset, data_root=args.data_root, runs=args.runs, episodes=args.episodes, quick=args.quick)
     return 0
 
 
-# -- parser ------------------------------------------------------------------------------
+# -- parsers -----------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from .methods import METHODS
-
-    parser = _Parser(prog="fewshot", description="Learn new tasks from a few examples: meta-learning, "
-                     "transfer learning and model selection under one evaluation protocol.")
-    parser.add_argument("--version", action="version", version=f"fewshot {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    p = sub.add_parser("train", help="meta-train a method on episodes",
-                       description="Meta-train METHOD on episodes of a dataset, validating on its val split "
-                       "and keeping the best checkpoint. Settings: defaults < --config < flags.")
-    p.add_argument("method", nargs="?", choices=sorted(n for n, m in METHODS.items() if m.learns_across_tasks),
-                   help="method to train (omit with --resume)")
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", nargs="?", choices=trainable_methods(), help="method to train (omit with --resume)")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--config", help="JSON file of settings (keys of TrainConfig)")
-    _add_data_flags(p, default_dataset=None)
-    _add_episode_flags(p, train=True)
+    add_data_flags(p, default_dataset=None)
+    add_episode_flags(p, train=True)
     g = p.add_argument_group("training")
     g.add_argument("--backbone", help="conv4 (default), resnet12 or mlp")
     g.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE", help="backbone option, e.g. width=32")
-    g.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. distance=cosine")
+    g.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. distance=cosine (`fewshot methods` lists them)")
     g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet, taskcond: distance to prototypes")
     g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
     g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
@@ -296,12 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes",
-                       description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
-                       "on a fixed, seeded suite of test episodes.")
+
+def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm)")
-    _add_data_flags(p, default_dataset=None)
-    _add_episode_flags(p, train=False)
+    add_data_flags(p, default_dataset=None)
+    add_episode_flags(p, train=False)
     p.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
@@ -317,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("data", help="datasets: list them, describe one")
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
     dsub.required = True
     q = dsub.add_parser("list", help="the datasets fewshot knows")
     q.set_defaults(func=cmd_data_list)
@@ -332,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_data_info)
 
-    p = sub.add_parser("runs", help="list recorded runs, or show one")
+
+def _runs_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("id", nargs="?", type=int, help="run id, with show")
     p.add_argument("--kind", help="only runs of this kind (train, evaluate, tune-trial, ...)")
@@ -341,35 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",
-                       description="Meta-train Prototypical Networks, then compare them with a nearest class "
-                       "mean on raw pixels on identical test episodes.")
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", choices=["digits", "omniglot"], help="digits (offline default) or omniglot")
     p.add_argument("--data-root", help="data root for omniglot")
     p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
     p.add_argument("--runs", help="runs folder (default ./runs)")
     p.set_defaults(func=cmd_demo)
-    __import__("fewshot.select.cli", fromlist=["register"]).register(sub)  # zoo, select
-    __import__("fewshot.cli_tools", fromlist=["register"]).register(sub)  # report, tune, advise
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    try:
-        return args.func(args)
-    except FewShotError as e:
-        print(f"fewshot: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # What was interrupted decides how to continue; each long command resumes by design.
-        how = {"train": "`fewshot train --resume RUN_DIR` continues the run",
-               "zoo": "`fewshot zoo build` again skips the models already built",
-               "select": "`fewshot select build` again adds only the missing rows",
-               "tune": "`fewshot tune` again with the same --out adds trials"}.get(argv[0] if argv else "")
-        print(f"fewshot: interrupted{'; ' + how if how else ''}", file=sys.stderr)
-        return 130
+def register(sub) -> None:
+    """Add ``train``, ``evaluate``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
+    sub.add_parser("train", help="meta-train a method on episodes", build=_train_flags,
+                   description="Meta-train METHOD on episodes of a dataset, validating on its val split "
+                   "and keeping the best checkpoint. Settings: defaults < --config < flags.")
+    sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes", build=_evaluate_flags,
+                   description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
+                   "on a fixed, seeded suite of test episodes.")
+    sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
+    sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
+    sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",
+                   build=_demo_flags, description="Meta-train Prototypical Networks, then compare them with a "
+                   "nearest class mean on raw pixels on identical test episodes.")

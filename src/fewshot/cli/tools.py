@@ -1,20 +1,15 @@
-"""The ``report``, ``tune`` and ``advise`` commands of the ``fewshot`` command line.
-
-:func:`register` adds them to ``fewshot``'s sub-commands; they follow
-:mod:`fewshot.cli`'s conventions (one-line errors, exit status 2, ``--runs``).
-"""
+"""``fewshot report``, ``tune`` and ``advise``: what the recorded runs say."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .cli import _add_data_flags, _add_episode_flags, config_from_args
-from .errors import ConfigError
+from .flags import add_data_flags, add_episode_flags, config_from_args, needs_tool, trainable_methods
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from ..report import build_report
 
     report = build_report(args.targets, args.out, runs=args.runs, selection=args.selection, data_root=args.data_root,
                           embed_split=args.embed_split, projection=args.projection)
@@ -25,7 +20,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import parse_space, tune
+    from ..tune import parse_space, tune
 
     space = parse_space(args.space)
     base = config_from_args(args)
@@ -40,8 +35,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
-    from .advise import Setting, advise
-    from .store import RunStore
+    from ..advise import Setting, advise
+    from ..store import RunStore
 
     setting = Setting(args.way, args.shot, args.classes, args.images_per_class, args.cross_domain)
     advice = advise(setting, None if args.rules else RunStore(args.runs), data_root=args.data_root)
@@ -49,29 +44,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_tool(module: str, extra: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'") from None
-
-
-def _checked(func, module: str, extra: str):
-    """``func``, failing first in one line when its optional dependency is missing."""
-    def run(args: argparse.Namespace) -> int:
-        _require_tool(module, extra)
-        return func(args)
-    return run
-
-
-def register(sub) -> None:
-    """Add ``report``, ``tune`` and ``advise`` to the sub-command parsers ``sub``."""
-    from .methods import METHODS
-
-    p = sub.add_parser("report", help="an HTML report with figures on runs",
-                       description="Write a self-contained HTML page (index.html and PNG figures in one folder) "
-                       "on training runs: learning curves, methods compared on identical episodes, accuracy "
-                       "against shots and ways, embedding maps across checkpoints, model selection.")
+def _report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="RUN", help="run folders, or folders holding run folders")
     p.add_argument("--out", required=True, help="folder to write (replaced if it holds an earlier report)")
     p.add_argument("--runs", help="runs folder whose store holds the evaluate records "
@@ -84,14 +57,11 @@ def register(sub) -> None:
     p.add_argument("--embed-split", default="test", help="split of the episode the embedding maps show (default test)")
     p.add_argument("--projection", choices=["pca", "tsne"], default="pca",
                    help="2-D projection of embeddings (default pca)")
-    p.set_defaults(func=_checked(cmd_report, "matplotlib", "report"))
+    p.set_defaults(func=needs_tool(cmd_report, "matplotlib", "report"))
 
-    p = sub.add_parser("tune", help="hyper-parameter search on the validation split (Optuna)",
-                       description="Search hyper-parameters of METHOD by short training runs scored by validation "
-                       "accuracy (Optuna: exhaustive for small discrete spaces, else seeded TPE). Every trial is "
-                       "recorded in the run store; the best settings go to OUT/best.json for "
-                       "`fewshot train --config`. Run again with the same --out to add trials.")
-    p.add_argument("method", choices=sorted(n for n, m in METHODS.items() if m.learns_across_tasks), help="method to tune")
+
+def _tune_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", choices=trainable_methods(), help="method to tune")
     p.add_argument("--space", action="append", default=[], required=True, metavar="NAME=RANGE",
                    help="a dimension: lr=1e-4:1e-2:log (log-uniform), inner_steps=1:5 (integers), "
                         "inner_lr=0.01,0.4 (choices); NAME is a config key, backbone.KEY or a method option")
@@ -99,8 +69,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the trial runs, best.json and tune.json")
     p.add_argument("--config", help="JSON file of base settings (keys of TrainConfig)")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the search (default 0)")
-    _add_data_flags(p, default_dataset=None)
-    _add_episode_flags(p, train=True)
+    add_data_flags(p, default_dataset=None)
+    add_episode_flags(p, train=True)
     g = p.add_argument_group("each trial")
     g.add_argument("--episodes", type=int, help="meta-training steps of a trial (default 2000)")
     g.add_argument("--cpu-minutes", type=float, help="CPU budget of a trial")
@@ -118,12 +88,10 @@ def register(sub) -> None:
     p.add_argument("--runs", help="runs folder holding the run store and the study "
                    "(default $FEWSHOT_RUNS, else ./runs)")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
-    p.set_defaults(func=_checked(cmd_tune, "optuna", "tune"))
+    p.set_defaults(func=needs_tool(cmd_tune, "optuna", "tune"))
 
-    p = sub.add_parser("advise", help="which method to use for a new problem, from recorded runs",
-                       description="Recommend a method (and a transfer strategy where one fits) for an N-way K-shot "
-                       "problem, with its expected accuracy and the evidence: the evaluate records of the run "
-                       "store nearest to the problem. With no records, the documented rules.")
+
+def _advise_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--way", type=int, required=True, help="classes per task (N)")
     p.add_argument("--shot", type=int, required=True, help="labelled examples per class (K)")
     p.add_argument("--classes", type=int, required=True, help="classes of the meta-training set")
@@ -135,6 +103,23 @@ def register(sub) -> None:
     p.add_argument("--data-root", help="data root, to size the recorded runs' training sets (never downloads)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_advise)
+
+
+def register(sub) -> None:
+    """Add ``report``, ``tune`` and ``advise`` to the sub-command parsers ``sub``."""
+    sub.add_parser("report", help="an HTML report with figures on runs",
+                       description="Write a self-contained HTML page (index.html and PNG figures in one folder) "
+                   "on training runs: learning curves, methods compared on identical episodes, accuracy "
+                   "against shots and ways, embedding maps across checkpoints, model selection.", build=_report_flags)
+    sub.add_parser("tune", help="hyper-parameter search on the validation split (Optuna)",
+                       description="Search hyper-parameters of METHOD by short training runs scored by validation "
+                   "accuracy (Optuna: exhaustive for small discrete spaces, else seeded TPE). Every trial is "
+                   "recorded in the run store; the best settings go to OUT/best.json for "
+                   "`fewshot train --config`. Run again with the same --out to add trials.", build=_tune_flags)
+    sub.add_parser("advise", help="which method to use for a new problem, from recorded runs",
+                       description="Recommend a method (and a transfer strategy where one fits) for an N-way K-shot "
+                   "problem, with its expected accuracy and the evidence: the evaluate records of the run "
+                   "store nearest to the problem. With no records, the documented rules.", build=_advise_flags)
 
 
 __all__ = ["register"]

@@ -1,0 +1,183 @@
+"""What every ``fewshot`` command shares: the parser, option parsing and the flag groups.
+
+Nothing here imports torch or the heavy modules: ``fewshot --help`` builds only the
+top-level parser, and each command's flags are added when that command is parsed or
+its help is asked for (:class:`Parser`'s ``build``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import json
+import re
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+
+def did_you_mean(word: str, candidates, *, quote: str = "'") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, else ""."""
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line rather than usage plus error.
+
+    ``build``, if given, adds the parser's arguments the first time it parses or prints
+    help: a command's flags (and the imports they need, e.g. the method registry for
+    ``train``'s choices) cost nothing until that command is used. The parser that
+    parsed a command last sets ``command_parser`` on the namespace, so an unknown flag
+    is reported against the command's own help.
+    """
+
+    def __init__(self, *args: Any, build: Callable[["Parser"], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._build = build
+
+    def ensure_built(self) -> "Parser":
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.ensure_built()
+        namespace, extras = super().parse_known_args(args, namespace)
+        if getattr(namespace, "command_parser", None) is None:  # the innermost command parses first
+            namespace.command_parser = self
+        return namespace, extras
+
+    def format_help(self) -> str:
+        self.ensure_built()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self.ensure_built()
+        return super().format_usage()
+
+    def option_strings(self) -> list[str]:
+        """Every flag this parser takes (``--way``, ``-o`` ...)."""
+        self.ensure_built()
+        return [s for action in self._actions for s in action.option_strings]
+
+    def unknown_flags(self, extras: list[str]) -> None:
+        """Exit (status 2, one line) naming ``extras`` and the closest known flag."""
+        first = next((e for e in extras if e.startswith("-")), extras[0])
+        hint = did_you_mean(first.split("=", 1)[0], self.option_strings(), quote="") if first.startswith("-") else ""
+        self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match["choices"])
+            message += did_you_mean(match["word"], choices)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as ``(key, value)``: the value as JSON when it parses, else the string;
+    dashes in the key become underscores."""
+    if "=" not in text:
+        raise ConfigError(f"option '{text}' must look like KEY=VALUE")
+    key, value = text.split("=", 1)
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def parse_options(texts) -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` flags as a dict."""
+    return dict(parse_option(t) for t in texts)
+
+
+# -- shared flag groups ------------------------------------------------------------------
+
+def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
+    g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
+    g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
+    g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
+    g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
+    g.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotated copies as extra classes (omniglot: on by default; digits: off)")
+
+
+def dataset_options(args: argparse.Namespace, base: dict | None = None) -> dict:
+    """The dataset options given by the data flags, over ``base``."""
+    options = dict(base or {})
+    for key in ("split_scheme", "image_size", "path"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    if getattr(args, "rotations", None) is not None:
+        options["rotations"] = args.rotations
+    return options
+
+
+def add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
+    g = p.add_argument_group("episodes")
+    g.add_argument("--way", type=int, help="classes per test episode (default 5)")
+    g.add_argument("--shot", type=int, help="support examples per class (default 1)")
+    g.add_argument("--query", type=int, help="query examples per class (default 15)")
+    g.add_argument("--seed", type=int, help="seed (default 0)")
+    if train:
+        g.add_argument("--train-way", type=int, help="classes per training episode (default: --way)")
+        g.add_argument("--train-shot", type=int, help="support examples per class in training (default: --shot)")
+        g.add_argument("--train-query", type=int, help="query examples per class in training (default: --query)")
+
+
+def trainable_methods() -> list[str]:
+    """Names of the registered methods that learn across tasks, i.e. that ``fewshot train``
+    trains (imports the registry, and so torch)."""
+    from ..methods import METHODS
+
+    return sorted(n for n, m in METHODS.items() if m.learns_across_tasks)
+
+
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
+    """The TrainConfig of a command's flags: defaults < ``--config`` file < flags. A command
+    without some flag (``tune`` has no ``--momentum``) leaves that setting to the layers below."""
+    from ..config import TrainConfig
+
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
+    method_options = parse_options(args.option)
+    for name in ("distance", "inner_steps", "inner_lr", "first_order"):
+        if flag(name) not in (None, False):
+            method_options[name] = flag(name)
+    backbone_options = parse_options(args.backbone_option)
+    no_val = (flag("val_split") or "").lower() == "none"
+    config = TrainConfig.layered(
+        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+        dataset_options=dataset_options(args), method_options=method_options or None,
+        backbone_options=backbone_options or None,
+        **{name: flag(name) for name in (
+            "way", "shot", "query", "train_way", "train_shot", "train_query", "episodes", "meta_batch", "optimizer",
+            "lr", "lr_step", "momentum", "val_every", "val_episodes", "checkpoint_every", "seed", "train_split",
+            "cpu_minutes")},
+        val_split=None if no_val else flag("val_split"))
+    if no_val:  # layered() skips None: it cannot override the default
+        config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})
+    return config
+
+
+def require_tool(module: str, extra: str) -> None:
+    """Fail in one line when the optional dependency ``module`` (of ``fewshot[extra]``) is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'") from None
+
+
+def needs_tool(func, module: str, extra: str):
+    """``func``, failing first in one line when its optional dependency is missing."""
+    def run(args: argparse.Namespace) -> int:
+        require_tool(module, extra)
+        return func(args)
+    return run

@@ -1,0 +1,53 @@
+"""The ``fewshot`` command: its parser and entry point.
+
+Every command has ``--help``. Errors a user can cause print one line and exit with
+status 2; nothing is left half-written. Each command family lives in its own module
+and adds its parsers here, explicitly; a command's flags are built (and its heavy
+imports made) only when that command runs, so ``fewshot --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..errors import FewShotError
+from . import core, tools, zoo
+from .flags import Parser
+
+# What was interrupted decides how to continue; each long command resumes by design.
+RESUME_HINTS = {"train": "`fewshot train --resume RUN_DIR` continues the run",
+                "zoo": "`fewshot zoo build` again skips the models already built",
+                "select": "`fewshot select build` again adds only the missing rows",
+                "tune": "`fewshot tune` again with the same --out adds trials"}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fewshot", description="Learn new tasks from a few examples: meta-learning, "
+                    "transfer learning and model selection under one evaluation protocol.")
+    parser.add_argument("--version", action="version", version=f"fewshot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    core.register(sub)  # train, evaluate, data, runs, demo
+    zoo.register(sub)  # zoo, select
+    tools.register(sub)  # report, tune, advise
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported against the command's own flags and help, not the top level's
+        args.command_parser.unknown_flags(extras)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except FewShotError as e:
+        print(f"fewshot: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        how = RESUME_HINTS.get(argv[0] if argv else "")
+        print(f"fewshot: interrupted{'; ' + how if how else ''}", file=sys.stderr)
+        return 130

@@ -1,0 +1,142 @@
+"""Declarative checks of settings, the one way options are validated.
+
+In the manner of scikit-learn's parameter constraints: a class (a config, a method)
+declares what each option may hold, once, as a dict of constraints, and
+:func:`validate` checks given values against it, raising a
+:class:`~fewshot.errors.ConfigError` that names the owner, the option, what it must be
+and what it got::
+
+    PROTONET = {"distance": OneOf("euclidean", "cosine"), "normalize": Boolean()}
+    validate("protonet", {"distance": distance, "normalize": normalize}, PROTONET)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+class Constraint:
+    """What one option may hold; :meth:`accepts` checks a value, :meth:`describe` says it in words."""
+
+    def accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Integer(Constraint):
+    """An ``int`` (not a bool) in ``[low, high]`` (either bound may be None)."""
+
+    low: int | None = None
+    high: int | None = None
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and (self.low is None or value >= self.low) and (self.high is None or value <= self.high))
+
+    def describe(self) -> str:
+        return "an integer" + _range(self.low, self.high, closed_low=True)
+
+
+@dataclass(frozen=True)
+class Real(Constraint):
+    """A finite number (int or float, not a bool) above ``low`` (strictly if ``open_low``) and up to ``high``."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def describe(self) -> str:
+        return "a finite number" + _range(self.low, self.high, closed_low=not self.open_low,
+                                          closed_high=not self.open_high)
+
+
+@dataclass(frozen=True)
+class Boolean(Constraint):
+    """``True`` or ``False`` (JSON ``true``/``false``), not 0 or 1."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+class OneOf(Constraint):
+    """One of a fixed set of values (compared with ``==``, and of the same type)."""
+
+    def __init__(self, *choices: Any):
+        self.choices = choices
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(c) and value == c for c in self.choices)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(str(c) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Text(Constraint):
+    """A non-empty string."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value)
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class Settings(Constraint):
+    """A JSON object (a dict with string keys)."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+    def describe(self) -> str:
+        return "an object of named settings"
+
+
+@dataclass(frozen=True)
+class Optional(Constraint):
+    """``None`` or what ``inner`` accepts."""
+
+    inner: Constraint
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or self.inner.accepts(value)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} (or null)"
+
+
+def _range(low: float | None, high: float | None, *, closed_low: bool = True, closed_high: bool = True) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'≥' if closed_low else '>'} {low:g}"
+    if low is None:
+        return f" {'≤' if closed_high else '<'} {high:g}"
+    return f" in {'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
+
+
+def validate(owner: str, values: Mapping[str, Any], constraints: Mapping[str, Constraint]) -> None:
+    """Check each of ``values`` that has a constraint; the first failure is a
+    :class:`~fewshot.errors.ConfigError` naming ``owner`` and the option."""
+    for name, constraint in constraints.items():
+        if name in values and not constraint.accepts(values[name]):
+            raise ConfigError(f"{owner} '{name}' must be {constraint.describe()}, got {values[name]!r}")
