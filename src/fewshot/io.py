@@ -19,7 +19,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
 from .errors import CheckpointError, ConfigError, FewShotError
 

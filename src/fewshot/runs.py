@@ -17,6 +17,7 @@ folders with it; nothing here trains.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from .config import TrainConfig
 from .data.tasks import backbone_defaults, task_kind
 from .errors import CheckpointError, ConfigError, FewShotError
-from .io import load_tensors, read_json
+from .io import LOCK_NAME, load_tensors, read_json
 from .methods import Method, build_method
 from .methods.transfer import FineTune, wrap
 from .models import build_backbone
@@ -34,6 +35,10 @@ from .models.pretrained import (FORMAT, VERSION, Pretrained, count_parameters, d
                                 load_pretrained, read_metadata, save_pretrained)
 
 WHICH = ("best", "last")
+#: The files of a run folder, and the temporary files of their atomic writes: the only
+#: names a run ever writes, overwrites or removes (a user's other files are never touched).
+RUN_FILE = re.compile(r"^(config\.json|state\.json|(checkpoint|best)-\d{7}\.safetensors)$")
+LEFTOVER = re.compile(r"^\.(config\.json|state\.json|(checkpoint|best)-\d{7}\.safetensors)\.\w+\.tmp$")
 
 
 def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list[int] | None = None) -> Method:
@@ -155,6 +160,21 @@ def _progress_problem(state: dict[str, Any]) -> str | None:
     return None
 
 
+def remove_unfinished_run(run_dir: Path) -> None:
+    """Delete the run files in ``run_dir`` of a run fewshot started and will never finish
+    (a trial of an interrupted search; its killed process left its lock file too), then
+    the folder if that leaves it empty."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if RUN_FILE.match(path.name) or LEFTOVER.match(path.name) or path.name == LOCK_NAME:
+            path.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # something else is in it: not ours to remove
+        pass
+
+
 def load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Load a checkpoint's ``model.*`` tensors into ``method``; a mismatch is a :class:`CheckpointError`."""
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -216,5 +236,5 @@ def finetune_from(path: str | Path, strategy: str = "finetune", which: str = "be
     return wrap(load_adaptable(path, which), strategy, **options)
 
 
-__all__ = ["WHICH", "build_model", "finetune_from", "load_adaptable", "load_run", "load_weights", "pretrained_from_run",
-           "read_state"]
+__all__ = ["LEFTOVER", "RUN_FILE", "WHICH", "build_model", "finetune_from", "load_adaptable", "load_run", "load_weights",
+           "pretrained_from_run", "read_state", "remove_unfinished_run"]

@@ -14,7 +14,6 @@ squared error (lower is better), and their method is built with ``task="regressi
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +31,10 @@ from .errors import CheckpointError, ConfigError, FewShotError, StoreError, Trai
 from .evaluate import evaluate
 from .io import FolderLock, load_tensors, read_json, save_tensors, write_json
 from .metrics import metric_name
-from .runs import build_model, load_weights, read_state
+from .runs import LEFTOVER, RUN_FILE, build_model, load_weights, read_state
 from .store import record_run
 
 LOG_EVERY = 50
-# The files a run folder holds (see fewshot.runs), and the temporary files of their
-# atomic writes: the only names a run ever writes, overwrites or removes.
-_RUN_FILE = re.compile(r"^(config\.json|state\.json|(checkpoint|best)-\d{7}\.safetensors)$")
-_LEFTOVER = re.compile(r"^\.(config\.json|state\.json|(checkpoint|best)-\d{7}\.safetensors)\.\w+\.tmp$")
 
 
 def _same_layout(value: Any, template: Any) -> bool:
@@ -236,7 +231,7 @@ class Trainer:
         """Temporary files of this run's writes that a killed process never finished
         (see :func:`fewshot.io.atomic_path`); nothing else, under the run's lock."""
         for path in self.run_dir.glob(".*.tmp"):
-            if _LEFTOVER.match(path.name):
+            if LEFTOVER.match(path.name):
                 path.unlink(missing_ok=True)
 
     def _discard(self, made_dir: bool) -> None:
@@ -282,7 +277,7 @@ class Trainer:
                 self.run_dir.rmdir()
             raise
         if not resume and not (self.run_dir / "state.json").exists():
-            clash = sorted(p.name for p in self.run_dir.iterdir() if _RUN_FILE.match(p.name))
+            clash = sorted(p.name for p in self.run_dir.iterdir() if RUN_FILE.match(p.name))
             if clash:
                 self._lock.release()
                 raise ConfigError(f"{self.run_dir} already holds {clash[0]}, which this run would overwrite; "

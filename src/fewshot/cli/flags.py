@@ -23,6 +23,11 @@ def did_you_mean(word: str, candidates, *, quote: str = "'") -> str:
     return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (a file or folder name may hold them) shown as ``\\n``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
 
 
@@ -77,7 +82,7 @@ class Parser(argparse.ArgumentParser):
         if match:
             choices = re.findall(r"'([^']*)'", match["choices"])
             message += did_you_mean(match["word"], choices)
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def parse_option(text: str) -> tuple[str, Any]:

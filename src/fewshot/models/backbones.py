@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..params import Boolean, Integer, ListOf, Optional, validate
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -111,7 +112,7 @@ BACKBONES = ("conv4", "resnet12", "mlp")
 def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Module:
     """A backbone by name for inputs of ``image_shape`` = (channels, height, width)."""
     channels = int(image_shape[0])
-    _check_sizes(name, options)
+    validate(f"bad option for backbone '{name}':", options, OPTIONS.get(name, {}))
     try:
         if name == "conv4":
             return Conv4(channels, **options)
@@ -125,27 +126,14 @@ def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Modul
     raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
 
 
-# The sizes a backbone option may take: (option, smallest, largest, a list of them?).
-# The bounds are far beyond any published few-shot backbone; past them a typo (width
-# 10000000) would allocate memory without end rather than fail.
-_SIZES = {"conv4": (("width", 1, 4096, False), ("depth", 1, 16, False)),
-          "resnet12": (("widths", 1, 4096, True),),
-          "mlp": (("hidden", 1, 65536, True), ("out_features", 1, 65536, False))}
-
-
-def _check_sizes(name: str, options: dict) -> None:
-    """Refuse a layer size or count that is not a whole number in its range, in one line."""
-    for key, low, high, many in _SIZES.get(name, ()):
-        if key not in options or (key == "out_features" and options[key] is None):
-            continue
-        value = options[key]
-        values = value if many and isinstance(value, (list, tuple)) else [value]
-        if many and (not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 16):
-            raise ConfigError(f"bad option for backbone '{name}': {key} must be a list of 1 to 16 sizes, got {value!r}")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-                raise ConfigError(f"bad option for backbone '{name}': {key} must be whole numbers from {low} to "
-                                  f"{high}, got {value!r}")
+# What the size options of the built-in backbones may hold. The bounds are far beyond
+# any published few-shot backbone; past them a typo (width 10000000) would allocate
+# memory without end rather than fail.
+_SIZE = Integer(low=1, high=4096)
+OPTIONS = {"conv4": {"width": _SIZE, "depth": Integer(low=1, high=16)},
+           "resnet12": {"widths": ListOf(_SIZE, 1, 16)},
+           "mlp": {"hidden": ListOf(Integer(low=1, high=65536)), "out_features": Optional(Integer(low=1, high=65536)),
+                   "batch_norm": Boolean()}}
 
 
 @torch.no_grad()
