@@ -28,6 +28,7 @@ CONSTRAINTS = {
     "lr_step": Integer(low=0), "lr_gamma": Real(low=0, open_low=True, high=1), "val_every": _COUNT,
     "val_episodes": _COUNT, "checkpoint_every": _COUNT, "seed": Integer(low=0, high=MAX_SEED),
     "cpu_minutes": Optional(Real(low=0, open_low=True)),
+    "lr_schedule": OneOf("step", "cosine"), "lr_min": Real(low=0),
 }
 
 
@@ -72,9 +73,15 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     cpu_minutes: float | None = None
+    # Outer-rate schedule: "step" (lr_step/lr_gamma above) or "cosine", from lr down to
+    # lr_min over `episodes` steps (MAML++'s annealing, Antoniou et al. 2019, arXiv:1810.09502).
+    lr_schedule: str = "step"
+    lr_min: float = 0.0
 
     def __post_init__(self) -> None:
         validate("config", self.to_dict(), CONSTRAINTS)
+        if self.lr_min > self.lr:
+            raise ConfigError(f"config 'lr_min' must be at most lr ({self.lr}), got {self.lr_min}")
 
     @property
     def train_shape(self) -> tuple[int, int, int]:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import EpisodeSampler, load_dataset
-from .evaluate import evaluate
+from .evaluate import evaluate, record_evaluation
 from .metrics import confidence_interval
 from .methods import PixelNearestMean
-from .store import RunStore, runs_folder
 from .runs import load_run
+from .store import runs_folder
 from .train import Trainer
 
 PRESETS = {
@@ -52,13 +52,10 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, episodes: in
         base = evaluate(PixelNearestMean(), sampler, test_episodes, desc=f"pixel-ncm {shot}-shot")
         gain = confidence_interval(ours.scores - base.scores)
         rows[shot] = (ours, base, gain)
-        store = RunStore(runs)
         for name, result in (("protonet", ours), ("pixel-ncm", base)):
-            store.record("evaluate", method=name, dataset=dataset, split="test", seed=0,
-                         run_dir=str(run_dir.resolve()) if name == "protonet" else None,
-                         seconds=result.seconds, metrics=result.to_dict(per_episode=True),
-                         config={"dataset_options": config.dataset_options, "way": config.way, "shot": shot,
-                                 "query": config.query, "episodes": test_episodes, "demo": True})
+            record_evaluation(result, method=name, dataset=dataset, split="test", seed=0,
+                              run_dir=run_dir if name == "protonet" else None, runs=runs,
+                              config={"dataset_options": config.dataset_options, "demo": True})
     print(f"\n{config.way}-way test accuracy on {test_episodes} identical episodes per column "
           f"(mean ± 95% CI; {trained.steps} meta-training steps, {trained.cpu_seconds:.0f} CPU-s):")
     print(f"  {'method':38s} {'1-shot':>14s} {'5-shot':>14s}")

@@ -115,6 +115,8 @@ class Trainer:
         self.dist.broadcast_parameters(self.method)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
+        if config.lr_schedule == "cosine":  # MAML++'s outer-rate annealing (config.py)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.episodes, config.lr_min)
         self.state: dict[str, Any] = {
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
             "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),

@@ -1,17 +1,19 @@
 """Gradient-based meta-learning: MAML, first-order MAML, Meta-SGD and ANIL.
 
-* MAML (Finn, Abbeel and Levine, ICML 2017): learn an initialisation from which a few
+* MAML (Finn, Abbeel and Levine, ICML 2017, arXiv:1703.03400): learn an initialisation from which a few
   gradient steps on a task's support set give low loss on its query set. The
   meta-gradient differentiates through the inner steps (second order) unless
   ``first_order=True`` (FOMAML, registered as ``fomaml``), which treats the inner
   gradients as constants. ``learn_inner_lr=True`` learns one inner learning rate per
   step and per parameter tensor (the "LSLR" of Antoniou et al.'s MAML++, 2019).
-* Meta-SGD (Li, Zhou, Chen and Li, 2017): one learning rate per parameter *element*,
+* Meta-SGD (Li, Zhou, Chen and Li, 2017, arXiv:1707.09835): one learning rate per parameter *element*,
   learned in the outer loop with the initialisation (``metasgd``).
-* ANIL (Raghu, Raghu, Bengio and Vinyals, ICLR 2020): the inner loop adapts the head
+* ANIL (Raghu, Raghu, Bengio and Vinyals, ICLR 2020, arXiv:1909.09157): the inner loop adapts the head
   only; the body is shared by all tasks and learned in the outer loop (``anil``).
 
-Reptile lives in :mod:`fewshot.methods.reptile`.
+Reptile lives in :mod:`fewshot.methods.reptile`, MAML++ (Antoniou et al., 2019,
+arXiv:1810.09502) in :mod:`fewshot.methods.mamlpp`. ``boil=True`` makes MAML, FOMAML,
+Meta-SGD or MAML++ BOIL (Oh et al., 2021, arXiv:2008.08882): the inner loop adapts the body, not the head.
 
 **Any module.** The inner loop runs the backbone functionally
 (:mod:`fewshot.models.functional`): an unmodified ``nn.Module``, pre-trained or not,
@@ -28,12 +30,24 @@ refused with a message saying to train with that way. ``task="regression"`` (the
 sinusoid of Finn et al.) adds no head: the backbone is the whole model
 (``MLP(1, (40, 40), out_features=1)``) and the loss is the mean squared error.
 
-**Meta-gradient, task by task.** :meth:`MAML.loss` computes each task's
-meta-gradient as soon as its query loss is known and frees that task's graph, then
-returns a scalar equal to the mean query loss whose gradient is the mean
+**Task batching.** Meta-training runs the tasks of a meta-batch together
+(:class:`~fewshot.models.functional.TaskBatched`): the tasks' fast weights are stacked
+``(T, ...)``, their images laid side by side along the channels, every ``Conv2d`` one
+grouped convolution over tasks, every ``Linear`` one batched product, BatchNorm with
+each task's own statistics. One inner step of T tasks is one pass of a few large
+operations instead of T passes of small ones, which is what fills a GPU; the losses and
+meta-gradients equal the per-task loop's to float rounding (``tests/test_maml_batched.py``).
+A module with a layer the batched path does not know (``unbatched_reason`` names it)
+runs the per-task loop instead, so any ``nn.Module`` still works; ``task_batching=False``
+asks for the per-task loop.
+
+**Meta-gradient, chunk by chunk.** :meth:`MAML.loss` computes the meta-gradient of
+each chunk of tasks (:meth:`MAML._chunks`: at most ``task_chunk`` tasks, by default
+sized to bound a chunk's graph) as soon as its query losses are known and frees that
+graph, then returns a scalar equal to the mean query loss whose gradient is the mean
 meta-gradient (:func:`~fewshot.models.functional.surrogate_loss`). The trainer's
 ``loss.backward()`` and optimiser step therefore apply exactly the MAML update, while
-peak memory is that of one task rather than of the whole meta-batch.
+peak memory is that of one chunk rather than of the whole meta-batch.
 
 **Evaluation** (:meth:`MAML.adapt`) takes first-order steps from detached weights
 under ``torch.enable_grad()``: no second-order graph is built and nothing outlives an
@@ -54,8 +68,8 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
 from ..metrics import accuracy
+from ..models.functional import FunctionalModule, TaskBatched, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
 from .base import Method, Predictor
 
 TASKS = ("classification", "regression")
@@ -96,6 +110,18 @@ def _check_lr(name: str, value) -> float:
     return float(value)
 
 
+def _batched_sgd_step(params: dict, names: Sequence[str], grads: Sequence[torch.Tensor],
+                      lrs: Sequence[torch.Tensor | float]) -> dict[str, torch.Tensor]:
+    """:func:`~fewshot.models.functional.sgd_step` for task-stacked weights ``(T, ...)``:
+    a rate (scalar, or per element as Meta-SGD's) applies to every task alike."""
+    out = dict(params)
+    for name, grad, lr in zip(names, grads, lrs):
+        if torch.is_tensor(lr) and lr.dim() and lr.shape[0] != grad.shape[1]:
+            lr = lr[: grad.shape[1]]  # a head sliced to fewer ways: its per-element rates too
+        out[name] = params[name] - lr * grad
+    return out
+
+
 class MAML(Method):
     """Model-Agnostic Meta-Learning (see the module docstring).
 
@@ -105,15 +131,19 @@ class MAML(Method):
     learned rates), ``test_inner_steps`` (default: ``inner_steps``), ``task``
     (``classification`` / ``regression``), ``image_shape`` or ``in_features`` (to size
     the head; the trainer passes ``image_shape``, and without either a dry run on a
-    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``) and
+    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``),
     ``tune_allocator`` (let glibc keep freed memory, see
-    :func:`~fewshot.models.functional.keep_freed_memory`).
+    :func:`~fewshot.models.functional.keep_freed_memory`), ``task_batching`` (meta-train
+    the tasks of a meta-batch as one batched computation, default on; see
+    :meth:`loss`), ``task_chunk`` (at most this many tasks per batched computation;
+    default: by input size, :meth:`_chunks`) and ``boil`` (BOIL, Oh et al. 2021,
+    arXiv:2008.08882: the inner loop adapts the body, the head stays as meta-learned).
     """
 
     name = "maml"
     test_mode = "train"
     tasks = TASKS
-    #: Names of the parameters the inner loop adapts: "all", or "head" (ANIL).
+    #: Names of the parameters the inner loop adapts: "all", "head" (ANIL) or "body" (BOIL).
     adapts = "all"
     #: ``first_order`` when the option is not given.
     default_first_order = False
@@ -123,7 +153,8 @@ class MAML(Method):
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 1, inner_lr: float | None = None,
                  first_order: bool | None = None, learn_inner_lr: bool = False, test_inner_steps: int | None = None,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
-                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True):
+                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
+                 task_batching: bool = True, task_chunk: int | None = None, boil: bool = False):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise ConfigError(f"{self.name} needs a backbone module, got {type(backbone).__name__}")
@@ -133,7 +164,7 @@ class MAML(Method):
         if task not in TASKS:
             raise ConfigError(f"unknown {self.name} task '{task}'; choose one of: {', '.join(TASKS)}")
         for flag, value in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
-                            ("tune_allocator", tune_allocator)):
+                            ("tune_allocator", tune_allocator), ("task_batching", task_batching), ("boil", boil)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
         self.way = _check_int("way", way, 1)
@@ -144,6 +175,13 @@ class MAML(Method):
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
         self.batch_norm = check_batch_norm(batch_norm)
         self.tune_allocator = tune_allocator
+        self.task_batching = task_batching
+        if boil:
+            if self.adapts != "all":
+                raise ConfigError(f"{self.name} adapts the {self.adapts} only; boil (the body only) does not apply")
+            self.adapts = "body"
+        self.boil = boil
+        self.task_chunk = None if task_chunk is None else _check_int("task_chunk", task_chunk, 1)
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.backbone = backbone
         self.head: nn.Linear | None = None
@@ -164,6 +202,9 @@ class MAML(Method):
             self.in_features = in_features
         self._fmodel = FunctionalModule(self, self.batch_norm)
         self._adapted = self._adapted_names()
+        self._batched: TaskBatched | None = None
+        #: Why meta-training runs task by task rather than task-batched (None: batched).
+        self.unbatched_reason: str | None = None
         self._init_learned_rates()
         self._test_lr: float | None = None
 
@@ -188,9 +229,9 @@ class MAML(Method):
 
     def _adapted_names(self) -> list[str]:
         names = [n for n, p in self.named_parameters() if n.startswith(("backbone.", "head.")) and p.requires_grad]
-        if self.adapts == "head":
+        if self.adapts in ("head", "body"):
             prefix, _ = self._head_module()
-            names = [n for n in names if n.startswith(prefix)]
+            names = [n for n in names if n.startswith(prefix) == (self.adapts == "head")]
         if not names:
             raise ConfigError(f"{self.name} has no trainable parameters to adapt")
         return names
@@ -214,7 +255,8 @@ class MAML(Method):
         options = {"way": self.way, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
                    "first_order": self.first_order, "learn_inner_lr": self.learn_inner_lr,
                    "test_inner_steps": self.test_inner_steps, "task": self.task, "batch_norm": self.batch_norm,
-                   "tune_allocator": self.tune_allocator}
+                   "tune_allocator": self.tune_allocator, "task_batching": self.task_batching,
+                   "task_chunk": self.task_chunk, "boil": self.boil}
         if self.head is not None:
             options["in_features"] = self.in_features
         return options
@@ -241,6 +283,13 @@ class MAML(Method):
             return F.mse_loss(out, y.to(out.dtype).view_as(out))
         return F.cross_entropy(out, y)
 
+    def _task_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each task's loss, ``(T,)``, from task-batched outputs ``(T, N, ...)`` and targets ``(T, N)``."""
+        if self.task == "regression":
+            return (out - y.to(out.dtype).view_as(out)).pow(2).flatten(1).mean(1)
+        per_example = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+        return per_example.view(y.shape).mean(1)
+
     def _start(self, way: int, detach: bool) -> dict[str, torch.Tensor]:
         """The initial weights of the predictor for a ``way``-way task (the head sliced to ``way`` rows)."""
         params = {n: p for n, p in self.named_parameters() if n.startswith(("backbone.", "head."))}
@@ -261,8 +310,68 @@ class MAML(Method):
         adapted-start params)``. MAML runs the whole model on the images."""
         return self._fmodel, support_x, query_x, params
 
+    # -- task batching -----------------------------------------------------------------
+
+    def _stages(self) -> list[tuple[str, nn.Module]]:
+        """The predictor as :class:`~fewshot.models.functional.TaskBatched` stages."""
+        return [("backbone.", self.backbone)] + ([("head.", self.head)] if self.head is not None else [])
+
+    def _batched_model(self) -> TaskBatched | None:
+        """The task-batched predictor, or None when the modules hold a layer it does not
+        know (``unbatched_reason`` then says which) or ``task_batching`` is off."""
+        if not self.task_batching:
+            return None
+        if self._batched is None and self.unbatched_reason is None:
+            batched = TaskBatched(self._stages(), self.batch_norm)
+            if batched.supported:
+                self._batched = batched
+            else:
+                self.unbatched_reason = batched.reason
+        return self._batched
+
+    def _batched_task_model(self, support_x: torch.Tensor, query_x: torch.Tensor | None, params: dict,
+                            detach: bool) -> tuple[Forward, torch.Tensor, torch.Tensor | None, dict]:
+        """:meth:`_task_model` for ``T`` tasks at once: inputs ``(T, N, ...)``, params ``(T, ...)``."""
+        return self._batched, support_x, query_x, params
+
+    def _chunks(self, episodes: Sequence[Episode]) -> list[list[Episode]]:
+        """Episodes in groups that run as one task-batched computation.
+
+        Tasks batch when their support and query sets have the same shapes (a
+        meta-batch always does). A chunk's graph (every inner step's activations, for
+        the second-order meta-gradient) lives until its meta-gradient is taken, so a
+        chunk holds at most ``task_chunk`` tasks; by default as many as keep (input
+        values of support and query sets) x (inner steps) under 2^20 per chunk, which
+        for Conv-4 (about 1 KB of saved activations per input value and step) bounds a
+        chunk's graph near 1 GiB whatever the meta-batch: Omniglot 5-way 1-shot with one
+        query per class runs 32 tasks at once (about 0.3 GB), with 15 queries 16 tasks,
+        20-way with 5 steps 6 tasks; 84x84 images with 15 queries one task at a time.
+        """
+        groups: dict[tuple, list[Episode]] = {}
+        for ep in episodes:
+            key = (tuple(ep.support_x.shape), None if ep.query_x is None else tuple(ep.query_x.shape), ep.way,
+                   ep.support_x.dtype, ep.support_x.device)
+            groups.setdefault(key, []).append(ep)
+        chunks = []
+        for group in groups.values():
+            size = self.task_chunk
+            if size is None:
+                ep = group[0]
+                values = (ep.support_x.numel() + (0 if ep.query_x is None else ep.query_x.numel()))
+                size = max(1, (1 << 20) // max(1, values * max(1, self.inner_steps)))
+            chunks += [group[i: i + size] for i in range(0, len(group), size)]
+        return chunks
+
+    @staticmethod
+    def _stack(params: dict, tasks: int) -> dict[str, torch.Tensor]:
+        """Every task starts from the same weights: ``(T, ...)`` views of one tensor."""
+        return {n: p.unsqueeze(0).expand(tasks, *p.shape) for n, p in params.items()}
+
+    # -- the inner loop ------------------------------------------------------------------
+
     def _inner_loop(self, forward: Forward, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int,
-                    create_graph: bool, detach: bool, test: bool | None = None) -> dict:
+                    create_graph: bool, detach: bool, test: bool | None = None, batched: bool = False,
+                    first_step: int = 0) -> dict:
         """``steps`` gradient steps on ``(x, y)`` from ``params``.
 
         ``create_graph`` keeps the graph of the steps (second-order meta-gradient);
@@ -270,25 +379,35 @@ class MAML(Method):
         outlives a step. ``test`` (default: ``detach``) applies a test-time ``inner_lr``.
         With ``inner_momentum`` μ > 0 a step follows the velocity ``v ← μ v + g``
         (``v = g`` at the first step), exactly as ``torch.optim.SGD(momentum=μ)``.
+        ``batched``: ``forward`` is task-batched, ``x`` is ``(T, N, ...)``, ``y``
+        ``(T, N)``, every params entry ``(T, ...)``; the step minimises the sum of the
+        tasks' losses, whose gradient with respect to task t's weights is task t's own.
+        ``first_step`` numbers the steps (their learned rates; MAML++'s per-step state).
         """
         names = self._adapted
         test = detach if test is None else test
         velocity = None
-        for step in range(steps):
+        for step in range(first_step, first_step + steps):
             if detach:
                 params = {n: (p.detach().requires_grad_(True) if n in names else p) for n, p in params.items()}
-            out = forward(params, x, create_graph) if create_graph else forward(params, x)
-            loss = self._task_loss(out, y)
+            at_step = self._step_params(params, step)
+            out = forward(at_step, x, create_graph) if create_graph else forward(at_step, x)
+            loss = self._task_losses(out, y).sum() if batched else self._task_loss(out, y)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
                 if self.inner_momentum:
                     velocity = list(grads) if velocity is None else [
                         v * self.inner_momentum + g for v, g in zip(velocity, grads)]
                     grads = velocity
-                new = sgd_step(params, names, grads, self._lrs(step, detach, test))
+                lrs = self._lrs(step, detach, test)
+                new = _batched_sgd_step(params, names, grads, lrs) if batched else sgd_step(params, names, grads, lrs)
             params = new
         if detach:
             params = {n: p.detach() for n, p in params.items()}
+        return params
+
+    def _step_params(self, params: dict, step: int) -> dict:
+        """The weights a pass at inner step ``step`` runs with (MAML++ adds per-step BatchNorm weights)."""
         return params
 
     def _test_steps(self) -> int:
@@ -301,19 +420,40 @@ class MAML(Method):
         start = self._start(ep.way, detach=False)
         forward, sx, qx, params = self._task_model(ep.support_x, ep.query_x, start, detach=False)
         fast = self._inner_loop(forward, params, sx, ep.support_y, self.inner_steps, create_graph, detach=False)
-        out = forward(fast, qx)
+        out = forward(self._step_params(fast, max(self.inner_steps - 1, 0)), qx)
         return self._task_loss(out, ep.query_y), out
+
+    def _chunk_loss(self, chunk: Sequence[Episode], create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each task's query loss ``(T,)`` (with its graph) and query outputs ``(T, M, ...)``
+        after the inner loop, for the tasks of ``chunk`` at once."""
+        tasks = len(chunk)
+        start = self._stack(self._start(chunk[0].way, detach=False), tasks)
+        sy = torch.stack([ep.support_y for ep in chunk])
+        qy = torch.stack([ep.query_y for ep in chunk])
+        forward, sx, qx, params = self._batched_task_model(torch.stack([ep.support_x for ep in chunk]),
+                                                           torch.stack([ep.query_x for ep in chunk]), start,
+                                                           detach=False)
+        fast = self._inner_loop(forward, params, sx, sy, self.inner_steps, create_graph, detach=False, batched=True)
+        out = forward(self._step_params(fast, max(self.inner_steps - 1, 0)), qx)
+        return self._task_losses(out, qy), out
 
     def _meta_params(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def _create_graph(self) -> bool:
+        """Whether this meta-iteration differentiates through the inner steps (second order)."""
+        return not self.first_order
+
     def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss after the inner loop; its gradient is the mean meta-gradient.
 
-        Each task's meta-gradient is computed (``torch.autograd.grad``) right after its
-        query loss and its graph freed; the returned scalar carries their mean to the
-        trainer's ``backward()`` (see :func:`~fewshot.models.functional.surrogate_loss`).
-        Called under ``torch.no_grad()``, it only measures the loss.
+        The tasks run in task-batched chunks (:meth:`_chunks`, :class:`TaskBatched`),
+        or one by one when the model holds a layer the batched path does not know
+        (``unbatched_reason``). Each chunk's meta-gradient is computed
+        (``torch.autograd.grad``) right after its query losses and its graph freed; the
+        returned scalar carries their mean to the trainer's ``backward()`` (see
+        :func:`~fewshot.models.functional.surrogate_loss`). Called under
+        ``torch.no_grad()``, it only measures the loss.
         """
         if not episodes:
             raise ConfigError(f"{self.name}.loss needs at least one episode")
@@ -321,20 +461,26 @@ class MAML(Method):
             keep_freed_memory()
         meta = self._meta_params()
         want_grad = torch.is_grad_enabled()
+        create_graph = want_grad and self._create_graph()
         total: list[torch.Tensor | None] = [None] * len(meta)
         values, metrics = [], []
         scale = 1.0 / len(episodes)
-        for ep in episodes:
+        batched = self._batched_model() is not None
+        for chunk in (self._chunks(episodes) if batched else [[ep] for ep in episodes]):
             with torch.enable_grad():
-                loss, out = self._episode_loss(ep, create_graph=want_grad and not self.first_order)
+                if batched:
+                    losses, outs = self._chunk_loss(chunk, create_graph)
+                else:
+                    loss, out = self._episode_loss(chunk[0], create_graph)
+                    losses, outs = loss.unsqueeze(0), out.unsqueeze(0)
                 if want_grad:
-                    grads = torch.autograd.grad(loss * scale, meta, allow_unused=True)
+                    grads = torch.autograd.grad(losses.sum() * scale, meta, allow_unused=True)
                     for i, g in enumerate(grads):
                         if g is not None:
                             total[i] = g.clone() if total[i] is None else total[i].add_(g)
-            values.append(loss.detach())
-            metrics.append(self._metric(out.detach(), ep.query_y))
-        value = torch.stack(values).mean()
+            values.append(losses.detach())
+            metrics += [self._metric(out, ep.query_y) for out, ep in zip(outs.detach(), chunk)]
+        value = torch.cat(values).mean()
         summary = self._summary(metrics)
         if not want_grad:
             return value, summary
@@ -449,6 +595,27 @@ class ANIL(MAML):
             sf = self._body(support_x)
             qf = self._body(query_x) if query_x is not None else None
         return forward, sf, qf, head_params
+
+    def _body_stages(self) -> list[tuple[str, nn.Module]]:
+        if self.head is not None:
+            return [("backbone.", self.backbone)]
+        return [("backbone.", nn.Sequential(*list(self.backbone)[:-1]))]
+
+    def _stages(self) -> list[tuple[str, nn.Module]]:
+        prefix, head = self._head_module()
+        return self._body_stages() + [(prefix, head)]
+
+    def _batched_task_model(self, support_x, query_x, params, detach):
+        """The body's features of all tasks in one task-batched pass (shared weights,
+        per-task statistics); the head's inner loop on them as one batched product."""
+        prefix, head = self._head_module()
+        body = TaskBatched(self._body_stages(), self.batch_norm)
+        fhead = TaskBatched([(prefix, head)], self.batch_norm)
+        head_params = {n: p for n, p in params.items() if n.startswith(prefix)}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+            sf = body({}, support_x)
+            qf = body({}, query_x) if query_x is not None else None
+        return fhead, sf, qf, head_params
 
 
 __all__ = ["ANIL", "AdaptedPredictor", "FOMAML", "MAML", "MetaSGD"]

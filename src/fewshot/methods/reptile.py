@@ -44,8 +44,9 @@ from .maml import DEFAULT_INNER_LR, MAML
 class Reptile(MAML):
     """Reptile. Options: ``way``, ``inner_steps`` (default 5), ``inner_lr`` (SGD, default
     0.1, or for regression MAML's 0.01), ``momentum`` (of the inner SGD, default 0), ``test_inner_steps``, ``use_query``,
-    ``task``, ``image_shape`` / ``in_features``, ``batch_norm``, ``tune_allocator`` (as
-    for :class:`~fewshot.methods.maml.MAML`)."""
+    ``task``, ``image_shape`` / ``in_features``, ``batch_norm``, ``tune_allocator``,
+    ``task_batching``, ``task_chunk`` (as for :class:`~fewshot.methods.maml.MAML`; the
+    tasks of a meta-batch adapt as one task-batched computation)."""
 
     name = "reptile"
     default_first_order = True
@@ -53,7 +54,8 @@ class Reptile(MAML):
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float | None = None,
                  momentum: float = 0.0, test_inner_steps: int | None = None, use_query: bool = True,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
-                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True):
+                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
+                 task_batching: bool = True, task_chunk: int | None = None):
         if not isinstance(use_query, bool):
             raise ConfigError(f"reptile use_query must be true or false, got {use_query!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
@@ -62,13 +64,14 @@ class Reptile(MAML):
             inner_lr = DEFAULT_INNER_LR["regression"] if task == "regression" else 0.1
         super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
                          test_inner_steps=test_inner_steps, task=task, image_shape=image_shape,
-                         in_features=in_features, batch_norm=batch_norm, tune_allocator=tune_allocator)
+                         in_features=in_features, batch_norm=batch_norm, tune_allocator=tune_allocator,
+                         task_batching=task_batching, task_chunk=task_chunk)
         self.use_query = use_query
         self.inner_momentum = float(momentum)
 
     def options(self) -> dict:
         options = super().options()
-        for key in ("first_order", "learn_inner_lr"):
+        for key in ("first_order", "learn_inner_lr", "boil"):
             options.pop(key)
         options["use_query"] = self.use_query
         options["momentum"] = self.inner_momentum
@@ -84,23 +87,36 @@ class Reptile(MAML):
         names = self._adapted
         total = [torch.zeros_like(params[n]) for n in names]
         values, metrics = [], []
-        for ep in episodes:
-            x, y = ep.support_x, ep.support_y
+        batched = self._batched_model() is not None
+        for chunk in (self._chunks(episodes) if batched else [[ep] for ep in episodes]):
             if self.use_query:
-                x, y = torch.cat([x, ep.query_x]), torch.cat([y, ep.query_y])
+                x = [torch.cat([ep.support_x, ep.query_x]) for ep in chunk]
+                y = [torch.cat([ep.support_y, ep.query_y]) for ep in chunk]
+            else:
+                x, y = [ep.support_x for ep in chunk], [ep.support_y for ep in chunk]
+            start = self._start(chunk[0].way, detach=True)
             with torch.enable_grad():
-                start = self._start(ep.way, detach=True)
-                fast = self._inner_loop(self._fmodel, start, x, y, self.inner_steps, create_graph=False,
-                                        detach=True, test=False)
+                if batched:  # every task of the chunk at once (TaskBatched), as MAML
+                    fast = self._inner_loop(self._batched, self._stack(start, len(chunk)), torch.stack(x),
+                                            torch.stack(y), self.inner_steps, create_graph=False, detach=True,
+                                            test=False, batched=True)
+                else:
+                    fast = self._inner_loop(self._fmodel, start, x[0], y[0], self.inner_steps, create_graph=False,
+                                            detach=True, test=False)
             with torch.no_grad():
-                out = self._fmodel(fast, ep.query_x)
-                values.append(self._task_loss(out, ep.query_y))
-                metrics.append(self._metric(out, ep.query_y))
+                if batched:
+                    out = self._batched(fast, torch.stack([ep.query_x for ep in chunk]))
+                    values.append(self._task_losses(out, torch.stack([ep.query_y for ep in chunk])))
+                else:
+                    out = self._fmodel(fast, chunk[0].query_x).unsqueeze(0)
+                    values.append(self._task_loss(out[0], chunk[0].query_y).unsqueeze(0))
+                metrics += [self._metric(o, ep.query_y) for o, ep in zip(out, chunk)]
                 for acc, name in zip(total, names):
-                    delta = start[name] - fast[name]  # θ − φ̃ (rows of a sliced head only)
+                    # Σ_t (θ − φ̃_t) over the chunk (rows of a sliced head only).
+                    delta = (start[name] * len(chunk) - (fast[name].sum(0) if batched else fast[name]))
                     target = acc if delta.shape == acc.shape else acc[: delta.shape[0]]
                     target.add_(delta, alpha=1.0 / len(episodes))
-        value = torch.stack(values).mean()
+        value = torch.cat(values).mean()
         summary = self._summary(metrics)
         if not torch.is_grad_enabled():
             return value, summary

@@ -74,6 +74,7 @@ from ..metrics import accuracy
 from ..models.blocks import sequential_runner, split_blocks
 from ..models.heads import HEAD_TYPES, OPTIMIZERS, CosineHead, NormalizedHead, logistic_probe, make_optimizer, new_head, train_head
 from ..models.pretrained import Pretrained
+from ..params import Boolean, Integer, OneOf, Optional, Real, validate
 from .base import Method, Predictor
 from .strategies import STRATEGIES
 
@@ -81,6 +82,18 @@ HEADS = ("reinit", "probe", "keep")
 PROBES = ("logistic", "torch")
 BN_MODES = ("eval", "batch")
 UNTUNABLE = ("strategy", "cv", "cv_grid", "cv_folds", "blocks", "seed")
+_POSITIVE = Real(low=0, open_low=True)
+#: What each option may hold (the rest are checked where they are used: k and block
+#: against the backbone's blocks, cv_grid against the options).
+OPTIONS = {
+    "strategy": OneOf(*STRATEGIES), "head_type": OneOf(*HEAD_TYPES), "probe": OneOf(*PROBES), "bn": OneOf(*BN_MODES),
+    "optimizer": OneOf(*OPTIMIZERS), "head": Optional(OneOf(*HEADS)), "lr": _POSITIVE, "probe_lr": _POSITIVE,
+    "backbone_lr_scale": _POSITIVE, "backbone_lr": Optional(Real(low=0)), "steps": Integer(low=0),
+    "probe_steps": Integer(low=0), "decay": Real(low=0, high=1, open_low=True), "weight_decay": Real(low=0),
+    "batch_size": Optional(Integer(low=1)), "C": _POSITIVE, "normalize": Boolean(), "cv": Boolean(),
+    "cv_folds": Integer(low=1), "seed": Integer(), "scale": Optional(_POSITIVE), "k": Optional(Integer(low=0)),
+    "unfreeze_every": Optional(Integer(low=1)), "block": Integer(),
+}
 
 
 # -- cross-validation -----------------------------------------------------------------------
@@ -187,28 +200,12 @@ class FineTune(Method):
         return self._options["strategy"]
 
     def _validate(self, o: dict[str, Any]) -> None:
-        choices = {"strategy": STRATEGIES, "head_type": HEAD_TYPES, "probe": PROBES, "bn": BN_MODES,
-                   "optimizer": OPTIMIZERS}
-        for key, allowed in choices.items():
-            if o[key] not in allowed:
-                raise ConfigError(f"unknown {key.replace('_', ' ')} '{o[key]}'; choose one of: {', '.join(allowed)}")
-        if o["head"] is not None and o["head"] not in HEADS:
-            raise ConfigError(f"unknown head '{o['head']}'; choose one of: {', '.join(HEADS)}")
+        validate(self.name, o, OPTIONS)
         if o["strategy"] == "lp-ft" and o["head"] not in (None, "probe"):
             raise ConfigError("lp-ft starts fine-tuning from the linear probe's head; leave head unset (or 'probe')")
         if o["head"] == "keep" and self.source_head is None:
             raise ConfigError("head=keep needs the source model's head, and this backbone came without one; "
                               "use head=reinit or head=probe")
-        for key in ("lr", "probe_lr", "backbone_lr_scale"):
-            if not (isinstance(o[key], (int, float)) and o[key] > 0):
-                raise ConfigError(f"finetune {key} must be a positive number, got {o[key]!r}")
-        if o["backbone_lr"] is not None and not (isinstance(o["backbone_lr"], (int, float)) and o["backbone_lr"] >= 0):
-            raise ConfigError(f"finetune backbone_lr must be a non-negative number, got {o['backbone_lr']!r}")
-        for key in ("steps", "probe_steps"):
-            if not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < 0:
-                raise ConfigError(f"finetune {key} must be a non-negative integer, got {o[key]!r}")
-        if not (isinstance(o["decay"], (int, float)) and 0 < o["decay"] <= 1):
-            raise ConfigError(f"finetune decay must lie in (0, 1], got {o['decay']!r}")
         if o["head_type"] == "cosine" and o["probe"] == "logistic" and (o["strategy"] == "linear-probe" or
                                                                         o["head"] == "probe" or o["strategy"] == "lp-ft"):
             o["probe"] = "torch"  # logistic regression fits a linear head only
