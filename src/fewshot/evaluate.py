@@ -44,6 +44,9 @@ class EvalResult:
     query: int
     seconds: float = 0.0
     metric: str = "accuracy"
+    #: Reinforcement suites: each task's mean return after 0, 1, ..., K adaptation steps,
+    #: ``(episodes, K+1)``; ``scores`` holds the last column.
+    per_step: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def episodes(self) -> int:
@@ -74,7 +77,15 @@ class EvalResult:
             return True
         return self.value > other if higher_is_better(self.metric) else self.value < other
 
+    def by_step(self) -> list[tuple[float, float]]:
+        """Mean return ± 95% CI after 0, 1, ..., K adaptation steps (reinforcement suites)."""
+        return [] if self.per_step is None else [confidence_interval(c) for c in self.per_step.T]
+
     def summary(self) -> str:
+        if self.metric == "return":
+            steps = "; ".join(f"{k}: {m:.4g} ± {c:.2g}" for k, (m, c) in enumerate(self.by_step()))
+            return (f"return {self.value:.4g} ± {self.ci95:.2g} after {len(self.by_step()) - 1} adaptation step(s) "
+                    f"({self.episodes} tasks, {self.shot} rollouts per step); by step {steps}")
         if self.metric == "mse":
             return (f"mse {self.value:.4g} ± {self.ci95:.2g} "
                     f"({self.episodes} episodes, {self.shot}-shot regression, {self.query} query points)")
@@ -82,8 +93,12 @@ class EvalResult:
                 f"({self.episodes} episodes, {self.way}-way {self.shot}-shot)")
 
     def to_dict(self, per_episode: bool = False) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "scores"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("scores", "per_step")}
         out.update({self.metric: self.value}, ci95=self.ci95, episodes=self.episodes)
+        if self.per_step is not None:
+            out["by_step"] = [{"steps": k, "return": m, "ci95": c} for k, (m, c) in enumerate(self.by_step())]
+            if per_episode:
+                out["per_episode_by_step"] = [[round(float(v), 6) for v in row] for row in self.per_step]
         if per_episode:
             # Accuracies are multiples of 100/queries; errors need more digits.
             digits = 4 if self.metric == "accuracy" else 8
@@ -104,6 +119,8 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     if method.task != sampler.kind:
         raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {sampler.kind} tasks")
     metric = metric_name(sampler.kind)
+    if sampler.kind == "reinforcement":
+        return _evaluate_returns(method, sampler, episodes, progress, desc)
     label, fmt = ("acc", ".1f") if metric == "accuracy" else (metric, ".3g")
     # Evaluation must not leave a trace: BatchNorm in train mode would update its
     # running statistics, so a "train"-mode method is evaluated on a copy.
@@ -130,6 +147,26 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     finally:
         method.train(was_training)
     return EvalResult(scores, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start, metric)
+
+
+def _evaluate_returns(method: Method, sampler: Sampler, episodes: int, progress: bool, desc: str) -> EvalResult:
+    """Reinforcement suites (:mod:`fewshot.rl`): each task's return after 0..K
+    adaptation steps (``method.adapt_returns``); the score is the return after K."""
+    was_training = method.training
+    per_step = []
+    start = time.perf_counter()
+    try:
+        with tqdm(total=episodes, desc=desc, unit="task", disable=not progress, leave=False) as bar:
+            for i, task in enumerate(sampler.suite(episodes)):
+                per_step.append(method.adapt_returns(task))
+                bar.update()
+                if i % 20 == 19:
+                    bar.set_postfix({"return": format(np.mean([r[-1] for r in per_step]), ".3g")})
+    finally:
+        method.train(was_training)
+    table = np.asarray(per_step, dtype=np.float64)
+    return EvalResult(table[:, -1].copy(), sampler.way, sampler.shot, sampler.query, time.perf_counter() - start,
+                      "return", per_step=table)
 
 
 def record_evaluation(result: EvalResult, *, method: str, dataset: str, split: str | None, seed: int,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-METRICS = ("accuracy", "mse")
+METRICS = ("accuracy", "mse", "return")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -32,8 +32,9 @@ def episode_score(outputs: torch.Tensor, targets: torch.Tensor, metric: str) -> 
 
 
 def metric_name(task: str) -> str:
-    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better) or ``mse`` (lower is better)."""
-    return "mse" if task == "regression" else "accuracy"
+    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better), ``mse``
+    (lower is better) or, for reinforcement (:mod:`fewshot.rl`), ``return`` (higher is better)."""
+    return {"regression": "mse", "reinforcement": "return"}.get(task, "accuracy")
 
 
 def higher_is_better(metric: str) -> bool:

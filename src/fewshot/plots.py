@@ -86,7 +86,7 @@ def learning_curves(curves: Sequence[Curve], path: str | Path) -> Path:
     loss_ax.set(title="meta-training loss", xlabel="step", ylabel="loss (mean over logged steps)")
     accuracy_only = all(c.metric == "accuracy" for c in curves)
     acc_ax.set(title=f"validation {'accuracy' if accuracy_only else 'score'} (band: 95% CI)", xlabel="step",
-               ylabel="accuracy (%)" if accuracy_only else "accuracy (%) or mse")
+               ylabel="accuracy (%)" if accuracy_only else " or ".join(sorted({c.metric for c in curves})))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         if ax.has_data():

@@ -99,8 +99,9 @@ def find_runs(targets: Sequence[str | Path]) -> list[RunInfo]:
 
 
 def _metric(run: RunInfo) -> str:
-    """What the run validates by: "accuracy", or "mse" for regression runs."""
-    return "mse" if "mse" in (run.state.get("best") or {}) else "accuracy"
+    """What the run validates by: "accuracy", "mse" (regression) or "return" (reinforcement)."""
+    best = run.state.get("best") or {}
+    return "mse" if "mse" in best else "return" if "return" in best else "accuracy"
 
 
 def _suite(record: dict) -> tuple:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data.tasks import backbone_defaults, task_kind
+from .data.tasks import backbone_defaults, method_defaults, task_kind
 from .errors import CheckpointError, ConfigError, FewShotError
 from .io import LOCK_NAME, load_tensors, read_json
 from .methods import Method, build_method
@@ -61,7 +61,7 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list
         raise ConfigError(f"backbone '{config.backbone}' cannot take {'x'.join(map(str, image_shape))} inputs "
                           f"({first}); choose a shallower backbone (e.g. --backbone-option depth=2) or "
                           "larger images (--image-size)") from None
-    options = dict(config.method_options)
+    options = {**method_defaults(config.dataset), **config.method_options}  # an environment family's policy kind
     task = task_kind(config.dataset)
     if options.pop("task", task) != task:
         raise ConfigError(f"method option task={config.method_options['task']} does not fit {config.dataset}, "

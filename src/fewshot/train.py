@@ -70,6 +70,7 @@ class TrainResult:
     run_id: int | None = None
     metric: str = "accuracy"
     best_mse: float | None = None
+    best_return: float | None = None  # reinforcement (fewshot.rl): mean return after adaptation
     #: Why the finished run could not be recorded in the run store (None: it was, or was not asked to be).
     record_error: str | None = None
 
@@ -427,7 +428,7 @@ class Trainer:
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
         result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
                              images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, best_mse=best.get("mse"))
+                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"))
         if record:
             c = self.config
             metrics = {"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,

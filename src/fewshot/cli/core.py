@@ -38,7 +38,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
-    if result.best_mse is not None:
+    if result.best_return is not None:
+        best = f"best validation return {result.best_return:.4g} ± {result.best_ci95:.2g}"
+    elif result.best_mse is not None:
         best = f"best validation mse {result.best_mse:.4g} ± {result.best_ci95:.2g}"
     elif result.best_accuracy is not None:
         best = f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
@@ -131,7 +133,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
     for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items()):
         doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
-        print(f"{name:12s} {doc}")
+        print(f"{name:14s} {doc}")
     return 0
 
 
@@ -167,7 +169,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
     for r in rows:
         m = r["metrics"]
-        if r["kind"] == "evaluate" and m.get("metric") == "mse":
+        if r["kind"] == "evaluate" and m.get("metric") == "return":
+            result = f"return {m['return']:.4g} ± {m['ci95']:.2g}"
+        elif r["kind"] == "evaluate" and m.get("metric") == "mse":
             result = f"mse {m['mse']:.3g} ± {m['ci95']:.2g} {m['shot']}s"
         elif r["kind"] == "evaluate":
             result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
@@ -207,6 +211,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet, taskcond: distance to prototypes")
     g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
     g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
+    g.add_argument("--rollouts", type=int, help="maml-rl: rollouts per adaptation step and for the outer objective "
+                   "(sets --shot and --query)")
     g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
@@ -234,6 +240,8 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
+    p.add_argument("--adapt-steps", dest="inner_steps", type=int,
+                   help="maml-rl: report the return after 0..K policy-gradient steps (the same as --inner-steps)")
     p.add_argument("--adapt", metavar="STRATEGY",
                    help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
                         "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")

@@ -107,6 +107,8 @@ def parse_options(texts) -> dict[str, Any]:
 def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
+    g.add_argument("--env", dest="dataset", default=argparse.SUPPRESS,
+                   help="environment family, for maml-rl (the same as --dataset; see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
     g.add_argument("--path", help="folder dataset: the folder holding one sub-folder of images per class")
@@ -158,8 +160,15 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
             method_options[name] = flag(name)
     backbone_options = parse_options(args.backbone_option)
     no_val = (flag("val_split") or "").lower() == "none"
+    backbone = args.backbone
+    if flag("rollouts") is not None:  # maml-rl: rollouts per adaptation step, and for the outer objective
+        args.shot, args.query = flag("shot") or args.rollouts, flag("query") or args.rollouts
+    if backbone is None and args.dataset:
+        from ..data.tasks import default_backbone
+
+        backbone = default_backbone(args.dataset)  # an environment family's policy is an MLP
     config = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=args.backbone,
+        args.config, method=args.method, dataset=args.dataset, backbone=backbone,
         dataset_options=dataset_options(args), method_options=method_options or None,
         backbone_options=backbone_options or None,
         **{name: flag(name) for name in (

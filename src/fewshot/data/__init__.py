@@ -40,8 +40,9 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     Options a loader does not take are rejected with the list of those it does.
     """
     if name in TASK_FAMILIES:
-        raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with "
-                          f"`fewshot train maml --dataset {name} --backbone mlp`")
+        how = (f"fewshot train maml-rl --env {name}" if TASK_FAMILIES[name].kind == "reinforcement"
+               else f"fewshot train maml --dataset {name} --backbone mlp")
+        raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with `{how}`")
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]

@@ -19,12 +19,15 @@ from ..config import MAX_SEED
 from ..errors import ConfigError
 from .base import ClassDataset
 from .episodes import EpisodeSampler
+from ..rl.tasks import ENV_SAMPLERS, EnvTaskSampler
 from .sinusoid import SinusoidSampler
 
-Sampler = Union[EpisodeSampler, SinusoidSampler]
+Sampler = Union[EpisodeSampler, SinusoidSampler, EnvTaskSampler]
 
 #: Generated task families: name -> sampler class (``(shot, query, seed, split)``).
-TASK_FAMILIES: dict[str, type[SinusoidSampler]] = {"sinusoid": SinusoidSampler}
+#: Environment families (:mod:`fewshot.rl`) are generated families of kind
+#: ``"reinforcement"``: episodes are tasks to roll out, scored by return.
+TASK_FAMILIES: dict[str, type[SinusoidSampler] | type[EnvTaskSampler]] = {"sinusoid": SinusoidSampler, **ENV_SAMPLERS}
 
 # The model of Finn et al. (2017, section 5.1) for sinusoids: an MLP with two hidden
 # layers of 40 ReLU units and one output, the prediction. The output width is not a
@@ -40,6 +43,16 @@ def is_generated(name: str) -> bool:
 def task_kind(name: str) -> str:
     """``"regression"`` for a regression family, else ``"classification"``."""
     return TASK_FAMILIES[name].kind if name in TASK_FAMILIES else "classification"
+
+
+def method_defaults(name: str) -> dict:
+    """Method options a family implies (an environment family: the policy's distribution)."""
+    return dict(getattr(TASK_FAMILIES.get(name), "method_defaults", {}))
+
+
+def default_backbone(name: str) -> str | None:
+    """The backbone an environment family's policy uses when none is given (``mlp``)."""
+    return "mlp" if task_kind(name) == "reinforcement" else None
 
 
 def check_family_options(name: str, options: dict) -> None:
@@ -70,11 +83,12 @@ def backbone_defaults(name: str, backbone: str) -> dict:
 
     A family's inputs are not images: it refuses backbones it has no default for.
     """
-    if name not in _BACKBONE_DEFAULTS:
+    defaults = _BACKBONE_DEFAULTS.get(name) or getattr(TASK_FAMILIES.get(name), "backbone_defaults", None)
+    if not defaults:
         return {}
-    defaults = _BACKBONE_DEFAULTS[name]
     if backbone not in defaults:
-        raise ConfigError(f"dataset '{name}' has scalar inputs, not images; use --backbone "
+        kind = "scalar" if name in _BACKBONE_DEFAULTS else "vector"
+        raise ConfigError(f"dataset '{name}' has {kind} inputs, not images; use --backbone "
                           f"{' or '.join(sorted(defaults))}, not '{backbone}'")
     return dict(defaults[backbone])
 
@@ -94,5 +108,5 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
     return EpisodeSampler(data, split, way, shot, query, seed=seed)
 
 
-__all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "input_shape", "is_generated",
-           "make_sampler", "splits", "task_kind"]
+__all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "default_backbone", "input_shape",
+           "is_generated", "make_sampler", "method_defaults", "splits", "task_kind"]

@@ -16,6 +16,7 @@ from .base import Method, Predictor, class_means
 from .baselines import PixelNearestMean
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
+from .maml_rl import MAMLRL
 from .mamlpp import MAMLpp
 from .matching import MatchingNet
 from .pretrain import Baseline, BaselinePlusPlus
@@ -43,7 +44,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 for _builtin in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
-                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus):
+                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus, MAMLRL):
     register(_builtin)
 del _builtin
 
