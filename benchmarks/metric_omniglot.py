@@ -21,7 +21,16 @@ Models (Conv-4 backbone, except MANN; Adam 1e-3 halved every 2,000 steps):
     FEWSHOT_DATA=../shared/data python benchmarks/metric_omniglot.py --minutes 20
 
 ``--minutes 0.2 --episodes 50 --results /tmp/check --runs /tmp/check/runs`` checks the
-script end to end in a few minutes. Writes benchmarks/results/metric_omniglot.{json,md}
+script end to end in a few minutes.
+
+Recipes: ``--config configs/relationnet-omniglot-5w1s.json --test 5x1 5x5 20x1`` trains
+the training recipe in that file instead (exactly what ``fewshot train --config FILE``
+runs, with its own CPU budget, ``--cpu-minutes`` to override it), keeps its best
+validation checkpoint, and tests it on the listed ``WAYxSHOT`` suites (MANN also by
+instance number). Rows go to ``metric_recipes.{json,md}``, one per (config, test
+setting), replacing that config's earlier rows and keeping the others'; each row has
+the learning curves (training loss and accuracy every 50 steps, validation accuracy)
+and the CPU time. Writes benchmarks/results/metric_omniglot.{json,md}
 (or under ``--results``). Finished runs are reused: run again with the same settings to
 re-test them, or after an interruption to resume training.
 """
@@ -119,6 +128,115 @@ def run_setup(data, label: str, steps: int, minutes: float, episodes: int, val_e
     return rows
 
 
+def published_for(method: str, options: dict, way: int, shot: int) -> float | None:
+    return PUBLISHED.get("protonet-normalize" if method == "protonet" and options.get("normalize") else method,
+                         {}).get((way, shot))
+
+
+def run_recipe(data, config_file: Path, tests: list[tuple[int, int]], cpu_minutes: float | None, episodes: int,
+               runs: Path, aggregates: tuple[str, ...] = ()) -> list[dict]:
+    """Train the recipe ``config_file`` (resuming a stopped run) and test its best checkpoint;
+    a Relation Network also with each K-shot ``aggregates`` ("sum": the paper's) at more than one shot."""
+    overrides = {"cpu_minutes": cpu_minutes} if cpu_minutes is not None else {}
+    config = TrainConfig.layered(config_file, **overrides)
+    run_dir = runs / config_file.stem
+    Trainer(config, run_dir, dataset=data, runs=runs).run(resume=(run_dir / "state.json").exists())
+    _, model, state = load_run(run_dir, "best")
+    training = {"config": config_file.as_posix(), "train_shape": list(config.train_shape),
+                "meta_batch": config.meta_batch, "optimizer": config.optimizer, "lr": config.lr,
+                "lr_step": config.lr_step, "cpu_minutes_budget": config.cpu_minutes, "steps_trained": state["step"],
+                "cpu_seconds": state["cpu_seconds"], "wall_seconds": state["seconds"],
+                "best_step": state["best"]["step"], "val_accuracy": state["best"]["accuracy"],
+                "val_curve": state["history"]["val"], "train_curve": state["history"]["train"]}
+    rows = []
+    own = getattr(model, "aggregate", None)
+    variants = [(way, shot, None) for way, shot in tests]
+    if config.method == "relationnet":
+        variants += [(way, shot, a) for way, shot in tests for a in aggregates if shot > 1 and a != own]
+    for way, shot, aggregate in variants:
+        start = time.process_time()
+        if aggregate is not None:
+            model.aggregate = aggregate  # the same weights, class features aggregated the other way
+        r = evaluate(model, EpisodeSampler(data, "test", way, shot, 15, seed=0), episodes,
+                     desc=f"{config_file.stem} {way}-way {shot}-shot")
+        if aggregate is not None:
+            model.aggregate = own
+        setting = f"{way}-way {shot}-shot" + (f", {aggregate} of K-shot features" if aggregate else "")
+        rows.append({"method": config.method, "config": config_file.stem, "options": config.method_options,
+                     "setting": setting, "way": way, "shot": shot, "accuracy": r.accuracy,
+                     "ci95": r.ci95, "episodes": r.episodes,
+                     "published": None if aggregate else published_for(config.method, config.method_options, way, shot),
+                     "eval_cpu_seconds": time.process_time() - start, "training": training})
+    if config.method == "mann":
+        start = time.process_time()
+        by_instance = instance_accuracy(model, EpisodeSampler(data, "test", 5, 1, 10, seed=0), episodes)
+        rows[-1]["by_instance"] = {str(k): v for k, v in by_instance.items()}
+        rows[-1]["by_instance_published"] = {str(k): v for k, v in MANN_BY_INSTANCE.items()}
+        rows[-1]["by_instance_cpu_seconds"] = time.process_time() - start
+    return rows
+
+
+def recipes_markdown(rows: list[dict]) -> str:
+    lines = ["Omniglot (Vinyals split, 28×28, rotations as classes), training recipes from `configs/`; "
+             "600 test episodes unless stated, 15 queries per class, mean ± 95% CI; best validation checkpoint "
+             "(val split). CPU time is the training process's own, one thread, on 2 cores shared with other jobs.",
+             "", "| config | method | setting | fewshot | published | in interval? | episodes | steps (best) | "
+             "training CPU |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["training"]
+        published = f"{r['published']} %" if r["published"] is not None else "—"
+        inside = "—" if r["published"] is None else (
+            "yes" if abs(r["accuracy"] - r["published"]) <= r["ci95"] else f"no ({r['accuracy'] - r['published']:+.1f})")
+        lines.append(f"| `{t['config']}` | {r['method']} | {r['setting']} | {r['accuracy']:.1f} ± {r['ci95']:.1f} % | "
+                     f"{published} | {inside} | {r['episodes']} | {t['steps_trained']} ({t['best_step']}) | "
+                     f"{t['cpu_seconds'] / 60:.1f} min |")
+    for r in rows:
+        if "by_instance" in r:
+            lines += ["", f"MANN (`{r['training']['config']}`) by instance number, 5 classes × 11 instances per "
+                      "sequence:", "", "| instance | fewshot | Santoro et al. 2016 |", "|---|---|---|"]
+            for k, published in MANN_BY_INSTANCE.items():
+                mine = r["by_instance"].get(str(k))
+                if mine:
+                    lines.append(f"| {k} | {mine['accuracy']:.1f} ± {mine['ci95']:.1f} % | {published} % |")
+            seq = r["by_instance"]["sequence"]
+            lines.append(f"| all steps | {seq['accuracy']:.1f} ± {seq['ci95']:.1f} % | — |")
+    lines += ["", "Learning curves (validation accuracy, %, on the fixed val suite, by training step):", ""]
+    seen = set()
+    for r in rows:
+        t = r["training"]
+        if t["config"] in seen:
+            continue
+        seen.add(t["config"])
+        curve = t["val_curve"]
+        shown = curve if len(curve) <= 12 else [curve[round(i * (len(curve) - 1) / 11)] for i in range(12)]
+        lines.append(f"- `{t['config']}`: " + ", ".join(f"{step}: {acc:.1f}" for step, acc, _ in shown))
+    return "\n".join(lines) + "\n"
+
+
+def recipes_main(args: argparse.Namespace) -> None:
+    data = load_dataset("omniglot", split_scheme="vinyals")
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "metric_recipes.json"
+    old = json.loads(path.read_text()) if path.exists() else {"results": []}
+    config_file = Path(args.config)
+    tests = [tuple(int(v) for v in t.lower().split("x")) for t in args.test]
+    rows = run_recipe(data, config_file, tests, args.cpu_minutes, args.episodes, Path(args.runs),
+                      tuple(args.aggregate or ()))
+    # Rows of other configs, and of this config's settings not tested now, are kept.
+    new = {(r["config"], r["setting"]) for r in rows}
+    everything = [r for r in old["results"] if (r["config"], r["setting"]) not in new] + rows
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "shared": True}
+    command = " ".join(["python", *sys.argv])
+    commands = {**old.get("commands", {}), **{f"{r['config']}: {r['setting']}": command for r in rows}}
+    out = {"benchmark": "metric_recipes", "machine": machine, "commands": commands, "results": everything}
+    (results / "metric_recipes.json").write_text(json.dumps(out, indent=2) + "\n")
+    text = recipes_markdown(everything)
+    (results / "metric_recipes.md").write_text(text)
+    print(text)
+
+
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     # Every model's training once, plus every evaluation (rows may come from several runs).
     training = {(r["method"], tuple(r["training"]["train_shape"])): r["training"]["cpu_seconds"] for r in rows}
@@ -159,7 +277,16 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     parser.add_argument("--runs", default="runs/bench")
     parser.add_argument("--results", default=str(RESULTS), help="folder for metric_omniglot.{json,md}")
+    parser.add_argument("--config", help="a training recipe (JSON, keys of TrainConfig) to train and test instead")
+    parser.add_argument("--test", nargs="+", default=["5x1"], help="with --config: WAYxSHOT test suites")
+    parser.add_argument("--cpu-minutes", type=float, help="with --config: override the recipe's CPU budget")
+    parser.add_argument("--aggregate", nargs="+", choices=["sum", "mean"],
+                        help="with --config of a Relation Network: also test the same weights with these K-shot "
+                             "aggregations at more than one shot")
     args = parser.parse_args()
+    if args.config:
+        recipes_main(args)
+        return
     runs = Path(args.runs)
     cpu0 = time.process_time()
     data = load_dataset("omniglot", split_scheme="vinyals")

@@ -1,16 +1,21 @@
 """MANN: least-recently-used writes, content reads, label timing, sequences, learning."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, from_arrays
 from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
 from fewshot.methods import MANN, build_method
 from fewshot.methods.mann import LRUAMemory, MemoryState, instance_accuracy, sequence_order
 from fewshot.models import MLP
+from fewshot.train import Trainer
 
+from core_fixtures import digits8  # noqa: F401  (fixture)
 
 
 def clusters(seed: int = 0):
@@ -45,6 +50,57 @@ def test_write_goes_to_the_least_used_slot_after_erasing_it():
     new, _ = memory.write(state, add, torch.tensor([[30.0]]))
     assert torch.allclose(new[0, 4], old[0, 4] + add[0, 0], atol=1e-5)
     assert torch.allclose(new[0, 1], torch.zeros(3))
+
+
+def steered_memory(write: str, gamma: float = 0.5) -> LRUAMemory:
+    """One read head over 4 slots of size 4 whose controller outputs are fixed by the biases:
+    key e3, gate closed (write to the least used slot), a sharp key strength, and (write="add")
+    the write vector e2."""
+    memory = LRUAMemory(controller_size=4, slots=4, size=4, reads=1, gamma=gamma, write=write)
+    bias = torch.zeros(memory.heads.out_features)
+    bias[3] = 30.0  # key = tanh(.) = e3
+    bias[4] = -30.0  # gate σ(α) ≈ 0: write to the least used slot
+    bias[5] = 30.0  # key strength 1 + softplus(30)
+    if write == "add":
+        bias[6 + 2] = 30.0  # write vector e2
+    with torch.no_grad():
+        memory.heads.weight.zero_()
+        memory.heads.bias.copy_(bias)
+    return memory
+
+
+def test_paper_writes_the_read_key_itself():
+    memory = steered_memory("key")
+    state = MemoryState(torch.eye(4)[None].clone(), torch.tensor([[0.5, 0.0, 0.9, 0.7]]), torch.zeros(1, 1, 4))
+    _, new = memory(torch.randn(1, 4), state)
+    key = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert torch.allclose(new.memory[0, 1], key, atol=1e-6)  # slot 1 (least used) erased, then given k_t
+    assert torch.allclose(new.memory[0, [0, 2, 3]], torch.eye(4)[[0, 2, 3]], atol=1e-6)
+    assert memory.heads.out_features == 4 + 1 + 1  # key, gate, strength: no separate write vector
+    other = steered_memory("add")
+    _, new = other(torch.randn(1, 4), state)
+    assert torch.allclose(new.memory[0, 1], torch.tensor([0.0, 0.0, 1.0, 0.0]), atol=1e-6)  # a_t, not k_t
+    with pytest.raises(ConfigError, match="write 'erase'"):
+        LRUAMemory(controller_size=4, write="erase")
+
+
+def test_least_used_slot_is_chosen_with_the_decayed_usage():
+    memory = steered_memory("add", gamma=0.5)
+    u0 = torch.tensor([[1.6, 0.0, 5.0, 5.0]])
+    state = MemoryState(torch.eye(4)[None].clone(), u0, torch.zeros(1, 1, 4))
+    _, s1 = memory(torch.randn(1, 4), state)
+    # Step 1 wrote to slot 1 (least used of u0) and read slot 3 (the key's), so
+    # w^u_1 = 0.5 u0 + w^r + w^w = [0.8, 1, 2.5, 3.5]: slot 0 is now least used. Without
+    # the decay (u0 + w^r + w^w = [1.6, 1, 5, 6]) it would be slot 1 again.
+    assert torch.allclose(s1.usage, torch.tensor([[0.8, 1.0, 2.5, 3.5]]), atol=1e-4)
+    assert memory.least_used(s1.usage).tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    add = torch.full((1, 1, 4), 0.25)
+    new_memory, weights = memory.write(s1, add, torch.tensor([[-30.0]]))
+    assert torch.allclose(weights[0, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(new_memory[0, 0], add[0, 0], atol=1e-6)  # slot 0 erased, then written
+    undecayed = steered_memory("add", gamma=1.0)
+    _, s1 = undecayed(torch.randn(1, 4), state)
+    assert undecayed.least_used(s1.usage).tolist() == [[0.0, 1.0, 0.0, 0.0]]
 
 
 def test_least_used_marks_as_many_slots_as_reads_ties_to_lowest_index():
@@ -143,3 +199,16 @@ def test_learns_to_bind_labels_and_reports_accuracy_by_instance():
     novel = instance_accuracy(method, EpisodeSampler(data, "test", 2, 1, 4, seed=5), 64, instances=(1, 5))
     assert novel[5]["accuracy"] > 80
     assert evaluate(method, EpisodeSampler(data, "test", 2, 2, 5), 20, progress=False).accuracy > 75
+
+
+def test_the_papers_rmsprop_recipe(tmp_path, digits8):
+    recipe = TrainConfig.layered(Path(__file__).parents[1] / "configs" / "mann-omniglot-5way-paper.json")
+    assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.meta_batch) == ("rmsprop", 1e-4, 0.9, 16)
+    assert recipe.train_shape == (5, 1, 9)  # sequences of 5 classes x 10 instances: 50 steps
+    config = TrainConfig(method="mann", method_options={"controller_size": 8}, dataset="digits",
+                         backbone_options={"depth": 2}, way=3, shot=1, query=2, episodes=2, val_split=None,
+                         optimizer="rmsprop", lr=1e-4)
+    trainer = Trainer(config, tmp_path / "run", dataset=digits8)
+    assert isinstance(trainer.optimizer, torch.optim.RMSprop)
+    group = trainer.optimizer.param_groups[0]
+    assert (group["lr"], group["alpha"], group["momentum"]) == (1e-4, 0.95, 0.9)

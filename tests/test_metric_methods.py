@@ -1,11 +1,15 @@
 """Prototypical (normalised), Matching and Relation Networks and the task-conditioned
 network: their classifiers, invariances, learning, and the trainer/CLI round trip."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fewshot.cli import main
+from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, from_arrays
 from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
@@ -104,7 +108,7 @@ def test_registered_names_and_bad_options():
         ("relationnet", {"loss": "hinge"}, "loss 'hinge'"),
         ("relationnet", {"unpooled_blocks": 5}, "unpooled_blocks=5"),
         ("matchingnet", {"fce_steps": 0}, "fce_steps"),
-        ("taskcond", {"condition": "everything"}, "condition 'everything'"),
+        ("taskcond", {"condition": "everything"}, "condition.*'everything'"),
         ("protonet", {"normalize": "yes"}, "normalize"),
         ("matchingnet", {"temperature": 3}, "bad option"),
     ]:
@@ -173,16 +177,49 @@ def test_matching_fce_reads_the_whole_support_set():
 
 # -- Relation Networks -----------------------------------------------------------------
 
-def test_relation_conv_keeps_feature_maps_and_sums_k_shot():
+def test_relation_conv_keeps_feature_maps_and_averages_k_shot():
     method = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28))
     features = method._encode(torch.zeros(2, 1, 28, 28))
     assert features.shape == (2, 8, 7, 7)  # the last two blocks unpooled, as in the paper
     maps = torch.randn(6, 8, 7, 7)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    classes = method._class_features(maps, labels, 3)
-    assert torch.allclose(classes[1], maps[1] + maps[4], atol=1e-6)
-    mean = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28), aggregate="mean")
-    assert torch.allclose(mean._class_features(maps, labels, 3)[1], (maps[1] + maps[4]) / 2, atol=1e-6)
+    assert method.aggregate == "mean"
+    assert torch.allclose(method._class_features(maps, labels, 3)[1], (maps[1] + maps[4]) / 2, atol=1e-6)
+    summed = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28), aggregate="sum")
+    assert torch.allclose(summed._class_features(maps, labels, 3)[1], maps[1] + maps[4], atol=1e-6)
+
+
+def test_relation_sum_is_the_mean_model_at_the_training_shot():
+    """At K shots the paper's sum is K times the mean; scaling the relation module's
+    class-half first-layer weights by K turns a mean model into the sum model exactly."""
+    torch.manual_seed(0)
+    mean = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28)).eval()
+    summed = RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28), aggregate="sum").eval()
+    summed.load_state_dict(mean.state_dict())
+    k = 5
+    with torch.no_grad():
+        summed.relation.convs[0].weight[:, :8] /= k  # the class half of the concatenated pair
+    support, labels = torch.rand(3 * k, 1, 28, 28), torch.arange(3).repeat(k)
+    query = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(summed.adapt(support, labels, 3)(query), mean.adapt(support, labels, 3)(query),
+                              atol=1e-4)
+
+
+def test_relation_mean_keeps_a_one_shot_models_input_scale_at_more_shots():
+    """The 5-shot collapse of a 1-shot model: with the sum, K copies of one support image
+    are a class feature K times larger than any seen in training; with the mean, they are
+    exactly the 1-shot class feature."""
+    torch.manual_seed(0)
+    support, query = torch.rand(3, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    labels = torch.arange(3)
+    for aggregate, same in (("mean", True), ("sum", False)):
+        method = warm_batchnorm(RelationNet(Conv4(1, width=8, depth=4), image_shape=(1, 28, 28),
+                                            aggregate=aggregate), (1, 28, 28))
+        with torch.no_grad():
+            one = method.adapt(support, labels, 3)(query)
+            five = method.adapt(support.repeat(5, 1, 1, 1), labels.repeat(5), 3)(query)
+        assert torch.allclose(one, five, atol=1e-5) == same, aggregate
 
 
 def test_relation_modules_score_the_concatenated_pairs():
@@ -199,14 +236,29 @@ def test_relation_modules_score_the_concatenated_pairs():
     assert torch.allclose(mlp._scores(classes, query), naive, atol=1e-5)
 
 
-def test_relation_mse_loss_regresses_sigmoid_scores_on_one_hot():
+@pytest.mark.parametrize("relation", ["conv", "mlp"])
+def test_relation_scores_in_unit_interval_per_pair_trained_with_mse(relation):
     torch.manual_seed(0)
-    method = RelationNet(MLP(10, (16,)), image_shape=FLAT, relation="mlp")
-    ep = EpisodeSampler(clusters(FLAT), "train", 3, 2, 2).episode(0)
+    if relation == "conv":
+        method, shape = RelationNet(Conv4(1, width=8, depth=2), image_shape=IMAGE), IMAGE
+    else:
+        method, shape = RelationNet(MLP(10, (16,)), image_shape=FLAT, relation="mlp"), FLAT
+    ep = EpisodeSampler(clusters(shape), "train", 3, 2, 2).episode(0)
+    method.eval()  # BatchNorm by running statistics: the loss and the predictor see the same features
     loss, _ = method.loss([ep])
-    scores = method.adapt(ep.support_x, ep.support_y, 3)(ep.query_x)
-    expected = F.mse_loss(torch.sigmoid(scores), F.one_hot(ep.query_y, 3).float())
+    scores = method.relation_scores(ep.support_x, ep.support_y, 3, ep.query_x)
+    assert scores.shape == (len(ep.query_x), 3)  # one score per (query, class) pair
+    assert bool(((scores >= 0) & (scores <= 1)).all())
+    expected = F.mse_loss(scores, F.one_hot(ep.query_y, 3).float())
     assert torch.allclose(loss, expected, atol=1e-5)
+    # And training lowers exactly that squared error.
+    method.train()
+    opt = torch.optim.Adam(method.parameters(), 1e-2)
+    for _ in range(15):
+        opt.zero_grad()
+        method.loss([ep])[0].backward()
+        opt.step()
+    assert method.loss([ep])[0] < 0.5 * loss
 
 
 # -- the trainer and the command line ----------------------------------------------------
@@ -225,3 +277,18 @@ def test_cli_trains_and_evaluates(name, options, tmp_path, digits8, capsys):
     assert main(args) == 0, capsys.readouterr().err
     assert main(["evaluate", str(out), "--episodes", "4", "--quiet", "--json", "--runs", str(tmp_path)]) == 0
     assert '"accuracy"' in capsys.readouterr().out
+
+
+def test_every_recipe_in_configs_is_a_valid_training_config():
+    files = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))
+    assert len(files) >= 6
+    for path in files:
+        config = TrainConfig.layered(path)
+        assert config.method in METHODS and config.dataset == "omniglot", path.name
+        assert config.val_split == "val", path.name  # the best checkpoint is chosen on the val split
+        assert json.loads(path.read_text())["dataset_options"]["rotations"] is True, path.name
+    relation = {p.stem: TrainConfig.layered(p) for p in files if p.stem.startswith("relationnet")}
+    # Sung et al. 2018, section 4.1: 19, 15, 10 and 5 query images per class in training episodes.
+    shapes = {"5w1s": (5, 1, 19), "5w5s": (5, 5, 15), "20w1s": (20, 1, 10), "20w5s": (20, 5, 5)}
+    for setting, shape in shapes.items():
+        assert relation[f"relationnet-omniglot-{setting}"].train_shape == shape

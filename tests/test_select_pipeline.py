@@ -17,6 +17,7 @@ from PIL import Image
 
 from fewshot.cli import main
 from fewshot.models import build_backbone
+from fewshot.models.pretrained import register_architecture
 from fewshot.select.builder import MetaStore, build_meta_dataset, sample_tasks
 from fewshot.select.zoo import Zoo, build_zoo
 
@@ -67,7 +68,7 @@ def test_zoo_build_is_diverse_resumable_and_checked(zoo, env):
 
 
 class TwoLayer(torch.nn.Module):
-    """A user's own network (not a built-in backbone), rebuilt by its class on load."""
+    """A user's own network (not a built-in backbone), registered in Python and rebuilt by that name."""
 
     def __init__(self):
         super().__init__()
@@ -79,6 +80,7 @@ class TwoLayer(torch.nn.Module):
 
 def test_zoo_add_user_models_and_mismatches_fail_in_one_line(zoo, env, tmp_path, capsys):
     user = Zoo(tmp_path / "user", create=True)
+    register_architecture("pipeline-two-layer", TwoLayer, replace=True)
     entry = user.add("mine", TwoLayer(), image_shape=(1, 8, 8), metadata={"objective": "supervised"})
     assert entry["feature_dim"] == 16 and entry["parameters"] == 64 * 16 + 16
     assert isinstance(user.load("mine").backbone, TwoLayer)
@@ -103,14 +105,14 @@ def test_zoo_add_user_models_and_mismatches_fail_in_one_line(zoo, env, tmp_path,
                  "--metadata", str(tmp_path / "meta.json")]) == 0
     assert user.entry("good")["feature_dim"] == 32
 
-    # An entry whose metadata no longer matches its weights: a one-line error naming it.
+    # An entry whose metadata changed since it was added: a one-line error naming it.
     sidecar = tmp_path / "user" / "good.json"
     tampered = json.loads(sidecar.read_text())
     tampered["architecture_options"]["width"] = 4
     sidecar.write_text(json.dumps(tampered))
     capsys.readouterr()
     _one_line_error(capsys, main(["zoo", "list", "--zoo", str(tmp_path / "user"), "--check"]),
-                    "zoo entry 'good'", "does not fit the backbone")
+                    "zoo entry 'good'", "good.json changed since it was added")
 
 
 def _rows_in(path: Path) -> int:
@@ -178,11 +180,12 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["tasks"] == TASKS and result["models"] == 4 and result["groups"] == ["digits", "digits-rot"]
     report = result["report"]
-    for name in ("random", "best-on-average", "biggest model", "meta-learner", "meta-learner without scores",
+    for name in ("random", "best-on-average", "best-on-average in domain", "biggest model", "meta-learner (ranking)",
+                 "meta-learner (regression)", "meta-learner without scores", "score.knn_view", "score.sfda",
                  "oracle", "score.logme"):
         assert name in report
     assert report["oracle"]["top1_regret"]["mean"] == 0.0
-    assert report["meta-learner"]["rmse"]["low"] <= report["meta-learner"]["rmse"]["mean"]
+    assert report["meta-learner (regression)"]["rmse"]["low"] <= report["meta-learner (regression)"]["rmse"]["mean"]
     assert result["cost"]["finetune_all_cpu_seconds"] > result["cost"]["select_cpu_seconds"] > 0
 
     # Resuming with other settings is refused in one line.
@@ -208,8 +211,11 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
     assert out["way"] == 3 and out["images"] == 12
     ranking = out["ranking"]
     assert sorted(e["model"] for e in ranking) == zoo.names()
-    predicted = [e["predicted_accuracy"] for e in ranking]
-    assert predicted == sorted(predicted, reverse=True) and all(e["uncertainty"] >= 0 for e in ranking)
+    scores = [e["rank_score"] for e in ranking]  # the ranking meta-learner's order
+    assert scores == sorted(scores, reverse=True) and all(e["uncertainty"] >= 0 for e in ranking)
+    for e in ranking:  # a calibrated interval around each predicted accuracy
+        low, high = e["interval"]
+        assert 0 <= low <= high <= 100 and e["coverage"] == 0.9
     assert 0 <= ranking[0]["measured_accuracy"] <= 100 and "measured_accuracy" not in ranking[1]
     assert out["monitor"]["verifications"] == 1
 

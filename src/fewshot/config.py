@@ -22,7 +22,7 @@ CONSTRAINTS = {
     "method": Text(), "method_options": Settings(), "backbone": Text(), "backbone_options": Settings(),
     "dataset": Text(), "dataset_options": Settings(), "train_split": Text(), "val_split": Optional(Text()),
     "way": _COUNT, "shot": _COUNT, "query": _COUNT, "train_way": Optional(_COUNT), "train_shot": Optional(_COUNT),
-    "train_query": Optional(_COUNT), "episodes": _COUNT, "meta_batch": _COUNT, "optimizer": OneOf("adam", "sgd"),
+    "train_query": Optional(_COUNT), "episodes": _COUNT, "meta_batch": _COUNT, "optimizer": OneOf("adam", "sgd", "rmsprop"),
     "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(low=0),
     # lr_step 0: never decay; a factor above 1 would grow the rate without bound, 0 or less stop or reverse it.
     "lr_step": Integer(low=0), "lr_gamma": Real(low=0, open_low=True, high=1), "val_every": _COUNT,
@@ -43,7 +43,8 @@ class TrainConfig:
     ``cpu_minutes`` stops training (validated and checkpointed) once the process has
     spent that much CPU time, counted across resumes. ``momentum`` is that of the outer
     SGD (``optimizer="sgd"``); 0 makes Reptile's outer step exactly Nichol et al.'s
-    ``θ ← θ + ε (φ̃ − θ)``.
+    ``θ ← θ + ε (φ̃ − θ)``. ``optimizer="rmsprop"`` is RMSprop with that momentum and a
+    squared-gradient decay of 0.95 (Santoro et al.'s MANN, after Graves, 2013).
     """
 
     method: str = "protonet"

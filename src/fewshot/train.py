@@ -129,6 +129,9 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
+        if self.config.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=self.config.lr, alpha=0.95, momentum=self.config.momentum,
+                                       weight_decay=self.config.weight_decay)
         if self.config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum,
                                    weight_decay=self.config.weight_decay)

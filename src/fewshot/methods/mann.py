@@ -1,5 +1,7 @@
 """Memory-augmented neural network (Santoro, Bartunov, Botvinick, Wierstra and Lillicrap, ICML 2016).
 
+arXiv:1605.06065.
+
 An episode is one sequence. At step ``t`` an LSTM controller receives the encoded
 example ``x_t``, the one-hot label of the *previous* step ``y_{t-1}`` and the vectors
 read from memory at ``t-1``; it predicts ``y_t`` from its output and the new reads.
@@ -17,8 +19,17 @@ section 3.1 of the paper), per read head:
 * usage ``w^u_t = γ w^u_{t-1} + w^r_t + w^w_t``; ``w^lu_t`` marks the ``reads`` least
   used slots (ties to the lowest index);
 * write ``w^w_t = σ(α) w^r_{t-1} + (1 - σ(α)) w^lu_{t-1}``: to the slot just read, or
-  to a least used one; before writing, the least used slot is erased;
-  ``M_t(i) = M_{t-1}(i) + w^w_t(i) a_t``.
+  to a least used one (the interpolation gate ``α``, one per head); before writing, the
+  least used slot (by ``w^u_{t-1}``, the decayed usage) is erased;
+  ``M_t(i) = M_{t-1}(i) + w^w_t(i) k_t``. The paper writes the very key ``k_t`` it
+  reads with (``write="key"``, the default), so what is stored is what a later key of
+  the same class finds; ``write="add"`` writes a separate vector ``a_t`` instead, as
+  the Neural Turing Machine and several public reimplementations do.
+
+Santoro et al. train with RMSprop (learning rate 1e-4, momentum 0.9, decay 0.95) for
+100,000 episodes of 16 sequences; ``optimizer="rmsprop"`` in a training config does
+the same (``configs/mann-paper.json``). On a CPU budget of minutes we train with Adam
+at 1e-3 instead, which learns faster per step (``configs/mann-5way.json``).
 
 Sequences: the support and query examples of an episode are presented in an order
 that is pseudo-random but fixed by their content (a hash of each example's pixels),
@@ -57,6 +68,7 @@ from ..metrics import accuracy, confidence_interval
 from .base import Method, Predictor
 
 ENCODERS = ("backbone", "pixels")
+WRITES = ("key", "add")
 
 
 class MemoryState(NamedTuple):
@@ -69,13 +81,16 @@ class LRUAMemory(nn.Module):
     """External memory with least-recently-used access, addressed from a controller state."""
 
     def __init__(self, controller_size: int, slots: int = 128, size: int = 40, reads: int = 4, gamma: float = 0.95,
-                 key_strength: bool = True):
+                 key_strength: bool = True, write: str = "key"):
         super().__init__()
         if reads > slots:
             raise ConfigError(f"mann needs at least as many memory slots as reads, got {slots} slots and {reads} reads")
+        if write not in WRITES:
+            raise ConfigError(f"unknown mann write '{write}'; choose one of: {', '.join(WRITES)}")
         self.slots, self.size, self.reads, self.gamma, self.key_strength = slots, size, reads, gamma, key_strength
-        # Per read head: key k, write vector a, write gate α, and (optionally) key strength β.
-        self.heads = nn.Linear(controller_size, reads * (2 * size + 1 + int(key_strength)))
+        self.write_kind = write
+        # Per read head: key k, write gate α, (optionally) key strength β, and with write="add" a write vector a.
+        self.heads = nn.Linear(controller_size, reads * (size + 1 + int(key_strength) + size * (write == "add")))
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> MemoryState:
         return MemoryState(torch.full((batch, self.slots, self.size), 1e-6, device=device),
@@ -111,9 +126,9 @@ class LRUAMemory(nn.Module):
         b, r, s = len(controller), self.reads, self.size
         params = self.heads(controller)
         key = torch.tanh(params[:, : r * s]).view(b, r, s)
-        add = torch.tanh(params[:, r * s: 2 * r * s]).view(b, r, s)
-        gate = params[:, 2 * r * s: 2 * r * s + r]
-        strength = 1 + F.softplus(params[:, 2 * r * s + r:]) if self.key_strength else None
+        gate = params[:, r * s: r * s + r]
+        strength = 1 + F.softplus(params[:, r * s + r: r * s + 2 * r]) if self.key_strength else None
+        add = torch.tanh(params[:, -r * s:]).view(b, r, s) if self.write_kind == "add" else key
         memory, write_weights = self.write(state, add, gate)
         read_weights, reads = self.read(memory, key, strength)
         usage = self.gamma * state.usage + read_weights.sum(1) + write_weights.sum(1)
@@ -130,15 +145,16 @@ def sequence_order(x: torch.Tensor) -> torch.Tensor:
 
 class MANN(Method):
     """Memory-augmented neural network with an LSTM controller (``controller_size``) and an
-    LRUA memory (``memory_slots`` × ``memory_size``, ``reads`` heads, usage decay ``gamma``).
-    Needs ``image_shape``; ``way`` sizes the label input and output (default 5)."""
+    LRUA memory (``memory_slots`` × ``memory_size``, ``reads`` heads, usage decay ``gamma``,
+    ``write`` "key" or "add"). Needs ``image_shape``; ``way`` sizes the label input and
+    output (default 5)."""
 
     name = "mann"
 
     def __init__(self, backbone: nn.Module | None, image_shape: Sequence[int] | None = None, way: int = 5,
                  encoder: str = "pixels", pixel_size: int = 20, controller_size: int = 200,
                  memory_slots: int = 128, memory_size: int = 40, reads: int = 4, gamma: float = 0.95,
-                 key_strength: bool = True):
+                 key_strength: bool = True, write: str = "key"):
         super().__init__(backbone if encoder == "backbone" else None)
         if encoder not in ENCODERS:
             raise ConfigError(f"unknown mann encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}")
@@ -157,7 +173,8 @@ class MANN(Method):
         self.input_size = (min(pixel_size, int(image_shape[1])), min(pixel_size, int(image_shape[2])))
         in_features = (feature_dim(backbone, image_shape) if encoder == "backbone"
                        else int(image_shape[0]) * self.input_size[0] * self.input_size[1])
-        self.memory = LRUAMemory(controller_size, memory_slots, memory_size, reads, float(gamma), self.key_strength)
+        self.memory = LRUAMemory(controller_size, memory_slots, memory_size, reads, float(gamma), self.key_strength,
+                                 write)
         self.controller = nn.LSTMCell(in_features + way + reads * memory_size, controller_size)
         self.output = nn.Linear(controller_size + reads * memory_size, way)
 
@@ -165,7 +182,7 @@ class MANN(Method):
         m = self.memory
         return {"way": self.way, "encoder": self.encoder_kind, "pixel_size": self.pixel_size,
                 "controller_size": self.controller_size, "memory_slots": m.slots, "memory_size": m.size,
-                "reads": m.reads, "gamma": m.gamma, "key_strength": self.key_strength}
+                "reads": m.reads, "gamma": m.gamma, "key_strength": self.key_strength, "write": m.write_kind}
 
     # -- the recurrent core ------------------------------------------------------------
 

@@ -6,6 +6,8 @@ finds ``d`` for any module by one dry forward pass.
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -119,7 +121,7 @@ def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Modul
         if name == "resnet12":
             return ResNet12(channels, **options)
         if name == "mlp":
-            in_features = int(torch.tensor(image_shape).prod())
+            in_features = math.prod(int(s) for s in image_shape)  # plain ints: also builds on the meta device
             return MLP(in_features, **options)
     except TypeError as e:
         raise ConfigError(f"bad option for backbone '{name}': {e}") from None

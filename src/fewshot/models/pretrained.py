@@ -15,9 +15,16 @@ The metadata says what the model is and where it came from::
                 "classes": [...]},
      "objective": "baseline++", ...anything else passed as metadata}
 
-``architecture`` is a name :func:`~fewshot.models.build_backbone` knows (then
-:func:`load_pretrained` rebuilds the network alone) or, for a user's own module, its
-class name (then pass the module to load the weights into). Any safetensors file of a
+``architecture`` is a name :func:`~fewshot.models.build_backbone` knows, or one a user
+registered in Python with :func:`register_architecture` (then :func:`load_pretrained`
+rebuilds the network alone from ``architecture_options``), or, for any other module, its
+class name (then pass the module to load the weights into).
+
+**Nothing read from a file names code to run.** Metadata can only pick a network from
+the built-in backbones and the architectures registered in the running Python process
+(an explicit allow-list); its options are plain JSON values. A network is first built on
+PyTorch's ``meta`` device (no memory) and checked against the file's tensor shapes, so
+absurd options are refused before anything is allocated. Any safetensors file of a
 module's ``state_dict`` — with or without the ``backbone.`` prefix and with no JSON —
 loads into that module with ``load_pretrained(path, module=...)``. Weights that do not
 fit the metadata or the module raise :class:`~fewshot.errors.CheckpointError` naming
@@ -27,9 +34,10 @@ the mismatch. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,9 +46,89 @@ from ..errors import CheckpointError, ConfigError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from .backbones import BACKBONES, MLP, Conv4, ResNet12, ResidualBlock, build_backbone, feature_dim
 from .heads import CosineHead
+from .hub import HUB_ARCHITECTURE, build_hub_backbone
 
 FORMAT = "fewshot-pretrained"
 VERSION = 1
+#: Largest image side a pre-trained model's metadata may declare (DINOv2 takes 518).
+MAX_IMAGE_SIDE = 1024
+#: Most values one input may hold (channels × height × width; vectors are [features, 1, 1]).
+MAX_INPUT = 1 << 22
+
+# Architectures registered in Python by the user: name -> callable(**architecture_options).
+_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+_ARCHITECTURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,79}$")
+
+
+def register_architecture(name: str, build: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Let pre-trained metadata whose ``architecture`` is ``name`` be rebuilt by ``build``.
+
+    ``build(**architecture_options)`` returns the network (a class works: ``TwoLayer`` is
+    called as ``TwoLayer(**options)``). This is the only way a network outside fewshot's
+    built-in backbones is rebuilt from a file: the registry lives in the running process,
+    so a file can only choose among networks its user registered, never import code.
+    Registering the class of a module also lets :func:`save_pretrained` (and
+    ``Zoo.add``) record it by that name.
+    """
+    if not isinstance(name, str) or not _ARCHITECTURE_NAME.match(name):
+        raise ConfigError(f"architecture name {name!r} must start with a letter and hold letters, digits and "
+                          f"_.+- (at most 80 characters)")
+    if name in BACKBONES or name == HUB_ARCHITECTURE:
+        raise ConfigError(f"'{name}' is a built-in architecture; register yours under another name")
+    if not callable(build):
+        raise ConfigError(f"register_architecture('{name}', ...) needs a callable that returns an nn.Module")
+    if name in _ARCHITECTURES and _ARCHITECTURES[name] is not build and not replace:
+        raise ConfigError(f"an architecture '{name}' is registered already; pass replace=True to change it")
+    _ARCHITECTURES[name] = build
+
+
+def registered_architectures() -> list[str]:
+    """The names :func:`register_architecture` added (built-ins not included)."""
+    return sorted(_ARCHITECTURES)
+
+
+def known_architecture(name: object) -> bool:
+    """Whether metadata naming ``name`` can be rebuilt: a built-in backbone, the Hugging Face
+    backbone or a registered architecture."""
+    return isinstance(name, str) and (name in BACKBONES or name == HUB_ARCHITECTURE or name in _ARCHITECTURES)
+
+
+def _registered_name(module: nn.Module) -> str | None:
+    for name, build in _ARCHITECTURES.items():
+        if build is type(module):
+            return name
+    return None
+
+
+def check_image_shape(shape: Any, where: str) -> list[int]:
+    """``shape`` as ``[channels, height, width]``, or a one-line CheckpointError saying what is wrong."""
+    ok = (isinstance(shape, (list, tuple)) and len(shape) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in shape))
+    if not ok or min(shape) < 1 or max(shape[1:]) > MAX_IMAGE_SIDE or shape[0] * shape[1] * shape[2] > MAX_INPUT:
+        raise CheckpointError(f"{where}: image_shape must be [channels, height, width] of positive integers, sides "
+                              f"of at most {MAX_IMAGE_SIDE} and at most {MAX_INPUT:,} values in all; got "
+                              f"{str(shape)[:60]}")
+    return [int(v) for v in shape]
+
+
+def _construct(arch: str, image_shape: Sequence[int], options: dict) -> nn.Module:
+    """The network ``arch`` names, from the built-ins or the registry (never an import)."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"architecture_options must be a JSON object, got {type(options).__name__}")
+    if arch in BACKBONES:
+        return build_backbone(arch, image_shape, **options)
+    if arch == HUB_ARCHITECTURE:
+        return build_hub_backbone(image_shape, **options)
+    if arch in _ARCHITECTURES:
+        try:
+            module = _ARCHITECTURES[arch](**options)
+        except TypeError as e:
+            raise ConfigError(f"bad option for architecture '{arch}': {e}") from None
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"the architecture registered as '{arch}' returned a {type(module).__name__}, "
+                              f"not an nn.Module")
+        return module
+    raise ConfigError(f"unknown architecture '{arch}'")
 
 
 @dataclass
@@ -87,6 +175,12 @@ def describe_architecture(backbone: nn.Module) -> tuple[str, dict]:
         if out_features is not None:
             options["out_features"] = out_features
         return "mlp", options
+    describe = getattr(backbone, "architecture", None)
+    if callable(describe):  # a Hugging Face backbone describes itself (models/hub.py)
+        return describe()
+    registered = _registered_name(backbone)
+    if registered is not None:
+        return registered, {}
     return f"{type(backbone).__module__}.{type(backbone).__qualname__}", {}
 
 
@@ -156,7 +250,10 @@ def read_metadata(path: str | Path) -> dict | None:
     """The metadata of a pre-trained model: the JSON file, else the safetensors header, else None."""
     weights, sidecar = _paths(path)
     if sidecar.exists():
-        return read_json(sidecar)
+        meta = read_json(sidecar)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{sidecar} is not a JSON object of metadata")
+        return meta
     if not weights.exists():
         raise CheckpointError(f"{weights} is missing")
     try:
@@ -166,10 +263,19 @@ def read_metadata(path: str | Path) -> dict | None:
             header = f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from None
-    return json.loads(header["fewshot"]) if "fewshot" in header else None
+    if "fewshot" not in header:
+        return None
+    try:
+        meta = json.loads(header["fewshot"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{weights}: its header's fewshot metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{weights}: its header's fewshot metadata is not a JSON object")
+    return meta
 
 
-def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], what: str, path: Path) -> None:
+def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], what: str, path: Path,
+               check_only: bool = False) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -185,7 +291,53 @@ def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], what: str, p
             parts.append(f"shape of {k}: file {tuple(tensors[k].shape)}, {what} {tuple(expected[k].shape)}"
                          f"{f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''}")
         raise CheckpointError(f"{path} does not fit the {what}: {'; '.join(parts)}")
-    module.load_state_dict(tensors)
+    if not check_only:
+        module.load_state_dict(tensors)
+
+
+def rebuild(meta: dict, tensors: dict[str, torch.Tensor], weights: Path) -> nn.Module:
+    """The network ``meta`` describes, checked against ``tensors`` before any memory is spent.
+
+    Only built-in backbones and architectures registered with :func:`register_architecture`
+    can be named. The network is first built on the ``meta`` device, where parameters have
+    shapes but no storage, and compared with the file; only a network that fits is built
+    for real, so metadata with absurd options (a width of ten million) costs nothing.
+    """
+    arch = meta.get("architecture")
+    if not known_architecture(arch):
+        known = ", ".join([*BACKBONES, *sorted(_ARCHITECTURES)])
+        raise CheckpointError(
+            f"{weights} holds a '{str(arch)[:80] if arch else 'undescribed'}' network, which is neither built in nor "
+            f"registered ({known}); register it in Python with fewshot.models.register_architecture(name, "
+            f"build), or pass the module: load_pretrained(path, module=MyNet())")
+    if not meta.get("image_shape"):
+        raise CheckpointError(f"{weights}: its metadata lacks image_shape, needed to rebuild a {arch}")
+    shape = check_image_shape(meta["image_shape"], str(weights))
+    options = meta.get("architecture_options") or {}
+    try:
+        try:
+            with torch.device("meta"):
+                skeleton = _construct(arch, shape, options)
+        except RuntimeError:
+            # A user's registered network whose constructor reads tensor values cannot be
+            # built on the meta device; it is the user's own code, so it is built for real.
+            if arch not in _ARCHITECTURES:
+                raise
+            skeleton = _construct(arch, shape, options)
+        _check_shapes(skeleton, tensors, weights)
+        return _construct(arch, shape, options)
+    except ConfigError as e:
+        raise CheckpointError(f"{weights}: its metadata does not describe a buildable {arch} ({e})") from None
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as e:
+        raise CheckpointError(f"{weights}: cannot build the {arch} its metadata describes "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _check_shapes(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = module.state_dict()
+    if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
+        # The same comparison, with a message naming the mismatch, as for a real module.
+        _load_into(module, tensors, "backbone", path, check_only=True)
 
 
 def load_pretrained(path: str | Path, module: nn.Module | None = None) -> Pretrained:
@@ -207,17 +359,7 @@ def load_pretrained(path: str | Path, module: nn.Module | None = None) -> Pretra
     else:
         body, head_tensors = dict(tensors), {}
     if module is None:
-        arch = meta.get("architecture")
-        if arch not in BACKBONES:
-            raise CheckpointError(
-                f"{weights} holds a '{arch or 'undescribed'}' network, which fewshot cannot rebuild by itself; "
-                f"pass the module to load it into: load_pretrained(path, module=MyNet())")
-        if not meta.get("image_shape"):
-            raise CheckpointError(f"{weights}: its metadata lacks image_shape, needed to rebuild a {arch}")
-        try:
-            module = build_backbone(arch, meta["image_shape"], **meta.get("architecture_options", {}))
-        except ConfigError as e:
-            raise CheckpointError(f"{weights}: its metadata does not describe a buildable {arch} ({e})") from None
+        module = rebuild(meta, body, weights)
     _load_into(module, body, "backbone", weights)
     if meta.get("parameters") is not None and count_parameters(module) != meta["parameters"]:
         raise CheckpointError(f"{weights}: the backbone has {count_parameters(module)} parameters, its metadata "
@@ -231,4 +373,6 @@ def load_pretrained(path: str | Path, module: nn.Module | None = None) -> Pretra
     return Pretrained(module, head, meta)
 
 
-__all__ = ["Pretrained", "count_parameters", "describe_architecture", "describe_head", "load_pretrained", "read_metadata", "save_pretrained"]
+__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "MAX_INPUT", "Pretrained", "check_image_shape", "count_parameters",
+           "describe_architecture", "describe_head", "known_architecture", "load_pretrained", "read_metadata",
+           "rebuild", "register_architecture", "registered_architectures", "save_pretrained"]

@@ -5,9 +5,9 @@ predicts each model's accuracy from task, model and score features (:mod:`.metal
 and the metrics that judge a selection (:mod:`.metrics`).
 """
 
-from .metalearner import MetaLearner, compare, leave_one_group_out
-from .metrics import selection_report
+from .metalearner import MetaLearner, compare, held_out, leave_one_group_out, paired_differences
+from .metrics import paired_difference, selection_report
 from .scores import SCORES, ScoreNotApplicable, compute_scores
 
-__all__ = ["SCORES", "MetaLearner", "ScoreNotApplicable", "compare", "compute_scores", "leave_one_group_out",
-           "selection_report"]
+__all__ = ["SCORES", "MetaLearner", "ScoreNotApplicable", "compare", "compute_scores", "held_out",
+           "leave_one_group_out", "paired_difference", "paired_differences", "selection_report"]

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
+from scipy import stats
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.model_selection import LeaveOneGroupOut
 
 from ..errors import ConfigError, DataError
-from .metrics import selection_report
+from .metrics import paired_difference, per_task, selection_report
 
 Row = dict
 FEATURE_PREFIXES = ("task.", "model.", "score.")
@@ -110,6 +111,33 @@ def _task_index(rows: Sequence[Row]) -> tuple[list, np.ndarray]:
     return list(tasks), index
 
 
+def relative_scores(x: np.ndarray, columns: Sequence[str], index: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Per-task standardised and rank-transformed copies of the ``score.*`` columns.
+
+    Raw transferability scores follow each model's feature offset and scale, and their
+    level changes from task to task (way, shot); what carries signal is how a model's score
+    compares with the other models' on the same task. For every score column this adds
+    ``z.<column>`` (the value minus the task's mean, over the task's standard deviation; 0
+    when all are equal) and ``rank.<column>`` (its rank among the task's models, scaled to
+    0-1, ties averaged). Missing values stay missing.
+    """
+    picks = [j for j, c in enumerate(columns) if c.startswith("score.")]
+    extra = np.full((len(x), 2 * len(picks)), np.nan)
+    for t in np.unique(index):
+        rows = np.flatnonzero(index == t)
+        for k, j in enumerate(picks):
+            values = x[rows, j]
+            known = ~np.isnan(values)
+            if not known.any():
+                continue
+            v = values[known]
+            spread = v.std()
+            extra[rows[known], 2 * k] = (v - v.mean()) / spread if spread > 0 else 0.0
+            extra[rows[known], 2 * k + 1] = ((stats.rankdata(v) - 0.5) / len(v)) if len(v) > 1 else 0.5
+    names = [f"{kind}.{columns[j]}" for j in picks for kind in ("z", "rank")]
+    return np.hstack([x, extra]), [*columns, *names]
+
+
 # -- the meta-learner -------------------------------------------------------------------------
 
 @dataclass
@@ -130,10 +158,16 @@ class MetaLearner:
     task columns let the trees learn that what matters differs between kinds of task). A
     model's prediction is its mean probability of beating each other model of the task.
 
+    Both objectives first add per-task standardised and rank-transformed copies of every
+    score (:func:`relative_scores`): what a score says is how a model compares with the
+    others on the same task, not its raw level. ``objective="ranking"`` (the default) also
+    fits the regression model, so :meth:`predict_accuracy` gives accuracies to show beside
+    the ranking (with :mod:`.uncertainty`'s calibrated intervals).
+
     ``features`` selects columns (see :func:`feature_columns`).
     """
 
-    objective: str = "regression"
+    objective: str = "ranking"
     features: Sequence[str] | None = None
     max_iter: int = 200
     learning_rate: float = 0.05
@@ -148,6 +182,12 @@ class MetaLearner:
     def predicts_accuracy(self) -> bool:
         return self.objective == "regression"
 
+    def _table(self, rows: Sequence[Row], columns: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray, int]:
+        """The rows' meta-features plus :func:`relative_scores`, their names, task index and count."""
+        tasks, index = _task_index(rows)
+        x, names = relative_scores(feature_matrix(rows, columns), columns, index)
+        return x, names, index, len(tasks)
+
     def _trees(self, kind):
         return kind(max_iter=self.max_iter, learning_rate=self.learning_rate, early_stopping=False,
                     random_state=self.seed)
@@ -155,23 +195,23 @@ class MetaLearner:
     def fit(self, rows: Sequence[Row]) -> "MetaLearner":
         check_rows(rows, need_accuracy=True)
         columns = feature_columns(rows, self.features)
-        x = feature_matrix(rows, columns)
+        x, names, index, n_tasks = self._table(rows, columns)
         # A column with no value in training (e.g. LEEP when only one model has a source
         # head, which the pairwise differences leave all-NaN) teaches nothing, and the
         # trees refuse it.
         known = ~np.isnan(x).all(axis=0)
-        self.columns_, x = [c for c, k in zip(columns, known) if k], x[:, known]
+        self.base_columns_ = columns
+        self.columns_, x = [c for c, k in zip(names, known) if k], x[:, known]
+        self.known_ = known
         if not self.columns_:
             raise ConfigError("the meta-learner has no feature column to learn from")
         acc = np.array([float(row["accuracy"]) for row in rows])
-        tasks, index = _task_index(rows)
         task_mean = np.bincount(index, acc) / np.bincount(index)
-        if self.objective == "regression":
-            self.model_ = self._trees(HistGradientBoostingRegressor).fit(x, acc - task_mean[index])
-            levels = self._task_features(x, index, len(tasks))
-            self.level_ = (self._trees(HistGradientBoostingRegressor).fit(levels, task_mean)
-                           if levels.shape[1] else float(task_mean.mean()))
-        else:
+        self.model_ = self._trees(HistGradientBoostingRegressor).fit(x, acc - task_mean[index])
+        levels = self._task_features(x, index, n_tasks)
+        self.level_ = (self._trees(HistGradientBoostingRegressor).fit(levels, task_mean)
+                       if levels.shape[1] else float(task_mean.mean()))
+        if self.objective == "ranking":
             first, second = self._task_pairs(index)
             gap = acc[first] - acc[second]
             keep = gap != 0
@@ -181,23 +221,32 @@ class MetaLearner:
             # A pair column can be all-NaN when x's is not (a score only one model has: every
             # difference is NaN); the trees refuse such a column, and it teaches nothing.
             self.pair_columns_ = ~np.isnan(pairs).all(axis=0)
-            self.model_ = self._trees(HistGradientBoostingClassifier).fit(pairs[:, self.pair_columns_], gap[keep] > 0)
+            self.ranker_ = self._trees(HistGradientBoostingClassifier).fit(pairs[:, self.pair_columns_], gap[keep] > 0)
         return self
 
-    def predict(self, rows: Sequence[Row]) -> np.ndarray:
+    def _features_of(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray, int]:
         if not hasattr(self, "model_"):
             raise ConfigError("fit the meta-learner before predicting")
         check_rows(rows, need_accuracy=False)
-        x = feature_matrix(rows, self.columns_)
-        tasks, index = _task_index(rows)
+        x, _, index, n_tasks = self._table(rows, self.base_columns_)
+        return x[:, self.known_], index, n_tasks
+
+    def predict_accuracy(self, rows: Sequence[Row]) -> np.ndarray:
+        """Predicted accuracy of each row: the task's predicted level plus the row's predicted
+        difference from the task's mean, re-centred within the task."""
+        x, index, n_tasks = self._features_of(rows)
+        centred = self.model_.predict(x)
+        levels = self._task_features(x, index, n_tasks)
+        level = self.level_.predict(levels) if levels.shape[1] else np.full(n_tasks, self.level_)
+        offset = level - np.bincount(index, centred) / np.bincount(index)
+        return centred + offset[index]
+
+    def predict(self, rows: Sequence[Row]) -> np.ndarray:
         if self.objective == "regression":
-            centred = self.model_.predict(x)
-            levels = self._task_features(x, index, len(tasks))
-            level = self.level_.predict(levels) if levels.shape[1] else np.full(len(tasks), self.level_)
-            offset = level - np.bincount(index, centred) / np.bincount(index)
-            return centred + offset[index]
+            return self.predict_accuracy(rows)
+        x, index, _ = self._features_of(rows)
         first, second = self._task_pairs(index)
-        win = (self.model_.predict_proba(self._pair_features(x, first, second)[:, self.pair_columns_])[:, 1]
+        win = (self.ranker_.predict_proba(self._pair_features(x, first, second)[:, self.pair_columns_])[:, 1]
                if len(first) else np.empty(0))
         # Each pair is scored in both orders: i's chance of beating j averages win(i, j) and
         # 1 - win(j, i); its prediction is the mean of that over the other models of its task.
@@ -270,11 +319,48 @@ class BestOnAverage:
         return np.array([self.means_.get(row["model"], self.overall_) for row in rows])
 
 
+def _one_hot(row: Row, prefix: str) -> str | None:
+    """The name whose ``prefix<name>`` column is 1 in ``row`` (e.g. ``task.domain.omniglot``)."""
+    hits = [key[len(prefix):] for key, value in row.items() if key.startswith(prefix) and value == 1.0]
+    return hits[0] if len(hits) == 1 else None
+
+
+@dataclass
+class BestOnAverageInDomain:
+    """Best-on-average among the models trained on the task's input domain.
+
+    A task's domain is its one-hot ``task.domain.*`` column (the dataset it comes from); a
+    model's is its ``model.source.*`` column (the dataset it was trained on). On a task, the
+    candidates are the models of its domain, ranked by their mean training accuracy; when no
+    model of the zoo comes from that domain (or the task's domain is unknown), every model
+    is a candidate, as for best-on-average.
+    """
+
+    predicts_accuracy = False
+
+    def fit(self, rows: Sequence[Row]) -> "BestOnAverageInDomain":
+        self.average_ = BestOnAverage().fit(rows)
+        return self
+
+    def predict(self, rows: Sequence[Row]) -> np.ndarray:
+        mean = self.average_.predict(rows)
+        tasks, index = _task_index(rows)
+        out = np.full(len(rows), np.nan)
+        for t in range(len(tasks)):
+            members = np.flatnonzero(index == t)
+            domain = _one_hot(rows[members[0]], "task.domain.")
+            inside = [i for i in members if domain is not None and _one_hot(rows[i], "model.source.") == domain]
+            chosen = inside or list(members)
+            out[chosen] = mean[chosen]
+        return out
+
+
 @dataclass
 class ColumnPredictor:
     """Ranks by one column, e.g. ``model.parameters`` (the biggest model) or ``score.logme``.
 
-    A row without the value ranks last (-inf).
+    A row without the value (a score that does not apply to that model on that task) is
+    NaN: not one of this selector's candidates (see :mod:`.metrics`), never a pick.
     """
 
     column: str
@@ -284,8 +370,7 @@ class ColumnPredictor:
         return self
 
     def predict(self, rows: Sequence[Row]) -> np.ndarray:
-        values = feature_matrix(rows, [self.column])[:, 0]
-        return np.where(np.isnan(values), -np.inf, values)
+        return feature_matrix(rows, [self.column])[:, 0]
 
 
 def biggest_model() -> ColumnPredictor:
@@ -328,6 +413,10 @@ class HeldOutPredictions:
     def report(self, **options) -> dict[str, dict[str, float]]:
         return selection_report(self.true, self.predicted, accuracy_predictions=self.accuracy_predictions,
                                 **options)
+
+    def per_task(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Each metric on each task (:func:`~.metrics.per_task`), ties broken with ``seed``."""
+        return per_task(self.true, self.predicted, seed=seed)
 
 
 def leave_one_group_out(rows: Sequence[Row], make_learner: Callable[[], Predictor]) -> HeldOutPredictions:
@@ -376,16 +465,26 @@ def default_predictors(rows: Sequence[Row], seed: int = 0) -> dict[str, Callable
         "random": lambda: RandomPick(seed),
         "best-on-average": BestOnAverage,
     }
+    if any(c.startswith("task.domain.") for c in columns) and any(c.startswith("model.source.") for c in columns):
+        out["best-on-average in domain"] = BestOnAverageInDomain
     if "model.parameters" in columns:
         out["biggest model"] = biggest_model
     for column in scores:
         out[column] = lambda column=column: ColumnPredictor(column)
-    out["meta-learner"] = lambda: MetaLearner(seed=seed)
     out["meta-learner (ranking)"] = lambda: MetaLearner("ranking", seed=seed)
+    out["meta-learner (regression)"] = lambda: MetaLearner("regression", seed=seed)
     if scores and len(scores) < len(columns):
-        out["meta-learner without scores"] = lambda: MetaLearner(features=("task.", "model."), seed=seed)
+        out["meta-learner without scores"] = lambda: MetaLearner("ranking", features=("task.", "model."), seed=seed)
     out["oracle"] = Oracle
     return out
+
+
+def held_out(rows: Sequence[Row], predictors: dict[str, Callable[[], Predictor]] | None = None, *,
+             seed: int = 0) -> dict[str, HeldOutPredictions]:
+    """``{predictor name: HeldOutPredictions}`` of every predictor under leave-one-group-out
+    (default predictors: :func:`default_predictors`)."""
+    predictors = default_predictors(rows, seed) if predictors is None else predictors
+    return {name: leave_one_group_out(rows, make) for name, make in predictors.items()}
 
 
 def compare(rows: Sequence[Row], predictors: dict[str, Callable[[], Predictor]] | None = None, *,
@@ -395,6 +494,24 @@ def compare(rows: Sequence[Row], predictors: dict[str, Callable[[], Predictor]] 
     ``predictors`` maps names to factories of fresh predictors (default:
     :func:`default_predictors`). Every report resamples the same tasks (same ``seed``).
     """
-    predictors = default_predictors(rows, seed) if predictors is None else predictors
-    return {name: leave_one_group_out(rows, make).report(resamples=resamples, seed=seed)
-            for name, make in predictors.items()}
+    return {name: held.report(resamples=resamples, seed=seed)
+            for name, held in held_out(rows, predictors, seed=seed).items()}
+
+
+def paired_differences(held: dict[str, HeldOutPredictions], selector: str, *,
+                       metrics: Sequence[str] = ("top1_regret", "kendall_tau"), seed: int = 0,
+                       resamples: int = 2000) -> dict[str, dict[str, dict[str, float]]]:
+    """``{other predictor: {metric: paired difference}}``: per task, ``selector``'s metric minus
+    the other's, averaged with a 95 % bootstrap interval (:func:`~.metrics.paired_difference`).
+    For regret, below zero with the interval excluding zero means ``selector`` is
+    significantly better; for τ, above zero."""
+    if selector not in held:
+        raise ConfigError(f"no predictor '{selector}' among: {', '.join(held)}")
+    mine = held[selector].per_task(seed)
+    out = {}
+    for name, other in held.items():
+        if name == selector:
+            continue
+        theirs = other.per_task(seed)
+        out[name] = {m: paired_difference(mine[m], theirs[m], resamples=resamples, seed=seed) for m in metrics}
+    return out

@@ -4,13 +4,20 @@ Inputs are two ``(tasks, models)`` arrays: the models' true accuracies on each t
 predictor's scores for them (higher = predicted better). Conventions, the same in every
 function here:
 
-* the pick is the model with the highest prediction; tied predictions go to the first of
-  them in column order (``numpy.argmax``), and the top 3 break ties the same way;
-* "the true best" is any model whose true accuracy equals the task's maximum;
+* a NaN prediction means the selector **cannot score that model on that task** (e.g.
+  leave-one-out at 1 shot, LEEP for a model without a source head): the model is not one
+  of that selector's candidates on that task. A task where the selector scores no model
+  is left out of its means (the report says on how many tasks each selector applied);
+* the pick is the candidate with the highest prediction; **tied predictions are broken
+  at random**, with random keys drawn once per (task, model) from a fixed seed, so a
+  score that ties across models (SFDA saturating at 1) picks a random one of them, not
+  the first column; the top 3 break ties the same way;
+* "the true best" is any model (candidate or not) whose true accuracy equals the task's
+  maximum: regret is measured against every model of the zoo;
 * regret and accuracies are in the units of ``true`` (points when accuracies are in %);
-* a task whose models all have the same true accuracy has no ranking to recover: its
+* a task whose candidates all have the same true accuracy has no ranking to recover: its
   Kendall τ and weighted τ are NaN and left out of their means; a predictor that gives
-  every model the same score ranks nothing, so its τ on that task is 0.
+  every candidate the same score ranks nothing, so its τ on that task is 0.
 """
 
 from __future__ import annotations
@@ -28,9 +35,23 @@ def _check(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndar
     if true.ndim != 2 or true.shape != predicted.shape or true.shape[1] < 2 or len(true) < 1:
         raise DataError(f"true and predicted must both be (tasks, models) arrays with at least 2 models; "
                         f"got shapes {true.shape} and {predicted.shape}")
-    if not (np.isfinite(true).all() and not np.isnan(predicted).any()):
-        raise DataError("true accuracies must be finite and predictions must not be NaN")
+    if not np.isfinite(true).all():
+        raise DataError("true accuracies must be finite")
+    if np.isnan(predicted).all():
+        raise DataError("every prediction is NaN: the selector scores no model on any task")
     return true, predicted
+
+
+def tiebreak_keys(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Random keys that break ties between equal predictions, fixed by ``seed``."""
+    return np.random.default_rng([int(seed), 7919]).random(shape)
+
+
+def _order(predicted: np.ndarray, tiebreak: np.ndarray | None) -> np.ndarray:
+    """Indices of the scored models, best first; ties in random (seeded) order."""
+    keys = tiebreak if tiebreak is not None else tiebreak_keys(predicted.shape)
+    scored = np.flatnonzero(~np.isnan(predicted))
+    return scored[np.lexsort((keys[scored], -predicted[scored]))]
 
 
 def _constant(values: np.ndarray) -> bool:
@@ -38,8 +59,10 @@ def _constant(values: np.ndarray) -> bool:
 
 
 def kendall_tau(true: np.ndarray, predicted: np.ndarray) -> float:
-    """Kendall's τ-b (``scipy.stats.kendalltau``, which corrects for ties) of one task's models."""
-    if _constant(true):
+    """Kendall's τ-b (``scipy.stats.kendalltau``, which corrects for ties) of one task's scored models."""
+    scored = ~np.isnan(predicted)
+    true, predicted = true[scored], predicted[scored]
+    if len(true) < 2 or _constant(true):
         return math.nan
     if _constant(predicted):
         return 0.0
@@ -47,34 +70,40 @@ def kendall_tau(true: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def weighted_tau(true: np.ndarray, predicted: np.ndarray) -> float:
-    """Weighted τ (Vigna, 2015; ``scipy.stats.weightedtau``) of one task's models.
+    """Weighted τ (Vigna, 2015; ``scipy.stats.weightedtau``) of one task's scored models.
 
     Swaps are weighted by the hyperbolic weigher 1/(r + 1) of the rank r given by the
     predictions (``rank=None`` with the predictions first: the predicted best has rank 0,
     true accuracies break ties), so errors among the models a user would pick count most.
     """
-    if _constant(true):
+    scored = ~np.isnan(predicted)
+    true, predicted = true[scored], predicted[scored]
+    if len(true) < 2 or _constant(true):
         return math.nan
     if _constant(predicted):
         return 0.0
     return float(stats.weightedtau(predicted, true, rank=None).statistic)
 
 
-def top1_regret(true: np.ndarray, predicted: np.ndarray) -> float:
-    """Best true accuracy minus the true accuracy of the predicted best model."""
-    return float(true.max() - true[np.argmax(predicted)])
+def top1_regret(true: np.ndarray, predicted: np.ndarray, tiebreak: np.ndarray | None = None) -> float:
+    """Best true accuracy minus the true accuracy of the pick (NaN when no model is scored)."""
+    order = _order(predicted, tiebreak)
+    return float(true.max() - true[order[0]]) if len(order) else math.nan
 
 
-def relative_top1(true: np.ndarray, predicted: np.ndarray) -> float:
+def relative_top1(true: np.ndarray, predicted: np.ndarray, tiebreak: np.ndarray | None = None) -> float:
     """True accuracy of the pick divided by the best true accuracy (1 = the best was picked)."""
+    order = _order(predicted, tiebreak)
+    if not len(order):
+        return math.nan
     best = true.max()
-    return float(true[np.argmax(predicted)] / best) if best > 0 else 1.0
+    return float(true[order[0]] / best) if best > 0 else 1.0
 
 
-def best_in_top3(true: np.ndarray, predicted: np.ndarray) -> float:
+def best_in_top3(true: np.ndarray, predicted: np.ndarray, tiebreak: np.ndarray | None = None) -> float:
     """1 if a truly best model is among the 3 highest predictions, else 0."""
-    top = np.argsort(-predicted, kind="stable")[:3]
-    return float(true[top].max() == true.max())
+    order = _order(predicted, tiebreak)
+    return float(true[order[:3]].max() == true.max()) if len(order) else math.nan
 
 
 PER_TASK = {
@@ -84,6 +113,16 @@ PER_TASK = {
     "relative_top1": relative_top1,
     "best_in_top3": best_in_top3,
 }
+_TIES = ("top1_regret", "relative_top1", "best_in_top3")
+
+
+def per_task(true: np.ndarray, predicted: np.ndarray, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every metric of :data:`PER_TASK` on every task (NaN where undefined), ties broken by
+    :func:`tiebreak_keys` of ``seed``."""
+    true, predicted = _check(true, predicted)
+    keys = tiebreak_keys(true.shape, seed)
+    return {name: np.array([fn(t, p, k) if name in _TIES else fn(t, p)
+                            for t, p, k in zip(true, predicted, keys)]) for name, fn in PER_TASK.items()}
 
 
 def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, seed: int = 0,
@@ -113,14 +152,17 @@ def selection_report(true: np.ndarray, predicted: np.ndarray, *, accuracy_predic
     """Every selection metric over tasks: ``{metric: {"mean", "low", "high"}}`` (95% bootstrap CI).
 
     Metrics: ``kendall_tau``, ``weighted_tau``, ``top1_regret``, ``relative_top1``,
-    ``best_in_top3``, and, when ``accuracy_predictions`` (the predictions are accuracies in
+    ``best_in_top3``, ``applies`` (the fraction of tasks where the selector scores at least
+    one model), and, when ``accuracy_predictions`` (the predictions are accuracies in
     the units of ``true``), ``mse`` (mean over tasks of the mean squared error over models)
     and ``rmse`` (its square root, bootstrapped the same way). All metrics are resampled with
     the same task indices, from ``numpy.random.default_rng(seed)``.
     """
     true, predicted = _check(true, predicted)
-    per_task = {name: np.array([fn(t, p) for t, p in zip(true, predicted)]) for name, fn in PER_TASK.items()}
-    report = {name: bootstrap_ci(v, resamples=resamples, seed=seed) for name, v in per_task.items()}
+    metrics = per_task(true, predicted, seed=seed)
+    report = {name: bootstrap_ci(v, resamples=resamples, seed=seed) for name, v in metrics.items()}
+    report["applies"] = bootstrap_ci((~np.isnan(predicted)).any(1).astype(np.float64), resamples=resamples,
+                                     seed=seed)
     if accuracy_predictions:
         if not np.isfinite(predicted).all():
             raise DataError("accuracy predictions must be finite to compute their MSE")
@@ -128,3 +170,17 @@ def selection_report(true: np.ndarray, predicted: np.ndarray, *, accuracy_predic
         report["mse"] = bootstrap_ci(mse, resamples=resamples, seed=seed)
         report["rmse"] = bootstrap_ci(mse, resamples=resamples, seed=seed, transform=math.sqrt)
     return report
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean over tasks of ``a - b`` (e.g. a selector's regret minus a baseline's on the same
+    task) with its 95 % percentile-bootstrap interval, over the tasks where both are
+    defined; ``tasks`` says how many. Pairing removes the variation between tasks, which
+    is most of it, so it resolves differences the two marginal intervals cannot."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise DataError(f"paired values need the same tasks: shapes {a.shape} and {b.shape}")
+    both = ~(np.isnan(a) | np.isnan(b))
+    if not both.any():
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "tasks": 0}
+    return {**bootstrap_ci(a[both] - b[both], resamples=resamples, seed=seed), "tasks": int(both.sum())}

@@ -302,24 +302,36 @@ def _fda_posteriors(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: flo
                     a: float) -> tuple[np.ndarray, float]:
     """Class posteriors of the regularised Fisher discriminant fitted on (x, y), and its shrinkage λ.
 
-    Works in the span of the centred examples, which holds every class mean and every
-    within-class deviation: S_W and S_B vanish outside it, so the Fisher directions are found
-    there exactly.
+    The within-class scatter is shrunk toward a multiple of the identity scaled to its own
+    size, S_W' = (1 - λ)·S_W + λ·(tr S_W / D)·I (D the feature dimension), as in the
+    reference implementation (TencentARC/SFDA). Works in the span of the centred examples,
+    which holds every class mean and every within-class deviation: outside it S_W' is
+    λ·(tr S_W / D)·I and no mean or example has a component there, so the discriminant
+    found in the span is exactly the one of the full space, at O(N²D) cost.
     """
-    n = len(x)
+    n, d = x.shape
     priors = np.bincount(y, minlength=n_classes) / n
     u, sig = _span(x - x.mean(0))
-    if len(sig) == 0:  # constant features: nothing discriminates, the posteriors are the priors
-        return np.tile(priors, (n, 1)), 1.0 if shrinkage is None else shrinkage
+    if len(sig) == 0:
+        raise ScoreNotApplicable("SFDA needs features that vary; these are constant")
     coords = u * np.sqrt(sig)
     means, _ = _class_means(coords, y, n_classes)
     within = coords - means[y]
-    s_w = within.T @ within / n  # Σ_c π_c cov_c
-    s_b = (means * priors[:, None]).T @ means  # Σ_c π_c μ_c μ_cᵀ (the coordinates are centred)
+    s_w = within.T @ within / n  # Σ_c π_c cov_c (the same trace as in the full space)
+    scale = float(np.trace(s_w)) / d
+    if scale <= float(sig.sum()) / n / d * 1e-12:
+        # Every class is a single point (1-shot support, or duplicated examples): S_W = 0, and
+        # the target λ·(tr S_W / D)·I is 0 too, so the discriminant is undefined.
+        raise ScoreNotApplicable("SFDA needs within-class scatter: at least 2 different examples in a class "
+                                 "(1-shot support has none)")
     if shrinkage is None:  # adaptive strength: strong when the within-class scatter is small
         shrinkage = max(math.exp(-a * max(float(np.linalg.eigvalsh(s_w)[-1]), 0.0)), 1e-10)
-    s_w = (1 - shrinkage) * s_w + shrinkage * np.eye(len(sig))
-    # The Fisher space: the top C-1 generalised eigenvectors, scaled so that Uᵀ S_W U = I.
+    s_w = (1 - shrinkage) * s_w + shrinkage * scale * np.eye(len(sig))
+    s_b = (means * priors[:, None]).T @ means  # Σ_c π_c μ_c μ_cᵀ (the coordinates are centred)
+    # The Fisher space: the top C-1 generalised eigenvectors, scaled so that Uᵀ S_W' U = I.
+    # The reference code keeps all D of them (and adds λ·(tr S_B / D)·I to S_B), which gives
+    # the same posteriors: S_B has rank C-1, and the Gaussian discriminant with covariance
+    # S_W' depends only on the C-1 directions S_W'⁻¹(μ_c - μ_c').
     _, vecs = scipy.linalg.eigh(s_b, s_w)
     proj = vecs[:, ::-1][:, :min(n_classes - 1, len(sig))]
     z, m = coords @ proj, means @ proj
@@ -329,33 +341,35 @@ def _fda_posteriors(x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: flo
 
 def sfda(features, labels, *, a: float = 5.0) -> float:
     """SFDA (Shao et al., 2022, "Not All Models Are Equal: Predicting Model Transferability in
-    a Self-challenging Fisher Space").
+    a Self-challenging Fisher Space", arXiv:2207.03036).
 
-    1. Regularised FDA: project the features onto the top C-1 directions of
-       max tr(UᵀS_B U) / tr(Uᵀ[(1-λ)S_W + λI]U), with the adaptive strength
-       λ = exp(-a·σ_max(S_W)) (a = 5 by default), and score each class by a softmax over the
-       projected class means (the Gaussian discriminant with priors π_c).
-    2. Self-challenge (ConfMix): each example moves towards the mean of the other classes,
-       x' = p·x + (1-p)·μ_(not its class), by its softened confidence p (a second softmax of
-       the first stage's posteriors, so even confident examples are mixed), and the FDA of
-       step 1 is refitted on x' with the same λ.
+    1. Regularised FDA: the Gaussian discriminant (priors π_c, shared covariance) in the
+       Fisher space of S_B and the shrunk within-class scatter
+       S_W' = (1 - λ)·S_W + λ·(tr S_W / D)·I, with the adaptive strength
+       λ = exp(-a·σ_max(S_W)) (a = 5 by default; σ_max is the exact largest eigenvalue,
+       which the reference code estimates by three rounds of power iteration).
+    2. Self-challenge (ConfMix): each example moves towards the mean of the other classes'
+       means, x' = p·x + (1-p)·μ̄_(not its class), by its softened confidence p (a second
+       softmax of the first stage's posteriors, so even confident examples are mixed), and
+       the FDA of step 1 is refitted on x' with the same λ.
 
-    The score is the mean posterior probability of the true class in the second stage: hard
-    examples are where models with the same static separability differ.
+    The score is the mean posterior probability of the true class in the second stage.
 
-    Like the paper's, the score depends on the scale of the features through λ. With N ≤ D
-    (most few-shot support sets) S_W is singular on the span of the examples and, for
-    features of the usual scale, λ is negligible: the discriminant then separates any
-    support set and the score saturates near 1 for every model. It tells models apart when
-    N is well above D, or when the features are small enough that λ is not negligible.
+    **Conventions.** Scatter matrices use 1/N (``np.cov(bias=True)``); the features are used
+    as given (the discriminant is invariant to their offset). Because the target is scaled
+    by tr S_W / D, S_W' scales with the features, so the posteriors are invariant to a
+    common rescaling of the features *except through λ*, which depends on σ_max(S_W) in
+    absolute units (tiny features get strong shrinkage). When N ≤ D, S_W is singular and the
+    discriminant can separate any support set: the score then saturates near 1, and ties
+    between models are common (:mod:`.metrics` breaks ties at random). Does not apply when
+    no class has two different examples (1-shot support): S_W is then 0.
     """
     x = _features(features)
     y, n_classes = _labels(labels, len(x))
     posteriors, shrinkage = _fda_posteriors(x, y, n_classes, None, a)
     confidence = _softmax(posteriors)[np.arange(len(x)), y][:, None]
-    sums, counts = _class_means(x, y, n_classes)
-    sums *= counts[:, None]
-    others = (sums.sum(0) - sums) / (len(x) - counts)[:, None]  # mean of every class but c
+    means, _ = _class_means(x, y, n_classes)
+    others = (means.sum(0) - means) / (n_classes - 1)  # the mean of the other classes' means
     mixed = confidence * x + (1 - confidence) * others[y]
     posteriors, _ = _fda_posteriors(mixed, y, n_classes, shrinkage, a)
     return float(posteriors[np.arange(len(x)), y].mean())
@@ -387,6 +401,54 @@ def loo_prototype_accuracy(features, labels) -> float:
     return float((own < d2.min(1)).mean())
 
 
+# -- nearest neighbours ----------------------------------------------------------------------------
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def knn_loo_accuracy(features, labels) -> float:
+    """Leave-one-out accuracy of the 1-nearest-neighbour classifier (cosine similarity) on the
+    support features: the simple k-NN signal that large studies find matches or beats
+    published transferability scores (e.g. Agostinelli et al., 2022, arXiv:2204.01403).
+    Invariant to the features' scale. A tie counts as an error. Does not apply at 1 shot
+    (the held-out example's class has no other example)."""
+    x = _features(features)
+    y, n_classes = _labels(labels, len(x))
+    if np.bincount(y, minlength=n_classes).min() < 2:
+        raise ScoreNotApplicable("leave-one-out needs at least 2 examples per class; a class here has 1 "
+                                 "(1-shot support)")
+    sim = _cosine(x, x)
+    np.fill_diagonal(sim, -np.inf)
+    best = sim.max(1)
+    same = np.where(y[:, None] == y[None, :], sim, -np.inf).max(1)
+    other = np.where(y[:, None] != y[None, :], sim, -np.inf).max(1)
+    return float(((same == best) & (same > other)).mean())
+
+
+def view_nearest_neighbour(features, views, labels) -> float:
+    """Fraction of augmented views whose nearest support example (cosine similarity, the
+    view's own image included) has the view's class.
+
+    ``views[i]`` are the features of a slightly changed copy of support image ``i``
+    (:func:`~fewshot.select.metafeatures.augmented_views`). A model whose features keep an
+    image closer to its own class than to any other under a small change separates the
+    task's classes robustly; unlike leave-one-out it is defined at 1 shot. Invariant to
+    the features' scale. A tie counts as an error.
+    """
+    x = _features(features)
+    v = _features(views)
+    if v.shape != x.shape:
+        raise DataError(f"views must have the features' shape {x.shape}, got {v.shape}")
+    y, _ = _labels(labels, len(x))
+    sim = _cosine(v, x)
+    same = np.where(y[:, None] == y[None, :], sim, -np.inf).max(1)
+    other = np.where(y[:, None] != y[None, :], sim, -np.inf).max(1)
+    return float((same > other).mean())
+
+
 # -- registry -----------------------------------------------------------------------------------
 
 Score = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], float]
@@ -399,6 +461,7 @@ SCORES: dict[str, Score] = {
     "transrate": lambda f, y, p=None: transrate(f, y),
     "sfda": lambda f, y, p=None: sfda(f, y),
     "loo_proto": lambda f, y, p=None: loo_prototype_accuracy(f, y),
+    "knn_loo": lambda f, y, p=None: knn_loo_accuracy(f, y),
 }
 
 

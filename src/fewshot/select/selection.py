@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .builder import complete, cross_validated_accuracy, describe_candidates, measure, open_meta, prediction_errors
+from .builder import complete, cross_validated_accuracy, describe_candidates, measure, open_meta
 from .metalearner import MetaLearner
+from .metrics import tiebreak_keys
+from .uncertainty import prediction_intervals
 from .zoo import Zoo
 
 VERIFY_KIND = "select-verify"  # the run-store kind of a verification record
@@ -57,8 +59,14 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
                   runs: str | Path | None = None, data_root: str | Path | None = None) -> dict:
     """Rank ``zoo``'s models for the task whose labelled images are the folder ``support``.
 
+    The ranking meta-learner orders the models (ties broken at random, seeded); beside each
+    stands its predicted accuracy and a calibrated 90 % interval from the held-out errors
+    of that prediction on the meta-dataset (:mod:`.uncertainty`).
+
     Returns a dict: the task (``way``, ``images``, ``shots``), ``ranking`` (rank, model,
-    predicted accuracy, its held-out RMSE as ``uncertainty``, selection CPU seconds), the
+    ``rank_score`` (its mean chance of beating each other model), predicted accuracy, its
+    held-out RMSE as ``uncertainty``, ``interval`` (low, high) with its ``coverage``,
+    selection CPU seconds), the
     selection's cost against fine-tuning every model, and with ``verify`` = K > 0 the
     top K measured for real (``measured_accuracy``, ``protocol``) plus ``monitor``, the
     meta-learner's running error over every verification recorded in the run store
@@ -81,16 +89,24 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
 
     start = time.process_time()
     candidates, costs = describe_candidates(zoo, x, y, models, task="user-task", group="user")
-    learner = MetaLearner(seed=0).fit(rows)
-    predicted = learner.predict(candidates)
+    learner = MetaLearner("ranking", seed=0).fit(rows)
+    score = learner.predict(candidates)
+    predicted = learner.predict_accuracy(candidates)
     select_cpu = time.process_time() - start
-    key = f"errors/{target}/{len(rows)}/{','.join(models)}"
-    errors = prediction_errors(store, rows, lambda: MetaLearner(seed=0), key)
+    # The ranking learner's accuracies are those of the regression learner (the same trees),
+    # so that learner's held-out errors calibrate them.
+    key = f"{target}/{len(rows)}/{','.join(models)}"
+    errors = prediction_intervals(store, rows, lambda: MetaLearner("regression", seed=0), key)
     finetune_all = sum(r["cpu_ft"] for r in store.records(models)) / max(len({r["task"] for r in rows}), 1)
-    order = np.argsort(-predicted, kind="stable")
-    ranking = [{"rank": i + 1, "model": models[j], "predicted_accuracy": float(predicted[j]),
-                "uncertainty": errors.get(models[j]), "selection_cpu_seconds": costs[models[j]]}
-               for i, j in enumerate(order)]
+    order = np.lexsort((tiebreak_keys(score.shape), -score))
+    ranking = []
+    for i, j in enumerate(order):
+        e, acc = errors.get(models[j]), float(predicted[j])
+        interval = ([float(np.clip(acc - e["high"], 0, 100)), float(np.clip(acc - e["low"], 0, 100))]
+                    if e else None)
+        ranking.append({"rank": i + 1, "model": models[j], "rank_score": float(score[j]), "predicted_accuracy": acc,
+                        "uncertainty": e["rmse"] if e else None, "interval": interval,
+                        "coverage": e["coverage"] if e else None, "selection_cpu_seconds": costs[models[j]]})
     out = {"support": str(support), "way": way, "images": int(len(y)), "shots": [int(s) for s in shots],
            "target": target, "meta_rows": len(rows), "meta": str(store.path), "models": len(models),
            "selection_cpu_seconds": select_cpu, "finetune_all_cpu_seconds_estimate": finetune_all,
