@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve()
 VARIANTS = {
     "reference": "plain per-task loop (functional_call, autograd.grad create_graph=True), one backward over the meta-batch",
     "fewshot": "fewshot MAML.loss as shipped: task-batched chunks (grouped convolutions over tasks, batched Linear, "
-               "per-task BatchNorm statistics), per-chunk meta-gradient",
+               "per-task BatchNorm statistics) of the default size (MAML._auto_chunk), per-chunk meta-gradient",
     "fewshot-per-task": "fewshot MAML.loss with task_batching=False: the per-task loop (channels-last layout, "
                         "closed-form BatchNorm double backward, per-task meta-gradient)",
     "matmul": "1024x1024 float32 matrix product, same round (the machine's matmul throughput under the same load)",
@@ -227,7 +227,7 @@ def precision(batch: list, steps: int, lr: float, tasks: int = 8) -> dict:
         loss.backward()
         grads[kind] = torch.cat([p.grad.reshape(-1).double() for p in model.parameters()])
     exact = grads.pop("float64")
-    return {"tasks": tasks, **{k: float((g - exact).abs().max() / exact.abs().max()) for k, g in grads.items()}}
+    return {"tasks": len(batch), **{k: float((g - exact).abs().max() / exact.abs().max()) for k, g in grads.items()}}
 
 
 def main() -> None:

@@ -201,6 +201,7 @@ def main() -> None:
               + "\n\n" + "\n".join(paired_table(paired)), flush=True)
     cpu_total = cpu_now() - cpu0
 
+    zoo_train = sum(float(m.get("train_cpu_seconds") or 0.0) for m in models)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": 1,
                "torch": torch.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "shared": "2 cores shared with about 7 other jobs; CPU seconds are this process's own"}
@@ -209,7 +210,7 @@ def main() -> None:
            "cpu_seconds": {"zoo": cpu_zoo, "meta_dataset": cpu_meta,
                            "comparisons": cpu_total - cpu_zoo - cpu_meta, "total": cpu_total},
            "zoo": {"folder": str(zoo.root), "preset": preset, "cpu_minutes_per_model": args.cpu_minutes,
-                   "models": models},
+                   "train_cpu_seconds_total": zoo_train, "models": models},
            "meta_dataset": {"file": "model_selection_meta.csv.gz", "tasks_requested": args.tasks,
                             "tasks_complete": len(done), "tasks_per_group": groups, "models": names,
                             "sources": sources, "finetune": finetune, "rows": len(records),
@@ -240,10 +241,11 @@ def main() -> None:
                                   f"{m['steps'] if m['steps'] is not None else 0} steps"
                                   f"{'' if m['in_meta_dataset'] else ', not in the meta-dataset'})" for m in models)
               + ".", "",
-              f"CPU time of this run: zoo {cpu_zoo / 60:.1f} min, meta-dataset {cpu_meta / 60:.1f} min, comparisons "
-              f"{out['cpu_seconds']['comparisons'] / 60:.1f} min; total {cpu_total / 60:.1f} CPU-minutes "
-              f"({out['wall_seconds'] / 60:.0f} min wall, on 2 cores shared with other jobs). The meta-dataset's rows "
-              f"took {out['meta_dataset']['build_cpu_seconds_total'] / 60:.1f} CPU-minutes in all."]
+              f"CPU time: training the zoo took {zoo_train / 60:.1f} CPU-minutes (the models' own "
+              f"train_cpu_seconds), the meta-dataset's rows {out['meta_dataset']['build_cpu_seconds_total'] / 60:.1f} "
+              f"CPU-minutes (their recorded costs; one process, niced, on 2 cores shared with about 7 other jobs), "
+              f"and this run {'(analysis only) ' if args.analyse_only else ''}{cpu_total / 60:.1f} CPU-minutes "
+              f"({out['wall_seconds'] / 60:.0f} min wall)."]
     (results_dir / "model_selection.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
 

@@ -142,3 +142,68 @@ def test_unknown_names_and_flags_suggest_and_point_to_the_command_help(args, fra
         assert fragment in err[0], (fragment, err[0])
     if args == ["runs", "--zzzz"]:
         assert "did you mean" not in err[0]  # nothing close: no guess
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--backbone-option", "deep=2"], ["backbone 'conv4' has no option 'deep'", "did you mean 'depth'?",
+                                       "its options: width, depth"]),
+    (["--backbone-option", "depth=2", "-o", "dist=cosine"],
+     ["method 'protonet' has no option 'dist'", "did you mean 'distance'?", "distance, normalize",
+      "fewshot methods protonet"]),
+    (["--dataset", "digitz"], ["unknown dataset 'digitz'", "did you mean 'digits'?"]),
+    (["--backbone", "conv5"], ["unknown backbone 'conv5'", "did you mean 'conv4'?"]),
+    (["--dataset", "folder"], ["--path DIR"]),
+])
+def test_bad_names_and_options_say_what_is_valid(args, fragments, tmp_path, capsys):
+    argv = ["train", "protonet", "--dataset", "digits", *args, "--episodes", "1", "--out", str(tmp_path / "r"),
+            "--runs", str(tmp_path), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for fragment in fragments:
+        assert fragment in err[0], (fragment, err[0])
+    assert "=<" not in err[0] and "__init__()" not in err[0]  # flags and options, not Python
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_untrained_method_refuses_options_it_does_not_take(tmp_path, capsys):
+    assert main(["evaluate", "pixel-ncm", "-o", "k=1", "--runs", str(tmp_path), "--quiet"]) == 2
+    assert "method 'pixel-ncm' has no option 'k'; its options: none" in capsys.readouterr().err
+
+
+def test_methods_lists_every_registered_method_with_its_options(capsys):
+    import inspect
+
+    from fewshot.methods import METHODS, Method, ProtoNet, register
+
+    assert main(["methods", "--json"]) == 0
+    described = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert set(described) == set(METHODS)
+    assert described["protonet"]["options"] == {
+        "distance": {"default": "euclidean", "required": False, "type": "str"},
+        "normalize": {"default": False, "required": False, "type": "bool"}}
+    assert described["pixel-ncm"]["options"] == {} and not described["pixel-ncm"]["learns_across_tasks"]
+    maml = inspect.signature(METHODS["maml"].__init__).parameters
+    assert described["maml"]["options"]["inner_steps"]["default"] == maml["inner_steps"].default
+    assert "way" not in described["maml"]["options"]  # filled in from the episodes, not an option
+
+    class Toy(ProtoNet):  # a method of the user's: listed with nothing in the CLI changed
+        """A toy method. It only renames ProtoNet."""
+
+        name = "toy-cli-listing"
+
+        def __init__(self, backbone, sharpness: float = 2.5):
+            super().__init__(backbone)
+            self.sharpness = sharpness
+
+    register(Toy)
+    try:
+        assert main(["methods"]) == 0
+        out = capsys.readouterr().out
+        assert "toy-cli-listing: meta-trained" in out and "sharpness=2.5" in out
+        assert 'protonet: meta-trained' in out and 'distance="euclidean"' in out
+    finally:
+        del METHODS["toy-cli-listing"]
+    assert issubclass(Toy, Method)
+    assert main(["methods", "protnet"]) == 2
+    assert "did you mean 'protonet'?" in capsys.readouterr().err

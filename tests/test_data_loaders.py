@@ -381,7 +381,7 @@ def test_folder_cache_is_reused_and_invalidated(tmp_root, tmp_path):
 
 
 def test_folder_errors(tmp_root, tmp_path):
-    with pytest.raises(ConfigError, match="needs path="):
+    with pytest.raises(ConfigError, match="--path DIR"):
         load_dataset("folder", tmp_root)
     with pytest.raises(DataError, match="does not exist"):
         load_folder(tmp_root, path=tmp_path / "nowhere")

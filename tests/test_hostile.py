@@ -93,7 +93,7 @@ FLAGS = {
     "momentum": (["--momentum", "1.5"], "config 'momentum' must be a finite number in [0, 1)"),
     "option-type": (["-o", "normalize=yes"], "protonet 'normalize' must be true or false, got 'yes'"),
     "option-form": (["-o", "normalize"], "must look like KEY=VALUE"),
-    "option-unknown": (["-o", "temperature=2"], "bad option for method 'protonet'"),
+    "option-unknown": (["-o", "temperature=2"], "method 'protonet' has no option 'temperature'"),
     "backbone-option": (["--backbone-option", "width=wide"], "bad option for backbone 'conv4'"),
     "unknown-dataset": (["--dataset", "nosuch"], "unknown dataset 'nosuch'; choose one of:"),
     "unknown-backbone": (["--backbone", "vit"], "unknown backbone 'vit'"),

@@ -110,7 +110,7 @@ def test_registered_names_and_bad_options():
         ("matchingnet", {"fce_steps": 0}, "fce_steps"),
         ("taskcond", {"condition": "everything"}, "condition.*'everything'"),
         ("protonet", {"normalize": "yes"}, "normalize"),
-        ("matchingnet", {"temperature": 3}, "bad option"),
+        ("matchingnet", {"temperature": 3}, "has no option 'temperature'"),
     ]:
         with pytest.raises(ConfigError, match=fragment):
             build_method(name, Conv4(1, width=8, depth=2), image_shape=IMAGE, way=3, **options)

@@ -2,7 +2,10 @@
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,21 +70,6 @@ def test_report_draws_every_figure_from_real_runs(evaluated, capsys):
     assert not [p for p in evaluated.iterdir() if p.name.startswith(".out")], "temporary folders left behind"
 
 
-def test_report_replaces_its_own_folder_only(evaluated, tmp_path, capsys):
-    out = tmp_path / "rep"
-    build_report([evaluated / "a"], out, runs=evaluated)
-    (out / "stale.png").write_bytes(b"old")
-    build_report([evaluated / "a"], out, runs=evaluated)
-    assert not (out / "stale.png").exists()  # replaced whole, not merged
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
-    other = tmp_path / "notes"
-    other.mkdir()
-    (other / "mine.txt").write_text("keep")
-    assert main(["report", str(evaluated / "a"), "--out", str(other), "--runs", str(evaluated)]) == 2
-    assert "not a fewshot report" in capsys.readouterr().err
-    assert (other / "mine.txt").read_text() == "keep"
-
-
 def test_missing_data_is_explained_not_drawn(evaluated, tmp_path):
     report = build_report([evaluated / "a"], tmp_path / "rep", runs=tmp_path / "empty-store")
     assert {"learning_curves", "embedding_map"} <= set(report.figures)
@@ -112,6 +100,172 @@ def test_missing_matplotlib_is_one_line(monkeypatch, tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'fewshot[report]'" in err[0]
+
+
+def test_report_replaces_its_own_folder_only(evaluated, tmp_path, capsys):
+    out = tmp_path / "rep"
+    build_report([evaluated / "a"], out, runs=evaluated)
+    first = json.loads((out / "report.json").read_text())
+    build_report([evaluated / "a"], out, runs=evaluated)  # its own report: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+    assert json.loads((out / "report.json").read_text())["figures"] == first["figures"]
+    # A file fewshot did not write, even inside an earlier report, is never deleted.
+    (out / "stale.png").write_bytes(b"mine")
+    assert main(["report", str(evaluated / "a"), "--out", str(out), "--runs", str(evaluated)]) == 2
+    assert "did not write (stale.png)" in capsys.readouterr().err
+    assert (out / "stale.png").read_bytes() == b"mine"
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert main(["report", str(evaluated / "a"), "--out", str(other), "--runs", str(evaluated)]) == 2
+    assert "not a fewshot report" in capsys.readouterr().err
+    assert (other / "mine.txt").read_text() == "keep"
+
+
+def test_a_folder_with_an_index_html_is_not_taken_for_a_report(evaluated, tmp_path, capsys):
+    # issue 13: `mkdir -p site/blog; echo hi > site/index.html; echo x > site/thesis.tex; fewshot report RUN --out site`
+    site = tmp_path / "site"
+    (site / "blog").mkdir(parents=True)
+    (site / "index.html").write_text("hi")
+    (site / "thesis.tex").write_text("x")
+    assert main(["report", str(evaluated / "a"), "--out", str(site), "--runs", str(evaluated)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a fewshot report" in err[0]
+    assert (site / "thesis.tex").read_text() == "x" and (site / "blog").is_dir() and (site / "index.html").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"], "nothing left beside it"
+
+
+KILLED_REPORT = """
+import os, sys, time
+from pathlib import Path
+import fewshot.plots as plots
+from fewshot.report import build_report
+
+def stuck(*args, **kwargs):  # the report is half-built when this runs
+    Path(sys.argv[3]).write_text("building")
+    time.sleep(600)
+
+plots.learning_curves = stuck
+build_report([sys.argv[1]], sys.argv[2], runs=sys.argv[1])
+"""
+
+
+def test_a_killed_report_leaves_nothing_behind_for_good(evaluated, tmp_path):
+    out, ready = tmp_path / "rep", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_REPORT, str(evaluated / "a"), str(out), str(ready)])
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the report process did not start building"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".rep.")]
+    assert leftovers, "SIGKILL mid-build leaves the temporary folder (nothing can run on SIGKILL)"
+    # ... which the next report to the same folder removes, and nothing else.
+    (tmp_path / ".rep.mine").mkdir()  # a user's folder of a similar name, without fewshot's mark
+    build_report([evaluated / "a"], out, runs=evaluated)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep.mine", "ready", "rep"]
+
+
+def _strict_json(path: Path):
+    def refuse(constant):
+        raise AssertionError(f"{path.name} holds {constant}: not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_report_json_never_holds_nan(evaluated, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # One episode: its 95% interval is undefined (NaN in the store).
+    assert main(["evaluate", str(evaluated / "a"), "--dataset", "digits", "--way", "5", "--shot", "1", "--query", "5",
+                 "--episodes", "1", "--runs", str(runs), "--quiet"]) == 0
+    build_report([evaluated / "a"], tmp_path / "rep", runs=runs)
+    summary = _strict_json(tmp_path / "rep" / "report.json")
+    assert summary["comparison"][0]["ci95"] is None
+
+
+@pytest.fixture(scope="module")
+def unvalidated(tmp_path_factory, digits8):
+    """A run without validation, evaluated, and pixel-ncm on its suite evaluated with other
+    dataset options (the run trained with rotations; the test episodes are the same)."""
+    root = tmp_path_factory.mktemp("unvalidated")
+    config = TrainConfig(**{**TINY, "val_split": None, "dataset_options": {"rotations": True}, "checkpoint_every": 15})
+    Trainer(config, root / "novalid", runs=root).run(progress=False)
+    common = ["--way", "5", "--shot", "1", "--query", "5", "--episodes", "30", "--runs", str(root), "--quiet"]
+    assert main(["evaluate", str(root / "novalid"), *common]) == 0
+    assert main(["evaluate", "pixel-ncm", "--dataset", "digits", *common]) == 0
+    # Bigger images are other episodes: that baseline must stay apart, under another title.
+    assert main(["evaluate", "pixel-ncm", "--dataset", "digits", "--image-size", "16", *common]) == 0
+    return root
+
+
+def test_report_says_what_it_shows_without_validation(unvalidated, tmp_path):
+    build_report([unvalidated / "novalid"], tmp_path / "rep", runs=unvalidated)
+    summary = _strict_json(tmp_path / "rep" / "report.json")
+    assert summary["learning_curves"]["title"].startswith("training-episode accuracy (no validation split)")
+    assert summary["learning_curves"]["unvalidated"] == ["protonet"]
+    (row,) = summary["embedding_map"]
+    assert not any(title.startswith("best") for title in row["panels"]), row
+    assert any("no validation, so no best" in title for title in row["panels"]), row
+
+
+def test_learning_curve_title_says_validation_when_there_is_one(evaluated, tmp_path):
+    build_report([evaluated / "a"], tmp_path / "rep", runs=tmp_path / "none")
+    summary = _strict_json(tmp_path / "rep" / "report.json")
+    assert summary["learning_curves"]["title"] == "validation accuracy (band: 95% CI)"
+    assert summary["embedding_map"][0]["panels"][1].startswith("best (step")
+
+
+def test_a_baseline_on_the_same_episodes_shares_the_panel(unvalidated, tmp_path):
+    build_report([unvalidated / "novalid"], tmp_path / "rep", runs=unvalidated)
+    summary = _strict_json(tmp_path / "rep" / "report.json")
+    suites: dict[str, set] = {}
+    for row in summary["comparison"]:
+        suites.setdefault(row["suite"], set()).add(row["label"])
+    # The run (trained and evaluated with rotations) and pixel-ncm (evaluated without) drew
+    # identical test episodes: one panel. The 16-pixel baseline drew others: its own panel,
+    # with a title that says how it differs.
+    assert sorted(map(sorted, suites.values())) == [["pixel-ncm"], ["pixel-ncm", "protonet"]]
+    assert len(suites) == 2 and any("image_size=16" in title for title in suites)
+
+
+def test_one_label_and_one_colour_per_method_across_figures(evaluated, tmp_path):
+    build_report([evaluated], tmp_path / "rep", runs=evaluated)
+    summary = _strict_json(tmp_path / "rep" / "report.json")
+    colors = summary["colors"]
+    assert len(set(colors.values())) == len(colors)
+    # Runs are labelled by method and folder in every figure.
+    labels = {run["label"] for run in summary["runs"]}
+    assert labels == {"protonet [a]", "protonet [b]"}
+    assert {s["label"] for s in summary["learning_curves"]["series"]} == labels
+    assert {row["run"] for row in summary["embedding_map"]} == labels
+    for s in summary["learning_curves"]["series"]:
+        assert s["color"] == colors[s["label"]]
+    for row in summary["comparison"]:
+        assert row["color"] == colors[row["label"]]
+    for name in ("accuracy_vs_shots", "accuracy_vs_ways"):
+        for s in summary[name]:
+            assert s["color"] == colors[s["label"].split(",")[0]]
+
+
+def test_accuracy_axes_start_at_a_stated_origin(monkeypatch, tmp_path):
+    from fewshot import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    plots.comparison([plots.Bars("suite", ["a", "b"], [91.0, 88.0], [1.0, 1.5])], tmp_path / "c.png")
+    plots.accuracy_against([plots.Series("a", [1, 5], [80.0, 95.0], [2.0, 1.0])], tmp_path / "s.png",
+                           xlabel="shots", title="t")
+    plots.learning_curves([plots.Curve("a", [[10, 1.0, 60.0]], [[10, 70.0, 3.0]])], tmp_path / "l.png")
+    comparison_ax, against_ax, curves_ax = drawn[0].axes[0], drawn[1].axes[0], drawn[2].axes[1]
+    assert comparison_ax.get_xlim()[0] == plots.ACCURACY_ORIGIN == 0.0
+    assert against_ax.get_ylim() == (plots.ACCURACY_ORIGIN, 100.0)
+    assert curves_ax.get_ylim() == (plots.ACCURACY_ORIGIN, 100.0)
+    assert "from 0 %" in comparison_ax.get_xlabel() and "from 0 %" in against_ax.get_ylabel()
 
 
 PROBE = """<!DOCTYPE html><html><body><pre id="result">pending</pre>

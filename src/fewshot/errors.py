@@ -6,6 +6,15 @@ with status 2.
 """
 
 
+def did_you_mean(word: str, candidates, *, quote: str = "'") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, else "": the
+    hint an error about an unknown name ends with."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+
+
 class FewShotError(Exception):
     """Base class of every error fewshot raises on purpose."""
 

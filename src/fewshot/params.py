@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 
 class Constraint:
@@ -155,9 +155,26 @@ def _range(low: float | None, high: float | None, *, closed_low: bool = True, cl
     return f" in {'[' if closed_low else '('}{_number(low)}, {_number(high)}{']' if closed_high else ')'}"
 
 
+def checked(owner: str, name: str, value: Any, constraint: Constraint) -> Any:
+    """``value`` if ``constraint`` accepts it, else the :class:`~fewshot.errors.ConfigError` of :func:`validate`."""
+    validate(owner, {name: value}, {name: constraint})
+    return value
+
+
 def validate(owner: str, values: Mapping[str, Any], constraints: Mapping[str, Constraint]) -> None:
     """Check each of ``values`` that has a constraint; the first failure is a
     :class:`~fewshot.errors.ConfigError` naming ``owner`` and the option."""
     for name, constraint in constraints.items():
         if name in values and not constraint.accepts(values[name]):
             raise ConfigError(f"{owner} '{name}' must be {constraint.describe()}, got {values[name]!r}")
+
+
+def check_known(owner: str, given, accepted, *, how: str = "") -> None:
+    """Refuse option names of ``given`` that are not in ``accepted``, in one line naming the
+    closest valid one and listing them all (``how`` says where they are described)."""
+    accepted = list(accepted)
+    unknown = [name for name in given if name not in accepted]
+    if unknown:
+        listing = ", ".join(accepted) if accepted else "none"
+        raise ConfigError(f"{owner} has no option '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
+                          f"its options: {listing}{how}")

@@ -11,6 +11,7 @@ close, whatever backend the user's matplotlib is configured with.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,10 @@ from .errors import ConfigError
 from .io import atomic_path
 
 DPI = 110
+# Every accuracy axis runs from ACCURACY_ORIGIN to 100 %: bars and lines then compare by
+# length across panels and figures (an axis cut at 60 % makes 70 look twice 65).
+ACCURACY_ORIGIN = 0.0
+ACCURACY_AXIS = f"axis from {ACCURACY_ORIGIN:g} %"
 
 
 def _figure(rows: int = 1, cols: int = 1, *, width: float = 5.2, height: float = 3.6,
@@ -58,17 +63,19 @@ class Curve:
     train: Sequence[Sequence[float]] = field(default_factory=list)
     val: Sequence[Sequence[float]] = field(default_factory=list)
     metric: str = "accuracy"
+    color: str | None = None  # a matplotlib colour; default: by position
 
 
-def learning_curves(curves: Sequence[Curve], path: str | Path) -> Path:
+def learning_curves(curves: Sequence[Curve], path: str | Path, *, score_title: str | None = None) -> Path:
     """Meta-training loss, and validation accuracy with its 95% interval as a band.
 
     A run without validation shows its training-episode accuracy instead, dashed and
-    labelled so.
+    labelled so; ``score_title`` titles that panel (by default it says which of the two
+    it shows).
     """
     fig, (loss_ax, acc_ax) = _figure(1, 2)
     for i, curve in enumerate(curves):
-        color = f"C{i % 10}"
+        color = curve.color or f"C{i % 10}"
         label = curve.label if curve.metric == "accuracy" else f"{curve.label} ({curve.metric})"
         train = np.asarray(curve.train, dtype=float).reshape(-1, 3)
         # Short runs log few points: mark them, or a single one would not show.
@@ -85,8 +92,16 @@ def learning_curves(curves: Sequence[Curve], path: str | Path) -> Path:
                         label=f"{label} (training episodes; no validation split)")
     loss_ax.set(title="meta-training loss", xlabel="step", ylabel="loss (mean over logged steps)")
     accuracy_only = all(c.metric == "accuracy" for c in curves)
-    acc_ax.set(title=f"validation {'accuracy' if accuracy_only else 'score'} (band: 95% CI)", xlabel="step",
-               ylabel="accuracy (%)" if accuracy_only else " or ".join(sorted({c.metric for c in curves})))
+    if score_title is None:
+        score = "accuracy" if accuracy_only else "score"
+        validated = [bool(len(c.val)) for c in curves]
+        score_title = (f"validation {score} (band: 95% CI)" if all(validated) else
+                       f"training-episode {score} (no validation split)" if not any(validated) else
+                       f"validation {score} (solid, band: 95% CI); training-episode {score} (dashed)")
+    acc_ax.set(title=score_title, xlabel="step",
+               ylabel=f"accuracy (%, {ACCURACY_AXIS})" if accuracy_only else " or ".join(sorted({c.metric for c in curves})))
+    if accuracy_only:
+        acc_ax.set_ylim(ACCURACY_ORIGIN, 100.0)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         if ax.has_data():
@@ -104,6 +119,7 @@ class Bars:
     labels: Sequence[str]
     accuracy: Sequence[float]
     ci95: Sequence[float]
+    colors: Sequence[str] | None = None  # one per bar; default: by position
 
 
 def comparison(panels: Sequence[Bars], path: str | Path) -> Path:
@@ -118,14 +134,16 @@ def comparison(panels: Sequence[Bars], path: str | Path) -> Path:
         y = np.arange(len(panel.labels))
         acc = np.asarray(panel.accuracy, dtype=float)
         ci = np.nan_to_num(np.asarray(panel.ci95, dtype=float))
-        ax.barh(y, acc, xerr=ci, color=[f"C{i % 10}" for i in y], alpha=0.8, capsize=4)
+        colors = list(panel.colors) if panel.colors else [f"C{i % 10}" for i in y]
+        ax.barh(y, acc, xerr=ci, color=colors, alpha=0.8, capsize=4)
         for yi, a, c in zip(y, acc, ci):
             ax.text(a + c + 0.5, yi, f"{a:.1f} ± {c:.1f}", va="center", fontsize=8)
         ax.set_yticks(y, list(panel.labels), fontsize=8)
         ax.invert_yaxis()
-        low = max(0.0, float(np.min(acc - ci)) - 10.0)
-        ax.set_xlim(low, min(100.0, float(np.max(acc + ci))) + 12.0)
-        ax.set(title=panel.title, xlabel="accuracy (%), error bar: 95% CI")
+        ax.set_xlim(ACCURACY_ORIGIN, 118.0)  # room right of 100 % for the value labels
+        ax.set_xticks(np.arange(ACCURACY_ORIGIN, 100.1, 20.0))
+        ax.set_title(textwrap.fill(panel.title, 60), fontsize=9 if len(panel.title) > 60 else None)
+        ax.set(xlabel=f"accuracy (%, {ACCURACY_AXIS}), error bar: 95% CI")
         ax.grid(axis="x", alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -140,6 +158,8 @@ class Series:
     x: Sequence[float]
     accuracy: Sequence[float]
     ci95: Sequence[float]
+    color: str | None = None  # default: by position
+    linestyle: str = "-"
 
 
 def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str, title: str) -> Path:
@@ -152,10 +172,12 @@ def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str,
         x = np.asarray(s.x, dtype=float)[order]
         acc = np.asarray(s.accuracy, dtype=float)[order]
         ci = np.nan_to_num(np.asarray(s.ci95, dtype=float)[order])
-        ax.errorbar(x, acc, yerr=ci, marker="o", capsize=3, color=f"C{i % 10}", label=s.label)
+        ax.errorbar(x, acc, yerr=ci, marker="o", capsize=3, color=s.color or f"C{i % 10}", linestyle=s.linestyle,
+                    label=s.label)
     xs = sorted({float(v) for s in series for v in s.x})
     ax.set_xticks(xs, [f"{v:g}" for v in xs])
-    ax.set(title=title, xlabel=xlabel, ylabel="accuracy (%), error bar: 95% CI")
+    ax.set(title=title, xlabel=xlabel, ylabel=f"accuracy (%, {ACCURACY_AXIS}), error bar: 95% CI")
+    ax.set_ylim(ACCURACY_ORIGIN, 100.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)

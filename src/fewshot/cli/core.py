@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .flags import add_data_flags, add_episode_flags, config_from_args, dataset_options, one_line, parse_options, \
     trainable_methods
 
@@ -74,7 +74,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     target = args.target
     if target in METHODS and not METHODS[target].needs_backbone:
-        method, dataset_name, data_options, run_dir = build_method(target, None), args.dataset or "digits", {}, None
+        method = build_method(target, None, **parse_options(args.option))
+        dataset_name, data_options, run_dir = args.dataset or "digits", {}, None
         method_name = target
     else:
         config, method, _ = load_run(target, args.weights)
@@ -187,6 +188,61 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(cls) -> dict[str, dict]:
+    """A method's options (:func:`~fewshot.methods.method_options`) as ``{name: {"default",
+    "required", "type"}}``."""
+    from ..methods import method_options
+
+    options = {}
+    for name, p in method_options(cls).items():
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
+        options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
+                         "required": p.default is inspect.Parameter.empty,
+                         "type": None if p.annotation is inspect.Parameter.empty else annotation}
+    return options
+
+
+def describe_method(name: str) -> dict:
+    """What ``fewshot methods`` says of one registered method."""
+    from ..methods import METHODS
+
+    cls = METHODS[name]
+    doc = inspect.getdoc(cls) or ""
+    return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
+            "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
+            "test_mode": cls.test_mode, "options": _options(cls)}
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods import METHODS
+
+    names = sorted(METHODS)
+    if args.name:
+        if args.name not in METHODS:
+            raise ConfigError(f"unknown method '{args.name}'{did_you_mean(args.name, names)}; "
+                              f"`fewshot methods` lists them")
+        names = [args.name]
+    described = [describe_method(n) for n in names]
+    if args.json:
+        print(json.dumps(described, default=str))
+        return 0
+    for d in described:
+        kind = ("meta-trained (`fewshot train`)" if d["learns_across_tasks"] else
+                "needs no training (`fewshot evaluate NAME`)" if not d["needs_backbone"] else
+                "adapts a trained backbone")
+        print(f"{d['name']}: {kind}; {' and '.join(d['tasks'])}")
+        summary = d["summary"] if args.name else d["summary"].split(". ")[0].rstrip(".") + "."
+        print(f"  {summary}")
+        if d["options"]:
+            text = "  ".join(f"{k}=" + ("(required)" if o["required"] else "auto" if o["default"] is None
+                                        else json.dumps(o["default"], default=str))
+                             for k, o in d["options"].items())
+            print(f"  options (-o KEY=VALUE), with defaults (auto: the method chooses): {text}")
+        else:
+            print("  options: none")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
@@ -289,14 +345,23 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _methods_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="one method (default: every one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_methods)
+
+
 def register(sub) -> None:
-    """Add ``train``, ``evaluate``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
+    """Add ``train``, ``evaluate``, ``methods``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
     sub.add_parser("train", help="meta-train a method on episodes", build=_train_flags,
                    description="Meta-train METHOD on episodes of a dataset, validating on its val split "
                    "and keeping the best checkpoint. Settings: defaults < --config < flags.")
     sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes", build=_evaluate_flags,
                    description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
                    "on a fixed, seeded suite of test episodes.")
+    sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
+                   build=_methods_flags, description="Every registered method: what it does, whether it is "
+                   "meta-trained, and its options with their defaults, read from the method's constructor.")
     sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
     sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
     sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",

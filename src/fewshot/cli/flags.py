@@ -8,19 +8,11 @@ its help is asked for (:class:`Parser`'s ``build``).
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib
 import json
 import re
 from typing import Any, Callable
 
-from ..errors import ConfigError
-
-
-def did_you_mean(word: str, candidates, *, quote: str = "'") -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, else ""."""
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+from ..errors import ConfigError, did_you_mean
 
 
 def one_line(message: str) -> str:
@@ -181,17 +173,29 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
     return config
 
 
-def require_tool(module: str, extra: str) -> None:
-    """Fail in one line when the optional dependency ``module`` (of ``fewshot[extra]``) is missing."""
+def _missing(module: str, extra: str) -> ConfigError:
+    return ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'")
+
+
+def require_matplotlib() -> None:
+    """Fail in one line when matplotlib (``fewshot[report]``) is missing."""
     try:
-        importlib.import_module(module)
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise ConfigError(f"this command needs {module}: pip install 'fewshot[{extra}]'") from None
+        raise _missing("matplotlib", "report") from None
 
 
-def needs_tool(func, module: str, extra: str):
-    """``func``, failing first in one line when its optional dependency is missing."""
+def require_optuna() -> None:
+    """Fail in one line when Optuna (``fewshot[tune]``) is missing."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise _missing("optuna", "tune") from None
+
+
+def needs_tool(func, require):
+    """``func``, failing first in one line (``require()``) when its optional dependency is missing."""
     def run(args: argparse.Namespace) -> int:
-        require_tool(module, extra)
+        require()
         return func(args)
     return run

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .flags import add_data_flags, add_episode_flags, config_from_args, needs_tool, trainable_methods
+from .flags import add_data_flags, add_episode_flags, config_from_args, needs_tool, require_matplotlib, \
+    require_optuna, trainable_methods
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-split", default="test", help="split of the episode the embedding maps show (default test)")
     p.add_argument("--projection", choices=["pca", "tsne"], default="pca",
                    help="2-D projection of embeddings (default pca)")
-    p.set_defaults(func=needs_tool(cmd_report, "matplotlib", "report"))
+    p.set_defaults(func=needs_tool(cmd_report, require_matplotlib))
 
 
 def _tune_flags(p: argparse.ArgumentParser) -> None:
@@ -88,7 +89,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="runs folder holding the run store and the study "
                    "(default $FEWSHOT_RUNS, else ./runs)")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
-    p.set_defaults(func=needs_tool(cmd_tune, "optuna", "tune"))
+    p.set_defaults(func=needs_tool(cmd_tune, require_optuna))
 
 
 def _advise_flags(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .base import ClassDataset, from_arrays, to_float_images
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .digits import load_digits_dataset
@@ -44,7 +44,8 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
                else f"fewshot train maml --dataset {name} --backbone mlp")
         raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with `{how}`")
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; choose one of: "
+                          f"{', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     given = {k: v for k, v in options.items() if v is not None}

@@ -40,7 +40,8 @@ def load_folder(root: str | Path | None = None, *, path: str | Path | None = Non
                 image_size: int = 84) -> ClassDataset:
     """Load the class folders under ``path`` as a :class:`ClassDataset` of uint8 images."""
     if path is None:
-        raise ConfigError("the folder dataset needs path=<a folder with one sub-folder of images per class>")
+        raise ConfigError("the folder dataset needs its folder (one sub-folder of images per class): "
+                          "--path DIR on the command line, path=DIR in Python")
     if str(channels) not in ("1", "3"):
         raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     channels = int(channels)

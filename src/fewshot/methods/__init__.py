@@ -11,7 +11,8 @@ from typing import Sequence
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
+from ..params import check_known
 from .base import Method, Predictor, class_means
 from .baselines import PixelNearestMean
 from .mann import MANN
@@ -52,8 +53,18 @@ del _builtin
 def method_class(name: str) -> type[Method]:
     """The registered class of method ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
     if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"unknown method '{name}'{did_you_mean(name, METHODS)}; choose one of: "
+                          f"{', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def method_options(cls: type[Method]) -> dict[str, inspect.Parameter]:
+    """The options a user sets on a method (``-o KEY=VALUE``), read from its constructor:
+    every parameter but the backbone and what :func:`build_method` fills in from the data
+    (image shape, way, classes, task)."""
+    filled = {"self", "backbone", *inspect.signature(build_method).parameters}
+    return {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n not in filled and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
 
 
 def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,
@@ -78,6 +89,9 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
                               f"{', '.join(able)}")
         if len(cls.tasks) > 1:
             options["task"] = task
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        check_known(f"method '{name}'", [k for k in options if k != "task"], method_options(cls),
+                    how=f" (`fewshot methods {name}` gives their defaults)")
     try:
         return cls(backbone, **context, **options) if cls.needs_backbone else cls(**context, **options)
     except TypeError as e:
@@ -86,4 +100,4 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
 
 __all__ = ["ANIL", "FOMAML", "MAML", "MANN", "METHODS", "Baseline", "BaselinePlusPlus", "FineTune", "MatchingNet",
            "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RelationNet", "Reptile", "TaskCondNet",
-           "build_method", "class_means", "method_class", "register"]
+           "build_method", "class_means", "method_class", "method_options", "register"]

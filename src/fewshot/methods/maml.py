@@ -42,8 +42,9 @@ runs the per-task loop instead, so any ``nn.Module`` still works; ``task_batchin
 asks for the per-task loop.
 
 **Meta-gradient, chunk by chunk.** :meth:`MAML.loss` computes the meta-gradient of
-each chunk of tasks (:meth:`MAML._chunks`: at most ``task_chunk`` tasks, by default
-sized to bound a chunk's graph) as soon as its query losses are known and frees that
+each chunk of tasks (:meth:`MAML._chunks`: at most ``task_chunk`` tasks; by default
+cache-sized on a CPU, where large chunks run slower than single tasks, and bounded in
+memory elsewhere, :meth:`MAML._auto_chunk`) as soon as its query losses are known and frees that
 graph, then returns a scalar equal to the mean query loss whose gradient is the mean
 meta-gradient (:func:`~fewshot.models.functional.surrogate_loss`). The trainer's
 ``loss.backward()`` and optimiser step therefore apply exactly the MAML update, while
@@ -58,7 +59,6 @@ from the training steps; steps beyond those with a learned rate reuse the last o
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -69,7 +69,9 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy
-from ..models.functional import FunctionalModule, TaskBatched, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
+from ..params import Integer, Real, checked
+from ..models.functional import (FunctionalModule, TaskBatched, Unbatchable, check_batch_norm, keep_freed_memory,
+                                 sgd_step, surrogate_loss)
 from .base import Method, Predictor
 
 TASKS = ("classification", "regression")
@@ -79,6 +81,7 @@ DEFAULT_INNER_LR = {"classification": 0.4, "regression": 0.01}
 DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
+POSITIVE = Real(low=0, open_low=True)
 
 
 @torch.no_grad()
@@ -96,18 +99,6 @@ def _feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
     if out.ndim != 2:
         raise ConfigError(f"backbone must return (batch, features); it returned shape {tuple(out.shape)}")
     return int(out.shape[1])
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return value
-
-
-def _check_lr(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _batched_sgd_step(params: dict, names: Sequence[str], grads: Sequence[torch.Tensor],
@@ -167,11 +158,11 @@ class MAML(Method):
                             ("tune_allocator", tune_allocator), ("task_batching", task_batching), ("boil", boil)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
-        self.way = _check_int("way", way, 1)
-        self.inner_steps = _check_int("inner_steps", inner_steps, 0)
-        self.inner_lr = _check_lr("inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr)
+        self.way = checked(self.name, "way", way, Integer(low=1))
+        self.inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
+        self.inner_lr = checked(self.name, "inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr, POSITIVE)
         self.test_inner_steps = (None if test_inner_steps is None
-                                 else _check_int("test_inner_steps", test_inner_steps, 0))
+                                 else checked(self.name, "test_inner_steps", test_inner_steps, Integer(low=0)))
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
         self.batch_norm = check_batch_norm(batch_norm)
         self.tune_allocator = tune_allocator
@@ -181,7 +172,7 @@ class MAML(Method):
                 raise ConfigError(f"{self.name} adapts the {self.adapts} only; boil (the body only) does not apply")
             self.adapts = "body"
         self.boil = boil
-        self.task_chunk = None if task_chunk is None else _check_int("task_chunk", task_chunk, 1)
+        self.task_chunk = None if task_chunk is None else checked(self.name, "task_chunk", task_chunk, Integer(low=1))
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.backbone = backbone
         self.head: nn.Linear | None = None
@@ -196,7 +187,7 @@ class MAML(Method):
                     raise ConfigError(f"{self.name} could not size its head by a dry run of the backbone on a "
                                       f"{'x'.join(map(str, shape))} input ({type(e).__name__}: {e}); pass "
                                       f"image_shape=(c, h, w) or in_features=N") from None
-            self.in_features = _check_int("in_features", in_features, 1)
+            self.in_features = checked(self.name, "in_features", in_features, Integer(low=1))
             self.head = nn.Linear(self.in_features, self.way)
         else:
             self.in_features = in_features
@@ -267,11 +258,11 @@ class MAML(Method):
             raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}; "
                               "it takes inner_steps and inner_lr")
         if inner_steps is not None:
-            self.test_inner_steps = _check_int("inner_steps", inner_steps, 0)
+            self.test_inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
         if inner_lr is not None:
             if self._learns_rates():
                 raise ConfigError(f"{self.name} learned its inner learning rates; a test-time inner_lr would replace them")
-            self._test_lr = _check_lr("inner_lr", inner_lr)
+            self._test_lr = checked(self.name, "inner_lr", inner_lr, POSITIVE)
 
     def _learns_rates(self) -> bool:
         return self.step_lrs is not None
@@ -338,14 +329,8 @@ class MAML(Method):
         """Episodes in groups that run as one task-batched computation.
 
         Tasks batch when their support and query sets have the same shapes (a
-        meta-batch always does). A chunk's graph (every inner step's activations, for
-        the second-order meta-gradient) lives until its meta-gradient is taken, so a
-        chunk holds at most ``task_chunk`` tasks; by default as many as keep (input
-        values of support and query sets) x (inner steps) under 2^20 per chunk, which
-        for Conv-4 (about 1 KB of saved activations per input value and step) bounds a
-        chunk's graph near 1 GiB whatever the meta-batch: Omniglot 5-way 1-shot with one
-        query per class runs 32 tasks at once (about 0.3 GB), with 15 queries 16 tasks,
-        20-way with 5 steps 6 tasks; 84x84 images with 15 queries one task at a time.
+        meta-batch always does); a group holds at most ``task_chunk`` tasks, by default
+        :meth:`_auto_chunk`. A group of one task runs the per-task loop.
         """
         groups: dict[tuple, list[Episode]] = {}
         for ep in episodes:
@@ -354,13 +339,29 @@ class MAML(Method):
             groups.setdefault(key, []).append(ep)
         chunks = []
         for group in groups.values():
-            size = self.task_chunk
-            if size is None:
-                ep = group[0]
-                values = (ep.support_x.numel() + (0 if ep.query_x is None else ep.query_x.numel()))
-                size = max(1, (1 << 20) // max(1, values * max(1, self.inner_steps)))
+            size = self.task_chunk or self._auto_chunk(group[0])
             chunks += [group[i: i + size] for i in range(0, len(group), size)]
         return chunks
+
+    def _auto_chunk(self, ep: Episode) -> int:
+        """How many tasks like ``ep`` run at once by default.
+
+        On a CPU, batching pays only while a chunk's activations stay in cache: laid
+        side by side, 32 Omniglot tasks with 15 queries per class ran 2x slower than
+        one by one, and 32 tasks with one query per class no faster than 8
+        (``benchmarks/results/maml_speed.json``). A chunk there holds at most 2^15 input
+        values per pass: 8 Omniglot 5-way tasks with one query per class, 2 20-way
+        ones, and a task with 15 queries per class runs alone (the per-task loop). On
+        other devices (a GPU, which batching is for) the bound is on the chunk's graph
+        (every inner step's activations live until its meta-gradient is taken): at
+        most 2^22 input values x inner steps, about 14 GB for Conv-4 (3.5 KB of saved
+        activations per input value and step, measured on CPU).
+        """
+        largest = max(ep.support_x.numel(), 0 if ep.query_x is None else ep.query_x.numel())
+        if ep.support_x.device.type == "cpu":
+            return max(1, (1 << 15) // max(1, largest))
+        values = ep.support_x.numel() + (0 if ep.query_x is None else ep.query_x.numel())
+        return max(1, (1 << 22) // max(1, values * max(1, self.inner_steps)))
 
     @staticmethod
     def _stack(params: dict, tasks: int) -> dict[str, torch.Tensor]:
@@ -437,6 +438,32 @@ class MAML(Method):
         out = forward(self._step_params(fast, max(self.inner_steps - 1, 0)), qx)
         return self._task_losses(out, qy), out
 
+    def _meta_gradients(self, chunks: list[list[Episode]], meta: list[nn.Parameter], want_grad: bool,
+                        create_graph: bool) -> tuple[list[torch.Tensor], list[float], list[torch.Tensor | None]]:
+        """Each chunk's query losses and metrics, and (``want_grad``) the sum over
+        chunks of their meta-gradients, each taken as soon as its chunk is done."""
+        total: list[torch.Tensor | None] = [None] * len(meta)
+        values, metrics = [], []
+        scale = 1.0 / sum(len(chunk) for chunk in chunks)
+        for chunk in chunks:
+            with torch.enable_grad():
+                if len(chunk) > 1:
+                    losses, outs = self._chunk_loss(chunk, create_graph)
+                else:
+                    loss, out = self._episode_loss(chunk[0], create_graph)
+                    losses, outs = loss.unsqueeze(0), out.unsqueeze(0)
+                if want_grad:
+                    grads = torch.autograd.grad(losses.sum() * scale, meta, allow_unused=True)
+                    for i, g in enumerate(grads):
+                        if g is not None:
+                            total[i] = g.clone() if total[i] is None else total[i].add_(g)
+            values.append(losses.detach())
+            metrics += [self._metric(out, ep.query_y) for out, ep in zip(outs.detach(), chunk)]
+        return values, metrics, total
+
+    def _restart(self) -> None:
+        """Forget what a meta-iteration abandoned half-way had gathered (MAML++'s statistics)."""
+
     def _meta_params(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -462,24 +489,16 @@ class MAML(Method):
         meta = self._meta_params()
         want_grad = torch.is_grad_enabled()
         create_graph = want_grad and self._create_graph()
-        total: list[torch.Tensor | None] = [None] * len(meta)
-        values, metrics = [], []
-        scale = 1.0 / len(episodes)
         batched = self._batched_model() is not None
-        for chunk in (self._chunks(episodes) if batched else [[ep] for ep in episodes]):
-            with torch.enable_grad():
-                if batched:
-                    losses, outs = self._chunk_loss(chunk, create_graph)
-                else:
-                    loss, out = self._episode_loss(chunk[0], create_graph)
-                    losses, outs = loss.unsqueeze(0), out.unsqueeze(0)
-                if want_grad:
-                    grads = torch.autograd.grad(losses.sum() * scale, meta, allow_unused=True)
-                    for i, g in enumerate(grads):
-                        if g is not None:
-                            total[i] = g.clone() if total[i] is None else total[i].add_(g)
-            values.append(losses.detach())
-            metrics += [self._metric(out, ep.query_y) for out, ep in zip(outs.detach(), chunk)]
+        try:
+            values, metrics, total = self._meta_gradients(
+                self._chunks(episodes) if batched else [[ep] for ep in episodes], meta, want_grad, create_graph)
+        except Unbatchable as e:
+            # A use of a layer the static check could not see (a Linear on 3-d input):
+            # this model runs the per-task loop from now on, starting with this batch.
+            self._batched, self.unbatched_reason = None, str(e)
+            self._restart()
+            values, metrics, total = self._meta_gradients([[ep] for ep in episodes], meta, want_grad, create_graph)
         value = torch.cat(values).mean()
         summary = self._summary(metrics)
         if not want_grad:

@@ -42,7 +42,8 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.functional import FunctionalModule, norm_layers
-from .maml import MAML, AdaptedPredictor, _check_int
+from ..params import Integer, checked
+from .maml import MAML, AdaptedPredictor
 
 TEST_BATCH_NORM = ("task", "per_step")
 
@@ -81,10 +82,10 @@ class MAMLpp(MAML):
             raise ConfigError(f"unknown mamlpp test_batch_norm '{test_batch_norm}'; choose one of: "
                               f"{', '.join(TEST_BATCH_NORM)}")
         self.multi_step_loss, self.per_step_bn = multi_step_loss, per_step_bn
-        self.msl_iterations = _check_int("msl_iterations", msl_iterations, 0)
-        self.first_order_iterations = _check_int("first_order_iterations", first_order_iterations, 0)
+        self.msl_iterations = checked(self.name, "msl_iterations", msl_iterations, Integer(low=0))
+        self.first_order_iterations = checked(self.name, "first_order_iterations", first_order_iterations, Integer(low=0))
         self.test_batch_norm = test_batch_norm
-        super().__init__(backbone, way=way, inner_steps=_check_int("inner_steps", inner_steps, 1), inner_lr=inner_lr,
+        super().__init__(backbone, way=way, inner_steps=checked(self.name, "inner_steps", inner_steps, Integer(low=1)), inner_lr=inner_lr,
                          first_order=first_order, learn_inner_lr=learn_inner_lr, test_inner_steps=test_inner_steps,
                          task=task, image_shape=image_shape, in_features=in_features, batch_norm=batch_norm,
                          tune_allocator=tune_allocator, task_batching=task_batching, task_chunk=task_chunk, boil=boil)
@@ -174,6 +175,9 @@ class MAMLpp(MAML):
                 running_var = getattr(self, f"bn_step_var_{index}")[step]
                 running_mean.lerp_((mean / count).to(running_mean.dtype), momentum)
                 running_var.lerp_((var / count).to(running_var.dtype), momentum)
+        self._gathered = {}
+
+    def _restart(self) -> None:
         self._gathered = {}
 
     def _batched_task_model(self, support_x, query_x, params, detach):

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..models.functional import keep_freed_memory, surrogate_loss
+from ..models.functional import Unbatchable, keep_freed_memory, surrogate_loss
 from .maml import DEFAULT_INNER_LR, MAML
 
 
@@ -83,12 +83,20 @@ class Reptile(MAML):
             raise ConfigError("reptile.loss needs at least one episode")
         if self.tune_allocator:
             keep_freed_memory()
+        try:
+            return self._reptile_loss(episodes)
+        except Unbatchable as e:  # as in MAML.loss: this model runs task by task from now on
+            self._batched, self.unbatched_reason = None, str(e)
+            return self._reptile_loss(episodes)
+
+    def _reptile_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
         params = dict(self.named_parameters())
         names = self._adapted
         total = [torch.zeros_like(params[n]) for n in names]
         values, metrics = [], []
         batched = self._batched_model() is not None
         for chunk in (self._chunks(episodes) if batched else [[ep] for ep in episodes]):
+            together = len(chunk) > 1  # a chunk of one task runs the per-task loop
             if self.use_query:
                 x = [torch.cat([ep.support_x, ep.query_x]) for ep in chunk]
                 y = [torch.cat([ep.support_y, ep.query_y]) for ep in chunk]
@@ -96,7 +104,7 @@ class Reptile(MAML):
                 x, y = [ep.support_x for ep in chunk], [ep.support_y for ep in chunk]
             start = self._start(chunk[0].way, detach=True)
             with torch.enable_grad():
-                if batched:  # every task of the chunk at once (TaskBatched), as MAML
+                if together:  # every task of the chunk at once (TaskBatched), as MAML
                     fast = self._inner_loop(self._batched, self._stack(start, len(chunk)), torch.stack(x),
                                             torch.stack(y), self.inner_steps, create_graph=False, detach=True,
                                             test=False, batched=True)
@@ -104,7 +112,7 @@ class Reptile(MAML):
                     fast = self._inner_loop(self._fmodel, start, x[0], y[0], self.inner_steps, create_graph=False,
                                             detach=True, test=False)
             with torch.no_grad():
-                if batched:
+                if together:
                     out = self._batched(fast, torch.stack([ep.query_x for ep in chunk]))
                     values.append(self._task_losses(out, torch.stack([ep.query_y for ep in chunk])))
                 else:
@@ -113,7 +121,7 @@ class Reptile(MAML):
                 metrics += [self._metric(o, ep.query_y) for o, ep in zip(out, chunk)]
                 for acc, name in zip(total, names):
                     # Σ_t (θ − φ̃_t) over the chunk (rows of a sliced head only).
-                    delta = (start[name] * len(chunk) - (fast[name].sum(0) if batched else fast[name]))
+                    delta = (start[name] * len(chunk) - (fast[name].sum(0) if together else fast[name]))
                     target = acc if delta.shape == acc.shape else acc[: delta.shape[0]]
                     target.add_(delta, alpha=1.0 / len(episodes))
         value = torch.cat(values).mean()

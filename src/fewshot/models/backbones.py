@@ -6,15 +6,15 @@ finds ``d`` for any module by one dry forward pass.
 
 from __future__ import annotations
 
+import inspect
 import math
-
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..params import Boolean, Integer, ListOf, Optional, validate
+from ..errors import ConfigError, did_you_mean
+from ..params import Boolean, Integer, ListOf, Optional, check_known, validate
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -114,6 +114,9 @@ BACKBONES = ("conv4", "resnet12", "mlp")
 def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Module:
     """A backbone by name for inputs of ``image_shape`` = (channels, height, width)."""
     channels = int(image_shape[0])
+    classes = {"conv4": Conv4, "resnet12": ResNet12, "mlp": MLP}
+    if name in classes:  # the constructor's first argument comes from image_shape
+        check_known(f"backbone '{name}'", options, list(inspect.signature(classes[name]).parameters)[1:])
     validate(f"bad option for backbone '{name}':", options, OPTIONS.get(name, {}))
     try:
         if name == "conv4":
@@ -125,7 +128,7 @@ def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Modul
             return MLP(in_features, **options)
     except TypeError as e:
         raise ConfigError(f"bad option for backbone '{name}': {e}") from None
-    raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    raise ConfigError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; choose one of: {', '.join(BACKBONES)}")
 
 
 # What the size options of the built-in backbones may hold. The bounds are far beyond

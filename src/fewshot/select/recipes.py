@@ -27,6 +27,14 @@ from .groups import BACKGROUND_GROUPS, alphabet_splits
 from .index import Zoo
 
 
+# Training shapes, (way, shot, query, meta_batch), given by each spec (no list of method
+# names decides them). Supervised pre-training takes class-balanced minibatches of 64
+# classes × 2 images (as benchmarks/transfer_omniglot.py).
+BATCHES = (64, 1, 1, 1)
+EPISODES = (20, 1, 5, 1)
+MAML_EPISODES = (5, 1, 5, 4)
+
+
 @dataclass
 class ZooSpec:
     """One model of a zoo to build: backbone, source data, objective, training shape.
@@ -46,12 +54,9 @@ class ZooSpec:
     method_options: dict = field(default_factory=dict)
     image_size: int = 28
     train: dict = field(default_factory=dict)
+    shape: tuple[int, int, int, int] = EPISODES  # (way, shot, query, meta_batch) of training
 
 
-# Training shapes by objective: (way, shot, query, meta_batch). Baseline episodes are
-# class-balanced minibatches of 64 classes × 2 images (as benchmarks/transfer_omniglot.py).
-_SHAPES = {"baseline": (64, 1, 1, 1), "baseline++": (64, 1, 1, 1), "protonet": (20, 1, 5, 1),
-           "maml": (5, 1, 5, 4), "fomaml": (5, 1, 5, 4)}
 
 _SMALL_RESNET = {"widths": [16, 32, 64, 128]}
 _RESNET = {"widths": [32, 64, 128, 256]}
@@ -61,19 +66,19 @@ PRESETS: dict[str, list[ZooSpec]] = {
     # 2.0M parameters) gets the same CPU budget as Conv-4/16 (7.5k), so it is not
     # automatically the best.
     "default": [
-        ZooSpec("conv4-64-baseline-asian", "conv4", "baseline", "omniglot:bg-asian", {"width": 64}),
-        ZooSpec("conv4-64-baseline++-european", "conv4", "baseline++", "omniglot:bg-european", {"width": 64}),
+        ZooSpec("conv4-64-baseline-asian", "conv4", "baseline", "omniglot:bg-asian", {"width": 64}, shape=BATCHES),
+        ZooSpec("conv4-64-baseline++-european", "conv4", "baseline++", "omniglot:bg-european", {"width": 64}, shape=BATCHES),
         ZooSpec("conv4-64-protonet-european", "conv4", "protonet", "omniglot:bg-european", {"width": 64}),
         ZooSpec("conv4-32-protonet-other", "conv4", "protonet", "omniglot:bg-other", {"width": 32}),
         ZooSpec("conv4-32-maml-asian", "conv4", "maml", "omniglot:bg-asian", {"width": 32},
-                {"inner_steps": 1, "inner_lr": 0.4, "first_order": True}),
-        ZooSpec("conv4-16-baseline-other", "conv4", "baseline", "omniglot:bg-other", {"width": 16}),
-        ZooSpec("conv4-32-baseline++-digits", "conv4", "baseline++", "digits", {"width": 32}),
+                {"inner_steps": 1, "inner_lr": 0.4, "first_order": True}, shape=MAML_EPISODES),
+        ZooSpec("conv4-16-baseline-other", "conv4", "baseline", "omniglot:bg-other", {"width": 16}, shape=BATCHES),
+        ZooSpec("conv4-32-baseline++-digits", "conv4", "baseline++", "digits", {"width": 32}, shape=BATCHES),
         ZooSpec("conv4-32-protonet-digits", "conv4", "protonet", "digits", {"width": 32}),
-        ZooSpec("resnet12-s-baseline++-other", "resnet12", "baseline++", "omniglot:bg-other", _SMALL_RESNET),
+        ZooSpec("resnet12-s-baseline++-other", "resnet12", "baseline++", "omniglot:bg-other", _SMALL_RESNET, shape=BATCHES),
         ZooSpec("resnet12-m-protonet-asian", "resnet12", "protonet", "omniglot:bg-asian", _RESNET),
         ZooSpec("mlp-512-protonet-asian", "mlp", "protonet", "omniglot:bg-asian", {"hidden": [512, 256]}),
-        ZooSpec("mlp-256-baseline-digits", "mlp", "baseline", "digits", {"hidden": [256, 128]}),
+        ZooSpec("mlp-256-baseline-digits", "mlp", "baseline", "digits", {"hidden": [256, 128]}, shape=BATCHES),
         ZooSpec("conv4-64-random", "conv4", "random-init", "none", {"width": 64}),
     ],
     # Four small models on 8×8 digits, built in seconds: for tests and a first try offline.
@@ -81,9 +86,9 @@ PRESETS: dict[str, list[ZooSpec]] = {
         ZooSpec("tiny-conv-protonet", "conv4", "protonet", "digits", {"width": 8, "depth": 2}, image_size=8,
                 train={"train_way": 10, "train_query": 3}),
         ZooSpec("tiny-conv-baseline++", "conv4", "baseline++", "digits", {"width": 8, "depth": 2}, image_size=8,
-                train={"train_way": 20}),
+                train={"train_way": 20}, shape=BATCHES),
         ZooSpec("tiny-mlp-baseline", "mlp", "baseline", "digits", {"hidden": [32]}, image_size=8,
-                train={"train_way": 20}),
+                train={"train_way": 20}, shape=BATCHES),
         ZooSpec("tiny-conv-random", "conv4", "random-init", "none", {"width": 8, "depth": 2}, image_size=8),
     ],
 }
@@ -119,7 +124,7 @@ def _train_config(spec: ZooSpec, dataset, split: str, cpu_minutes: float | None,
                   seed: int):
     from ..config import TrainConfig
 
-    way, shot, query, meta_batch = _SHAPES.get(spec.objective, (20, 1, 5, 1))
+    way, shot, query, meta_batch = spec.shape
     way = min(way, len(dataset.split_classes(split)))
     source = spec.source.partition(":")[0]
     options = {"image_size": spec.image_size, **({"rotations": True} if source == "digits" else
