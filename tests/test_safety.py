@@ -31,13 +31,12 @@ from fewshot.cli import main
 from fewshot.config import TrainConfig
 from fewshot.data.folder import load_folder
 from fewshot.data.omniglot import load_omniglot
-from fewshot.errors import CheckpointError, ConfigError, DataError, StoreError
+from fewshot.errors import ConfigError, DataError, StoreError
 from fewshot.io import FolderLock, load_tensors, read_json, save_tensors
 from fewshot.runs import load_run
 from fewshot.store import RunStore, record_run
 from fewshot.train import Trainer
 
-from test_cli import assert_one_line_error
 from test_hostile import TRAIN, add_to_zip, cli_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,30 +99,11 @@ def test_a_config_file_in_the_run_folder_is_never_overwritten_or_deleted(store, 
 
 # -- 4: one writer per run folder; a kill leaves a resumable run -----------------------------
 
-def test_a_second_writer_is_refused_while_a_run_trains(store):
-    run = store / "run"
-    first = spawn(*TRAIN[:-3], "--episodes", "1000000", "--checkpoint-every", "5", "--val-split", "none",
-                  "--quiet", "--out", str(run), "--runs", str(store / "runs"))
-    try:
-        wait_for(lambda: (run / "state.json").exists() and read_json(run / "state.json")["checkpoint"] is not None)
-        before = listing(run)
-        second = subprocess.run([sys.executable, "-m", "fewshot", "train", "--resume", str(run), "--quiet"],
-                                capture_output=True, text=True, env=ENV, timeout=300)
-        assert_one_line_error(second, "another fewshot process", f"(process {first.pid})", str(run))
-        assert first.poll() is None  # the first writer is untouched
-        with pytest.raises(ConfigError, match="another fewshot process"):
-            Trainer(TrainConfig.from_dict(read_json(run / "config.json")), run).run(resume=True, progress=False)
-        assert set(before) - set(listing(run)) <= {n for n in before if n.startswith(("checkpoint-", "best-"))}
-    finally:
-        first.kill()
-        first.wait()
-    # The kernel drops a killed holder's lock: the folder can be written again.
-    FolderLock(run).release()
-
-
-def test_sigkill_at_any_moment_leaves_state_naming_existing_checkpoints(store):
-    """Killed (SIGKILL) at three moments mid-training, the run always resumes: state.json
-    names a checkpoint and best file that exist and load."""
+def test_one_writer_per_run_folder_and_sigkill_at_any_moment(store, capsys):
+    """While a real process trains, a second writer (the CLI, or the library) is refused
+    in one line and changes nothing. Killed (SIGKILL) at three moments mid-training, the
+    run always resumes: state.json names a checkpoint and best file that exist and load,
+    and the kernel has dropped the dead writer's lock."""
     run = store / "run"
     args = [*TRAIN[:-3], "--episodes", "1000000", "--checkpoint-every", "1", "--val-every", "3", "--val-split", "none",
             "--quiet", "--runs", str(store / "runs")]
@@ -132,6 +112,12 @@ def test_sigkill_at_any_moment_leaves_state_naming_existing_checkpoints(store):
     for kill in range(3):
         wait_for(lambda: (run / "state.json").exists() and read_json(run / "state.json")["checkpoint"] is not None)
         step = read_json(run / "state.json")["step"]
+        if kill == 0:
+            cli_error(["train", "--resume", run, "--quiet"], capsys, "another fewshot process",
+                      f"(process {proc.pid})", str(run))
+            with pytest.raises(ConfigError, match="another fewshot process"):
+                Trainer(TrainConfig.from_dict(read_json(run / "config.json")), run).run(resume=True, progress=False)
+            assert proc.poll() is None  # the writer is untouched
         wait_for(lambda: read_json(run / "state.json")["step"] > step + 3)  # well inside the loop of writes
         time.sleep(float(rng.uniform(0, 0.3)))
         proc.send_signal(signal.SIGKILL)
@@ -142,6 +128,7 @@ def test_sigkill_at_any_moment_leaves_state_naming_existing_checkpoints(store):
         trainer = Trainer(TrainConfig.from_dict(read_json(run / "config.json")), run)
         trainer._restore()
         assert trainer.state["step"] == state["step"]
+        FolderLock(run).release()  # the dead writer's lock is gone
         if kill < 2:
             proc = spawn("train", "--resume", str(run), "--quiet", "--runs", str(store / "runs"))
 
