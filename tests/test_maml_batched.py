@@ -214,3 +214,19 @@ def test_float32_meta_gradient_is_as_precise_as_a_plain_channels_first_loop():
     error = {k: float((gradient(k) - exact).abs().max() / exact.abs().max()) for k in ("plain", "batched", "per-task")}
     assert error["batched"] <= 2 * error["plain"] + 1e-7, error
     assert error["per-task"] <= 2 * error["plain"] + 1e-7, error
+
+
+def linear_on_maps():
+    """Known layers, one used as the batched path cannot: a Linear on 4-d feature maps."""
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Linear(8, 4), nn.ReLU(), nn.Flatten())
+
+
+@pytest.mark.parametrize("cls,options", [(MAML, {"inner_steps": 2}), (Reptile, {"inner_steps": 2})])
+def test_a_layer_used_unbatchably_falls_back_at_run_time_and_matches(cls, options):
+    eps = episodes()
+    per_task = build(cls, linear_on_maps, **options)
+    method = build(cls, linear_on_maps, **options)
+    assert method._batched_model() is not None  # the static check passes
+    got = loss_and_grads(method, eps, True)
+    assert "Linear" in method.unbatched_reason and method._batched_model() is None
+    assert_same(got, loss_and_grads(per_task, eps, False))

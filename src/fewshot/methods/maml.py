@@ -70,7 +70,8 @@ from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy
 from ..params import Integer, Real, checked
-from ..models.functional import FunctionalModule, TaskBatched, check_batch_norm, keep_freed_memory, sgd_step, surrogate_loss
+from ..models.functional import (FunctionalModule, TaskBatched, Unbatchable, check_batch_norm, keep_freed_memory,
+                                 sgd_step, surrogate_loss)
 from .base import Method, Predictor
 
 TASKS = ("classification", "regression")
@@ -437,6 +438,32 @@ class MAML(Method):
         out = forward(self._step_params(fast, max(self.inner_steps - 1, 0)), qx)
         return self._task_losses(out, qy), out
 
+    def _meta_gradients(self, chunks: list[list[Episode]], meta: list[nn.Parameter], want_grad: bool,
+                        create_graph: bool) -> tuple[list[torch.Tensor], list[float], list[torch.Tensor | None]]:
+        """Each chunk's query losses and metrics, and (``want_grad``) the sum over
+        chunks of their meta-gradients, each taken as soon as its chunk is done."""
+        total: list[torch.Tensor | None] = [None] * len(meta)
+        values, metrics = [], []
+        scale = 1.0 / sum(len(chunk) for chunk in chunks)
+        for chunk in chunks:
+            with torch.enable_grad():
+                if len(chunk) > 1:
+                    losses, outs = self._chunk_loss(chunk, create_graph)
+                else:
+                    loss, out = self._episode_loss(chunk[0], create_graph)
+                    losses, outs = loss.unsqueeze(0), out.unsqueeze(0)
+                if want_grad:
+                    grads = torch.autograd.grad(losses.sum() * scale, meta, allow_unused=True)
+                    for i, g in enumerate(grads):
+                        if g is not None:
+                            total[i] = g.clone() if total[i] is None else total[i].add_(g)
+            values.append(losses.detach())
+            metrics += [self._metric(out, ep.query_y) for out, ep in zip(outs.detach(), chunk)]
+        return values, metrics, total
+
+    def _restart(self) -> None:
+        """Forget what a meta-iteration abandoned half-way had gathered (MAML++'s statistics)."""
+
     def _meta_params(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -462,24 +489,16 @@ class MAML(Method):
         meta = self._meta_params()
         want_grad = torch.is_grad_enabled()
         create_graph = want_grad and self._create_graph()
-        total: list[torch.Tensor | None] = [None] * len(meta)
-        values, metrics = [], []
-        scale = 1.0 / len(episodes)
         batched = self._batched_model() is not None
-        for chunk in (self._chunks(episodes) if batched else [[ep] for ep in episodes]):
-            with torch.enable_grad():
-                if len(chunk) > 1:
-                    losses, outs = self._chunk_loss(chunk, create_graph)
-                else:
-                    loss, out = self._episode_loss(chunk[0], create_graph)
-                    losses, outs = loss.unsqueeze(0), out.unsqueeze(0)
-                if want_grad:
-                    grads = torch.autograd.grad(losses.sum() * scale, meta, allow_unused=True)
-                    for i, g in enumerate(grads):
-                        if g is not None:
-                            total[i] = g.clone() if total[i] is None else total[i].add_(g)
-            values.append(losses.detach())
-            metrics += [self._metric(out, ep.query_y) for out, ep in zip(outs.detach(), chunk)]
+        try:
+            values, metrics, total = self._meta_gradients(
+                self._chunks(episodes) if batched else [[ep] for ep in episodes], meta, want_grad, create_graph)
+        except Unbatchable as e:
+            # A use of a layer the static check could not see (a Linear on 3-d input):
+            # this model runs the per-task loop from now on, starting with this batch.
+            self._batched, self.unbatched_reason = None, str(e)
+            self._restart()
+            values, metrics, total = self._meta_gradients([[ep] for ep in episodes], meta, want_grad, create_graph)
         value = torch.cat(values).mean()
         summary = self._summary(metrics)
         if not want_grad:

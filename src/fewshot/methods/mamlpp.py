@@ -177,6 +177,9 @@ class MAMLpp(MAML):
                 running_var.lerp_((var / count).to(running_var.dtype), momentum)
         self._gathered = {}
 
+    def _restart(self) -> None:
+        self._gathered = {}
+
     def _batched_task_model(self, support_x, query_x, params, detach):
         forward, sx, qx, params = super()._batched_task_model(support_x, query_x, params, detach)
         if not self._bn_layers:

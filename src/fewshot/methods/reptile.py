@@ -37,7 +37,7 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..models.functional import keep_freed_memory, surrogate_loss
+from ..models.functional import Unbatchable, keep_freed_memory, surrogate_loss
 from .maml import DEFAULT_INNER_LR, MAML
 
 
@@ -83,6 +83,13 @@ class Reptile(MAML):
             raise ConfigError("reptile.loss needs at least one episode")
         if self.tune_allocator:
             keep_freed_memory()
+        try:
+            return self._reptile_loss(episodes)
+        except Unbatchable as e:  # as in MAML.loss: this model runs task by task from now on
+            self._batched, self.unbatched_reason = None, str(e)
+            return self._reptile_loss(episodes)
+
+    def _reptile_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
         params = dict(self.named_parameters())
         names = self._adapted
         total = [torch.zeros_like(params[n]) for n in names]
