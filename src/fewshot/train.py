@@ -9,12 +9,23 @@ that fails before its first checkpoint leaves nothing behind.
 Classification datasets are validated and scored by accuracy (higher is better);
 regression families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean
 squared error (lower is better), and their method is built with ``task="regression"``.
+
+**Devices** (:mod:`fewshot.devices`): the model is built and initialised on the CPU
+(the same initial weights on every device), then moved to ``config.device``; the
+dataset is copied there once and episodes are gathered there. ``config.precision``
+runs each step's loss under autocast, with a gradient scaler for fp16 (its state is
+checkpointed). Checkpoints hold CPU tensors only, plus the device's RNG state: a run
+trained on a GPU resumes on a CPU and back. Before the first step, a dry run of this
+process's share of the meta-batch measures the memory the step needs
+(:func:`fewshot.memory.check_step_fits`), so a meta-batch that cannot fit fails at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +33,38 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, devices
 from .config import TrainConfig
 from .data import ClassDataset, load_dataset, load_source
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
-from .errors import CheckpointError, ConfigError, StoreError, TrainingError
+from .errors import CheckpointError, ConfigError, FewShotError, StoreError, TrainingError
 from .evaluate import evaluate
-from .io import load_tensors, read_json, save_tensors, write_json
+from .io import FolderLock, load_tensors, read_json, save_tensors, write_json
+from .memory import check_step_fits
 from .metrics import metric_name
-from .runs import build_model, load_weights, read_state
+from .runs import LEFTOVER, RUN_FILE, build_model, load_weights, read_state
 from .store import record_run
 
 LOG_EVERY = 50
+
+
+def _same_layout(value: Any, template: Any) -> bool:
+    """Whether JSON ``value`` has ``template``'s structure (its keys, list lengths and
+    kinds of value; finite numbers for numbers), so loading it cannot crash later."""
+    if isinstance(template, dict):
+        return (isinstance(value, dict) and set(template) <= set(value)
+                and all(_same_layout(value[k], template[k]) for k in template))
+    if isinstance(template, (list, tuple)):
+        return (isinstance(value, list) and len(value) == len(template)
+                and all(_same_layout(v, t) for v, t in zip(value, template)))
+    if template is None:  # an optional setting (e.g. Adam's foreach): any plain value
+        return value is None or isinstance(value, (bool, int, float, str))
+    if isinstance(template, (bool, str)):
+        return type(value) is type(template)
+    if isinstance(template, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return True
 
 
 @dataclass
@@ -55,6 +85,10 @@ class TrainResult:
     best_return: float | None = None  # reinforcement (fewshot.rl): mean return after adaptation
     #: Why the finished run could not be recorded in the run store (None: it was, or was not asked to be).
     record_error: str | None = None
+    device: str = "cpu"
+    #: Peak memory of the run in MB, and what was measured (:func:`fewshot.devices.peak_memory`).
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str = ""
 
 
 class Trainer:
@@ -63,11 +97,24 @@ class Trainer:
     ``dataset`` may be passed in to share one loaded dataset between runs; otherwise it
     is loaded from ``config.dataset`` (under ``data_root``). A generated task family
     (``sinusoid``) loads nothing: its sampler draws the tasks.
+
+    ``device`` / ``precision`` (default: the config's) say where and how it computes;
+    given here, they replace the config's (they are runtime settings, see
+    :data:`fewshot.config.RUNTIME`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, dataset: ClassDataset | None = None,
-                 data_root: str | Path | None = None, runs: str | Path | None = None):
+                 data_root: str | Path | None = None, runs: str | Path | None = None,
+                 device: str | torch.device | None = None, precision: str | None = None):
+        overrides = {k: str(v) for k, v in (("device", device), ("precision", precision)) if v is not None}
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
         self.config, self.run_dir, self.runs = config, Path(run_dir), runs
+        # Reinforcement rollouts are simulated on the host: "auto" means the CPU for them.
+        host_only = task_kind(config.dataset) == "reinforcement" and config.device == "auto"
+        self.device = devices.resolve("cpu" if host_only else config.device)
+        devices.check_precision(config.precision, self.device)
+        devices.Backend(tf32=config.tf32, deterministic=config.deterministic).apply(self.device)
         name = config.dataset
         self.metric = metric_name(task_kind(name))
         if is_generated(name):
@@ -75,7 +122,8 @@ class Trainer:
         else:
             self.dataset = dataset if dataset is not None else load_dataset(name, data_root, **config.dataset_options)
         way, shot, query = config.train_shape
-        self.sampler = make_sampler(name, self.dataset, config.train_split, way, shot, query, seed=config.seed)
+        self.sampler = make_sampler(name, self.dataset, config.train_split, way, shot, query, seed=config.seed,
+                                    device=self.device)
         self.val_sampler = None
         known = splits(name, self.dataset)
         if config.val_split and config.val_split not in known and config.val_split != "val":
@@ -85,13 +133,13 @@ class Trainer:
         if config.val_split in known:
             # A fixed validation suite: the same episodes at every validation.
             self.val_sampler = make_sampler(name, self.dataset, config.val_split, config.way, config.shot,
-                                            config.query, seed=config.seed + 1)
+                                            config.query, seed=config.seed + 1, device=self.device)
         self.input_shape = input_shape(name, self.dataset)
         classes = self.dataset.split_classes(config.train_split) if self.dataset is not None else None
-        self.method = build_model(config, self.input_shape, classes)
+        self.method = build_model(config, self.input_shape, classes).to(self.device)
         if not self.method.learns_across_tasks:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
-        self.dist = from_environment()
+        self.dist = from_environment(self.device)
         if config.meta_batch < self.dist.world_size:
             raise ConfigError(f"--meta-batch {config.meta_batch} gives {self.dist.world_size} processes nothing to do; "
                               f"use a meta-batch of at least {self.dist.world_size}")
@@ -100,11 +148,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
         if config.lr_schedule == "cosine":  # MAML++'s outer-rate annealing (config.py)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.episodes, config.lr_min)
+        self.scaler = devices.grad_scaler(self.device, config.precision)
         self.state: dict[str, Any] = {
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
             "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),
             "version": __version__, "done": False, "log": {"loss": 0.0, "accuracy": 0.0, "count": 0},
         }
+        self._lock: FolderLock | None = None
+        self._created: set[str] = set()  # files of the run folder this process wrote (only these it may delete)
+        self._named: set[str] = set()  # the checkpoint and best files the state on disk names
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
@@ -118,6 +170,16 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
 
+    def _write_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        self._created.add(name)  # before writing: a write that fails half-way is ours to remove
+        save_tensors(self.run_dir / name, tensors)
+
+    def _write_state(self) -> None:
+        self._created.add("state.json")
+        write_json(self.run_dir / "state.json", self.state)
+        # What a crash from now on leaves named on disk.
+        self._named = {self.state["checkpoint"], (self.state["best"] or {}).get("file")} - {None}
+
     def _save_checkpoint(self) -> None:
         step = self.state["step"]
         tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
@@ -129,69 +191,160 @@ class Trainer:
                     tensors[f"optim.{index}.{key}"] = value
                 else:
                     scalars.setdefault(str(index), {})[key] = value
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(devices.rng_tensors(self.device))
         name = f"checkpoint-{step:07d}.safetensors"
-        save_tensors(self.run_dir / name, tensors)
+        previous = set(self._named)
+        self._write_tensors(name, tensors)
         self.state.update(checkpoint=name, optimizer={"param_groups": optim["param_groups"], "scalars": scalars},
-                          scheduler=self.scheduler.state_dict())
-        write_json(self.run_dir / "state.json", self.state)
-        # Only now, with state.json naming the new files, are the files it no longer names garbage.
-        keep = {name, (self.state["best"] or {}).get("file")}
-        for path in [*self.run_dir.glob("checkpoint-*.safetensors"), *self.run_dir.glob("best-*.safetensors")]:
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
+                          scheduler=self.scheduler.state_dict(),
+                          scaler=self.scaler.state_dict() if self.scaler is not None else None)
+        self._write_state()
+        # Only now, with state.json naming the new files, are the files it named before
+        # garbage; a file this run never wrote or named (a user's) is never touched.
+        for stale in (previous | self._created) - self._named - {"config.json", "state.json"}:
+            (self.run_dir / stale).unlink(missing_ok=True)
+            self._created.discard(stale)
 
     def _restore(self) -> None:
         state = read_state(self.run_dir)
         saved = TrainConfig.from_dict(read_json(self.run_dir / "config.json"))
-        if saved != self.config:
-            raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings")
+        if not saved.same_run(self.config):
+            raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings "
+                              "(only --device and --precision may change)")
+        self._named = {state.get("checkpoint"), (state.get("best") or {}).get("file")} - {None}
         if state.get("checkpoint") is None:
             return  # killed before its first checkpoint: start over
         path = self.run_dir / state["checkpoint"]
-        tensors = load_tensors(path)
+        tensors = load_tensors(path)  # CPU tensors whatever device wrote them; copied into the model's
         load_weights(self.method, tensors, path)
-        optim_state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                optim_state.setdefault(int(index), {})[name] = value
+        if state.get("best") is not None and not (self.run_dir / state["best"]["file"]).is_file():
+            raise CheckpointError(f"{self.run_dir / state['best']['file']}, the run's best weights, is missing; "
+                                  "the run folder is damaged")
+        optim_state = self._optimizer_tensors(tensors, path)
         for index, values in state["optimizer"]["scalars"].items():
+            if int(index) >= len(self._parameters()):
+                raise CheckpointError(f"{self.run_dir / 'state.json'}: optimiser settings name parameter {index}, "
+                                      "which the model does not have; the run folder is damaged")
             optim_state.setdefault(int(index), {}).update(values)
+        fresh = self.optimizer.state_dict()["param_groups"]
+        groups = state["optimizer"]["param_groups"]
+        if not _same_layout(groups, fresh):
+            raise CheckpointError(f"{self.run_dir / 'state.json'}: the optimiser settings do not fit the model; "
+                                  "the run folder is damaged")
+        if not _same_layout(state["scheduler"], self.scheduler.state_dict()):
+            raise CheckpointError(f"{self.run_dir / 'state.json'}: the learning-rate schedule is damaged")
         try:
-            self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["optimizer"]["param_groups"]})
-        except (ValueError, KeyError) as e:
+            self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+        except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: optimiser state does not match the model ({e})") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and isinstance(state.get("scaler"), dict):
+            if not _same_layout(state["scaler"], self.scaler.state_dict()):
+                raise CheckpointError(f"{self.run_dir / 'state.json'}: the loss-scaler settings are damaged")
+            self.scaler.load_state_dict(state["scaler"])
         try:
-            torch.set_rng_state(tensors["rng.torch"])
+            # A device stream this device cannot take (a GPU run resumed on the CPU) is left
+            # out: episodes come from the sampler's own seeds, so the run stays the same run.
+            devices.restore_rng(tensors, self.device)
         except (KeyError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path} holds no valid RNG state ({e}); the checkpoint is damaged") from None
         self.state = state
 
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _optimizer_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> dict[int, dict[str, Any]]:
+        """The checkpoint's ``optim.INDEX.NAME`` tensors, checked against the parameters
+        they belong to, so a damaged file fails now, not at the first step."""
+        params = self._parameters()
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if not key.startswith("optim."):
+                continue
+            _, index, name = (key.split(".", 2) + ["", ""])[:3]
+            if not index.isdigit() or int(index) >= len(params) or not name:
+                raise CheckpointError(f"{path} holds tensor '{key}', which names no parameter of the model; "
+                                      "the checkpoint is damaged")
+            expected = () if name == "step" else tuple(params[int(index)].shape)
+            if tuple(value.shape) != expected or not value.is_floating_point() or not torch.isfinite(value).all():
+                raise CheckpointError(f"{path}: tensor '{key}' has shape {tuple(value.shape)} ({value.dtype}), "
+                                      f"not the finite {expected} its parameter needs; the checkpoint is damaged")
+            state.setdefault(int(index), {})[name] = value
+        return state
+
     def _remove_leftovers(self) -> None:
-        """Temporary files of writes a killed process never finished (see :func:`fewshot.io.atomic_path`)."""
+        """Temporary files of this run's writes that a killed process never finished
+        (see :func:`fewshot.io.atomic_path`); nothing else, under the run's lock."""
         for path in self.run_dir.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+            if LEFTOVER.match(path.name):
+                path.unlink(missing_ok=True)
 
     def _discard(self, made_dir: bool) -> None:
-        """Remove what a run that failed before its first checkpoint wrote: nothing half-made stays."""
-        for pattern in ("config.json", "state.json", "checkpoint-*.safetensors", "best-*.safetensors", ".*.tmp"):
-            for path in self.run_dir.glob(pattern):
-                path.unlink(missing_ok=True)
+        """Remove what a run that failed before its first checkpoint wrote, and only that:
+        a user's own files in the folder (their --config, notes, other models) stay."""
+        for name in self._created:
+            (self.run_dir / name).unlink(missing_ok=True)
+        self._created.clear()
+        if self._lock is not None:
+            self._lock.release()
         if made_dir:
             try:
                 self.run_dir.rmdir()
             except OSError:  # someone put other files there meanwhile: leave them
                 pass
 
+    def _tidy(self) -> None:
+        """After a failure past the first checkpoint (a full disk, say): remove the
+        files this run wrote that the state on disk does not name, so no orphan stays."""
+        for name in self._created - self._named - {"config.json", "state.json"}:
+            (self.run_dir / name).unlink(missing_ok=True)
+
+    def _open(self, resume: bool) -> bool:
+        """Lock the run folder (creating it for a new run) and check it can be written;
+        returns whether this call made the folder."""
+        if resume and not (self.run_dir / "state.json").is_file():
+            raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
+        if not resume and self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"--out {self.run_dir} is a file, not a folder; choose another --out")
+        made_dir = not self.run_dir.exists()
+        if made_dir:
+            try:
+                self.run_dir.mkdir(parents=True)
+            except FileExistsError:  # made meanwhile by another process: not ours
+                made_dir = False
+            except OSError as e:
+                raise ConfigError(f"cannot create the run folder {self.run_dir} ({e.strerror}); "
+                                  "choose a writable --out") from None
+        try:
+            self._lock = FolderLock(self.run_dir)
+        except FewShotError:
+            if made_dir:
+                self.run_dir.rmdir()
+            raise
+        if not resume and not (self.run_dir / "state.json").exists():
+            clash = sorted(p.name for p in self.run_dir.iterdir() if RUN_FILE.match(p.name))
+            if clash:
+                self._lock.release()
+                raise ConfigError(f"{self.run_dir} already holds {clash[0]}, which this run would overwrite; "
+                                  "choose an empty or new --out (a --config file may live anywhere else)")
+        return made_dir
+
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, *, resume: bool = False, progress: bool = True, record: bool = True) -> TrainResult:
+        """Train (or, with ``resume``, continue) the run; the main process holds an
+        exclusive lock on the run folder throughout, so a second writer is refused."""
+        made_dir = self._open(resume) if self.dist.is_main else False
+        try:
+            return self._run(resume, progress, record, made_dir)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self, resume: bool, progress: bool, record: bool, made_dir: bool) -> TrainResult:
         config = self.config
         exists = (self.run_dir / "state.json").exists()
         self.dist.barrier()  # every process looks before the main one creates anything
-        made_dir = False
         if exists:
             if not resume:
                 raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
@@ -201,18 +354,25 @@ class Trainer:
         elif resume:
             raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
         elif self.dist.is_main:
-            made_dir = not self.run_dir.exists()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", config.to_dict())
-            write_json(self.run_dir / "state.json", self.state)
+            try:
+                self._created.add("config.json")
+                write_json(self.run_dir / "config.json", config.to_dict())
+                self._write_state()
+            except FewShotError:
+                self._discard(made_dir)
+                raise
         self.dist.barrier()  # every process has read the state before the main one writes again
         try:
             return self._train(progress, record)
-        except Exception:
+        except BaseException:
             # A new run that failed before its first checkpoint has nothing to resume
-            # from: remove it, so the same command can simply be run again.
-            if not exists and self.state["checkpoint"] is None and self.dist.is_main:
-                self._discard(made_dir)
+            # from: remove it, so the same command can simply be run again. Any other
+            # run keeps exactly what its state.json names.
+            if self.dist.is_main:
+                if not exists and self.state["checkpoint"] is None:
+                    self._discard(made_dir)
+                else:
+                    self._tidy()
             raise
 
     def _train(self, progress: bool, record: bool) -> TrainResult:
@@ -224,6 +384,9 @@ class Trainer:
         seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
         log = self.state["log"]
         self.method.train()
+        if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
+            self._check_memory(start_step)
+        devices.reset_peak_memory(self.device)
         with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
                   disable=not progress or not self.dist.is_main, dynamic_ncols=True) as bar:
             exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
@@ -257,7 +420,7 @@ class Trainer:
         if self.dist.is_main:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
                 self._save_checkpoint()
-            write_json(self.run_dir / "state.json", self.state)
+            self._write_state()
         self.dist.barrier()
         return self._finish(images_per_step, record and self.dist.is_main)
 
@@ -267,22 +430,52 @@ class Trainer:
         episodes = self.sampler.batch(step, self.config.meta_batch)
         mine = episodes[self.dist.rank :: self.dist.world_size]
         self.optimizer.zero_grad(set_to_none=True)
+        # Float64 statistics, kept on the host: they are four numbers (MPS has no float64).
         stats = torch.zeros(4, dtype=torch.float64)
         if mine:
-            loss, metrics = self.method.loss(mine)
+            with devices.autocast(self.device, self.config.precision):
+                loss, metrics = self.method.loss(mine)
             # This process's share of the mean over the whole meta-batch.
-            (loss * (len(mine) / len(episodes))).backward()
+            share = loss.float() * (len(mine) / len(episodes))
+            (self.scaler.scale(share) if self.scaler is not None else share).backward()
             stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get(self.metric, math.nan) * len(mine), len(mine)])
         stats[3] = float(out_of_budget and self.dist.is_main)
         if self.dist.active:
+            # Summed before the scaler looks for overflow, so every process skips the same steps.
             self.dist.all_reduce_gradients(self.method.parameters())
             self.dist.all_reduce_(stats)
         mean_loss = float(stats[0] / stats[2])
         if not math.isfinite(mean_loss):
-            raise TrainingError(f"training loss became {mean_loss} at step {step}; lower --lr and train again")
-        self.optimizer.step()
-        self.scheduler.step()
+            raise TrainingError(f"training loss became {mean_loss} at step {step}; lower --lr and train again"
+                                + (" (or use --precision bf16 or fp32)" if self.config.precision == "fp16" else ""))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if a gradient overflowed
+            self.scaler.update()
+            with warnings.catch_warnings():  # a skipped step is the scaler's design, not a misuse of the scheduler
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.scheduler.step()
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
         return mean_loss, float(stats[1] / stats[2]), bool(stats[3] > 0)
+
+    def _check_memory(self, step: int) -> None:
+        """Fail before training if this process's share of a meta-batch cannot fit (see
+        :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict.
+        Reinforcement runs are not checked: their rollouts and small policies live on the host."""
+        if task_kind(self.config.dataset) == "reinforcement":
+            return
+        episodes = self.sampler.batch(step, self.config.meta_batch)
+        mine = episodes[self.dist.rank :: self.dist.world_size]
+        problem = check_step_fits(self.method, mine, self.device, self.config.precision,
+                                  optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
+                                  meta_batch=self.config.meta_batch)
+        verdict = torch.tensor([0.0 if problem is None else 1.0])
+        self.dist.all_reduce_(verdict)
+        if problem is not None:
+            raise ConfigError(problem)
+        if verdict.item() > 0:
+            raise ConfigError("another process's share of the meta-batch does not fit its device; see its message")
 
     def _validate(self, progress: bool) -> None:
         """Validation on the fixed suite (accuracy, or MSE for regression); keeps the best
@@ -290,15 +483,15 @@ class Trainer:
         step = self.state["step"]
         result = None
         if self.val_sampler is not None:
-            with torch.random.fork_rng():  # validation must not shift the training RNG stream
+            with devices.fork_rng(self.device):  # validation must not shift the training RNG stream
                 result = evaluate(self.method, self.val_sampler, self.config.val_episodes, progress=progress,
-                                  desc="validating")
+                                  desc="validating", device=self.device, precision=self.config.precision)
             self.method.train()
             self.state["history"]["val"].append([step, result.value, result.ci95])
         best = self.state["best"]
         if result is None or best is None or result.better_than(best.get(self.metric)):
             name = f"best-{step:07d}.safetensors"
-            save_tensors(self.run_dir / name, {f"model.{k}": v for k, v in self.method.state_dict().items()})
+            self._write_tensors(name, {f"model.{k}": v for k, v in self.method.state_dict().items()})
             # Recorded in state.json by the checkpoint that always follows a validation.
             self.state["best"] = {"step": step, "file": name,
                                   self.metric: result.value if result else None,
@@ -308,15 +501,20 @@ class Trainer:
         best = self.state["best"] or {}
         steps = self.state["step"]
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
+        peak, peak_kind = devices.peak_memory(self.device)
         result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
                              images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"))
+                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"),
+                             device=str(self.device), peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
+                             peak_memory_kind=peak_kind)
         if record:
             c = self.config
             metrics = {"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
                        "metric": self.metric, "best_step": best.get("step"),
                        "images_per_second": result.images_per_second,
-                       "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1]}
+                       "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1],
+                       "device": devices.describe(self.device), "precision": c.precision,
+                       "peak_memory_mb": result.peak_memory_mb, "peak_memory_kind": peak_kind}
             try:
                 result.run_id = record_run("train", runs=self.runs, config=c.to_dict(), metrics=metrics,
                                            method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,
