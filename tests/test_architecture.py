@@ -6,11 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
-# Until the zoo stops importing a factory named in metadata (issue 13, in progress).
-PENDING = pytest.mark.xfail(reason="select/zoo.py imports a factory named in metadata", strict=False)
-
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fewshot"
 
 
@@ -115,7 +110,6 @@ def test_no_module_imports_another_modules_private_names():
     assert offences == []
 
 
-@PENDING
 def test_no_dynamic_imports_in_the_package():
     """Registration is explicit: nothing imports by a computed name."""
     offences = []

@@ -207,3 +207,14 @@ def test_methods_lists_every_registered_method_with_its_options(capsys):
     assert issubclass(Toy, Method)
     assert main(["methods", "protnet"]) == 2
     assert "did you mean 'protonet'?" in capsys.readouterr().err
+
+
+def test_evaluate_prints_its_result_when_the_store_cannot_record_it(tmp_path, capsys):
+    not_a_folder = tmp_path / "runs"
+    not_a_folder.write_text("a file where the runs folder should be")
+    assert main(["evaluate", "pixel-ncm", "--dataset", "digits", "--episodes", "20", "--runs", str(not_a_folder),
+                 "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("accuracy ") and "(20 episodes, 5-way 1-shot)" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "not recorded" in err[0] and "--runs" in err[0], err

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .params import Integer, OneOf, Optional, Real, Settings, Text, validate
+from .params import Boolean, Integer, OneOf, Optional, Real, Settings, Text, validate
 
-
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: Settings of how a run computes, not of what it learns: a resumed run may change them.
+RUNTIME = ("device", "precision", "tf32", "deterministic")
 _COUNT = Integer(low=1)
 #: What each setting may hold (checked once, when a config is made).
 CONSTRAINTS = {
@@ -23,6 +25,7 @@ CONSTRAINTS = {
     "lr_step": Integer(), "lr_gamma": Real(), "val_every": _COUNT, "val_episodes": _COUNT,
     "checkpoint_every": _COUNT, "seed": Integer(), "cpu_minutes": Optional(Real()),
     "lr_schedule": OneOf("step", "cosine"), "lr_min": Real(low=0),
+    "device": Text(), "precision": OneOf(*PRECISIONS), "tf32": Boolean(), "deterministic": Boolean(),
 }
 
 
@@ -39,6 +42,11 @@ class TrainConfig:
     SGD (``optimizer="sgd"``); 0 makes Reptile's outer step exactly Nichol et al.'s
     ``θ ← θ + ε (φ̃ − θ)``. ``optimizer="rmsprop"`` is RMSprop with that momentum and a
     squared-gradient decay of 0.95 (Santoro et al.'s MANN, after Graves, 2013).
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), ``precision``
+    (``fp32``, ``bf16``, ``fp16``), ``tf32`` and ``deterministic`` say how a run
+    computes, not what it learns (:mod:`fewshot.devices`): they are the
+    :data:`RUNTIME` settings, which a resumed run may change.
     """
 
     method: str = "protonet"
@@ -72,11 +80,22 @@ class TrainConfig:
     # lr_min over `episodes` steps (MAML++'s annealing, Antoniou et al. 2019, arXiv:1810.09502).
     lr_schedule: str = "step"
     lr_min: float = 0.0
+    device: str = "auto"
+    precision: str = "fp32"
+    tf32: bool = True
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         validate("config", self.to_dict(), CONSTRAINTS)
         if self.lr_min > self.lr:
             raise ConfigError(f"config 'lr_min' must be at most lr ({self.lr}), got {self.lr_min}")
+
+    def same_run(self, other: "TrainConfig") -> bool:
+        """Whether ``other`` describes the same run, whatever device or precision computes it."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for name in RUNTIME:
+            mine.pop(name), theirs.pop(name)
+        return mine == theirs
 
     @property
     def train_shape(self) -> tuple[int, int, int]:

@@ -27,14 +27,14 @@ PRESETS = {
 
 
 def run_demo(dataset: str = "digits", *, data_root=None, runs=None, episodes: int | None = None,
-             quick: bool = False, test_episodes: int = 600) -> dict:
+             quick: bool = False, test_episodes: int = 600, device: str = "auto", precision: str = "fp32") -> dict:
     preset = dict(PRESETS[dataset])
     if quick:
         preset.update(episodes=20, val_every=20, val_episodes=10)
         test_episodes = 50
     if episodes:
         preset["episodes"] = episodes
-    config = TrainConfig(method="protonet", dataset=dataset, **preset)
+    config = TrainConfig(method="protonet", dataset=dataset, device=device, precision=precision, **preset)
     run_dir = runs_folder(runs) / f"demo-{dataset}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own folder: each demo starts afresh
@@ -48,8 +48,9 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, episodes: in
     rows = {}
     for shot in (1, 5):
         sampler = EpisodeSampler(data, "test", config.way, shot, config.query, seed=0)
-        ours = evaluate(protonet, sampler, test_episodes, desc=f"protonet {shot}-shot")
-        base = evaluate(PixelNearestMean(), sampler, test_episodes, desc=f"pixel-ncm {shot}-shot")
+        ours = evaluate(protonet, sampler, test_episodes, desc=f"protonet {shot}-shot", device=device,
+                        precision=precision)
+        base = evaluate(PixelNearestMean(), sampler, test_episodes, desc=f"pixel-ncm {shot}-shot", device=device)
         gain = confidence_interval(ours.scores - base.scores)
         rows[shot] = (ours, base, gain)
         for name, result in (("protonet", ours), ("pixel-ncm", base)):

@@ -3,8 +3,10 @@
 The tasks of each meta-batch are split across processes (rank r takes tasks r, r+W,
 r+2W, ...); each process back-propagates its share of the mean loss and the gradients
 are summed with one all-reduce, so the update equals the single-process update on the
-whole meta-batch, for every method, second-order MAML included. Gloo on CPU, NCCL on
-GPU. Launch with ``torchrun --nproc-per-node N -m fewshot train ...`` (or ``fewshot
+whole meta-batch, for every method, second-order MAML included. One process per GPU
+(``LOCAL_RANK`` -> ``cuda:LOCAL_RANK``, see :func:`fewshot.devices.resolve`) with NCCL;
+gloo when the run computes on the CPU (also on a machine that has GPUs, with
+``--device cpu``), its collectives on CPU tensors. Launch with ``torchrun --nproc-per-node N -m fewshot train ...`` (or ``fewshot
 train --nproc N ...``, which calls torchrun for you); see the README for several nodes.
 """
 
@@ -19,6 +21,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -26,6 +30,8 @@ class Distributed:
 
     rank: int = 0
     world_size: int = 1
+    #: Where collectives run: the GPU for NCCL, the CPU for gloo.
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -37,7 +43,10 @@ class Distributed:
 
     def all_reduce_(self, tensor: torch.Tensor, op=None) -> torch.Tensor:
         if self.active:
-            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+            staged = tensor.to(self.device)
+            dist.all_reduce(staged, op=op or dist.ReduceOp.SUM)
+            if staged is not tensor:
+                tensor.copy_(staged)
         return tensor
 
     def all_reduce_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -48,7 +57,7 @@ class Distributed:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(self.device)
         dist.all_reduce(flat)
         offset = 0
         for p in params:
@@ -60,21 +69,40 @@ class Distributed:
         """Start every process from rank 0's weights and buffers."""
         if self.active:
             for tensor in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(tensor.data, src=0)
+                staged = tensor.data.to(self.device)
+                dist.broadcast(staged, src=0)
+                if staged is not tensor.data:
+                    tensor.data.copy_(staged)
 
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
 
 
-def from_environment() -> Distributed:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), once; else one process."""
+def backend_for(device: torch.device) -> str:
+    """NCCL for a run on CUDA GPUs, gloo for one on the CPU (or MPS, staged through the CPU)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def from_environment(device: torch.device | None = None) -> Distributed:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), once; else one process.
+
+    ``device`` is this process's device (:func:`fewshot.devices.resolve` gives
+    ``cuda:LOCAL_RANK`` under torchrun); it decides the backend.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Distributed()
+        return Distributed(device=device)
+    backend = backend_for(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size())
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    elif dist.get_backend() != backend:
+        raise ConfigError(f"this process group uses {dist.get_backend()}, but a run on {device} needs {backend}; "
+                          "use one device type in one launch")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device if backend == "nccl" else torch.device("cpu"))
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:

@@ -11,6 +11,14 @@ Test-time BatchNorm is explicit: each method's ``test_mode`` decides it. ``"eval
 ``"train"`` (MAML and its family) normalises each batch with its own statistics, the
 transductive setting those papers report. Either way no running statistic is updated
 during evaluation: the model is restored exactly as it was.
+
+**Devices.** ``device=`` evaluates on that device (default: where the method's
+weights are); a method elsewhere is evaluated on a moved copy, never moved itself.
+Episodes are gathered on the device (:meth:`EpisodeSampler.on`), the same episodes on
+every device. ``precision="bf16"``/``"fp16"`` runs adaptation and prediction under
+autocast (:mod:`fewshot.devices`); scores are computed in float32. Gradient-based
+adaptation (fine-tuning, MAML's inner loop) gets no loss scaling at test time, so
+prefer bf16 to fp16 for those.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import devices
 from .data.tasks import Sampler
 from .errors import ConfigError
 from .methods.base import Method
@@ -47,6 +56,10 @@ class EvalResult:
     #: Reinforcement suites: each task's mean return after 0, 1, ..., K adaptation steps,
     #: ``(episodes, K+1)``; ``scores`` holds the last column.
     per_step: np.ndarray | None = field(default=None, repr=False)
+    device: str = "cpu"
+    precision: str = "fp32"
+    #: Peak memory of the evaluation in MB (see :func:`fewshot.devices.peak_memory` for what is measured).
+    peak_memory_mb: float | None = None
 
     @property
     def episodes(self) -> int:
@@ -107,9 +120,10 @@ class EvalResult:
 
 
 def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress: bool = True,
-             desc: str = "evaluating") -> EvalResult:
+             desc: str = "evaluating", device: str | torch.device | None = None,
+             precision: str = "fp32") -> EvalResult:
     """Accuracy (or, on a regression suite, query MSE) of ``method`` on episodes
-    ``0 .. episodes-1`` of ``sampler``.
+    ``0 .. episodes-1`` of ``sampler``, on ``device`` (default: the method's) in ``precision``.
 
     The query set is predicted without gradients; methods whose ``adapt`` needs
     gradients (fine-tuning, MAML) enable them inside ``adapt`` themselves.
@@ -122,26 +136,36 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     if sampler.kind == "reinforcement":
         return _evaluate_returns(method, sampler, episodes, progress, desc)
     label, fmt = ("acc", ".1f") if metric == "accuracy" else (metric, ".3g")
+    here = devices.module_device(method)
+    device = here if device is None else devices.resolve(device)
+    devices.check_precision(precision, device)
+    sampler = sampler.on(device)
     # Evaluation must not leave a trace: BatchNorm in train mode would update its
-    # running statistics, so a "train"-mode method is evaluated on a copy.
-    model = copy.deepcopy(method) if method.test_mode == "train" else method
+    # running statistics, so a "train"-mode method is evaluated on a copy; so is a
+    # method whose weights live on another device.
+    model = copy.deepcopy(method) if method.test_mode == "train" or here != device else method
+    model.to(device)
     was_training = method.training
+    devices.reset_peak_memory(device)
     model.train(method.test_mode == "train")
     scores = np.empty(episodes, dtype=np.float64)
     start = time.perf_counter()
     try:
         with tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False) as bar:
             for i, ep in enumerate(sampler.suite(episodes)):
-                with torch.no_grad():
+                with torch.no_grad(), devices.autocast(device, precision):
                     predictor = model.adapt(ep.support_x, ep.support_y, ep.way)
                     outputs = predictor(ep.query_x)
-                scores[i] = episode_score(outputs, ep.query_y, metric)
+                scores[i] = episode_score(outputs.float(), ep.query_y, metric)
                 bar.update()
                 if i % 20 == 19:
                     bar.set_postfix({label: format(scores[: i + 1].mean(), fmt)})
     finally:
         method.train(was_training)
-    return EvalResult(scores, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start, metric)
+    peak, _ = devices.peak_memory(device)
+    return EvalResult(scores, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start, metric,
+                      device=str(device), precision=precision,
+                      peak_memory_mb=None if peak is None else round(peak / 2**20, 1))
 
 
 def _evaluate_returns(method: Method, sampler: Sampler, episodes: int, progress: bool, desc: str) -> EvalResult:

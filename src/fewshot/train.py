@@ -9,12 +9,23 @@ that fails before its first checkpoint leaves nothing behind.
 Classification datasets are validated and scored by accuracy (higher is better);
 regression families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean
 squared error (lower is better), and their method is built with ``task="regression"``.
+
+**Devices** (:mod:`fewshot.devices`): the model is built and initialised on the CPU
+(the same initial weights on every device), then moved to ``config.device``; the
+dataset is copied there once and episodes are gathered there. ``config.precision``
+runs each step's loss under autocast, with a gradient scaler for fp16 (its state is
+checkpointed). Checkpoints hold CPU tensors only, plus the device's RNG state: a run
+trained on a GPU resumes on a CPU and back. Before the first step, a dry run of this
+process's share of the meta-batch measures the memory the step needs
+(:func:`fewshot.memory.check_step_fits`), so a meta-batch that cannot fit fails at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, devices
 from .config import TrainConfig
 from .data import ClassDataset, load_dataset, load_source
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
@@ -30,6 +41,7 @@ from .distributed import from_environment
 from .errors import CheckpointError, ConfigError, StoreError, TrainingError
 from .evaluate import evaluate
 from .io import load_tensors, read_json, save_tensors, write_json
+from .memory import check_step_fits
 from .metrics import metric_name
 from .runs import build_model, load_weights, read_state
 from .store import record_run
@@ -55,6 +67,10 @@ class TrainResult:
     best_return: float | None = None  # reinforcement (fewshot.rl): mean return after adaptation
     #: Why the finished run could not be recorded in the run store (None: it was, or was not asked to be).
     record_error: str | None = None
+    device: str = "cpu"
+    #: Peak memory of the run in MB, and what was measured (:func:`fewshot.devices.peak_memory`).
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str = ""
 
 
 class Trainer:
@@ -63,11 +79,24 @@ class Trainer:
     ``dataset`` may be passed in to share one loaded dataset between runs; otherwise it
     is loaded from ``config.dataset`` (under ``data_root``). A generated task family
     (``sinusoid``) loads nothing: its sampler draws the tasks.
+
+    ``device`` / ``precision`` (default: the config's) say where and how it computes;
+    given here, they replace the config's (they are runtime settings, see
+    :data:`fewshot.config.RUNTIME`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, dataset: ClassDataset | None = None,
-                 data_root: str | Path | None = None, runs: str | Path | None = None):
+                 data_root: str | Path | None = None, runs: str | Path | None = None,
+                 device: str | torch.device | None = None, precision: str | None = None):
+        overrides = {k: str(v) for k, v in (("device", device), ("precision", precision)) if v is not None}
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
         self.config, self.run_dir, self.runs = config, Path(run_dir), runs
+        # Reinforcement rollouts are simulated on the host: "auto" means the CPU for them.
+        host_only = task_kind(config.dataset) == "reinforcement" and config.device == "auto"
+        self.device = devices.resolve("cpu" if host_only else config.device)
+        devices.check_precision(config.precision, self.device)
+        devices.Backend(tf32=config.tf32, deterministic=config.deterministic).apply(self.device)
         name = config.dataset
         self.metric = metric_name(task_kind(name))
         if is_generated(name):
@@ -75,7 +104,8 @@ class Trainer:
         else:
             self.dataset = dataset if dataset is not None else load_dataset(name, data_root, **config.dataset_options)
         way, shot, query = config.train_shape
-        self.sampler = make_sampler(name, self.dataset, config.train_split, way, shot, query, seed=config.seed)
+        self.sampler = make_sampler(name, self.dataset, config.train_split, way, shot, query, seed=config.seed,
+                                    device=self.device)
         self.val_sampler = None
         known = splits(name, self.dataset)
         if config.val_split and config.val_split not in known and config.val_split != "val":
@@ -85,13 +115,13 @@ class Trainer:
         if config.val_split in known:
             # A fixed validation suite: the same episodes at every validation.
             self.val_sampler = make_sampler(name, self.dataset, config.val_split, config.way, config.shot,
-                                            config.query, seed=config.seed + 1)
+                                            config.query, seed=config.seed + 1, device=self.device)
         self.input_shape = input_shape(name, self.dataset)
         classes = self.dataset.split_classes(config.train_split) if self.dataset is not None else None
-        self.method = build_model(config, self.input_shape, classes)
+        self.method = build_model(config, self.input_shape, classes).to(self.device)
         if not self.method.learns_across_tasks:
             raise ConfigError(f"method '{config.method}' learns nothing across tasks; evaluate it directly")
-        self.dist = from_environment()
+        self.dist = from_environment(self.device)
         if config.meta_batch < self.dist.world_size:
             raise ConfigError(f"--meta-batch {config.meta_batch} gives {self.dist.world_size} processes nothing to do; "
                               f"use a meta-batch of at least {self.dist.world_size}")
@@ -100,6 +130,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
         if config.lr_schedule == "cosine":  # MAML++'s outer-rate annealing (config.py)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.episodes, config.lr_min)
+        self.scaler = devices.grad_scaler(self.device, config.precision)
         self.state: dict[str, Any] = {
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
             "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),
@@ -129,11 +160,12 @@ class Trainer:
                     tensors[f"optim.{index}.{key}"] = value
                 else:
                     scalars.setdefault(str(index), {})[key] = value
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(devices.rng_tensors(self.device))
         name = f"checkpoint-{step:07d}.safetensors"
         save_tensors(self.run_dir / name, tensors)
         self.state.update(checkpoint=name, optimizer={"param_groups": optim["param_groups"], "scalars": scalars},
-                          scheduler=self.scheduler.state_dict())
+                          scheduler=self.scheduler.state_dict(),
+                          scaler=self.scaler.state_dict() if self.scaler is not None else None)
         write_json(self.run_dir / "state.json", self.state)
         # Only now, with state.json naming the new files, are the files it no longer names garbage.
         keep = {name, (self.state["best"] or {}).get("file")}
@@ -144,12 +176,13 @@ class Trainer:
     def _restore(self) -> None:
         state = read_state(self.run_dir)
         saved = TrainConfig.from_dict(read_json(self.run_dir / "config.json"))
-        if saved != self.config:
-            raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings")
+        if not saved.same_run(self.config):
+            raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings "
+                              "(only --device and --precision may change)")
         if state.get("checkpoint") is None:
             return  # killed before its first checkpoint: start over
         path = self.run_dir / state["checkpoint"]
-        tensors = load_tensors(path)
+        tensors = load_tensors(path)  # CPU tensors whatever device wrote them; copied into the model's
         load_weights(self.method, tensors, path)
         optim_state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
@@ -163,8 +196,12 @@ class Trainer:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimiser state does not match the model ({e})") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and isinstance(state.get("scaler"), dict):
+            self.scaler.load_state_dict(state["scaler"])
         try:
-            torch.set_rng_state(tensors["rng.torch"])
+            # A device stream this device cannot take (a GPU run resumed on the CPU) is left
+            # out: episodes come from the sampler's own seeds, so the run stays the same run.
+            devices.restore_rng(tensors, self.device)
         except (KeyError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path} holds no valid RNG state ({e}); the checkpoint is damaged") from None
         self.state = state
@@ -224,6 +261,9 @@ class Trainer:
         seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
         log = self.state["log"]
         self.method.train()
+        if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
+            self._check_memory(start_step)
+        devices.reset_peak_memory(self.device)
         with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
                   disable=not progress or not self.dist.is_main, dynamic_ncols=True) as bar:
             exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
@@ -267,22 +307,52 @@ class Trainer:
         episodes = self.sampler.batch(step, self.config.meta_batch)
         mine = episodes[self.dist.rank :: self.dist.world_size]
         self.optimizer.zero_grad(set_to_none=True)
+        # Float64 statistics, kept on the host: they are four numbers (MPS has no float64).
         stats = torch.zeros(4, dtype=torch.float64)
         if mine:
-            loss, metrics = self.method.loss(mine)
+            with devices.autocast(self.device, self.config.precision):
+                loss, metrics = self.method.loss(mine)
             # This process's share of the mean over the whole meta-batch.
-            (loss * (len(mine) / len(episodes))).backward()
+            share = loss.float() * (len(mine) / len(episodes))
+            (self.scaler.scale(share) if self.scaler is not None else share).backward()
             stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get(self.metric, math.nan) * len(mine), len(mine)])
         stats[3] = float(out_of_budget and self.dist.is_main)
         if self.dist.active:
+            # Summed before the scaler looks for overflow, so every process skips the same steps.
             self.dist.all_reduce_gradients(self.method.parameters())
             self.dist.all_reduce_(stats)
         mean_loss = float(stats[0] / stats[2])
         if not math.isfinite(mean_loss):
-            raise TrainingError(f"training loss became {mean_loss} at step {step}; lower --lr and train again")
-        self.optimizer.step()
-        self.scheduler.step()
+            raise TrainingError(f"training loss became {mean_loss} at step {step}; lower --lr and train again"
+                                + (" (or use --precision bf16 or fp32)" if self.config.precision == "fp16" else ""))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if a gradient overflowed
+            self.scaler.update()
+            with warnings.catch_warnings():  # a skipped step is the scaler's design, not a misuse of the scheduler
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.scheduler.step()
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
         return mean_loss, float(stats[1] / stats[2]), bool(stats[3] > 0)
+
+    def _check_memory(self, step: int) -> None:
+        """Fail before training if this process's share of a meta-batch cannot fit (see
+        :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict.
+        Reinforcement runs are not checked: their rollouts and small policies live on the host."""
+        if task_kind(self.config.dataset) == "reinforcement":
+            return
+        episodes = self.sampler.batch(step, self.config.meta_batch)
+        mine = episodes[self.dist.rank :: self.dist.world_size]
+        problem = check_step_fits(self.method, mine, self.device, self.config.precision,
+                                  optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
+                                  meta_batch=self.config.meta_batch)
+        verdict = torch.tensor([0.0 if problem is None else 1.0])
+        self.dist.all_reduce_(verdict)
+        if problem is not None:
+            raise ConfigError(problem)
+        if verdict.item() > 0:
+            raise ConfigError("another process's share of the meta-batch does not fit its device; see its message")
 
     def _validate(self, progress: bool) -> None:
         """Validation on the fixed suite (accuracy, or MSE for regression); keeps the best
@@ -290,9 +360,9 @@ class Trainer:
         step = self.state["step"]
         result = None
         if self.val_sampler is not None:
-            with torch.random.fork_rng():  # validation must not shift the training RNG stream
+            with devices.fork_rng(self.device):  # validation must not shift the training RNG stream
                 result = evaluate(self.method, self.val_sampler, self.config.val_episodes, progress=progress,
-                                  desc="validating")
+                                  desc="validating", device=self.device, precision=self.config.precision)
             self.method.train()
             self.state["history"]["val"].append([step, result.value, result.ci95])
         best = self.state["best"]
@@ -308,15 +378,20 @@ class Trainer:
         best = self.state["best"] or {}
         steps = self.state["step"]
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
+        peak, peak_kind = devices.peak_memory(self.device)
         result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
                              images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"))
+                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"),
+                             device=str(self.device), peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
+                             peak_memory_kind=peak_kind)
         if record:
             c = self.config
             metrics = {"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
                        "metric": self.metric, "best_step": best.get("step"),
                        "images_per_second": result.images_per_second,
-                       "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1]}
+                       "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1],
+                       "device": devices.describe(self.device), "precision": c.precision,
+                       "peak_memory_mb": result.peak_memory_mb, "peak_memory_kind": peak_kind}
             try:
                 result.run_id = record_run("train", runs=self.runs, config=c.to_dict(), metrics=metrics,
                                            method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,

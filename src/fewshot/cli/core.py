@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, did_you_mean
-from .flags import add_data_flags, add_episode_flags, config_from_args, dataset_options, \
-    parse_options, trainable_methods
+from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
+    parse_options, resolve_device, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -33,13 +33,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ..io import read_json
 
         config = TrainConfig.from_dict(read_json(Path(args.resume) / "config.json"))
+        # How it computes may change on resume (a GPU run continued on a CPU); what it learns may not.
+        runtime = {k: getattr(args, k) for k in ("device", "precision", "tf32", "deterministic")
+                   if getattr(args, k, None) is not None}
+        config = TrainConfig.from_dict({**config.to_dict(), **runtime})
         run_dir = Path(args.resume)
     else:
         if not args.out:
             raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
         config = config_from_args(args)
         run_dir = Path(args.out)
-    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
+    device = resolve_device(args, config.device)
+    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs, device=str(device))
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
@@ -53,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = "no validation split: kept the last weights"
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
+    say_device(args, device, config.device)
     return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
                                                   f"`fewshot train --resume {run_dir}` and a writable --runs")
 
@@ -92,8 +98,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = load_source(dataset_name, args.data_root, **data_options)
     way, shot, query = args.way or 5, args.shot or 1, args.query or 15
     sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
+    device = resolve_device(args)
     start_cpu = time.process_time()
-    result = evaluate(method, sampler, args.episodes, progress=not args.quiet)
+    result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=device,
+                      precision=args.precision or "fp32")
     cpu = time.process_time() - start_cpu
     record_error = None
     try:
@@ -107,6 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
         print(result.summary())
+    say_device(args, device)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
 
 
@@ -235,7 +244,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(args.dataset, data_root=args.data_root, runs=args.runs, episodes=args.episodes, quick=args.quick)
+    device = resolve_device(args)
+    run_demo(args.dataset, data_root=args.data_root, runs=args.runs, episodes=args.episodes, quick=args.quick,
+             device=str(device), precision=args.precision or "fp32")
+    say_device(args, device)
     return 0
 
 
@@ -272,7 +284,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-split", help="split to train on (default train)")
     g.add_argument("--val-split", help="split to validate on (default val; 'none': no validation)")
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ./runs)")
-    p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed)")
+    p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed); "
+                   "on GPUs one process per GPU")
+    add_device_flags(p, train=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -295,6 +309,7 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
+    add_device_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -331,6 +346,7 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
     p.add_argument("--runs", help="runs folder (default ./runs)")
+    add_device_flags(p)
     p.set_defaults(func=cmd_demo)
 
 

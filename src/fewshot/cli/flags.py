@@ -127,6 +127,40 @@ def add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
         g.add_argument("--train-query", type=int, help="query examples per class in training (default: --query)")
 
 
+def add_device_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
+    """``--device`` and ``--precision`` (every command that computes); with ``train``, also
+    ``--tf32`` and ``--deterministic`` (see :mod:`fewshot.devices`)."""
+    g = p.add_argument_group("device")
+    g.add_argument("--device", metavar="DEVICE",
+                   help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default), or autocast to bf16 / fp16 (fp16 with a gradient scaler)")
+    if train:
+        g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                       help="TF32 matmuls and convolutions on GPUs that have them (default on)")
+        g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                       help="deterministic algorithms, no cuDNN autotuning: repeatable GPU runs, slower")
+
+
+def resolve_device(args: argparse.Namespace, default: str = "auto"):
+    """The torch device of ``--device`` (or ``default``); one that is not there is a ConfigError."""
+    from .. import devices
+
+    return devices.resolve(getattr(args, "device", None) or default)
+
+
+def say_device(args: argparse.Namespace, device, default: str = "auto") -> None:
+    """After a command's work: which device did it, and why (``device auto -> cpu: no CUDA GPU
+    or MPS device found``), on stderr, unless ``--quiet`` or ``--json``. Said after the
+    work, so that an error stays the one line a failed command prints."""
+    import sys
+
+    from .. import devices
+
+    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
+        print(f"fewshot: {devices.why_auto(getattr(args, 'device', None) or default, device)}", file=sys.stderr)
+
+
 def trainable_methods() -> list[str]:
     """Names of the registered methods that learn across tasks, i.e. that ``fewshot train``
     trains (imports the registry, and so torch)."""
@@ -161,7 +195,7 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
         **{name: flag(name) for name in (
             "way", "shot", "query", "train_way", "train_shot", "train_query", "episodes", "meta_batch", "optimizer",
             "lr", "lr_step", "momentum", "val_every", "val_episodes", "checkpoint_every", "seed", "train_split",
-            "cpu_minutes")},
+            "cpu_minutes", "device", "precision", "tf32", "deterministic")},
         val_split=None if no_val else flag("val_split"))
     if no_val:  # layered() skips None: it cannot override the default
         config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from .flags import add_data_flags, add_episode_flags, config_from_args, needs_tool, require_matplotlib, \
-    require_optuna, trainable_methods
+from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, needs_tool, \
+    require_matplotlib, require_optuna, resolve_device, trainable_methods
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import build_report
 
     report = build_report(args.targets, args.out, runs=args.runs, selection=args.selection, data_root=args.data_root,
-                          embed_split=args.embed_split, projection=args.projection)
+                          embed_split=args.embed_split, projection=args.projection, device=resolve_device(args))
     print(f"report: {len(report.figures)} figure(s) -> {report.path}")
     for name, why in report.missing.items():
         print(f"  not drawn: {name}: {why}")
@@ -58,6 +58,8 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-split", default="test", help="split of the episode the embedding maps show (default test)")
     p.add_argument("--projection", choices=["pca", "tsne"], default="pca",
                    help="2-D projection of embeddings (default pca)")
+    p.add_argument("--device", metavar="DEVICE", help="where embeddings are computed: auto (default), cpu, cuda, "
+                   "cuda:N or mps")
     p.set_defaults(func=needs_tool(cmd_report, require_matplotlib))
 
 
@@ -88,6 +90,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", help="split to score trials on (default val)")
     p.add_argument("--runs", help="runs folder holding the run store and the study "
                    "(default $FEWSHOT_RUNS, else ./runs)")
+    add_device_flags(p, train=True)
     p.add_argument("--quiet", action="store_true", help="no line per trial")
     p.set_defaults(func=needs_tool(cmd_tune, require_optuna))
 

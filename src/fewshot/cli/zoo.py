@@ -22,7 +22,7 @@ import os
 import time
 
 from ..errors import ConfigError
-from .flags import Parser, parse_options
+from .flags import Parser, add_device_flags, parse_options, resolve_device, say_device
 
 
 def _zoo_default() -> str:
@@ -84,8 +84,11 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     start = time.process_time()
     print(f"building the '{args.preset}' zoo in {args.zoo}: {len(specs)} models, at most "
           f"{args.cpu_minutes:g} CPU-minute(s) each" + (f" and {args.steps} steps" if args.steps else ""), flush=True)
+    device = resolve_device(args)
     zoo = build_zoo(args.zoo, args.preset, cpu_minutes=args.cpu_minutes, max_steps=args.steps, only=args.only,
-                    data_root=args.data_root, runs=args.runs, seed=args.seed, progress=not args.quiet)
+                    data_root=args.data_root, runs=args.runs, seed=args.seed, progress=not args.quiet,
+                    device=str(device), precision=args.precision)
+    say_device(args, device)
     print(f"the zoo {zoo.root} holds {len(zoo)} model(s); this build took {time.process_time() - start:.0f} CPU-s "
           f"(`fewshot zoo list --zoo {zoo.root}` describes them)")
     return 0
@@ -256,6 +259,7 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     q.add_argument("--runs", help="runs folder holding the run store")
+    add_device_flags(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_zoo_build)
 

@@ -30,6 +30,8 @@ class ClassDataset:
     class_names: list[str]
     splits: dict[str, list[int]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    #: ``images`` copied to other devices, once each (see :meth:`images_on`).
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -73,6 +75,18 @@ class ClassDataset:
             known = ", ".join(sorted(self.splits)) or "none"
             raise ConfigError(f"{self.name} has no split '{split}'; its splits are: {known}")
         return list(self.splits[split])
+
+    def images_on(self, device: torch.device | str | None) -> torch.Tensor:
+        """``images`` on ``device``, copied there once and kept: every sampler of this
+        dataset on that device gathers its episodes from the one copy, in the compact
+        dtype (uint8 for built-in datasets: a quarter of float32's memory)."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if device == self.images.device:
+            return self.images
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = self.images.to(device)
+        return self._on_device[key]
 
     def class_images(self, class_id: int) -> torch.Tensor:
         start = int(self.class_offsets[class_id])

@@ -4,6 +4,12 @@ Episode ``i`` depends only on (dataset, split, way, shot, query, seed, i): its r
 generator is seeded with ``(seed, i)``. Every method evaluated on a suite therefore sees
 identical tasks, and a training run resumed at step ``s`` draws exactly the episodes it
 would have drawn without the interruption.
+
+**Devices.** A sampler made with ``device=`` (or :meth:`EpisodeSampler.on`) gathers its
+episodes on that device from the dataset's one copy there
+(:meth:`~fewshot.data.base.ClassDataset.images_on`): only the few image indices of an
+episode cross from the host, never images. The indices are drawn on the host by
+NumPy's generator, so episode ``i`` is the same on every device.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ class EpisodeSampler:
     #: Episodes are classification tasks (scored by accuracy); see :mod:`fewshot.data.tasks`.
     kind = "classification"
 
-    def __init__(self, dataset: ClassDataset, split: str | None, way: int, shot: int, query: int, seed: int = 0):
+    def __init__(self, dataset: ClassDataset, split: str | None, way: int, shot: int, query: int, seed: int = 0,
+                 device: torch.device | str | None = None):
         for name, value in (("way", way), ("shot", shot), ("query", query)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -67,13 +74,22 @@ class EpisodeSampler:
         self._counts = counts
         self._offsets = dataset.class_offsets[self.classes]
         self._positions = np.arange(int(counts.max()))
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._images = dataset.images_on(self.device)
         # Labels are the same for every episode: class-major, 0 .. way-1.
-        self._support_y = torch.arange(self.way).repeat_interleave(self.shot)
-        self._query_y = torch.arange(self.way).repeat_interleave(self.query)
+        self._support_y = torch.arange(self.way, device=self.device).repeat_interleave(self.shot)
+        self._query_y = torch.arange(self.way, device=self.device).repeat_interleave(self.query)
 
     def __repr__(self) -> str:
         return (f"EpisodeSampler({self.dataset.name}/{self.split or 'all'}, {self.way}-way {self.shot}-shot "
-                f"{self.query}-query, seed={self.seed})")
+                f"{self.query}-query, seed={self.seed}{'' if self.device.type == 'cpu' else f', device={self.device}'})")
+
+    def on(self, device: torch.device | str | None) -> "EpisodeSampler":
+        """This sampler on ``device``: the same episodes, gathered there."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if device == self.device:
+            return self
+        return EpisodeSampler(self.dataset, self.split, self.way, self.shot, self.query, self.seed, device=device)
 
     def indices(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The chosen split positions ``(way,)`` and image indices ``(way, shot + query)`` of episode ``i``."""
@@ -91,8 +107,10 @@ class EpisodeSampler:
         chosen, index = self.indices(i)
         # Support then query, class-major, gathered in one call: both halves come out
         # contiguous. index_select, not advanced indexing: the latter is far slower on CPU.
-        order = np.concatenate([index[:, : self.shot].ravel(), index[:, self.shot :].ravel()])
-        images = to_float_images(torch.index_select(self.dataset.images, 0, torch.from_numpy(order)))
+        order = torch.from_numpy(np.concatenate([index[:, : self.shot].ravel(), index[:, self.shot :].ravel()]))
+        if self.device.type != "cpu":
+            order = order.to(self.device, non_blocking=True)
+        images = to_float_images(torch.index_select(self._images, 0, order))
         n_support = self.way * self.shot
         return Episode(
             support_x=images[:n_support],

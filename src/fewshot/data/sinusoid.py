@@ -55,7 +55,8 @@ class SinusoidSampler:
     input_shape = (1,)
     splits = tuple(SPLITS)
 
-    def __init__(self, shot: int, query: int, seed: int = 0, split: str | None = "train"):
+    def __init__(self, shot: int, query: int, seed: int = 0, split: str | None = "train",
+                 device: torch.device | str | None = None):
         split = "train" if split is None else split
         if split not in SPLITS:
             raise ConfigError(f"sinusoid has no split '{split}'; its splits are: {', '.join(SPLITS)}")
@@ -66,6 +67,16 @@ class SinusoidSampler:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.shot, self.query, self.seed, self.split = int(shot), int(query), int(seed), split
         self.way = 1
+        # Points are drawn on the host (so every device sees the same tasks) and moved:
+        # a task is (shot + query) x 2 floats, nothing to keep on the device beforehand.
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+
+    def on(self, device: torch.device | str | None) -> "SinusoidSampler":
+        """This sampler on ``device``: the same tasks, their points moved there."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if device == self.device:
+            return self
+        return SinusoidSampler(self.shot, self.query, self.seed, self.split, device=device)
 
     def __repr__(self) -> str:
         return f"SinusoidSampler({self.split}, {self.shot}-shot {self.query}-query, seed={self.seed})"
@@ -88,8 +99,8 @@ class SinusoidSampler:
         rng = self._rng(i)
         task = self._draw_task(rng)
         x = rng.uniform(*X_RANGE, size=(self.shot + self.query, 1))
-        x_t = torch.from_numpy(x.astype(np.float32))
-        y_t = torch.from_numpy(task(x).astype(np.float32))
+        x_t = torch.from_numpy(x.astype(np.float32)).to(self.device)
+        y_t = torch.from_numpy(task(x).astype(np.float32)).to(self.device)
         return Episode(
             support_x=x_t[: self.shot],
             support_y=y_t[: self.shot],

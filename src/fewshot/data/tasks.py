@@ -92,15 +92,21 @@ def backbone_defaults(name: str, backbone: str) -> dict:
 
 
 def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: int, shot: int, query: int,
-                 seed: int = 0) -> Sampler:
+                 seed: int = 0, device=None) -> Sampler:
     """The sampler of ``split`` of dataset ``name``: episode ``i`` of it depends only on
     these arguments and ``i``. ``data`` is the loaded class dataset (``None`` for a
-    family); ``way`` is ignored by a regression family (its episodes are single tasks)."""
+    family); ``way`` is ignored by a regression family (its episodes are single tasks).
+    ``device``: where its episodes are made (default the CPU); the same episodes on any."""
     if name in TASK_FAMILIES:
-        return TASK_FAMILIES[name](shot, query, seed, split=split)
+        family = TASK_FAMILIES[name]
+        if family.kind == "reinforcement":  # rollouts are simulated on the host
+            if device is not None and str(device).partition(":")[0] != "cpu":
+                raise ConfigError(f"'{name}' is a reinforcement family; its rollouts run on the CPU: use --device cpu")
+            return family(shot, query, seed, split=split)
+        return family(shot, query, seed, split=split, device=device)
     if data is None:
         raise ConfigError(f"dataset '{name}' must be loaded to sample episodes from it")
-    return EpisodeSampler(data, split, way, shot, query, seed=seed)
+    return EpisodeSampler(data, split, way, shot, query, seed=seed, device=device)
 
 
 __all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "default_backbone", "input_shape",

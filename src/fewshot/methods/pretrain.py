@@ -172,7 +172,7 @@ class Baseline(Method):
         generator = torch.Generator().manual_seed(int(o["seed"]))
         with torch.no_grad():
             features = self.backbone(support_x)
-        head = new_head(self.head_type, features.shape[1], way, generator=generator)
+        head = new_head(self.head_type, features.shape[1], way, generator=generator, device=features.device)
         with torch.enable_grad():
             train_head(head, features, support_y, epochs=o["adapt_epochs"], lr=o["adapt_lr"],
                        batch_size=o["adapt_batch"], optimizer="sgd", momentum=0.9, dampening=0.9,

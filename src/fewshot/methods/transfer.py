@@ -263,7 +263,7 @@ class FineTune(Method):
             return head
         if o["head"] == "probe" or o["strategy"] == "linear-probe":
             return self._probe(o, features, y, way, generator)
-        head = new_head(o["head_type"], d, way, generator=generator, scale=o["scale"])
+        head = new_head(o["head_type"], d, way, generator=generator, scale=o["scale"], device=features.device)
         return NormalizedHead(head) if o["normalize"] and o["head_type"] == "linear" else head
 
     def _probe(self, o: dict[str, Any], features: torch.Tensor, y: torch.Tensor, way: int,
@@ -273,7 +273,8 @@ class FineTune(Method):
         if o["probe"] == "logistic" and o["head_type"] == "linear":
             head = logistic_probe(inputs, y, way, o["C"])
         else:
-            head = new_head(o["head_type"], features.shape[1], way, generator=generator, scale=o["scale"])
+            head = new_head(o["head_type"], features.shape[1], way, generator=generator, scale=o["scale"],
+                           device=features.device)
             train_head(head, inputs, y, epochs=o["probe_steps"], lr=o["probe_lr"], optimizer="adam",
                        weight_decay=o["weight_decay"], generator=generator)
         return NormalizedHead(head) if normalize else head
@@ -336,7 +337,7 @@ class FineTune(Method):
                     p.requires_grad_(True)
                 active.add(b)
                 info["unfrozen"].append((step, b))
-            index = (torch.randperm(len(x), generator=generator)[: o["batch_size"]] if o["batch_size"]
+            index = (torch.randperm(len(x), generator=generator, device="cpu")[: o["batch_size"]].to(x.device) if o["batch_size"]
                      else slice(None))
             if runner is not None and o["batch_size"] is None:
                 lowest = min((blocks[b].child for b in active), default=runner.length)  # type: ignore[attr-defined]
@@ -378,9 +379,10 @@ class FineTune(Method):
         parts = []
         for train, held in folds:
             real, copies = train[train >= 0], [-1 - int(i) for i in train[train < 0]]
-            tx = torch.cat([x[real]] + [jitter(x[i], generator)[None] for i in copies])
-            ty = torch.cat([y[real]] + [y[i:i + 1] for i in copies])
-            parts.append((tx, ty, x[held], y[held]))
+            real_t, held_t = torch.as_tensor(real, device=x.device), torch.as_tensor(held, device=x.device)
+            tx = torch.cat([x[real_t]] + [jitter(x[i], generator)[None] for i in copies])
+            ty = torch.cat([y[real_t]] + [y[i:i + 1] for i in copies])
+            parts.append((tx, ty, x[held_t], y[held_t]))
         # Settings that differ only in "steps" share one training run per fold, scored at
         # each step count (not for gradual unfreezing, whose schedule depends on steps).
         share = "steps" in grid and options["strategy"] != "linear-probe" and not (

@@ -132,11 +132,12 @@ def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Modul
 
 @torch.no_grad()
 def feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
-    """Width of ``backbone``'s output for one input of ``image_shape``."""
+    """Width of ``backbone``'s output for one input of ``image_shape`` (a dry run on its device)."""
     was_training = backbone.training
+    first = next(iter(backbone.parameters()), None)
     backbone.eval()
     try:
-        out = backbone(torch.zeros(2, *image_shape))
+        out = backbone(torch.zeros(2, *image_shape, device=None if first is None else first.device))
     finally:
         backbone.train(was_training)
     if out.ndim != 2:

@@ -3,6 +3,11 @@
 Used by methods (Baseline's class head, fine-tuning's task head), by pre-trained model
 files (a saved head is rebuilt from its description) and by model selection (the
 linear-probe ground truth).
+
+Devices: heads are initialised on the host from a CPU generator (the same weights
+whatever the device) and then moved to the features' device; the logistic probe is
+fitted on the host by scikit-learn (its float64 copy of the support features is small)
+and its head moved back.
 """
 
 from __future__ import annotations
@@ -57,24 +62,25 @@ class CosineHead(nn.Module):
 
 
 def new_head(kind: str, in_features: int, way: int, *, generator: torch.Generator | None = None,
-             scale: float | None = None) -> nn.Module:
-    """A freshly initialised ``way``-class head on ``in_features`` features, seeded by ``generator``.
+             scale: float | None = None, device: torch.device | str | None = None) -> nn.Module:
+    """A freshly initialised ``way``-class head on ``in_features`` features, seeded by
+    ``generator`` (a CPU generator), then moved to ``device``.
 
     ``linear``: PyTorch's default ``nn.Linear`` initialisation (uniform ±1/√d), drawn
     from ``generator``; ``cosine``: a :class:`CosineHead`.
     """
-    if kind == "cosine":
-        head = CosineHead(in_features, way, scale)
-        head.reset_parameters(generator)
-        return head
-    if kind != "linear":
+    if kind not in HEAD_TYPES:
         raise ConfigError(f"unknown head type '{kind}'; choose one of: {', '.join(HEAD_TYPES)}")
-    head = nn.Linear(in_features, way)
+    with torch.device("cpu"):  # on the host, where the generator draws
+        head = CosineHead(in_features, way, scale) if kind == "cosine" else nn.Linear(in_features, way)
+    if kind == "cosine":
+        head.reset_parameters(generator)
+        return head.to(device)
     bound = 1.0 / math.sqrt(max(in_features, 1))
     with torch.no_grad():
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.uniform_(-bound, bound, generator=generator)
-    return head
+    return head.to(device)
 
 
 def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
@@ -93,7 +99,7 @@ def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *,
     n = len(features)
     with torch.enable_grad():
         for _ in range(int(epochs)):
-            order = torch.randperm(n, generator=generator) if batch_size else None
+            order = torch.randperm(n, generator=generator, device="cpu").to(features.device) if batch_size else None
             for start in range(0, n, batch_size or n):
                 index = order[start:start + batch_size] if order is not None else slice(None)
                 loss = F.cross_entropy(head(features[index]), labels[index])
@@ -122,34 +128,34 @@ def logistic_probe(features: torch.Tensor, labels: torch.Tensor, way: int, C: fl
 
     Classes absent from ``labels`` get a bias of -1e4 (never predicted). With two
     classes scikit-learn fits one weight vector ``w``; the head gets ``(-w/2, w/2)``,
-    which gives the same probabilities.
+    which gives the same probabilities. Fitted on the host; the head is on ``features``' device.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    x = features.detach().to(torch.float64).cpu().numpy()
+    x = features.detach().to("cpu", torch.float64).numpy()
     y = labels.detach().cpu().numpy()
     present = np.unique(y)
-    head = nn.Linear(x.shape[1], way)
+    head = nn.Linear(x.shape[1], way, device="cpu")
     with torch.no_grad():
         head.weight.zero_()
         head.bias.fill_(-1e4)
         if len(present) == 1:
             head.bias[int(present[0])] = 0.0
-            return head
+            return head.to(features.device)
         # One BLAS thread: on a tiny problem, a pool of threads costs 30x the fit on a busy machine.
         with warnings.catch_warnings(), blas_controller().limit(limits=1):
             warnings.simplefilter("ignore", ConvergenceWarning)
             model = LogisticRegression(C=float(C), max_iter=max_iter).fit(x, y)
-        coef = torch.as_tensor(model.coef_, dtype=torch.float32)
-        intercept = torch.as_tensor(model.intercept_, dtype=torch.float32)
+        coef = torch.as_tensor(model.coef_, dtype=torch.float32, device="cpu")
+        intercept = torch.as_tensor(model.intercept_, dtype=torch.float32, device="cpu")
         if len(present) == 2:
             coef = torch.cat([-coef / 2, coef / 2])
             intercept = torch.cat([-intercept / 2, intercept / 2])
-        index = torch.as_tensor(model.classes_, dtype=torch.int64)
+        index = torch.as_tensor(model.classes_, dtype=torch.int64, device="cpu")
         head.weight[index] = coef
         head.bias[index] = intercept
-    return head
+    return head.to(features.device)
 
 
 class NormalizedHead(nn.Module):

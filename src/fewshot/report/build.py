@@ -25,8 +25,9 @@ class Report:
 
 def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | Path | None = None,
                  selection: str | Path | None = None, data_root: str | Path | None = None,
-                 embed_split: str = "test", projection: str = "pca") -> Report:
-    """Write the report on the runs named by ``targets`` to the folder ``out``.
+                 embed_split: str = "test", projection: str = "pca", device=None) -> Report:
+    """Write the report on the runs named by ``targets`` to the folder ``out`` (embedding
+    maps computed on ``device``, a torch device; default the CPU).
 
     Figures without data are left out, and the page says what would give them data.
     ``runs`` is the runs folder holding the store of evaluate records. ``out`` must be
@@ -79,7 +80,7 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
             return draw
 
         def embedding_map() -> Path:
-            rows = content.embedding_rows(infos, data_root, embed_split, projection, notes, datasets)
+            rows = content.embedding_rows(infos, data_root, embed_split, projection, notes, datasets, device)
             data["embedding_map"] = [{"run": label, "panels": [p.title for p in panels]} for label, panels in rows]
             return plots.embedding_map(rows, built / "embedding_map.png",
                                        projection="PCA" if projection == "pca" else "t-SNE")

@@ -309,24 +309,29 @@ def _step_of(file_name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def embed(method, images) -> np.ndarray:
-    """Backbone features of ``images``, flattened to ``(n, d)``, in the method's test mode.
+def embed(method, images, device=None) -> np.ndarray:
+    """Backbone features of ``images``, flattened to ``(n, d)``, in the method's test mode,
+    computed on ``device`` (default: where the method is) and returned on the host.
 
     Train-mode methods (MAML family) normalise with the batch's own statistics, as at
-    test time; they embed on a copy so no running statistic changes.
+    test time; they embed on a copy so no running statistic changes (so does a method
+    that lives on another device).
     """
     import torch
 
+    from ..devices import module_device
+
     if method.backbone is None:
         raise Missing(f"{method.name} has no backbone to embed with")
+    device = module_device(method) if device is None else device
     train_mode = method.test_mode == "train"
-    if train_mode:
-        method = copy.deepcopy(method)
+    if train_mode or module_device(method) != device:
+        method = copy.deepcopy(method).to(device)
     was_training = method.training
     method.train(train_mode)
     try:
         with torch.no_grad():
-            return method.features(images).double().numpy()
+            return method.features(images.to(device)).to("cpu", torch.float64).numpy()
     finally:
         method.train(was_training)
 
@@ -362,7 +367,8 @@ def checkpoints(run: RunInfo) -> list[tuple[str, str | None]]:
     return [("initial weights", None), *kept]
 
 
-def embedding_row(run: RunInfo, data_root, split: str, projection: str, datasets: dict) -> list[plots.EmbeddingPanel]:
+def embedding_row(run: RunInfo, data_root, split: str, projection: str, datasets: dict,
+                  device=None) -> list[plots.EmbeddingPanel]:
     """One panel per kept checkpoint (:func:`checkpoints`)."""
     from sklearn.metrics import silhouette_score
 
@@ -382,7 +388,7 @@ def embedding_row(run: RunInfo, data_root, split: str, projection: str, datasets
     for title, which in checkpoints(run):
         method = (build_model(config, dataset.image_shape, dataset.split_classes(config.train_split)) if which is None
                   else load_run(run.path, which)[1])
-        features = embed(method, episode.query_x)
+        features = embed(method, episode.query_x, device)
         labels = episode.query_y.numpy()
         separation = silhouette_score(features, labels) if way > 1 else math.nan
         panels.append(plots.EmbeddingPanel(f"{title}\nsilhouette {separation:.2f}", _project(features, projection),
@@ -391,11 +397,11 @@ def embedding_row(run: RunInfo, data_root, split: str, projection: str, datasets
 
 
 def embedding_rows(runs: Sequence[RunInfo], data_root, split: str, projection: str, notes: list[str],
-                   datasets: dict) -> list[tuple[str, list[plots.EmbeddingPanel]]]:
+                   datasets: dict, device=None) -> list[tuple[str, list[plots.EmbeddingPanel]]]:
     rows = []
     for run in runs[:6]:
         try:
-            rows.append((run.label, embedding_row(run, data_root, split, projection, datasets)))
+            rows.append((run.label, embedding_row(run, data_root, split, projection, datasets, device)))
         except (FewShotError, Missing) as e:
             notes.append(f"{run.label}: no embedding map ({e})")
     if not rows:

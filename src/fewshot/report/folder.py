@@ -89,8 +89,8 @@ def remove_leftovers(out: Path) -> list[Path]:
     removed = []
     if not out.parent.is_dir():
         return removed
-    for path in out.parent.glob(f".{out.name}.*"):
-        if path.is_symlink() or not path.is_dir():
+    for path in out.parent.iterdir():  # not glob: a folder name may hold [ or *
+        if not path.name.startswith(f".{out.name}.") or path.is_symlink() or not path.is_dir():
             continue
         info = _read_small_json(path / BUILDING)
         if not isinstance(info, dict) or info.get("host") != socket.gethostname():

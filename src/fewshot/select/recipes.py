@@ -143,8 +143,10 @@ def _train_config(spec: ZooSpec, dataset, split: str, cpu_minutes: float | None,
 
 def build_model(zoo: Zoo, spec: ZooSpec, *, cpu_minutes: float | None = 1.0, max_steps: int | None = None,
                 data_root: str | Path | None = None, runs: str | Path | None = None, seed: int = 0,
-                progress: bool = True, cache: dict | None = None) -> dict:
-    """Train (or resume) one spec with the one trainer and add it to ``zoo``; returns its entry."""
+                progress: bool = True, cache: dict | None = None, device: str | None = None,
+                precision: str | None = None) -> dict:
+    """Train (or resume) one spec with the one trainer (on ``device``, in ``precision``:
+    default the config's, ``auto`` / fp32) and add it to ``zoo``; returns its entry."""
     from ..train import Trainer
 
     cache = {} if cache is None else cache
@@ -161,7 +163,8 @@ def build_model(zoo: Zoo, spec: ZooSpec, *, cpu_minutes: float | None = 1.0, max
     state_file = run_dir / "state.json"
     state = read_json(state_file) if state_file.exists() else None
     if state is None or not state.get("done"):
-        Trainer(config, run_dir, dataset=dataset, runs=runs).run(resume=state is not None, progress=progress)
+        Trainer(config, run_dir, dataset=dataset, runs=runs, device=device, precision=precision).run(
+            resume=state is not None, progress=progress)
         state = read_json(state_file)
     classes = dataset.split_classes(split)
     source = {**source, "split": split, "num_classes": len(classes), "classes": classes,
@@ -172,7 +175,8 @@ def build_model(zoo: Zoo, spec: ZooSpec, *, cpu_minutes: float | None = 1.0, max
 
 def build_zoo(root: str | Path, specs: Sequence[ZooSpec] | str = "default", *, cpu_minutes: float | None = 1.0,
               max_steps: int | None = None, only: Sequence[str] | None = None, data_root: str | Path | None = None,
-              runs: str | Path | None = None, seed: int = 0, progress: bool = True) -> Zoo:
+              runs: str | Path | None = None, seed: int = 0, progress: bool = True, device: str | None = None,
+              precision: str | None = None) -> Zoo:
     """Build the diverse zoo (``specs``: a preset name or a list of :class:`ZooSpec`).
 
     Each model trains for at most ``cpu_minutes`` of CPU time (and ``max_steps``
@@ -197,7 +201,7 @@ def build_zoo(root: str | Path, specs: Sequence[ZooSpec] | str = "default", *, c
         for spec in todo:
             bar.set_postfix_str(spec.name)
             build_model(zoo, spec, cpu_minutes=cpu_minutes, max_steps=max_steps, data_root=data_root, runs=runs,
-                        seed=seed, progress=progress, cache=cache)
+                        seed=seed, progress=progress, cache=cache, device=device, precision=precision)
             bar.update()
     return zoo
 
