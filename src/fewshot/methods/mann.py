@@ -35,8 +35,10 @@ section 3.1 of the paper), per read head:
 
 Santoro et al. train with RMSprop (learning rate 1e-4, momentum 0.9, decay 0.95) for
 100,000 episodes of 16 sequences; ``optimizer="rmsprop"`` in a training config does
-the same (``configs/mann-paper.json``). On a CPU budget of minutes we train with Adam
-at 1e-3 instead, which learns faster per step (``configs/mann-5way.json``).
+the same (``configs/mann-omniglot-5way-paper.json``). On a CPU budget of minutes we
+train with Adam at 1e-3 instead (``configs/mann-omniglot-5way-add.json``): the paper's
+smaller rate is spread over far more episodes than a budget of minutes affords (which
+of the two learns faster here has not been measured).
 
 Sequences: the support and query examples of an episode are presented in an order
 that is pseudo-random but fixed by their content (a hash of each example's pixels),
