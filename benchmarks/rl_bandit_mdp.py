@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.5, help="CPU minutes of training per family")
     parser.add_argument("--rollouts", type=int, default=20)
     parser.add_argument("--meta-batch", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.001, help="Adam learning rate (outer); 0.01 collapsed the bandit policy")
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--runs", default="runs/rl_bandit_mdp")
     parser.add_argument("--out", default=str(RESULTS / "rl_bandit_mdp.json"))

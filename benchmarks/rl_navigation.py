@@ -23,8 +23,9 @@ with its 95 % confidence interval (a paired difference for step 1 against step 0
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rl_navigation.py --minutes 4
 
 Writes benchmarks/results/rl_navigation.{json,md} and rl_navigation.png (learning
-curves; trajectories before and after one step for one test task, as Finn et al.'s
-figure 4). A run folder that exists under ``--runs`` is resumed.
+curves, return against adaptation steps, and five rollouts before and after one step
+on test tasks 0-2, as Finn et al.'s figure 4). A run folder that exists under
+``--runs`` is resumed (a finished one is only evaluated again).
 """
 
 from __future__ import annotations
@@ -109,12 +110,13 @@ def main() -> None:
                      eval_cpu_seconds=round(time.process_time() - started, 1))
         print(name, out.summary(), flush=True)
     results["tasks"] = args.tasks
-    results["trajectories"] = {}
-    task = test.episode(0)
-    results["trajectories"]["goal"] = task.params.tolist()
+    # Test tasks 0, 1 and 2 (the first three, not chosen): 5 rollouts before and after one step.
+    results["trajectories"] = {"goals": [test.episode(i).params.tolist() for i in range(3)]}
     for name in ("maml-rl", "pretrained"):
-        _, kept = methods[name].adapt_returns(task, steps=1, keep=True)
-        results["trajectories"][name] = [batch.obs[:, :5].tolist() for batch in kept]  # 5 rollouts, steps 0 and 1
+        results["trajectories"][name] = []
+        for i in range(3):
+            _, kept = methods[name].adapt_returns(test.episode(i), steps=1, keep=True)
+            results["trajectories"][name].append([batch.obs[:, :5].tolist() for batch in kept])
     Path(args.out).write_text(json.dumps(results, indent=1))
     write_markdown(results, Path(args.out).with_suffix(".md"))
     figure(results, Path(args.out).with_suffix(".png"))
@@ -141,23 +143,32 @@ def figure(results: dict, path: Path) -> None:
     except ImportError:
         print("matplotlib missing: no figure")
         return
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 8.5))
     for name, m in results["models"].items():
         if m.get("val_curve"):
             steps, values, cis = zip(*m["val_curve"])
-            axes[0].errorbar(steps, values, yerr=cis, label=name, capsize=2)
-    axes[0].set(xlabel="meta-iteration", ylabel="val return after 1 step", title="learning curves (20 val tasks)")
-    axes[0].legend()
-    goal = results["trajectories"]["goal"]
-    for ax, name in zip(axes[1:], ("maml-rl", "pretrained")):
-        for k, (batch, style) in enumerate(zip(results["trajectories"][name], ("--", "-"))):
-            positions = np.asarray(batch)  # (T, 5, 2)
-            for r in range(positions.shape[1]):
-                ax.plot(positions[:, r, 0], positions[:, r, 1], style, color=f"C{k}", alpha=0.7,
-                        label=f"{k} step{'s' if k != 1 else ''}" if r == 0 else None)
-        ax.plot(*goal, "k*", markersize=14, label="goal")
-        ax.set(xlim=(-0.6, 0.6), ylim=(-0.6, 0.6), aspect="equal", title=f"{name}: before / after one step")
-        ax.legend(loc="lower left", fontsize=8)
+            axes[0, 0].errorbar(steps, values, yerr=cis, label=name, capsize=2)
+    axes[0, 0].set(xlabel="meta-iteration", ylabel="val return after 1 step", title="learning curves (20 val tasks)",
+                   ylim=(-120, 0))
+    axes[0, 0].legend(fontsize=8)
+    for name, m in results["models"].items():
+        ks = [s["steps"] for s in m["by_step"]]
+        axes[1, 0].errorbar(ks, [s["return"] for s in m["by_step"]], yerr=[s["ci95"] for s in m["by_step"]],
+                            marker="o", capsize=3, label=name)
+    axes[1, 0].set(xlabel="policy-gradient steps at test time", ylabel="return (mean ± 95% CI)",
+                   title=f"adaptation ({results['tasks']} test tasks)", xticks=[0, 1, 2, 3])
+    axes[1, 0].legend(fontsize=8)
+    goals = results["trajectories"]["goals"]
+    for row, name in enumerate(("maml-rl", "pretrained")):
+        for i, (ax, per_step) in enumerate(zip(axes[row, 1:], results["trajectories"][name])):
+            for k, (batch, style) in enumerate(zip(per_step, ("--", "-"))):
+                positions = np.asarray(batch)  # (T, 5, 2)
+                for r in range(positions.shape[1]):
+                    ax.plot(positions[:, r, 0], positions[:, r, 1], style, color=f"C{k}", alpha=0.6,
+                            label=f"{k} step{'s' if k != 1 else ''}" if r == 0 else None)
+            ax.plot(*goals[i], "k*", markersize=14, label="goal")
+            ax.set(xlim=(-0.6, 0.6), ylim=(-0.6, 0.6), aspect="equal", title=f"{name}, test task {i}")
+            ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, save_tensors
 from .base import ClassDataset
 from .download import cache_dir, data_root
+from .images import decode_image
 
 _MODES = {1: "L", 3: "RGB"}
 
@@ -52,15 +54,29 @@ def load_folder(root: str | Path | None = None, *, path: str | Path | None = Non
     key = _fingerprint(folder, classes, channels, int(image_size))
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.resolve().name)[:40]
     cache_file = cache_dir(data_root(root)) / f"folder-{label}-{key}.safetensors"
-    if cache_file.exists():
-        images = load_tensors(cache_file)["images"]
-    else:
+    images = _cached(cache_file, sum(len(f) for f in classes.values()), channels, int(image_size))
+    if images is None:
         images = torch.from_numpy(np.stack([_decode(f, _MODES[channels], int(image_size))
                                             for files in classes.values() for f in files]))
         save_tensors(cache_file, {"images": images})
     labels = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor([len(f) for f in classes.values()]))
     info = {"source": str(folder), "channels": channels}
     return ClassDataset("folder", images, labels, list(classes), {}, info)
+
+
+def _cached(cache_file: Path, count: int, channels: int, size: int) -> torch.Tensor | None:
+    """The cached images, or None: a missing cache, or a damaged one (only a cache: the
+    folder is decoded again and the cache rewritten)."""
+    if not cache_file.exists():
+        return None
+    try:
+        images = load_tensors(cache_file).get("images")
+    except CheckpointError:
+        images = None
+    if images is None or tuple(images.shape) != (count, channels, size, size) or images.dtype != torch.uint8:
+        warnings.warn(f"{cache_file} is damaged; decoding the image folder again", stacklevel=3)
+        return None
+    return images
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -90,12 +106,5 @@ def _fingerprint(folder: Path, classes: dict[str, list[Path]], channels: int, im
 
 def _decode(path: Path, mode: str, size: int) -> np.ndarray:
     """One image as ``(channels, size, size)`` uint8."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.LANCZOS)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path} is not a readable image ({e}); fix or remove it") from None
+    array = decode_image(path, mode, size, str(path))
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
