@@ -15,13 +15,15 @@ random actions; throughput is environment steps per CPU-second of this process.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rl_throughput.py
 
-Writes benchmarks/results/rl_throughput.{json,md}.
+Writes benchmarks/results/rl_throughput.{json,md} (``--markdown-only`` rewrites the
+table from the JSON without measuring again).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +117,10 @@ def with_policy(count: int) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
+    out = RESULTS / "rl_throughput.json"
+    if "--markdown-only" in sys.argv:  # rewrite the table from the measured results
+        write_markdown(json.loads(out.read_text()), out)
+        return
     rows = []
     nav = Navigation2D()
     for count in (1, 20, 400, 4000):
@@ -130,8 +136,12 @@ def main() -> None:
     results = {"command": "python benchmarks/rl_throughput.py", "unit": "environment steps per CPU-second",
                "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread, a shared 2-core machine",
                "navigation_2d": rows, "vectorised_4000_envs": others}
-    out = RESULTS / "rl_throughput.json"
     out.write_text(json.dumps(results, indent=1))
+    write_markdown(results, out)
+
+
+def write_markdown(results: dict, out: Path) -> None:
+    rows, others = results["navigation_2d"], results["vectorised_4000_envs"]
     columns = ["vectorised", "rollout with policy", "gymnasium loop (numpy env)", "gymnasium loop (fewshot TaskEnv)"]
     lines = ["# Rollout throughput: environment steps per CPU-second (2D navigation, horizon 100, random actions)", "",
              "`python benchmarks/rl_throughput.py`", "", f"Machine: {results['machine']}.", "",
@@ -139,7 +149,7 @@ def main() -> None:
              "|---|" + "---|" * (len(columns) + 1)]
     for row in rows:
         cells = [f"{row[c]:,.0f}" if c in row else "not run" for c in columns]
-        ratio = f"{row['vectorised'] / row['gymnasium loop (numpy env)']:.0f}x" if "gymnasium loop (numpy env)" in row else ""
+        ratio = f"{row['vectorised'] / row['gymnasium loop (numpy env)']:.2g}x" if "gymnasium loop (numpy env)" in row else ""
         lines.append(f"| {row['envs']} | " + " | ".join(cells) + f" | {ratio} |")
     lines += ["", "Vectorised, 4000 environments: " + ", ".join(f"{k} {v:,.0f}" for k, v in others.items()) + "."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, FewShotError
+from .io import read_json
 from .metrics import confidence_interval
 from .store import RunStore
 
@@ -174,8 +175,8 @@ def _run_config(run_dir: str | None, train_configs: dict[str, dict]) -> dict | N
         return None
     path = Path(run_dir) / "config.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json(path)  # bounded: a recorded run folder may since hold anything
+    except FewShotError:
         return train_configs.get(run_dir)
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .io import read_json
 from .params import Boolean, Integer, OneOf, Optional, Real, Settings, Text, validate
+
+#: A config file is a few hundred bytes; anything past a megabyte is not one.
+MAX_CONFIG_BYTES = 1 << 20
+#: Seeds fit every generator fewshot seeds (torch, NumPy, Python's random) and leave room for offsets.
+MAX_SEED = 2**31 - 1
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Settings of how a run computes, not of what it learns: a resumed run may change them.
@@ -21,9 +26,11 @@ CONSTRAINTS = {
     "dataset": Text(), "dataset_options": Settings(), "train_split": Text(), "val_split": Optional(Text()),
     "way": _COUNT, "shot": _COUNT, "query": _COUNT, "train_way": Optional(_COUNT), "train_shot": Optional(_COUNT),
     "train_query": Optional(_COUNT), "episodes": _COUNT, "meta_batch": _COUNT, "optimizer": OneOf("adam", "sgd", "rmsprop"),
-    "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(),
-    "lr_step": Integer(), "lr_gamma": Real(), "val_every": _COUNT, "val_episodes": _COUNT,
-    "checkpoint_every": _COUNT, "seed": Integer(), "cpu_minutes": Optional(Real()),
+    "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(low=0),
+    # lr_step 0: never decay; a factor above 1 would grow the rate without bound, 0 or less stop or reverse it.
+    "lr_step": Integer(low=0), "lr_gamma": Real(low=0, open_low=True, high=1), "val_every": _COUNT,
+    "val_episodes": _COUNT, "checkpoint_every": _COUNT, "seed": Integer(low=0, high=MAX_SEED),
+    "cpu_minutes": Optional(Real(low=0, open_low=True)),
     "lr_schedule": OneOf("step", "cosine"), "lr_min": Real(low=0),
     "device": Text(), "precision": OneOf(*PRECISIONS), "tf32": Boolean(), "deterministic": Boolean(),
 }
@@ -139,14 +146,9 @@ class TrainConfig:
         (JSON), then ``overrides`` that are not None."""
         values: dict[str, Any] = {}
         if config_file:
-            try:
-                values = json.loads(Path(config_file).read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file {config_file} not found") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ConfigError(f"config file {config_file} is not valid JSON: {e}") from None
-            except OSError as e:
-                raise ConfigError(f"config file {config_file} cannot be read ({e.strerror or e})") from None
+            if not Path(config_file).exists():
+                raise ConfigError(f"config file {config_file} not found")
+            values = read_json(config_file, ConfigError, limit=MAX_CONFIG_BYTES)
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {config_file} must hold a JSON object of settings")
         dataset = overrides.get("dataset") or values.get("dataset") or cls.dataset

@@ -105,6 +105,20 @@ def from_environment(device: torch.device | None = None) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), device if backend == "nccl" else torch.device("cpu"))
 
 
+def check_nproc(nproc: int, meta_batch: int) -> None:
+    """Refuse, before any process starts, a process count that is not 1 to the number of
+    devices (GPUs, else CPU cores), or that leaves processes without a task of the meta-batch."""
+    from .errors import ConfigError
+
+    limit = torch.cuda.device_count() or os.cpu_count() or 1
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= limit:
+        raise ConfigError(f"--nproc must be from 1 to {limit} (this machine's "
+                          f"{'GPUs' if torch.cuda.device_count() else 'CPU cores'}), got {nproc}")
+    if meta_batch < nproc:
+        raise ConfigError(f"--meta-batch {meta_batch} gives {nproc} processes nothing to do; use a meta-batch of "
+                          f"at least {nproc} (each process takes every {nproc}th task)")
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``fewshot <argv>`` in ``nproc`` processes on this machine through torchrun."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

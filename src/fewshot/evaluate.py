@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import devices
 from .data.tasks import Sampler
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .methods.base import Method
 from .metrics import confidence_interval, episode_score, higher_is_better, metric_name
 from .store import record_run
@@ -156,6 +156,11 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
                 with torch.no_grad(), devices.autocast(device, precision):
                     predictor = model.adapt(ep.support_x, ep.support_y, ep.way)
                     outputs = predictor(ep.query_x)
+                if torch.is_tensor(outputs) and not torch.isfinite(outputs).all():
+                    # Scored, NaN logits pass for chance accuracy: they are an error, never a score.
+                    raise TrainingError(f"{method.name} gave non-finite outputs (NaN or infinite) on episode {i}; its "
+                                        "weights or test-time options (e.g. a huge inner_lr) are unusable: change "
+                                        "them, or train again")
                 scores[i] = episode_score(outputs.float(), ep.query_y, metric)
                 bar.update()
                 if i % 20 == 19:

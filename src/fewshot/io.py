@@ -2,7 +2,14 @@
 
 Every write goes to a temporary file in the target's folder, is flushed to disk, then
 renamed over the target, so a crash leaves either the old file or the new one, never
-half of one.
+half of one. A write that fails (a full disk, a read-only folder) removes its
+temporary file and is a :class:`~fewshot.errors.CheckpointError` naming the path.
+Written files get the permissions of any file the user creates (``0666`` less the
+umask), not the ``0600`` of a temporary file.
+
+Every JSON read is bounded: at most :data:`MAX_JSON_BYTES` bytes are read (a file that
+is larger, or a link to ``/dev/zero``, is refused without reading it all) and values
+may nest at most :data:`MAX_JSON_DEPTH` deep; fewshot's own files stay far below both.
 """
 
 from __future__ import annotations
@@ -12,13 +19,38 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from .errors import CheckpointError, ConfigError, FewShotError
 
-from .errors import CheckpointError
+#: The largest JSON file fewshot reads (a run's state.json of 10^6 steps is about 2 MB).
+MAX_JSON_BYTES = 64 << 20
+#: The deepest nesting of lists and objects fewshot accepts in a JSON file.
+MAX_JSON_DEPTH = 64
+
+if TYPE_CHECKING:  # torch and safetensors are imported when tensors are saved: config files need neither
+    import torch
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_failure(path: str | os.PathLike, e: BaseException) -> CheckpointError:
+    """The one-line error of a write that failed (full disk, read-only folder, ...)."""
+    reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    return CheckpointError(f"cannot write {path} ({reason}); free some space or choose a writable folder, "
+                           "then run the command again")
 
 
 def _read_umask() -> int:
@@ -32,49 +64,184 @@ _UMASK = _read_umask()
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    Errors of the caller's own writing propagate unchanged; failures to create, flush or
+    rename the file are a :class:`CheckpointError`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file private (0600); a finished file gets the mode any new file
-    # would, 0666 less the umask (group-readable by the usual 022 or 002).
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes the file private (0600); a finished file gets the mode any new file
+        # would, 0666 less the umask (group-readable by the usual 022 or 002).
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.close(fd)
+    except OSError as e:
+        raise write_failure(path, e) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        try:
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise write_failure(path, e) from None
+        _sync_folder(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
+def _sync_folder(folder: Path) -> None:
+    """Flush the rename itself, so a power cut cannot undo it after a later file names it."""
     try:
-        return json.loads(Path(path).read_text())
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    with atomic_path(path) as tmp:
+        try:
+            tmp.write_text(text)
+        except OSError as e:
+            raise write_failure(path, e) from None
+
+
+def read_bounded(path: str | os.PathLike, limit: int, error: type[FewShotError] = CheckpointError) -> bytes:
+    """The bytes of ``path``, refusing (with ``error``) a file of more than ``limit`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
+        raise error(f"{path} is missing") from None
+    except IsADirectoryError:
+        raise error(f"{path} cannot be read (it is a folder, not a file)") from None
+    except OSError as e:
+        raise error(f"{path} cannot be read ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit:,} bytes; it is not a file fewshot wrote or expects")
+    return data
+
+
+def parse_json(text: str | bytes, label: str, error: type[FewShotError] = CheckpointError) -> Any:
+    """JSON ``text`` (from ``label``), refusing nesting deeper than :data:`MAX_JSON_DEPTH`."""
+    try:
+        value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from None
+        raise error(f"{label} is not valid JSON ({e}); the file is damaged") from None
+    except RecursionError:
+        value = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{label} nests lists or objects more than {MAX_JSON_DEPTH} deep; it is not a file fewshot "
+                    "wrote or expects")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (0 for a plain value), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_json(path: str | os.PathLike, error: type[FewShotError] = CheckpointError,
+              limit: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file, read within bounds (size and depth); any problem is one ``error``."""
+    return parse_json(read_bounded(path, limit, error), str(path), error)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` as one safetensors file (contiguous CPU copies, shared storage allowed)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=metadata)
+        try:
+            save_file(flat, str(tmp), metadata=metadata)
+        except (OSError, SafetensorError) as e:
+            raise write_failure(path, e) from None
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is truncated or damaged") from None
+
+
+LOCK_NAME = ".fewshot.lock"
+
+
+class FolderLock:
+    """An exclusive lock on a folder fewshot writes (a run, a search), held until :meth:`release`.
+
+    It is an ``flock`` on the file ``LOCK_NAME`` (a name fewshot reserves) in the
+    folder: the kernel drops it when the holder exits or is killed, so a crash never
+    leaves a folder locked. A second process that tries to write the folder meanwhile is
+    refused at once, in one line. The holder removes the file when it lets go; a holder
+    checks, once locked, that the file it locked is still the one in the folder, so a
+    removal can never let two processes in.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "run folder"):
+        import fcntl
+
+        self.path = Path(folder) / LOCK_NAME
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError as e:
+                raise write_failure(self.path, e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                pid = f" (process {holder})" if holder.isdigit() else ""
+                raise ConfigError(f"another fewshot process{pid} is writing the {what} {Path(folder)}; wait until "
+                                  "it finishes or stop it, then run the command again") from None
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the holder before us removed that file as we opened it: lock the new one
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        """Remove the lock file and unlock (a second call does nothing)."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)  # closing the last descriptor releases the flock
+        self.fd = None

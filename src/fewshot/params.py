@@ -124,14 +124,35 @@ class Optional(Constraint):
         return f"{self.inner.describe()} (or null)"
 
 
+@dataclass(frozen=True)
+class ListOf(Constraint):
+    """A list (or tuple) of ``shortest`` to ``longest`` values, each accepted by ``inner``."""
+
+    inner: Constraint
+    shortest: int = 0
+    longest: int = 16
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, (list, tuple)) and self.shortest <= len(value) <= self.longest
+                and all(self.inner.accepts(v) for v in value))
+
+    def describe(self) -> str:
+        return f"a list of {self.shortest} to {self.longest} values, each {self.inner.describe()}"
+
+
+def _number(x: float) -> str:
+    """``x`` as written: whole numbers in full (a seed bound is 2147483647, not 2.14748e+09)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _range(low: float | None, high: float | None, *, closed_low: bool = True, closed_high: bool = True) -> str:
     if low is None and high is None:
         return ""
     if high is None:
-        return f" {'≥' if closed_low else '>'} {low:g}"
+        return f" {'≥' if closed_low else '>'} {_number(low)}"
     if low is None:
-        return f" {'≤' if closed_high else '<'} {high:g}"
-    return f" in {'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
+        return f" {'≤' if closed_high else '<'} {_number(high)}"
+    return f" in {'[' if closed_low else '('}{_number(low)}, {_number(high)}{']' if closed_high else ')'}"
 
 
 def checked(owner: str, name: str, value: Any, constraint: Constraint) -> Any:

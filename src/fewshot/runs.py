@@ -16,6 +16,8 @@ folders with it; nothing here trains.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from torch import nn
 from .config import TrainConfig
 from .data.tasks import backbone_defaults, method_defaults, task_kind
 from .errors import CheckpointError, ConfigError, FewShotError
-from .io import load_tensors, read_json
+from .io import LOCK_NAME, load_tensors, read_json
 from .methods import Method, build_method
 from .methods.transfer import FineTune, wrap
 from .models import build_backbone
@@ -34,6 +36,10 @@ from .models.pretrained import (FORMAT, VERSION, Pretrained, count_parameters, d
                                 load_pretrained, read_metadata, save_pretrained)
 
 WHICH = ("best", "last")
+#: The files of a run folder, and the temporary files of their atomic writes: the only
+#: names a run ever writes, overwrites or removes (a user's other files are never touched).
+RUN_FILE = re.compile(r"^(config\.json|state\.json|(checkpoint|best)-\d{7}\.safetensors)$")
+LEFTOVER = re.compile(r"^\.(config\.json|state\.json|(checkpoint|best)-\d{7}\.safetensors)\.\w+\.tmp$")
 
 
 #: ``TrainConfig.backbone`` of a run whose backbone is the user's own ``nn.Module``.
@@ -145,9 +151,67 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     elif state.get("checkpoint") is not None and not (isinstance(state.get("optimizer"), dict)
                                                       and isinstance(state.get("scheduler"), dict)):
         problem = "lacks the optimiser or scheduler settings"
+    else:
+        problem = _progress_problem(state)
     if problem:
         raise CheckpointError(f"{path} {problem}; the run folder is damaged")
     return state
+
+
+def _real(value: Any) -> bool:
+    """A JSON number (NaN included: a metric a method does not report)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: Any, low: float = 0.0) -> bool:
+    """A finite JSON number of at least ``low``."""
+    return _real(value) and math.isfinite(value) and value >= low
+
+
+def _progress_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the bookkeeping fields of a state (history, running log, clocks,
+    best score, optimiser scalars), or None."""
+    history = state.get("history")
+    if not (isinstance(history, dict) and isinstance(history.get("train"), list) and isinstance(history.get("val"), list)
+            and all(isinstance(row, list) and len(row) == 3 and isinstance(row[0], int)
+                    and all(v is None or _real(v) for v in row[1:])
+                    for row in history["train"] + history["val"])):
+        return "has no valid 'history'"
+    log = state.get("log")
+    if not (isinstance(log, dict) and _real(log.get("loss")) and _real(log.get("accuracy"))
+            and isinstance(log.get("count"), int) and not isinstance(log.get("count"), bool) and log["count"] >= 0):
+        return "has no valid 'log'"
+    if not (_number(state.get("seconds")) and _number(state.get("cpu_seconds"))):
+        return "has no valid 'seconds' or 'cpu_seconds'"
+    if not isinstance(state.get("done", False), bool):
+        return "has no valid 'done'"
+    best = state.get("best")
+    if best is not None and not all(v is None or _real(v) for k, v in best.items() if k != "file"):
+        return "has no valid 'best' scores"
+    optimizer = state.get("optimizer")
+    if optimizer is not None:
+        scalars = optimizer.get("scalars") if isinstance(optimizer, dict) else None
+        if not (isinstance(scalars, dict) and all(
+                isinstance(k, str) and k.isdigit() and isinstance(v, dict)
+                and all(_number(x, -math.inf) for x in v.values()) for k, v in scalars.items())
+                and isinstance(optimizer.get("param_groups"), list)):
+            return "has no valid 'optimizer' settings"
+    return None
+
+
+def remove_unfinished_run(run_dir: Path) -> None:
+    """Delete the run files in ``run_dir`` of a run fewshot started and will never finish
+    (a trial of an interrupted search; its killed process left its lock file too), then
+    the folder if that leaves it empty."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if RUN_FILE.match(path.name) or LEFTOVER.match(path.name) or path.name == LOCK_NAME:
+            path.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # something else is in it: not ours to remove
+        pass
 
 
 def load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -158,6 +222,11 @@ def load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else "mismatch"
         raise CheckpointError(f"{path} does not match the run's model ({first})") from None
+    # NaN or infinite weights predict nothing; scored, they would pass for chance accuracy.
+    broken = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{path} holds non-finite weights ({broken}); the run diverged or the file is damaged: "
+                              "use other weights (--weights) or train again")
 
 
 def pretrained_from_run(run_dir: str | Path, path: str | Path | None = None, which: str = "best",
@@ -206,5 +275,6 @@ def finetune_from(path: str | Path, strategy: str = "finetune", which: str = "be
     return wrap(load_adaptable(path, which), strategy, **options)
 
 
-__all__ = ["CUSTOM_BACKBONE", "WHICH", "build_model", "conv4_depth", "describe_module", "finetune_from", "load_adaptable", "load_run", "load_weights", "pretrained_from_run",
-           "read_state"]
+__all__ = ["CUSTOM_BACKBONE", "LEFTOVER", "RUN_FILE", "WHICH", "build_model", "conv4_depth", "describe_module",
+           "finetune_from", "load_adaptable", "load_run", "load_weights", "pretrained_from_run", "read_state",
+           "remove_unfinished_run"]

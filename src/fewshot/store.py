@@ -14,7 +14,8 @@ import os
 import platform
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,19 @@ class RunStore:
 
     def __init__(self, folder: str | os.PathLike | None = None):
         self.path = runs_folder(folder) / "fewshot.sqlite"
-        open_database(self.path, SCHEMA).close()
+        with self._failures("open"):
+            open_database(self.path, SCHEMA).close()
+
+    @contextmanager
+    def _failures(self, what: str) -> Iterator[None]:
+        """A store that cannot be opened or read (read-only, damaged, locked too long) is one
+        :class:`StoreError`, never a traceback."""
+        try:
+            yield
+        except (sqlite3.Error, OSError, ValueError) as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise StoreError(f"cannot {what} the run store {self.path} ({first}); check that the folder is "
+                             "writable and the file undamaged, or choose another --runs") from None
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)
@@ -111,15 +124,19 @@ class RunStore:
         if filters:
             query += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in filters)
             args = [v for _, v in filters]
-        with closing(self._connect()) as db:
+        with self._failures("read"), closing(self._connect()) as db:
             return [self._row(r) for r in db.execute(query + " ORDER BY id", args)]
 
     def get(self, run_id: int) -> dict[str, Any]:
-        with closing(self._connect()) as db:
+        if isinstance(run_id, bool) or not isinstance(run_id, int) or not 1 <= run_id < 2**63:
+            raise ConfigError(f"no run {run_id} in {self.path}: run ids are whole numbers from 1; "
+                              "`fewshot runs` lists the recorded ones")
+        with self._failures("read"), closing(self._connect()) as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise ConfigError(f"no run {run_id} in {self.path}; `fewshot runs` lists the recorded ones")
-        return self._row(row)
+        with self._failures("read"):
+            return self._row(row)
 
     @staticmethod
     def _row(row: tuple) -> dict[str, Any]:

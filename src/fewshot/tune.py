@@ -26,14 +26,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import TrainConfig
 from .data import load_dataset
-from .errors import ConfigError, TrainingError
-from .io import read_json, write_json
+from .errors import ConfigError, StoreError, TrainingError
+from .io import FolderLock, read_json, write_json
+from .runs import remove_unfinished_run
 from .store import record_run, runs_folder
 
 CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -60,6 +62,12 @@ class Param:
         if self.kind == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_categorical(self.name, self.choices)
+
+    def first(self) -> Any:
+        """One value of the dimension (its first choice, or its low end), of the right type."""
+        if self.kind == "choice":
+            return self.choices[0]
+        return int(self.low) if self.kind == "int" else self.low
 
     def grid(self) -> list | None:
         """Every value, for a discrete dimension; None for a continuous one."""
@@ -176,31 +184,63 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
     continues the same study with ``trials`` more trials (with the same settings only).
     """
     from .runs import build_model
-    from .train import Trainer
 
     optuna = _optuna()
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     out = Path(out)
     spec = {"base": base.to_dict(), "space": [dataclasses.asdict(p) for p in space], "sampler_seed": sampler_seed}
-    if (out / "tune-spec.json").exists():
-        if read_json(out / "tune-spec.json") != json.loads(json.dumps(spec)):
-            raise ConfigError(f"{out} holds a search with other settings; choose another --out")
+    spec = json.loads(json.dumps(spec))  # as it reads back from tune-spec.json
     dataset = load_dataset(base.dataset, data_root, **base.dataset_options)
     val_split = base.val_split or "none"
     if val_split not in dataset.splits:
         raise ConfigError(f"tuning scores validation accuracy, but {dataset.name} has no split '{val_split}'; "
                           f"name one with --val-split (splits: {', '.join(dataset.splits)})")
     # A misspelt option should fail now, in one line, not after a study has begun.
-    first = apply(base, space, {p.name: (p.choices[0] if p.kind == "choice" else p.low) for p in space})
+    first = apply(base, space, {p.name: p.first() for p in space})
     build_model(first, dataset.image_shape, dataset.split_classes(first.train_split))
-    write_json(out / "tune-spec.json", spec)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {out} ({e.strerror}); choose a writable --out") from None
+    lock = FolderLock(out, "search folder")  # one search writes a folder at a time
+    try:
+        return _search(optuna, base, space, out, spec, dataset, trials, runs, sampler_seed, log)
+    finally:
+        lock.release()
+
+
+def _search(optuna, base: TrainConfig, space: Sequence[Param], out: Path, spec: dict, dataset, trials: int,
+            runs: str | Path | None, sampler_seed: int, log: Callable[[str], None] | None) -> TuneResult:
+    from .train import Trainer
+
+    saved = read_json(out / "tune-spec.json") if (out / "tune-spec.json").exists() else None
+    if saved is not None and (not isinstance(saved, dict) or {k: v for k, v in saved.items() if k != "study"} != spec):
+        raise ConfigError(f"{out} holds a search with other settings; choose another --out")
+    if saved is None or not isinstance(saved.get("study"), str):
+        # A new folder is a new study, even where a deleted folder of the same name had one:
+        # its trials (and their best.json) went with that folder.
+        spec["study"] = f"{out.resolve()}#{uuid.uuid4().hex[:12]}"
+        write_json(out / "tune-spec.json", spec)
+    else:
+        spec["study"] = saved["study"]
+    study_name = spec["study"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
-    study_name = str(out.resolve())
     storage = f"sqlite:///{(runs_folder(runs) / 'tune.sqlite').resolve()}"
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=_sampler(optuna, space, trials, sampler_seed))
+    from sqlalchemy.exc import SQLAlchemyError  # Optuna's storage layer
+
+    try:
+        runs_folder(runs).mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    load_if_exists=True)
+    except (SQLAlchemyError, optuna.exceptions.OptunaError, OSError) as e:  # a study that cannot be opened
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"cannot open the tuning study in {storage.removeprefix('sqlite:///')} ({first}); "
+                         "check that the runs folder is writable, or choose another --runs") from None
+    _abandon_killed(optuna, study, out, log)
+    # Seeded past the trials already drawn, so a continued search does not repeat its points.
+    study.sampler = _sampler(optuna, space, trials, sampler_seed + len(study.trials))
 
     def objective(trial) -> float:
         values = {p.name: p.suggest(trial) for p in space}
@@ -212,9 +252,9 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
         try:
             result = trainer.run(progress=False, record=False)
         except TrainingError as e:  # e.g. a learning rate that diverges: a bad point, not a broken search
-            record_run("tune-trial", runs=runs, config=config.to_dict(), method=config.method, dataset=config.dataset,
-                       split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()),
-                       metrics={**metrics, "error": str(e)})
+            _record(log, trial.number, config=config.to_dict(), method=config.method, dataset=config.dataset,
+                    split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()), runs=runs,
+                    metrics={**metrics, "error": str(e)})
             if log:
                 log(f"trial {trial.number}: {_format(values)} -> failed: {e}")
             raise
@@ -223,9 +263,9 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
                               "classification methods)")
         metrics.update(val_accuracy=result.best_accuracy, val_ci95=result.best_ci95, steps=result.steps,
                        best_step=(trainer.state["best"] or {}).get("step"))
-        record_run("tune-trial", runs=runs, config=config.to_dict(), method=config.method, dataset=config.dataset,
-                   split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()),
-                   seconds=result.seconds, cpu_seconds=result.cpu_seconds, metrics=metrics)
+        _record(log, trial.number, config=config.to_dict(), method=config.method, dataset=config.dataset,
+                split=config.val_split, seed=config.seed, run_dir=str(run_dir.resolve()), runs=runs,
+                seconds=result.seconds, cpu_seconds=result.cpu_seconds, metrics=metrics)
         trial.set_user_attr("val_ci95", result.best_ci95)
         if log:
             log(f"trial {trial.number}: {_format(values)} -> validation {result.best_accuracy:.1f} ± "
@@ -249,6 +289,26 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
                         "val_ci95": best.user_attrs.get("val_ci95"), "config": str(out / "best.json")}}
     write_json(out / "tune.json", summary)
     return TuneResult(study_name, rows, summary["best"], out / "best.json", out / "tune.json")
+
+
+def _record(log: Callable[[str], None] | None, number: int, **fields: Any) -> None:
+    """Record a trial in the run store; a store that fails loses the record, not the search
+    (the study holds every trial's score)."""
+    try:
+        record_run("tune-trial", **fields)
+    except StoreError as e:
+        if log:
+            log(f"trial {number}: not recorded in the run store ({e})")
+
+
+def _abandon_killed(optuna, study, out: Path, log: Callable[[str], None] | None) -> None:
+    """Trials a killed search left RUNNING (none is: this process holds the folder's lock)
+    are marked failed, and the files of their half-trained runs removed."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        remove_unfinished_run(out / "trials" / f"trial-{trial.number:03d}")
+        if log:
+            log(f"trial {trial.number}: stopped by an interrupted search; marked failed")
 
 
 def _format(values: dict[str, Any]) -> str:

@@ -12,16 +12,20 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, did_you_mean
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
-    parse_options, resolve_device, say_device, trainable_methods
+    one_line, parse_options, resolve_device, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..config import TrainConfig
     from ..train import Trainer
 
-    if args.nproc and args.nproc > 1:
+    if args.nproc is not None:
+        from ..distributed import check_nproc
+
+        # Checked before any process starts: a bad count or config is one line, not one per process.
+        check_nproc(args.nproc, _config(args).meta_batch)
+    if args.nproc is not None and args.nproc > 1:
         from ..distributed import launch
 
         argv = list(args.argv)
@@ -29,20 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv = argv[:i] + argv[i + 2:] if i is not None else [a for a in argv if not a.startswith("--nproc=")]
         return launch(args.nproc, argv)
 
-    if args.resume:
-        from ..io import read_json
-
-        config = TrainConfig.from_dict(read_json(Path(args.resume) / "config.json"))
-        # How it computes may change on resume (a GPU run continued on a CPU); what it learns may not.
-        runtime = {k: getattr(args, k) for k in ("device", "precision", "tf32", "deterministic")
-                   if getattr(args, k, None) is not None}
-        config = TrainConfig.from_dict({**config.to_dict(), **runtime})
-        run_dir = Path(args.resume)
-    else:
-        if not args.out:
-            raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
-        config = config_from_args(args)
-        run_dir = Path(args.out)
+    config, run_dir = _config(args), Path(args.resume or args.out)
     device = resolve_device(args, config.device)
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs, device=str(device))
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
@@ -61,6 +52,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     say_device(args, device, config.device)
     return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
                                                   f"`fewshot train --resume {run_dir}` and a writable --runs")
+
+
+def _config(args: argparse.Namespace):
+    """The config ``train`` runs: the resumed run's, or the flags'."""
+    from ..config import TrainConfig
+
+    if args.resume:
+        from ..io import read_json
+
+        config = TrainConfig.from_dict(read_json(Path(args.resume) / "config.json"))
+        # How it computes may change on resume (a GPU run continued on a CPU); what it learns may not.
+        runtime = {k: getattr(args, k) for k in ("device", "precision", "tf32", "deterministic")
+                   if getattr(args, k, None) is not None}
+        return TrainConfig.from_dict({**config.to_dict(), **runtime})
+    if not args.out:
+        raise ConfigError("say where the run goes with --out DIR (or continue one with --resume DIR)")
+    return config_from_args(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -89,9 +97,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             method.set_test_options(**test_options)
         dataset_name, data_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
-        args.way = args.way or config.way
-        args.shot = args.shot or config.shot
-        args.query = args.query or config.query
+        # None: not given, so the run's own; 0 or less is given, and refused by the sampler.
+        args.way = config.way if args.way is None else args.way
+        args.shot = config.shot if args.shot is None else args.shot
+        args.query = config.query if args.query is None else args.query
         if args.dataset and args.dataset != config.dataset:
             dataset_name, data_options = args.dataset, {}
             if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
@@ -105,8 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fix = f"--image-size {size}" + (f" --channels {channels}" if dataset_name == "folder" else "")
         raise DataError(f"{target} takes {'x'.join(map(str, state['image_shape']))} inputs, but {dataset_name} gives "
                         f"{'x'.join(map(str, dataset.image_shape))}; pass {fix}")
-    way, shot, query = args.way or 5, args.shot or 1, args.query or 15
-    sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=args.seed or 0)
+    way, shot, query = (default if given is None else given for given, default in
+                        ((args.way, 5), (args.shot, 1), (args.query, 15)))
+    seed = 0 if args.seed is None else args.seed
+    sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=seed)
     device = resolve_device(args)
     start_cpu = time.process_time()
     result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=device,
@@ -115,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     record_error = None
     try:
         record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split,
-                          seed=args.seed or 0, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
+                          seed=seed, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
                           config={"dataset_options": data_options, "weights": args.weights})
     except StoreError as e:  # the result is printed all the same
         record_error = str(e)
@@ -132,7 +143,7 @@ def _recording_failed(error: str | None, how: str) -> int:
     """0, or (after the work was reported) one line saying it was not recorded, and 2."""
     if error is None:
         return 0
-    print(f"fewshot: error: {error}; the result above is not recorded: {how}", file=sys.stderr)
+    print(one_line(f"fewshot: error: {error}; the result above is not recorded: {how}"), file=sys.stderr)
     return 2
 
 

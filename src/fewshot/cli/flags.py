@@ -15,6 +15,11 @@ from typing import Any, Callable
 from ..errors import ConfigError, did_you_mean
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (a file or folder name may hold them) shown as ``\\n``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
 
 
@@ -69,7 +74,7 @@ class Parser(argparse.ArgumentParser):
         if match:
             choices = re.findall(r"'([^']*)'", match["choices"])
             message += did_you_mean(match["word"], choices)
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -14,7 +14,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import FewShotError
 from . import core, model, tools, zoo
-from .flags import Parser
+from .flags import Parser, one_line
 
 # What was interrupted decides how to continue; each long command resumes by design.
 RESUME_HINTS = {"train": "`fewshot train --resume RUN_DIR` continues the run",
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except FewShotError as e:
-        print(f"fewshot: error: {e}", file=sys.stderr)
+        print(f"fewshot: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         how = RESUME_HINTS.get(argv[0] if argv else "")

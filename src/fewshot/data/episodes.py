@@ -55,6 +55,8 @@ class EpisodeSampler:
         for name, value in (("way", way), ("shot", shot), ("query", query)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if way < 2:
+            raise ConfigError(f"way must be at least 2: an episode of {way} class asks nothing; use --way 2 or more")
         self.dataset, self.split = dataset, split
         self.way, self.shot, self.query, self.seed = int(way), int(shot), int(query), int(seed)
         self.classes = np.asarray(dataset.split_classes(split), dtype=np.int64)

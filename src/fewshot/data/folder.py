@@ -34,6 +34,7 @@ import csv
 import hashlib
 import io
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -42,10 +43,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, save_tensors
 from .base import ClassDataset
 from .download import cache_dir, data_root
+from .images import decode_image
 
 _MODES = {1: "L", 3: "RGB"}
 _GREY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -82,9 +84,8 @@ def load_folder(root: str | Path | None = None, *, path: str | Path | None = Non
     key = _fingerprint(classes, channels, image_size)
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", source.resolve().name)[:40]
     cache_file = cache_dir(data_root(root)) / f"folder-{label}-{key}.safetensors"
-    if cache_file.exists():
-        images = load_tensors(cache_file)["images"]
-    else:
+    images = _cached(cache_file, sum(len(f) for f in classes.values()), channels, image_size)
+    if images is None:
         images = torch.from_numpy(np.stack([_decode(f, _MODES[channels], image_size)
                                             for files in classes.values() for f in files]))
         save_tensors(cache_file, {"images": images})
@@ -92,6 +93,21 @@ def load_folder(root: str | Path | None = None, *, path: str | Path | None = Non
     info = {"source": str(source), "channels": channels, "image_size": image_size, "inferred": inferred,
             "split_seed": split_seed, "split_classes": {s: [names[c] for c in ids] for s, ids in splits.items()}}
     return ClassDataset("folder", images, labels, names, splits, info)
+
+
+def _cached(cache_file: Path, count: int, channels: int, size: int) -> torch.Tensor | None:
+    """The cached images, or None: a missing cache, or a damaged one (only a cache: the
+    folder is decoded again and the cache rewritten)."""
+    if not cache_file.exists():
+        return None
+    try:
+        images = load_tensors(cache_file).get("images")
+    except CheckpointError:
+        images = None
+    if images is None or tuple(images.shape) != (count, channels, size, size) or images.dtype != torch.uint8:
+        warnings.warn(f"{cache_file} is damaged; decoding the image folder again", stacklevel=3)
+        return None
+    return images
 
 
 def image_extensions() -> set[str]:
@@ -214,12 +230,5 @@ def _fingerprint(classes: dict[str, list[Path]], channels: int, image_size: int)
 
 def _decode(path: Path, mode: str, size: int) -> np.ndarray:
     """One image as ``(channels, size, size)`` uint8."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.LANCZOS)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path} is not a readable image ({e}); fix or remove it") from None
+    array = decode_image(path, mode, size, str(path))
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

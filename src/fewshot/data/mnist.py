@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..io import read_bounded
+from . import archives
 from .archives import ReadBudget
 from .base import ClassDataset
 from .download import data_root, ensure_files
@@ -77,7 +79,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             with gzip.open(path, "rb") as f:
                 data = ReadBudget(path).read(f, path.name)
         else:
-            data = path.read_bytes()
+            data = read_bounded(path, archives.MAX_BYTES, DataError)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} cannot be read ({e}); the file is damaged: replace it with the official one") from None
     # idx header: two zero bytes, the element type, the number of dimensions, then one

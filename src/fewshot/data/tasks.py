@@ -12,8 +12,10 @@ are scored (accuracy for classification, mean squared error for regression).
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Union
 
+from ..config import MAX_SEED
 from ..errors import ConfigError
 from .base import ClassDataset
 from .episodes import EpisodeSampler
@@ -97,6 +99,9 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
     these arguments and ``i``. ``data`` is the loaded class dataset (``None`` for a
     family); ``way`` is ignored by a regression family (its episodes are single tasks).
     ``device``: where its episodes are made (default the CPU); the same episodes on any."""
+    # Samplers derive seeds from this one (validation adds 1): room above the largest user seed.
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= 2 * MAX_SEED + 1:
+        raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     if name in TASK_FAMILIES:
         family = TASK_FAMILIES[name]
         if family.kind == "reinforcement":  # rollouts are simulated on the host

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, did_you_mean
-from ..params import check_known
+from ..params import Boolean, Integer, ListOf, Optional, check_known, validate
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -117,6 +117,7 @@ def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Modul
     classes = {"conv4": Conv4, "resnet12": ResNet12, "mlp": MLP}
     if name in classes:  # the constructor's first argument comes from image_shape
         check_known(f"backbone '{name}'", options, list(inspect.signature(classes[name]).parameters)[1:])
+    validate(f"bad option for backbone '{name}':", options, OPTIONS.get(name, {}))
     try:
         if name == "conv4":
             return Conv4(channels, **options)
@@ -128,6 +129,16 @@ def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Modul
     except TypeError as e:
         raise ConfigError(f"bad option for backbone '{name}': {e}") from None
     raise ConfigError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; choose one of: {', '.join(BACKBONES)}")
+
+
+# What the size options of the built-in backbones may hold. The bounds are far beyond
+# any published few-shot backbone; past them a typo (width 10000000) would allocate
+# memory without end rather than fail.
+_SIZE = Integer(low=1, high=4096)
+OPTIONS = {"conv4": {"width": _SIZE, "depth": Integer(low=1, high=16)},
+           "resnet12": {"widths": ListOf(_SIZE, 1, 16)},
+           "mlp": {"hidden": ListOf(Integer(low=1, high=65536)), "out_features": Optional(Integer(low=1, high=65536)),
+                   "batch_norm": Boolean()}}
 
 
 @torch.no_grad()

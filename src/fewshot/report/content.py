@@ -421,12 +421,9 @@ def load_selection(path: str | Path) -> dict[str, list]:
     and its regret is the best true accuracy of the task minus the selected one's.
     Accuracies are in % (fractions in [0, 1] are scaled).
     """
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"model-selection file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"model-selection file {path} is not valid JSON: {e}") from None
+    if not Path(path).exists():
+        raise ConfigError(f"model-selection file {path} not found")
+    data = read_json(path, ConfigError)  # bounded in size and depth; binary or damaged is one line
     if isinstance(data, dict) and "rows" in data:
         data = data["rows"]
     try:
