@@ -205,6 +205,8 @@ def test_the_papers_rmsprop_recipe(tmp_path, digits8):
     recipe = TrainConfig.layered(Path(__file__).parents[1] / "configs" / "mann-omniglot-5way-paper.json")
     assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.meta_batch) == ("rmsprop", 1e-4, 0.9, 16)
     assert recipe.train_shape == (5, 1, 9)  # sequences of 5 classes x 10 instances: 50 steps
+    assert recipe.method_options == {"write": "key"}  # the paper writes its read key; the default is "add"
+    assert small_mann().options()["write"] == "add"
     config = TrainConfig(method="mann", method_options={"controller_size": 8}, dataset="digits",
                          backbone_options={"depth": 2}, way=3, shot=1, query=2, episodes=2, val_split=None,
                          optimizer="rmsprop", lr=1e-4)
