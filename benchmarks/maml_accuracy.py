@@ -9,6 +9,11 @@ of 0.4 in training and three at test; 20-way: meta-batch 16, five inner steps of
 one query per class in meta-training, as in their code; Adam 1e-3. Meta-SGD adapts
 in one step from learned rates initialised at the same inner learning rate.
 
+MAML++ (``--methods mamlpp``, Antoniou et al. 2019, arXiv:1810.09502) trains as the
+paper does on Omniglot (:func:`mamlpp_config`), its cosine, multi-step-loss and
+derivative-order schedules sized to the iterations the CPU budget affords (measured on
+a few iterations first, :func:`calibrate`). Rows of models not re-run are kept.
+
 Sinusoid regression (Finn et al., section 5.1): an MLP with two hidden layers of 40
 ReLU units, MSE; K = 5 and 10 support points, meta-batch 25, inner step 0.01, Adam
 1e-3, meta-trained by the same trainer (dataset ``sinusoid``, no validation: the last
