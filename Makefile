@@ -24,7 +24,7 @@ demo: setup
 	$(PY) -m fewshot demo --dataset $(DATASET)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto  # pytest-xdist: one worker per core
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

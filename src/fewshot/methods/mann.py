@@ -27,9 +27,9 @@ section 3.1 of the paper), per read head:
   reimplementation tristandeleu/ntm-one-shot do, for a measured reason: on Omniglot with
   4 CPU-minutes of training (841 steps of 16 sequences), the paper's key writing learned
   no label binding at all (validation at chance, 20 %, at every check; accuracy after
-  the first presentation 25-31 %), where the separate vector reached 45 % validation
-  accuracy by step 500 and 70 % at the 5th presentation
-  (``benchmarks/results/metric_recipes.md`` and ``metric_omniglot.md``). One key must
+  the first presentation 25-31 %), where the same recipe with a separate vector reached
+  44 % validation accuracy by step 500 and 65.6 % at the 5th presentation
+  (``benchmarks/results/metric_recipes.md``). One key must
   both look up the current example and be stored as the previous one's binding; a
   separate vector decouples the two.
 
