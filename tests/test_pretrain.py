@@ -167,7 +167,7 @@ def test_pretrained_from_run(tmp_path):
     model = pretrained_from_run(tmp_path / "run", tmp_path / "baseline-arrays")
     meta = model.metadata
     assert meta["objective"] == "baseline" and meta["architecture"] == "mlp"
-    assert meta["source"]["dataset"] == "arrays" and meta["source"]["num_classes"] == 5
+    assert meta["source"]["dataset"] == "memory:arrays" and meta["source"]["num_classes"] == 5  # in-memory data
     assert sorted(meta["source"]["classes"]) == [0, 1, 2, 3, 4]
     again = load_pretrained(tmp_path / "baseline-arrays")
     assert isinstance(again.head, nn.Linear) and again.head.out_features == 5

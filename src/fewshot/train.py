@@ -178,6 +178,8 @@ class Trainer:
         self.sampler = make_sampler(name, self.dataset, config.train_split, way, shot, query, seed=config.seed,
                                     device=self.device)
         self.val_sampler = None
+        if self.dataset is not None and config.way < 2:  # training may be wider (a recipe's train_way), testing too
+            raise ConfigError(f"way must be at least 2: an episode of {config.way} class asks nothing; use --way 2 or more")
         known = splits(name, self.dataset)
         if config.val_split and config.val_split not in known and config.val_split != "val":
             raise ConfigError(f"{name if self.dataset is None else self.dataset.name} has no split '{config.val_split}' to "
