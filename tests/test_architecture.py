@@ -121,3 +121,35 @@ def test_no_dynamic_imports_in_the_package():
                 if called in ("__import__", "import_module"):
                     offences.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert offences == []
+
+
+#: The layers of the README's architecture section, bottom first: a module may import
+#: from its own layer and the layers below, never from one above.
+LAYERS = [
+    ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.metrics", "fewshot.config", "fewshot.devices"),
+    ("fewshot.data", "fewshot.rl", "fewshot.images"),
+    ("fewshot.models",),
+    ("fewshot.methods",),
+    ("fewshot.store",),
+    ("fewshot.evaluate",),
+    ("fewshot.runs",),
+    ("fewshot.train", "fewshot.distributed", "fewshot.memory", "fewshot.calibration"),
+    ("fewshot.learner", "fewshot.export", "fewshot.select", "fewshot.report", "fewshot.plots", "fewshot.tune",
+     "fewshot.advise", "fewshot.demo"),
+    ("fewshot.cli", "fewshot.__main__"),
+]
+
+
+def layer_of(module: str) -> int | None:
+    matches = [(len(prefix), i) for i, names in enumerate(LAYERS) for prefix in names
+               if module == prefix or module.startswith(prefix + ".")]
+    return max(matches)[1] if matches else None
+
+
+def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
+    edges = graph()
+    unplaced = sorted(m for m in edges if m != "fewshot" and layer_of(m) is None)
+    assert unplaced == [], "add these modules to LAYERS (and to the README's architecture section)"
+    upward = sorted(f"{a} imports {b}" for a, targets in edges.items() if a != "fewshot"  # the package's face
+                    for b in targets if b != "fewshot" and layer_of(b) > layer_of(a))
+    assert upward == []
