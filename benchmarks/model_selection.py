@@ -47,10 +47,12 @@ from pathlib import Path
 import torch
 
 from fewshot.io import atomic_path, write_json
-from fewshot.select.builder import MetaStore, build_meta_dataset, complete, sample_tasks, selection_costs
 from fewshot.select.evaluation import evaluation_table
 from fewshot.select.metalearner import default_predictors, held_out, paired_differences
-from fewshot.select.zoo import PRESETS, build_zoo
+from fewshot.select.metastore import MetaStore, complete, selection_costs
+from fewshot.select.pool import build_meta_dataset
+from fewshot.select.recipes import PRESETS, build_zoo
+from fewshot.select.tasks import sample_tasks
 
 RESULTS = Path(__file__).parent / "results"
 SELECTOR = "meta-learner (ranking)"

@@ -10,8 +10,9 @@ from PIL import Image
 
 from fewshot.cli import main
 from fewshot.errors import CheckpointError
-from fewshot.select.builder import build_meta_dataset, describe_candidates
-from fewshot.select.zoo import Zoo
+from fewshot.select.index import Zoo
+from fewshot.select.metafeatures import describe_candidates
+from fewshot.select.pool import build_meta_dataset
 
 transformers = pytest.importorskip("transformers", reason="the hub extra (transformers) is not installed")
 

@@ -13,7 +13,7 @@ from fewshot.methods import METHODS, Method, register
 from fewshot.methods.base import Predictor
 from fewshot.report import build_report
 from fewshot.runs import load_run
-from fewshot.select.zoo import Zoo
+from fewshot.select.index import Zoo
 from fewshot.store import RunStore
 from fewshot.train import Trainer
 

@@ -18,8 +18,11 @@ from PIL import Image
 from fewshot.cli import main
 from fewshot.models import build_backbone
 from fewshot.models.pretrained import register_architecture
-from fewshot.select.builder import MetaStore, build_meta_dataset, sample_tasks
-from fewshot.select.zoo import Zoo, build_zoo
+from fewshot.select.index import Zoo
+from fewshot.select.metastore import MetaStore
+from fewshot.select.pool import build_meta_dataset
+from fewshot.select.recipes import build_zoo
+from fewshot.select.tasks import sample_tasks
 
 TASKS = 12
 FINETUNE = {"steps": 10}  # a shorter fine-tuning for the ground truth keeps the test quick

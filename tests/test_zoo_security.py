@@ -19,7 +19,7 @@ from fewshot.cli import main
 from fewshot.errors import CheckpointError, ConfigError
 from fewshot.models import build_backbone
 from fewshot.models.pretrained import load_pretrained, register_architecture
-from fewshot.select.zoo import Zoo
+from fewshot.select.index import Zoo
 
 
 def _one_line_error(capsys, code, *fragments):

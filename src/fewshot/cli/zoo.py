@@ -43,7 +43,7 @@ def _fmt_int(value) -> str:
 # -- fewshot zoo -------------------------------------------------------------------------------
 
 def cmd_zoo_list(args: argparse.Namespace) -> int:
-    from ..select.zoo import Zoo
+    from ..select.index import Zoo
 
     zoo = Zoo(args.zoo)
     if args.check:
@@ -64,7 +64,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_add(args: argparse.Namespace) -> int:
-    from ..select.zoo import Zoo
+    from ..select.index import Zoo
 
     metadata = parse_options(args.meta_option)
     if args.bn:
@@ -78,7 +78,7 @@ def cmd_zoo_add(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_build(args: argparse.Namespace) -> int:
-    from ..select.zoo import PRESETS, build_zoo
+    from ..select.recipes import PRESETS, build_zoo
 
     specs = PRESETS.get(args.preset, [])
     start = time.process_time()
@@ -97,7 +97,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 # -- fewshot select build / evaluate -------------------------------------------------------------------
 
 def cmd_select_build(args: argparse.Namespace) -> int:
-    from ..select.builder import build_meta_dataset
+    from ..select.pool import build_meta_dataset
 
     finetune = parse_options(args.option)
     result = build_meta_dataset(args.zoo, args.tasks, path=args.meta, sources=args.sources, seed=args.seed,
@@ -114,8 +114,8 @@ def cmd_select_build(args: argparse.Namespace) -> int:
 
 def _rows(args: argparse.Namespace):
     """The zoo, its meta-dataset store, the complete rows for ``args.target`` and the raw records."""
-    from ..select.builder import complete, open_meta
-    from ..select.zoo import Zoo
+    from ..select.index import Zoo
+    from ..select.metastore import complete, open_meta
 
     zoo = Zoo(args.zoo)
     store = open_meta(zoo, args.meta)
@@ -186,8 +186,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_select_monitor(args: argparse.Namespace) -> int:
+    from ..select.index import Zoo
     from ..select.selection import running_error, verification_history
-    from ..select.zoo import Zoo
     from ..store import RunStore
 
     zoo_root = str(Zoo(args.zoo).root.resolve()) if not args.all_zoos else None
@@ -218,7 +218,7 @@ def cmd_select_monitor(args: argparse.Namespace) -> int:
 # -- parsers -------------------------------------------------------------------------------------
 
 def _zoo_flags(p: argparse.ArgumentParser) -> None:
-    from ..select.zoo import PRESETS
+    from ..select.recipes import PRESETS
 
     zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION", parser_class=Parser)
     zsub.required = True
@@ -265,7 +265,8 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _select_flags(p: argparse.ArgumentParser) -> None:
-    from ..select.builder import SOURCES, TARGETS
+    from ..select.measure import TARGETS
+    from ..select.tasks import SOURCES
 
     SUPPRESS = argparse.SUPPRESS
     _add_zoo_flag(p)

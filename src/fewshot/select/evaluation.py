@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import time
 
-from .builder import selection_costs
 from .metalearner import MetaLearner, compare
+from .metastore import selection_costs
 
 
 def evaluate_meta_dataset(rows: list[dict], records: list[dict], *, seed: int = 0, resamples: int = 2000) -> dict:

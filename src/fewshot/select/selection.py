@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .builder import complete, cross_validated_accuracy, describe_candidates, measure, open_meta
+from .index import Zoo
+from .measure import cross_validated_accuracy, measure
+from .metafeatures import describe_candidates
 from .metalearner import MetaLearner
+from .metastore import complete, open_meta
 from .metrics import tiebreak_keys
 from .uncertainty import prediction_intervals
-from .zoo import Zoo
 
 VERIFY_KIND = "select-verify"  # the run-store kind of a verification record
 
