@@ -13,6 +13,7 @@ and what it got::
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -31,13 +32,13 @@ class Constraint:
 
 @dataclass(frozen=True)
 class Integer(Constraint):
-    """An ``int`` (not a bool) in ``[low, high]`` (either bound may be None)."""
+    """An integer (a Python or NumPy one, not a bool) in ``[low, high]`` (either bound may be None)."""
 
     low: int | None = None
     high: int | None = None
 
     def accepts(self, value: Any) -> bool:
-        return (isinstance(value, int) and not isinstance(value, bool)
+        return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
                 and (self.low is None or value >= self.low) and (self.high is None or value <= self.high))
 
     def describe(self) -> str:
@@ -153,6 +154,11 @@ def _range(low: float | None, high: float | None, *, closed_low: bool = True, cl
     if low is None:
         return f" {'≤' if closed_high else '<'} {_number(high)}"
     return f" in {'[' if closed_low else '('}{_number(low)}, {_number(high)}{']' if closed_high else ')'}"
+
+
+#: The counts of a generated task sampler (sinusoids, environment families): examples
+#: (or rollouts) per task, query points, and the seed.
+SAMPLER_OPTIONS = {"shot": Integer(low=1), "query": Integer(low=1), "seed": Integer(low=0)}
 
 
 def checked(owner: str, name: str, value: Any, constraint: Constraint) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..params import SAMPLER_OPTIONS, validate
 from .episodes import Episode
 
 AMPLITUDE = (0.1, 5.0)
@@ -60,11 +61,7 @@ class SinusoidSampler:
         split = "train" if split is None else split
         if split not in SPLITS:
             raise ConfigError(f"sinusoid has no split '{split}'; its splits are: {', '.join(SPLITS)}")
-        for name, value in (("shot", shot), ("query", query)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        validate("sinusoid", {"shot": shot, "query": query, "seed": seed}, SAMPLER_OPTIONS)
         self.shot, self.query, self.seed, self.split = int(shot), int(query), int(seed), split
         self.way = 1
         # Points are drawn on the host (so every device sees the same tasks) and moved:

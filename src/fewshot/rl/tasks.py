@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..params import SAMPLER_OPTIONS, validate
 from .bandit import BernoulliBandit
 from .envs import EnvFamily, VectorEnv
 from .mdp import TabularMDP
@@ -76,11 +77,9 @@ class EnvTaskSampler:
         split = "train" if split is None else split
         if split not in SPLITS:
             raise ConfigError(f"{self.family.name} has no split '{split}'; its splits are: {', '.join(SPLITS)}")
-        for name, value in (("rollouts (shot)", shot), ("query rollouts", query)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        validate(self.family.name, {"rollouts": shot, "query rollouts": query, "seed": seed},
+                 {"rollouts": SAMPLER_OPTIONS["shot"], "query rollouts": SAMPLER_OPTIONS["query"],
+                  "seed": SAMPLER_OPTIONS["seed"]})
         self.shot, self.query, self.seed, self.split = int(shot), int(query), int(seed), split
         self.way = 1
 
