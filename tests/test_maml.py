@@ -321,6 +321,18 @@ def test_a_head_serves_fewer_ways_and_refuses_more():
     assert metasgd.adapt(ep.support_x, ep.support_y, 3)(ep.query_x).shape == (6, 3)
 
 
+def test_a_head_sized_on_a_guessed_shape_refuses_other_inputs_in_one_line():
+    # Built without image_shape, MAML sizes its head by a dry run on 1x28x28 input; a
+    # Conv-4 on 8x8 images gives other features, which must be a clear error, not a matmul's.
+    method = MAML(Conv4(1, width=4, depth=2).double(), way=3)
+    ep = episodes(1, way=3)[0]
+    for call in (lambda: method.loss([ep]), lambda: method.adapt(ep.support_x, ep.support_y, 3)):
+        with pytest.raises(ConfigError, match=r"dry run .* 1x28x28 input.*image_shape=\(1, 8, 8\)"):
+            call()
+    sized = MAML(Conv4(1, width=4, depth=2), way=3, image_shape=(1, 8, 8)).double()
+    assert sized.adapt(ep.support_x, ep.support_y, 3)(ep.query_x).shape == (6, 3)
+
+
 def test_determinism_for_a_fixed_seed():
     def train():
         method = build(MAML, seed=7, inner_steps=2)

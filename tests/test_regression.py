@@ -160,7 +160,7 @@ def test_reptile_inner_momentum_is_exactly_sgd_momentum():
     for name, p in method.named_parameters():
         torch.testing.assert_close(p.grad, theta[name] - adapted[name], rtol=1e-10, atol=1e-12)
     for bad in (1.0, -0.1, "0.9", True):
-        with pytest.raises(ConfigError, match="momentum must be a number in"):
+        with pytest.raises(ConfigError, match="momentum. must be a finite number in \\[0, 1\\)"):
             Reptile(sinusoid_mlp(), task="regression", momentum=bad)
 
 

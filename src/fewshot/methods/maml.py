@@ -69,7 +69,7 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy
-from ..params import Integer, Real, checked
+from ..params import Boolean, Integer, Real, checked, validate
 from ..models.functional import (FunctionalModule, TaskBatched, Unbatchable, check_batch_norm, keep_freed_memory,
                                  sgd_step, surrogate_loss)
 from .base import Method, Predictor
@@ -82,6 +82,8 @@ DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
 POSITIVE = Real(low=0, open_low=True)
+#: MAML's switches: true or false, never 0 or 1.
+FLAGS = dict.fromkeys(("first_order", "learn_inner_lr", "tune_allocator", "task_batching", "boil"), Boolean())
 
 
 @torch.no_grad()
@@ -154,10 +156,8 @@ class MAML(Method):
             raise ConfigError(f"{self.name} is first-order by definition; use maml for the second-order meta-gradient")
         if task not in TASKS:
             raise ConfigError(f"unknown {self.name} task '{task}'; choose one of: {', '.join(TASKS)}")
-        for flag, value in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
-                            ("tune_allocator", tune_allocator), ("task_batching", task_batching), ("boil", boil)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{self.name} {flag} must be true or false, got {value!r}")
+        validate(self.name, {"first_order": first_order, "learn_inner_lr": learn_inner_lr,
+                             "tune_allocator": tune_allocator, "task_batching": task_batching, "boil": boil}, FLAGS)
         self.way = checked(self.name, "way", way, Integer(low=1))
         self.inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
         self.inner_lr = checked(self.name, "inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr, POSITIVE)
@@ -176,9 +176,14 @@ class MAML(Method):
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.backbone = backbone
         self.head: nn.Linear | None = None
+        # Set when the head was sized by a dry run on a guessed input shape: inputs of any
+        # other shape are refused in one line (see _check_input), not by a matmul error.
+        self._guessed_shape: tuple[int, ...] | None = None
         if task == "classification":
             if in_features is None:
                 shape = self.image_shape or DEFAULT_IMAGE_SHAPE
+                if self.image_shape is None:
+                    self._guessed_shape = tuple(shape)
                 try:
                     in_features = _feature_dim(backbone, shape)
                 except ConfigError:
@@ -484,6 +489,7 @@ class MAML(Method):
         """
         if not episodes:
             raise ConfigError(f"{self.name}.loss needs at least one episode")
+        self._check_input(episodes[0].support_x)
         if self.tune_allocator:
             keep_freed_memory()
         meta = self._meta_params()
@@ -521,12 +527,20 @@ class MAML(Method):
         detached weights: nothing is kept between steps, or after the episode, but the
         fast weights the predictor closes over.
         """
+        self._check_input(support_x)
         with torch.enable_grad():
             start = self._start(way, detach=True)
             forward, sx, _, params = self._task_model(support_x, None, start, detach=True)
             fast = self._inner_loop(forward, params, sx, support_y, self._test_steps(), create_graph=False,
                                     detach=True)
         return self._predictor(fast)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if self._guessed_shape is not None and tuple(x.shape[1:]) != self._guessed_shape:
+            shape = "x".join(map(str, self._guessed_shape))
+            raise ConfigError(f"{self.name} sized its head by a dry run of the backbone on {shape} input, but it is "
+                              f"given {'x'.join(map(str, x.shape[1:]))} inputs; pass "
+                              f"image_shape={tuple(x.shape[1:])} (or in_features=N) when you build it")
 
     def _predictor(self, fast: dict) -> Predictor:
         return AdaptedPredictor(self, fast)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..params import Boolean, validate
 from ..models.functional import FunctionalModule, sgd_step, surrogate_loss
 from ..rl.policies import log_prob, sample
 from ..rl.rng import Generators
@@ -91,10 +92,9 @@ class MAMLRL(Method):
             raise ConfigError(f"maml-rl policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if backbone is None:
             raise ConfigError("maml-rl needs a policy network module (e.g. fewshot.models.MLP)")
-        for flag, value in (("first_order", first_order), ("baseline", baseline),
-                            ("normalize_advantages", normalize_advantages)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"maml-rl {flag} must be true or false, got {value!r}")
+        validate("maml-rl", {"first_order": first_order, "baseline": baseline,
+                             "normalize_advantages": normalize_advantages},
+                 dict.fromkeys(("first_order", "baseline", "normalize_advantages"), Boolean()))
         self.policy = policy
         self.inner_steps = _check("inner_steps", inner_steps, True)
         self.inner_lr = _check("inner_lr", inner_lr, False, strict=True)

@@ -42,7 +42,7 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.functional import FunctionalModule, norm_layers
-from ..params import Integer, checked
+from ..params import Boolean, Integer, OneOf, checked, validate
 from .maml import MAML, AdaptedPredictor
 
 TEST_BATCH_NORM = ("task", "per_step")
@@ -75,12 +75,9 @@ class MAMLpp(MAML):
                  task_batching: bool = True, task_chunk: int | None = None, boil: bool = False,
                  multi_step_loss: bool = True, msl_iterations: int = 7500, first_order_iterations: int = 25000,
                  per_step_bn: bool = True, test_batch_norm: str = "task"):
-        for flag, value in (("multi_step_loss", multi_step_loss), ("per_step_bn", per_step_bn)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"mamlpp {flag} must be true or false, got {value!r}")
-        if test_batch_norm not in TEST_BATCH_NORM:
-            raise ConfigError(f"unknown mamlpp test_batch_norm '{test_batch_norm}'; choose one of: "
-                              f"{', '.join(TEST_BATCH_NORM)}")
+        validate(self.name, {"multi_step_loss": multi_step_loss, "per_step_bn": per_step_bn,
+                             "test_batch_norm": test_batch_norm},
+                 {"multi_step_loss": Boolean(), "per_step_bn": Boolean(), "test_batch_norm": OneOf(*TEST_BATCH_NORM)})
         self.multi_step_loss, self.per_step_bn = multi_step_loss, per_step_bn
         self.msl_iterations = checked(self.name, "msl_iterations", msl_iterations, Integer(low=0))
         self.first_order_iterations = checked(self.name, "first_order_iterations", first_order_iterations, Integer(low=0))

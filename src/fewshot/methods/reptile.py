@@ -38,6 +38,7 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.functional import Unbatchable, keep_freed_memory, surrogate_loss
+from ..params import Boolean, Real, validate
 from .maml import DEFAULT_INNER_LR, MAML
 
 
@@ -56,10 +57,8 @@ class Reptile(MAML):
                  task: str = "classification", image_shape: Sequence[int] | None = None,
                  in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
                  task_batching: bool = True, task_chunk: int | None = None):
-        if not isinstance(use_query, bool):
-            raise ConfigError(f"reptile use_query must be true or false, got {use_query!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ConfigError(f"reptile momentum must be a number in [0, 1), got {momentum!r}")
+        validate("reptile", {"use_query": use_query, "momentum": momentum},
+                 {"use_query": Boolean(), "momentum": Real(low=0, high=1, open_high=True)})
         if inner_lr is None:
             inner_lr = DEFAULT_INNER_LR["regression"] if task == "regression" else 0.1
         super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
