@@ -196,6 +196,14 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
                                   "--sources", "digits", "-o", "steps=10", "--seed", "1", "--quiet"]),
                     "other settings", "seed")
 
+    # A damaged meta-dataset file is one line, whichever command opens it, and is left as it was.
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"not an SQLite file " * 64)
+    for command in (["select", "evaluate"], ["select", "build", "--tasks", "2", "--sources", "digits", "--quiet"]):
+        _one_line_error(capsys, main([*command, "--zoo", str(zoo.root), "--meta", str(damaged)]),
+                        "meta-dataset", "remove it")
+    assert damaged.read_bytes() == b"not an SQLite file " * 64
+
     # A user's task: a folder of class sub-folders (digits 5-7, 4 images each).
     from sklearn.datasets import load_digits
 
@@ -228,6 +236,7 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
                  "--verify", "1"]) == 0
     text = capsys.readouterr().out
     assert "cross-validation" in text and "2 verification(s)" in text
+    assert "90% interval" in text  # the calibrated interval is shown, not only in --json
     assert main(["select", "monitor", "--zoo", str(zoo.root), "--json"]) == 0
     monitor = json.loads(capsys.readouterr().out)
     assert len(monitor["verifications"]) == 2 and monitor["summary"]["verifications"] == 2

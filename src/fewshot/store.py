@@ -15,12 +15,12 @@ import platform
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, FewShotError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -61,6 +61,21 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
     return db
 
 
+@contextmanager
+def database_errors(action: str, remedy: str) -> Iterator[None]:
+    """Any failure of an SQLite file inside this block (read-only, damaged, locked too
+    long, a full disk, a damaged JSON column) as one :class:`~fewshot.errors.StoreError`:
+    "cannot ACTION (what went wrong); REMEDY", never a traceback. Used by every SQLite
+    file fewshot keeps. fewshot's own errors pass through unchanged."""
+    try:
+        yield
+    except FewShotError:
+        raise
+    except (sqlite3.Error, OSError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"cannot {action} ({first}); {remedy}") from None
+
+
 def runs_folder(runs: str | os.PathLike | None = None) -> Path:
     """The runs folder: ``runs``, else ``$FEWSHOT_RUNS``, else the user-level one (see the module docstring)."""
     if runs or os.environ.get("FEWSHOT_RUNS"):
@@ -93,16 +108,9 @@ class RunStore:
         with self._failures("open"):
             open_database(self.path, SCHEMA).close()
 
-    @contextmanager
-    def _failures(self, what: str) -> Iterator[None]:
-        """A store that cannot be opened or read (read-only, damaged, locked too long) is one
-        :class:`StoreError`, never a traceback."""
-        try:
-            yield
-        except (sqlite3.Error, OSError, ValueError) as e:
-            first = (str(e).splitlines() or [type(e).__name__])[0]
-            raise StoreError(f"cannot {what} the run store {self.path} ({first}); check that the folder is "
-                             "writable and the file undamaged, or choose another --runs") from None
+    def _failures(self, what: str) -> AbstractContextManager[None]:
+        return database_errors(f"{what} the run store {self.path}",
+                               "check that the folder is writable and the file undamaged, or choose another --runs")
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)

@@ -167,13 +167,17 @@ def cmd_select(args: argparse.Namespace) -> int:
     shot_text = f"{min(shots)}" if min(shots) == max(shots) else f"{min(shots)}-{max(shots)}"
     print(f"{way}-way task, {shot_text} images per class, from {args.support}: {model_count} models ranked by the "
           f"meta-learner (fitted on {out['meta_rows']} rows of {meta_name}; predicted query accuracy after "
-          f"{target}, ± its held-out RMSE for that model)")
-    print(f"{'rank':>4s}  {'model':32s} {'predicted':>10s} {'±':>6s}" + (f" {'measured':>9s}" if verified else ""))
+          f"{target}, ± its held-out RMSE for that model, and a calibrated interval)")
+    coverage = next((e["coverage"] for e in ranking if e.get("interval")), None)
+    interval_head = f"{coverage:.0%} interval" if coverage is not None else "interval"
+    print(f"{'rank':>4s}  {'model':32s} {'predicted':>10s} {'±':>6s} {interval_head:>15s}"
+          + (f" {'measured':>9s}" if verified else ""))
     for e in ranking:
         measured = (f" {e['measured_accuracy']:8.1f}%" if "measured_accuracy" in e
                     else " " * 10 if verified else "")
         unc = f"{e['uncertainty']:.1f}" if e["uncertainty"] is not None else "?"
-        print(f"{e['rank']:4d}  {e['model']:32s} {e['predicted_accuracy']:9.1f}% {unc:>6s}{measured}")
+        interval = f"{e['interval'][0]:.1f}-{e['interval'][1]:.1f}%" if e.get("interval") else "?"
+        print(f"{e['rank']:4d}  {e['model']:32s} {e['predicted_accuracy']:9.1f}% {unc:>6s} {interval:>15s}{measured}")
     print(f"selection took {out['selection_cpu_seconds']:.1f} CPU-s (meta-learner fit included); fine-tuning every "
           f"model on a task of the meta-dataset took {out['finetune_all_cpu_seconds_estimate']:.1f} CPU-s on average")
     if verified:

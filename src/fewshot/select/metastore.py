@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..store import connect, open_database
+from ..store import connect, database_errors, open_database
 from .index import Zoo
 from .measure import TARGETS
 
@@ -38,6 +39,10 @@ CREATE TABLE IF NOT EXISTS rows (
     UNIQUE (task, model)
 );
 """
+#: What to do when the meta-dataset's file cannot be used: its rows are a cache of work
+#: that a build recomputes, so a damaged file is safe to remove.
+_REMEDY = ("check that its folder is writable and has space; if the file is damaged, remove it and run "
+           "`fewshot select build` again (it recomputes every row)")
 _ROW_COLUMNS = ("task", "model", "grp", "model_sha256", "features", "accuracy_lp", "accuracy_ft", "cpu_features",
                 "cpu_scores", "cpu_lp", "cpu_ft", "worker", "created")
 
@@ -47,20 +52,28 @@ class MetaStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        open_database(self.path, SCHEMA).close()
+        with database_errors(f"open the meta-dataset {self.path}", _REMEDY):
+            open_database(self.path, SCHEMA).close()
 
-    def _connect(self) -> sqlite3.Connection:
-        return connect(self.path)
+    @contextmanager
+    def _connect(self, transaction: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (in one transaction if asked); any SQLite failure is a one-line StoreError."""
+        with database_errors(f"use the meta-dataset {self.path}", _REMEDY), closing(connect(self.path)) as db:
+            if transaction:
+                with db:
+                    yield db
+            else:
+                yield db
 
     def settings(self) -> dict | None:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             row = db.execute("SELECT value FROM settings WHERE key = 'build'").fetchone()
         return json.loads(row[0]) if row else None
 
     def claim_settings(self, settings: dict) -> None:
         """Store ``settings``, or check they are those the rows were built with."""
         text = json.dumps(settings, sort_keys=True)
-        with closing(self._connect()) as db, db:
+        with self._connect(transaction=True) as db:
             db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('build', ?)", (text,))
             stored = db.execute("SELECT value FROM settings WHERE key = 'build'").fetchone()[0]
         if json.loads(stored) != json.loads(text):
@@ -71,39 +84,39 @@ class MetaStore:
 
     def cached(self, key: str) -> Any:
         """A value stored with :meth:`cache` (None if absent)."""
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             row = db.execute("SELECT value FROM settings WHERE key = ?", (f"cache/{key}",)).fetchone()
         return json.loads(row[0]) if row else None
 
     def cache(self, key: str, value: Any) -> None:
-        with closing(self._connect()) as db, db:
+        with self._connect(transaction=True) as db:
             db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
                        (f"cache/{key}", json.dumps(value, sort_keys=True)))
 
     def insert(self, row: dict) -> bool:
         """Add one row unless its (task, model) is there already; True if added."""
         values = tuple(row.get(c) for c in _ROW_COLUMNS)
-        with closing(self._connect()) as db, db:
+        with self._connect(transaction=True) as db:
             cursor = db.execute(f"INSERT OR IGNORE INTO rows ({', '.join(_ROW_COLUMNS)}) "
                                 f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})", values)
             return cursor.rowcount == 1
 
     def done(self) -> dict[tuple[str, str], str]:
         """``{(task, model): model_sha256}`` of the rows present."""
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             return {(t, m): s for t, m, s in db.execute("SELECT task, model, model_sha256 FROM rows")}
 
     def delete(self, pairs: Iterable[tuple[str, str]]) -> None:
-        with closing(self._connect()) as db, db:
+        with self._connect(transaction=True) as db:
             db.executemany("DELETE FROM rows WHERE task = ? AND model = ?", list(pairs))
 
     def count(self) -> int:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
 
     def records(self, models: Sequence[str] | None = None) -> list[dict]:
         """Every stored row as a dict of its columns, ``features`` decoded."""
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             cursor = db.execute(f"SELECT {', '.join(_ROW_COLUMNS)} FROM rows ORDER BY task, model")
             out = [dict(zip(_ROW_COLUMNS, r)) for r in cursor]
         wanted = set(models) if models is not None else None
