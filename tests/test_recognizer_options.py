@@ -251,3 +251,14 @@ def test_evaluate_within_groups_without_groups_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "names no class groups" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_and_evaluate_flags_reach_the_config_and_sampler():
+    from fewshot.cli.flags import config_from_args
+    from fewshot.cli.main import build_parser
+
+    args, _ = build_parser().parse_known_args(["train", "protonet", "--augment", "shift", "--out", "unused"])
+    assert config_from_args(args).augment == "shift"
+    args, _ = build_parser().parse_known_args(["train", "protonet", "--out", "unused"])
+    assert config_from_args(args).augment == "none"
+    assert build_parser().parse_known_args(["evaluate", "run", "--within-groups"])[0].within_groups is True

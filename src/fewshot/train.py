@@ -6,6 +6,10 @@ state. Episodes are indexed by step (see :mod:`fewshot.data.episodes`) and the R
 state is saved, so a resumed run ends exactly where an uninterrupted one would. A run
 that fails before its first checkpoint leaves nothing behind.
 
+``config.augment`` changes the images of training episodes (never validation's) at
+random, from a stream seeded by the run's seed and the step
+(:func:`fewshot.data.augment.augment_batch`), so a resumed run stays the same run.
+
 Classification datasets are validated and scored by accuracy (higher is better);
 regression families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean
 squared error (lower is better), and their method is built with ``task="regression"``.
