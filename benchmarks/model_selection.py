@@ -206,7 +206,7 @@ def main() -> None:
     zoo_train = sum(float(m.get("train_cpu_seconds") or 0.0) for m in models)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": 1,
                "torch": torch.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-               "shared": "2 cores shared with about 7 other jobs; CPU seconds are this process's own"}
+               "shared": "2 cores shared with other benchmarks and tests; CPU seconds are this process's own"}
     out = {"benchmark": "model_selection", "command": " ".join(["python", *sys.argv]), "machine": machine,
            "wall_seconds": time.perf_counter() - start,
            "cpu_seconds": {"zoo": cpu_zoo, "meta_dataset": cpu_meta,
@@ -245,7 +245,7 @@ def main() -> None:
               + ".", "",
               f"CPU time: training the zoo took {zoo_train / 60:.1f} CPU-minutes (the models' own "
               f"train_cpu_seconds), the meta-dataset's rows {out['meta_dataset']['build_cpu_seconds_total'] / 60:.1f} "
-              f"CPU-minutes (their recorded costs; one process, niced, on 2 cores shared with about 7 other jobs), "
+              f"CPU-minutes (their recorded costs; one process, niced, on 2 cores shared with other benchmarks and tests), "
               f"and this run {'(analysis only) ' if args.analyse_only else ''}{cpu_total / 60:.1f} CPU-minutes "
               f"({out['wall_seconds'] / 60:.0f} min wall)."]
     (results_dir / "model_selection.md").write_text("\n".join(lines) + "\n")
