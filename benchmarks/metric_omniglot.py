@@ -27,7 +27,12 @@ Recipes: ``--config configs/relationnet-omniglot-5w1s.json --test 5x1 5x5 20x1``
 the training recipe in that file instead (exactly what ``fewshot train --config FILE``
 runs, with its own CPU budget, ``--cpu-minutes`` to override it), keeps its best
 validation checkpoint, and tests it on the listed ``WAYxSHOT`` suites (MANN also by
-instance number). Rows go to ``metric_recipes.{json,md}``, one per (config, test
+instance number). The data are the recipe's own (its ``dataset_options``: split scheme,
+image size, rotations, held-out alphabets). ``WAYxSHOT@alphabet`` draws every test
+episode within one alphabet (Lake et al.'s within-alphabet 20-way one-shot task, e.g.
+``--test 20x1@alphabet 20x1`` for the background -> evaluation recipe), and
+``--test-views 1 5`` tests a Prototypical Network with each number of test-time views.
+Rows go to ``metric_recipes.{json,md}``, one per (config, test
 setting), replacing that config's earlier rows and keeping the others'; each row has
 the learning curves (training loss and accuracy every 50 steps, validation accuracy)
 and the CPU time. Writes benchmarks/results/metric_omniglot.{json,md}
@@ -68,10 +73,21 @@ PUBLISHED = {
     # Snell et al. 2017, Table 1: the plain Prototypical Network, for reference (the normalised
     # variant has no published Omniglot figures).
     "protonet-normalize": {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0},
+    # Snell et al. 2017 (arXiv:1703.05175), Table 1, Vinyals split, rotations as classes.
+    "protonet": {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
     # No published Omniglot figures (TADAM reports mini-ImageNet and FC100; CNAPs Meta-Dataset).
     "taskcond": {},
 }
 MANN_BY_INSTANCE = {1: 36.4, 2: 82.8, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, Table 1
+# Lake et al.'s background -> evaluation division, 20-way 1-shot episodes within one alphabet,
+# no rotations: published accuracies (%) to compare with; not the same episodes (theirs:
+# 20 runs of 20 queries each), so they are comparisons, not intervals to fall in.
+WITHIN_ALPHABET_20W1S = {
+    # Lake, Salakhutdinov and Tenenbaum, Science 2015: 4.5 % (people) and 3.3 % (BPL) errors.
+    "people (Lake et al. 2015)": 95.5, "BPL (Lake et al. 2015)": 96.7,
+    # Koch, Zemel and Salakhutdinov, ICML Deep Learning Workshop 2015, Table 2 (same task).
+    "convolutional siamese net (Koch et al. 2015)": 92.0,
+}
 
 # name -> method, method options, and per model: (test shot, train shape, meta-batch, test ways)
 SETUPS = {
@@ -128,21 +144,38 @@ def run_setup(data, label: str, steps: int, minutes: float, episodes: int, val_e
     return rows
 
 
-def published_for(method: str, options: dict, way: int, shot: int) -> float | None:
+def published_for(method: str, options: dict, way: int, shot: int, scheme: str = "vinyals") -> float | None:
+    """The paper's figure on the Vinyals split; ``None`` on the background split, whose
+    published figures are comparisons (:data:`WITHIN_ALPHABET_20W1S`), not the method's own."""
+    if scheme != "vinyals":
+        return None
     return PUBLISHED.get("protonet-normalize" if method == "protonet" and options.get("normalize") else method,
                          {}).get((way, shot))
 
 
-def run_recipe(data, config_file: Path, tests: list[tuple[int, int]], cpu_minutes: float | None, episodes: int,
-               runs: Path, aggregates: tuple[str, ...] = ()) -> list[dict]:
+def parse_test(text: str) -> tuple[int, int, bool]:
+    """``WAYxSHOT`` or ``WAYxSHOT@alphabet`` (episodes within one alphabet) as ``(way, shot, within)``."""
+    suite, _, within = text.lower().partition("@")
+    if within not in ("", "alphabet"):
+        raise SystemExit(f"--test {text}: the only suffix is @alphabet (episodes within one alphabet)")
+    way, shot = (int(v) for v in suite.split("x"))
+    return way, shot, within == "alphabet"
+
+
+def run_recipe(data, config_file: Path, tests: list[tuple[int, int, bool]], cpu_minutes: float | None, episodes: int,
+               runs: Path, aggregates: tuple[str, ...] = (), views: tuple[int, ...] = ()) -> list[dict]:
     """Train the recipe ``config_file`` (resuming a stopped run) and test its best checkpoint;
-    a Relation Network also with each K-shot ``aggregates`` ("sum": the paper's) at more than one shot."""
+    a Relation Network also with each K-shot ``aggregates`` ("sum": the paper's) at more than one shot,
+    a Prototypical Network with each number of test-time ``views``."""
     overrides = {"cpu_minutes": cpu_minutes} if cpu_minutes is not None else {}
     config = TrainConfig.layered(config_file, **overrides)
+    scheme = config.dataset_options.get("split_scheme", "vinyals")
     run_dir = runs / config_file.stem
     Trainer(config, run_dir, dataset=data, runs=runs).run(resume=(run_dir / "state.json").exists())
     _, model, state = load_run(run_dir, "best")
-    training = {"config": config_file.as_posix(), "train_shape": list(config.train_shape),
+    training = {"config": config_file.as_posix(), "dataset_options": config.dataset_options,
+                "backbone": config.backbone, "backbone_options": config.backbone_options, "augment": config.augment,
+                "train_shape": list(config.train_shape),
                 "meta_batch": config.meta_batch, "optimizer": config.optimizer, "lr": config.lr,
                 "lr_step": config.lr_step, "cpu_minutes_budget": config.cpu_minutes, "steps_trained": state["step"],
                 "cpu_seconds": state["cpu_seconds"], "wall_seconds": state["seconds"],
@@ -150,23 +183,37 @@ def run_recipe(data, config_file: Path, tests: list[tuple[int, int]], cpu_minute
                 "val_curve": state["history"]["val"], "train_curve": state["history"]["train"]}
     rows = []
     own = getattr(model, "aggregate", None)
-    variants = [(way, shot, None) for way, shot in tests]
+    own_views = getattr(model, "test_views", None)
+    variants = [(way, shot, within, None, None) for way, shot, within in tests]
     if config.method == "relationnet":
-        variants += [(way, shot, a) for way, shot in tests for a in aggregates if shot > 1 and a != own]
-    for way, shot, aggregate in variants:
+        variants += [(way, shot, within, a, None) for way, shot, within in tests for a in aggregates
+                     if shot > 1 and a != own]
+    if config.method == "protonet":
+        variants += [(way, shot, within, None, v) for way, shot, within in tests for v in views if v != own_views]
+    for way, shot, within, aggregate, n_views in variants:
         start = time.process_time()
         if aggregate is not None:
             model.aggregate = aggregate  # the same weights, class features aggregated the other way
-        r = evaluate(model, EpisodeSampler(data, "test", way, shot, 15, seed=0), episodes,
-                     desc=f"{config_file.stem} {way}-way {shot}-shot")
+        if n_views is not None:
+            model.set_test_options(test_views=n_views)  # the same weights, embedded over n_views shifted views
+        r = evaluate(model, EpisodeSampler(data, "test", way, shot, 15, seed=0, within_groups=within), episodes,
+                     desc=f"{config_file.stem} {way}-way {shot}-shot{' within alphabets' if within else ''}")
         if aggregate is not None:
             model.aggregate = own
-        setting = f"{way}-way {shot}-shot" + (f", {aggregate} of K-shot features" if aggregate else "")
-        rows.append({"method": config.method, "config": config_file.stem, "options": config.method_options,
-                     "setting": setting, "way": way, "shot": shot, "accuracy": r.accuracy,
-                     "ci95": r.ci95, "episodes": r.episodes,
-                     "published": None if aggregate else published_for(config.method, config.method_options, way, shot),
-                     "eval_cpu_seconds": time.process_time() - start, "training": training})
+        if n_views is not None:
+            model.set_test_options(test_views=own_views)
+        setting = (f"{way}-way {shot}-shot" + (", within one alphabet" if within else "")
+                   + (f", {aggregate} of K-shot features" if aggregate else "")
+                   + (f", {n_views} test views" if n_views is not None else
+                      f", {own_views} test views" if own_views not in (None, 1) else ""))
+        published = None if aggregate else published_for(config.method, config.method_options, way, shot, scheme)
+        row = {"method": config.method, "config": config_file.stem, "options": config.method_options,
+               "setting": setting, "way": way, "shot": shot, "within_alphabet": within, "split_scheme": scheme,
+               "accuracy": r.accuracy, "ci95": r.ci95, "episodes": r.episodes, "published": published,
+               "eval_cpu_seconds": time.process_time() - start, "training": training}
+        if within and scheme == "background" and (way, shot) == (20, 1):
+            row["comparisons"] = dict(WITHIN_ALPHABET_20W1S)
+        rows.append(row)
     if config.method == "mann":
         start = time.process_time()
         by_instance = instance_accuracy(model, EpisodeSampler(data, "test", 5, 1, 10, seed=0), episodes)
@@ -177,14 +224,17 @@ def run_recipe(data, config_file: Path, tests: list[tuple[int, int]], cpu_minute
 
 
 def recipes_markdown(rows: list[dict]) -> str:
-    lines = ["Omniglot (Vinyals split, 28×28, rotations as classes), training recipes from `configs/`; "
-             "600 test episodes unless stated, 15 queries per class, mean ± 95% CI; best validation checkpoint "
-             "(val split). CPU time is the training process's own, one thread, on 2 cores shared with other jobs.",
+    lines = ["Omniglot, training recipes from `configs/` (Vinyals split, 28×28, rotations as classes, unless "
+             "the recipe's data below say otherwise); test split; 600 test episodes unless stated, 15 queries per "
+             "class, mean ± 95% CI; best validation checkpoint (val split). CPU time is the training process's "
+             "own, one thread, on 2 cores shared with other jobs.",
              "", "| config | method | setting | fewshot | published | in interval? | episodes | steps (best) | "
              "training CPU |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["training"]
         published = f"{r['published']} %" if r["published"] is not None else "—"
+        if r.get("comparisons"):
+            published = " / ".join(f"{name} {value} %" for name, value in r["comparisons"].items())
         inside = "—" if r["published"] is None else (
             "yes" if abs(r["accuracy"] - r["published"]) <= r["ci95"] else f"no ({r['accuracy'] - r['published']:+.1f})")
         lines.append(f"| `{t['config']}` | {r['method']} | {r['setting']} | {r['accuracy']:.1f} ± {r['ci95']:.1f} % | "
@@ -200,6 +250,11 @@ def recipes_markdown(rows: list[dict]) -> str:
                     lines.append(f"| {k} | {mine['accuracy']:.1f} ± {mine['ci95']:.1f} % | {published} % |")
             seq = r["by_instance"]["sequence"]
             lines.append(f"| all steps | {seq['accuracy']:.1f} ± {seq['ci95']:.1f} % | — |")
+    other_data = {r["training"]["config"]: r["training"] for r in rows if r["training"].get("dataset_options")}
+    if other_data:
+        lines += ["", "Recipes with their own data, backbone or augmentation:", ""]
+        lines += [f"- `{name}`: data {json.dumps(t['dataset_options'])}, {t['backbone']} "
+                  f"{json.dumps(t['backbone_options'])}, augment {t['augment']}" for name, t in other_data.items()]
     lines += ["", "Learning curves (validation accuracy, %, on the fixed val suite, by training step):", ""]
     seen = set()
     for r in rows:
@@ -214,15 +269,16 @@ def recipes_markdown(rows: list[dict]) -> str:
 
 
 def recipes_main(args: argparse.Namespace) -> None:
-    data = load_dataset("omniglot", split_scheme="vinyals")
+    config_file = Path(args.config)
+    tests = [parse_test(t) for t in args.test]
+    recipe = TrainConfig.layered(config_file)
+    data = load_dataset(recipe.dataset, **recipe.dataset_options)  # the recipe's own data (size, split, ...)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     path = results / "metric_recipes.json"
     old = json.loads(path.read_text()) if path.exists() else {"results": []}
-    config_file = Path(args.config)
-    tests = [tuple(int(v) for v in t.lower().split("x")) for t in args.test]
     rows = run_recipe(data, config_file, tests, args.cpu_minutes, args.episodes, Path(args.runs),
-                      tuple(args.aggregate or ()))
+                      tuple(args.aggregate or ()), tuple(args.test_views or ()))
     # Rows of other configs, and of this config's settings not tested now, are kept.
     new = {(r["config"], r["setting"]) for r in rows}
     everything = [r for r in old["results"] if (r["config"], r["setting"]) not in new] + rows
@@ -278,7 +334,11 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench")
     parser.add_argument("--results", default=str(RESULTS), help="folder for metric_omniglot.{json,md}")
     parser.add_argument("--config", help="a training recipe (JSON, keys of TrainConfig) to train and test instead")
-    parser.add_argument("--test", nargs="+", default=["5x1"], help="with --config: WAYxSHOT test suites")
+    parser.add_argument("--test", nargs="+", default=["5x1"],
+                        help="with --config: WAYxSHOT test suites; WAYxSHOT@alphabet: each episode within one alphabet")
+    parser.add_argument("--test-views", nargs="+", type=int,
+                        help="with --config of a Prototypical Network: also test the same weights with these numbers "
+                             "of test-time views (1: none)")
     parser.add_argument("--cpu-minutes", type=float, help="with --config: override the recipe's CPU budget")
     parser.add_argument("--aggregate", nargs="+", choices=["sum", "mean"],
                         help="with --config of a Relation Network: also test the same weights with these K-shot "

@@ -181,7 +181,8 @@ def test_methods_lists_every_registered_method_with_its_options(capsys):
     assert set(described) == set(METHODS)
     assert described["protonet"]["options"] == {
         "distance": {"default": "euclidean", "required": False, "type": "str"},
-        "normalize": {"default": False, "required": False, "type": "bool"}}
+        "normalize": {"default": False, "required": False, "type": "bool"},
+        "test_views": {"default": 1, "required": False, "type": "int"}}
     assert described["pixel-ncm"]["options"] == {} and not described["pixel-ncm"]["learns_across_tasks"]
     maml = inspect.signature(METHODS["maml"].__init__).parameters
     assert described["maml"]["options"]["inner_steps"]["default"] == maml["inner_steps"].default

@@ -31,7 +31,7 @@ CONSTRAINTS = {
     "lr_step": Integer(low=0), "lr_gamma": Real(low=0, open_low=True, high=1), "val_every": _COUNT,
     "val_episodes": _COUNT, "checkpoint_every": _COUNT, "seed": Integer(low=0, high=MAX_SEED),
     "cpu_minutes": Optional(Real(low=0, open_low=True)),
-    "lr_schedule": OneOf("step", "cosine"), "lr_min": Real(low=0),
+    "lr_schedule": OneOf("step", "cosine"), "lr_min": Real(low=0), "augment": OneOf("none", "shift", "affine"),
     "device": Text(), "precision": OneOf(*PRECISIONS), "tf32": Boolean(), "deterministic": Boolean(),
 }
 
@@ -100,6 +100,10 @@ class TrainConfig:
     # lr_min over `episodes` steps (MAML++'s annealing, Antoniou et al. 2019, arXiv:1810.09502).
     lr_schedule: str = "step"
     lr_min: float = 0.0
+    # Training episodes' images changed at random, seeded by the step (fewshot.data.augment):
+    # "shift" (whole-pixel translations) or "affine" (Koch et al. 2015's distortions);
+    # validation and test episodes never are.
+    augment: str = "none"
     device: str = "auto"
     precision: str = "fp32"
     tf32: bool = True

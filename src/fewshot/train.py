@@ -6,6 +6,10 @@ state. Episodes are indexed by step (see :mod:`fewshot.data.episodes`) and the R
 state is saved, so a resumed run ends exactly where an uninterrupted one would. A run
 that fails before its first checkpoint leaves nothing behind.
 
+``config.augment`` changes the images of training episodes (never validation's) at
+random, from a stream seeded by the run's seed and the step
+(:func:`fewshot.data.augment.augment_batch`), so a resumed run stays the same run.
+
 Classification datasets are validated and scored by accuracy (higher is better);
 regression families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean
 squared error (lower is better), and their method is built with ``task="regression"``.
@@ -39,6 +43,7 @@ from . import __version__, devices
 from .calibration import calibrate, calibration_sampler
 from .config import TrainConfig
 from .data import IN_MEMORY, ClassDataset, load_dataset, load_source
+from .data.augment import augment_batch, augmentable
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
 from .errors import CheckpointError, ConfigError, DataError, FewShotError, StoreError, TrainingError
@@ -193,6 +198,9 @@ class Trainer:
             self.val_sampler = make_sampler(name, self.dataset, config.val_split, val_way, config.shot,
                                             config.query, seed=config.seed + 1, device=self.device)
         self.input_shape = input_shape(name, self.dataset)
+        if config.augment != "none" and (self.dataset is None or not augmentable(self.input_shape)):
+            raise ConfigError(f"augment '{config.augment}' changes images of at least 8x8 pixels; {name} has "
+                              f"inputs of shape {tuple(self.input_shape)}: use augment 'none'")
         classes = self.dataset.split_classes(config.train_split) if self.dataset is not None else None
         self.method = build_model(config, self.input_shape, classes, backbone=backbone).to(self.device)
         if not self.method.learns_across_tasks:
@@ -490,7 +498,9 @@ class Trainer:
     def _step(self, step: int, out_of_budget: bool) -> tuple[float, float, bool]:
         """One meta-update; returns the meta-batch's mean loss and accuracy and whether
         (on the main process's clock) the CPU budget is spent, agreed by every process."""
-        episodes = self.sampler.batch(step, self.config.meta_batch)
+        # Training episodes only, seeded by the step: a resumed run changes them as the first did.
+        episodes = augment_batch(self.sampler.batch(step, self.config.meta_batch), self.config.augment,
+                                 self.config.seed, step)
         mine = episodes[self.dist.rank :: self.dist.world_size]
         self.optimizer.zero_grad(set_to_none=True)
         # Float64 statistics, kept on the host: they are four numbers (MPS has no float64).

@@ -117,7 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     way, shot, query = (default if given is None else given for given, default in
                         ((args.way, 5), (args.shot, 1), (args.query, 15)))
     seed = 0 if args.seed is None else args.seed
-    sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=seed)
+    sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=seed,
+                           within_groups=args.within_groups)
     device = resolve_device(args)
     start_cpu = time.process_time()
     result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=device,
@@ -127,14 +128,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split,
                           seed=seed, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
-                          config={"dataset_options": data_options, "weights": args.weights})
+                          config={"dataset_options": data_options, "weights": args.weights,
+                                  **({"within_groups": True} if args.within_groups else {})})
     except StoreError as e:  # the result is printed all the same
         record_error = str(e)
     if args.json:
         print(json.dumps({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
+                          **({"within_groups": True} if args.within_groups else {}),
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
-        print(result.summary())
+        print(result.summary() + ("; each episode within one group" if args.within_groups else ""))
     say_device(args, device)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
 
@@ -293,6 +296,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-order", action="store_true", help="MAML: first-order meta-gradient (FOMAML)")
     g.add_argument("--episodes", type=int, help="meta-training steps (default 2000)")
     g.add_argument("--meta-batch", type=int, help="episodes per step (default 1)")
+    g.add_argument("--augment", choices=["none", "shift", "affine"],
+                   help="change training episodes' images at random: whole-pixel shifts, or small affine "
+                        "distortions (default none; never validation or test)")
     g.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"], help="outer-loop optimiser (default adam)")
     g.add_argument("--momentum", type=float, help="momentum of --optimizer sgd or rmsprop (default 0.9; 0 for plain SGD)")
     g.add_argument("--lr", type=float, help="outer learning rate (default 1e-3)")
@@ -317,6 +323,9 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     add_episode_flags(p, train=False)
     p.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
+    p.add_argument("--within-groups", action="store_true",
+                   help="draw each episode's classes from one group of the dataset (omniglot: one alphabet, "
+                        "Lake et al.'s within-alphabet episodes)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
     p.add_argument("--adapt-steps", dest="inner_steps", type=int,

@@ -212,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
         **{name: flag(name) for name in (
             "way", "shot", "query", "train_way", "train_shot", "train_query", "episodes", "meta_batch", "optimizer",
             "lr", "lr_step", "momentum", "val_every", "val_episodes", "checkpoint_every", "seed", "train_split",
-            "cpu_minutes", "device", "precision", "tf32", "deterministic")},
+            "cpu_minutes", "device", "precision", "tf32", "deterministic", "augment")},
         val_split=None if no_val else flag("val_split"))
     if no_val:  # layered() skips None: it cannot override the default
         config = TrainConfig.from_dict({**config.to_dict(), "val_split": None})

@@ -25,6 +25,10 @@ class ClassDataset:
 
     ``splits`` maps a split name (``train``, ``val``, ``test`` ...) to the class ids it
     holds; few-shot splits divide classes, never the images of a class.
+
+    ``class_groups``, when given, names a group for every class (Omniglot: its
+    alphabet), so that episodes can be drawn within one group
+    (:class:`~fewshot.data.episodes.EpisodeSampler`'s ``within_groups``).
     """
 
     name: str
@@ -36,6 +40,8 @@ class ClassDataset:
     #: How to load it again: ``{"name": ..., "options": {...}}`` when it was loaded by
     #: name (:func:`fewshot.data.load_dataset` sets it); ``None`` for data built in memory.
     origin: dict | None = None
+    #: One group name per class (e.g. Omniglot's alphabets), or ``None`` when the data has none.
+    class_groups: list[str] | None = None
     #: ``images`` copied to other devices, once each (see :meth:`images_on`).
     _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -57,6 +63,11 @@ class ClassDataset:
         if len(self.labels) > 1 and bool((self.labels[1:] < self.labels[:-1]).any()):
             order = torch.argsort(self.labels, stable=True)
             self.images, self.labels = self.images[order], self.labels[order]
+        if self.class_groups is not None:
+            self.class_groups = [str(g) for g in self.class_groups]
+            if len(self.class_groups) != n_classes:
+                raise DataError(f"{self.name}: {n_classes} classes but {len(self.class_groups)} class groups; "
+                                "give one group per class")
         counts = torch.bincount(self.labels, minlength=n_classes)
         self.class_counts = counts.numpy().astype(np.int64)
         self.class_offsets = np.concatenate([[0], np.cumsum(self.class_counts)[:-1]]).astype(np.int64)

@@ -10,6 +10,14 @@ episodes on that device from the dataset's one copy there
 (:meth:`~fewshot.data.base.ClassDataset.images_on`): only the few image indices of an
 episode cross from the host, never images. The indices are drawn on the host by
 NumPy's generator, so episode ``i`` is the same on every device.
+
+**Within one group.** With ``within_groups=True`` every episode's classes come from one
+group of the dataset's ``class_groups`` (Omniglot: one alphabet), as in Lake et al.'s
+20-way within-alphabet one-shot classification (Lake, Salakhutdinov and Tenenbaum,
+Science 2015; no arXiv version): episode ``i`` first picks a group, uniformly among
+the groups of the split with at least ``way`` classes, from the same ``(seed, i)``
+generator, then ``way`` classes of it. Episodes across groups (the default) are drawn
+exactly as before.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ class EpisodeSampler:
     kind = "classification"
 
     def __init__(self, dataset: ClassDataset, split: str | None, way: int, shot: int, query: int, seed: int = 0,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, within_groups: bool = False):
         for name, value in (("way", way), ("shot", shot), ("query", query)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -73,6 +81,10 @@ class EpisodeSampler:
                 f"class '{dataset.class_names[small]}' of {dataset.name} has {int(counts.min())} images; "
                 f"{shot}-shot {query}-query needs {need}"
             )
+        if not isinstance(within_groups, (bool, np.bool_)):
+            raise ConfigError(f"within_groups must be true or false, got {within_groups!r}")
+        self.within_groups = bool(within_groups)
+        self._groups = self._group_positions(split_name) if self.within_groups else []
         self._counts = counts
         self._offsets = dataset.class_offsets[self.classes]
         self._positions = np.arange(int(counts.max()))
@@ -82,21 +94,46 @@ class EpisodeSampler:
         self._support_y = torch.arange(self.way, device=self.device).repeat_interleave(self.shot)
         self._query_y = torch.arange(self.way, device=self.device).repeat_interleave(self.query)
 
+    def _group_positions(self, split_name: str) -> list[np.ndarray]:
+        """Positions in ``self.classes`` of each group with at least ``way`` classes, groups
+        in sorted order (so the list, and the episodes, do not depend on class order)."""
+        groups = self.dataset.class_groups
+        if groups is None:
+            raise DataError(f"{self.dataset.name} names no class groups, so episodes cannot be drawn within one "
+                            "group; drop --within-groups (omniglot's groups are its alphabets)")
+        members: dict[str, list[int]] = {}
+        for position, class_id in enumerate(self.classes.tolist()):
+            members.setdefault(groups[class_id], []).append(position)
+        usable = [np.asarray(members[g], dtype=np.int64) for g in sorted(members) if len(members[g]) >= self.way]
+        if not usable:
+            largest = max(members, key=lambda g: len(members[g]))
+            raise DataError(f"{self.way}-way episodes within one group need a group of {self.way} classes, but the "
+                            f"largest group of {self.dataset.name} split '{split_name}', '{largest}', has "
+                            f"{len(members[largest])}; use --way {len(members[largest])} or fewer")
+        return usable
+
     def __repr__(self) -> str:
+        within = ", within groups" if self.within_groups else ""
         return (f"EpisodeSampler({self.dataset.name}/{self.split or 'all'}, {self.way}-way {self.shot}-shot "
-                f"{self.query}-query, seed={self.seed}{'' if self.device.type == 'cpu' else f', device={self.device}'})")
+                f"{self.query}-query{within}, seed={self.seed}"
+                f"{'' if self.device.type == 'cpu' else f', device={self.device}'})")
 
     def on(self, device: torch.device | str | None) -> "EpisodeSampler":
         """This sampler on ``device``: the same episodes, gathered there."""
         device = torch.device("cpu") if device is None else torch.device(device)
         if device == self.device:
             return self
-        return EpisodeSampler(self.dataset, self.split, self.way, self.shot, self.query, self.seed, device=device)
+        return EpisodeSampler(self.dataset, self.split, self.way, self.shot, self.query, self.seed, device=device,
+                              within_groups=self.within_groups)
 
     def indices(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The chosen split positions ``(way,)`` and image indices ``(way, shot + query)`` of episode ``i``."""
         rng = np.random.default_rng((self.seed, int(i)))
-        chosen = rng.choice(len(self.classes), self.way, replace=False)
+        if self.within_groups:
+            group = self._groups[int(rng.integers(len(self._groups)))]
+            chosen = group[rng.choice(len(group), self.way, replace=False)]
+        else:
+            chosen = rng.choice(len(self.classes), self.way, replace=False)
         counts = self._counts[chosen]
         # A random key per image, +inf past each class's end: sorting the keys gives a
         # uniform random subset of every class in one vectorised call.

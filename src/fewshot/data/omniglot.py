@@ -12,10 +12,20 @@ Splits:
   Vinyals et al. (2016), 1028 / 172 / 423 / 1200 characters (four times as many classes
   with rotations). This is the split of most few-shot papers.
 * ``background``: the 30 background alphabets to ``train``, the 20 evaluation
-  alphabets to ``test`` (Lake et al.'s own division).
+  alphabets to ``test`` (Lake et al.'s own division). It has no ``val`` split unless
+  ``val_alphabets=N`` holds N background alphabets out as one: evenly spaced in sorted
+  order (a fixed choice, recorded in ``info``), trained on by no one.
 
 With ``rotations=True`` (the default, as in the papers) each character rotated by 0, 90,
-180 and 270 degrees counts as a class of its own.
+180 and 270 degrees counts as a class of its own. ``held_out_rotations=False`` keeps
+those rotated classes for training only: the ``val`` and ``test`` splits then hold the
+upright characters alone, as in Lake et al.'s one-shot protocol, which has no
+rotations (Lake, Salakhutdinov and Tenenbaum, Science 2015, "Human-level concept
+learning through probabilistic program induction"; no arXiv version).
+
+Every class belongs to its alphabet (``class_groups``), so episodes can be drawn within
+one alphabet (``EpisodeSampler(..., within_groups=True)``): Lake et al.'s 20-way
+within-alphabet one-shot classification.
 """
 
 from __future__ import annotations
@@ -52,12 +62,16 @@ _IMAGE_PATH = re.compile(r"^(images_background|images_evaluation)/([^/]+)/(chara
 
 
 def load_omniglot(root: str | Path | None = None, *, image_size: int = 28, rotations: bool = True,
-                  split_scheme: str = "vinyals") -> ClassDataset:
+                  split_scheme: str = "vinyals", val_alphabets: int = 0,
+                  held_out_rotations: bool = True) -> ClassDataset:
     """Load Omniglot as a :class:`ClassDataset` (see the module docstring for the options)."""
     if split_scheme not in SPLIT_SCHEMES:
         raise ConfigError(f"unknown Omniglot split scheme '{split_scheme}'; choose one of {', '.join(SPLIT_SCHEMES)}")
     if not 4 <= int(image_size) <= 105:
         raise ConfigError(f"Omniglot image size must be between 4 and 105 pixels, got {image_size}")
+    if val_alphabets and split_scheme != "background":
+        raise ConfigError(f"val_alphabets holds background alphabets out of the 'background' split scheme; "
+                          f"the '{split_scheme}' scheme has its own val split: drop val_alphabets")
     folder = data_root(root) / "omniglot"
     sources = _sources(folder)
     images, labels, names, sets = _decoded(sources, int(image_size), cache_dir(folder.parent))
@@ -66,7 +80,30 @@ def load_omniglot(root: str | Path | None = None, *, image_size: int = 28, rotat
         sets = [s for s in sets for _ in ROTATIONS]
     splits = _splits(folder, names, sets, split_scheme, rotations)
     info = {"source": str(folder), "rotations": rotations, "split_scheme": split_scheme}
-    return ClassDataset("omniglot", images, labels, names, splits, info)
+    if val_alphabets:
+        splits, info["val_alphabets"] = _hold_out_alphabets(names, splits, int(val_alphabets))
+    if rotations and not held_out_rotations:
+        # Rotated copies stay training classes; held-out splits keep the upright characters.
+        splits = {split: [c for c in classes if names[c].endswith("/rot000")] if split in ("val", "test") else classes
+                  for split, classes in splits.items()}
+        info["held_out_rotations"] = False
+    groups = [name.split("/", 1)[0] for name in names]  # "Alphabet/characterNN[/rotDDD]": the alphabet
+    return ClassDataset("omniglot", images, labels, names, splits, info, class_groups=groups)
+
+
+def _hold_out_alphabets(names: list[str], splits: dict[str, list[int]], count: int):
+    """``splits`` with ``count`` of the training alphabets moved to a ``val`` split, and their names.
+
+    Evenly spaced in sorted order rather than random: the choice is the same on every
+    machine and for every seed, and spread over the alphabet list."""
+    alphabets = sorted({names[c].split("/", 1)[0] for c in splits["train"]})
+    if not 1 <= count < len(alphabets):
+        raise ConfigError(f"val_alphabets must be between 1 and {len(alphabets) - 1} (the background set has "
+                          f"{len(alphabets)} alphabets), got {count}")
+    held = {alphabets[int((i + 0.5) * len(alphabets) / count)] for i in range(count)}
+    train = [c for c in splits["train"] if names[c].split("/", 1)[0] not in held]
+    val = [c for c in splits["train"] if names[c].split("/", 1)[0] in held]
+    return {**splits, "train": train, "val": val}, sorted(held)
 
 
 def _sources(folder: Path) -> list[Path]:

@@ -94,14 +94,18 @@ def backbone_defaults(name: str, backbone: str) -> dict:
 
 
 def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: int, shot: int, query: int,
-                 seed: int = 0, device=None) -> Sampler:
+                 seed: int = 0, device=None, within_groups: bool = False) -> Sampler:
     """The sampler of ``split`` of dataset ``name``: episode ``i`` of it depends only on
     these arguments and ``i``. ``data`` is the loaded class dataset (``None`` for a
     family); ``way`` is ignored by a regression family (its episodes are single tasks).
-    ``device``: where its episodes are made (default the CPU); the same episodes on any."""
+    ``device``: where its episodes are made (default the CPU); the same episodes on any.
+    ``within_groups``: every episode's classes from one of the dataset's class groups
+    (Omniglot: one alphabet; see :class:`~fewshot.data.episodes.EpisodeSampler`)."""
     # Samplers derive seeds from this one (validation adds 1): room above the largest user seed.
     if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= 2 * MAX_SEED + 1:
         raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    if name in TASK_FAMILIES and within_groups:
+        raise ConfigError(f"'{name}' is a generated task family: it has no class groups to draw episodes within")
     if name in TASK_FAMILIES:
         family = TASK_FAMILIES[name]
         if family.kind == "reinforcement":  # rollouts are simulated on the host
@@ -111,7 +115,7 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
         return family(shot, query, seed, split=split, device=device)
     if data is None:
         raise ConfigError(f"dataset '{name}' must be loaded to sample episodes from it")
-    return EpisodeSampler(data, split, way, shot, query, seed=seed, device=device)
+    return EpisodeSampler(data, split, way, shot, query, seed=seed, device=device, within_groups=within_groups)
 
 
 __all__ = ["Sampler", "TASK_FAMILIES", "backbone_defaults", "check_family_options", "default_backbone", "input_shape",

@@ -12,6 +12,14 @@ base-class mean, which a meta-learner does not keep) and then L2-normalised;
 prototypes are the means of the normalised support features. The logits are scaled by
 a learned temperature (Oreshkin et al., 2018, TADAM's metric scaling): ``-α ||q - p||²``
 from α = 10 with the Euclidean distance, ``α cos(q, p)`` with the cosine one.
+
+``test_views=V`` (test-time augmentation; 1, the default, is the plain method) embeds
+every support and query image at test time as V fixed, slightly shifted copies
+(:func:`fewshot.data.augment.shifted_views`: the image itself, then shifts right,
+left, down, up, ...) and averages the V embeddings, so prototypes and queries are
+less sensitive to where a character sits in its frame. The views are the same for
+every image and every episode (nothing random), and training is unchanged. It can be
+set at test time too (``fewshot evaluate RUN -o test_views=5``).
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.augment import MAX_VIEWS, augmentable, shifted_views
 from ..data.episodes import Episode
-from ..params import Boolean, OneOf, validate
+from ..errors import ConfigError
+from ..params import Boolean, Integer, OneOf, validate
 from .base import Method, Predictor, class_means
 
 DISTANCES = ("euclidean", "cosine")
-OPTIONS = {"distance": OneOf(*DISTANCES), "normalize": Boolean()}
+OPTIONS = {"distance": OneOf(*DISTANCES), "normalize": Boolean(), "test_views": Integer(low=1, high=MAX_VIEWS)}
 
 
 def prototype_logits(query: torch.Tensor, prototypes: torch.Tensor, distance: str, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -49,19 +59,42 @@ class ProtoNet(Method):
     """Prototypical Networks. ``distance`` is ``"euclidean"`` (squared, the paper's
     choice) or ``"cosine"`` with a learned temperature (initialised at 10).
     ``normalize=True`` centres and L2-normalises the features (SimpleShot's CL2N) and
-    learns a temperature for either distance (see the module docstring)."""
+    learns a temperature for either distance (see the module docstring).
+    ``test_views`` > 1 averages the embeddings of that many shifted views of each image
+    at test time (the module docstring)."""
 
     name = "protonet"
 
-    def __init__(self, backbone: nn.Module, distance: str = "euclidean", normalize: bool = False):
+    def __init__(self, backbone: nn.Module, distance: str = "euclidean", normalize: bool = False,
+                 test_views: int = 1):
         super().__init__(backbone)
-        validate(self.name, {"distance": distance, "normalize": normalize}, OPTIONS)
-        self.distance, self.normalize = distance, normalize
+        validate(self.name, {"distance": distance, "normalize": normalize, "test_views": test_views}, OPTIONS)
+        self.distance, self.normalize, self.test_views = distance, normalize, int(test_views)
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" or normalize else None
 
     def options(self) -> dict:
-        # normalize is saved only when set, so the options of existing runs are unchanged.
-        return {"distance": self.distance, **({"normalize": True} if self.normalize else {})}
+        # normalize and test_views are saved only when set, so the options of existing runs are unchanged.
+        return {"distance": self.distance, **({"normalize": True} if self.normalize else {}),
+                **({"test_views": self.test_views} if self.test_views != 1 else {})}
+
+    def set_test_options(self, test_views: int | None = None, **options) -> None:
+        """Test-time ``test_views`` (see the module docstring)."""
+        if options:
+            raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}; "
+                              "it takes test_views")
+        if test_views is not None:
+            validate(self.name, {"test_views": test_views}, OPTIONS)
+            self.test_views = int(test_views)
+
+    def _embed(self, x: torch.Tensor, views: int) -> torch.Tensor:
+        """Test-time embeddings: of ``x`` itself, or the mean over its ``views`` shifted views."""
+        if views == 1:
+            return self.backbone(x)
+        if not augmentable(tuple(x.shape[1:])):
+            raise ConfigError(f"test_views shifts images of at least 8x8 pixels; these inputs are "
+                              f"{tuple(x.shape[1:])}: use test_views=1")
+        features = self.backbone(shifted_views(x, views))  # one forward pass over every view
+        return features.reshape(views, len(x), -1).mean(0)
 
     def _classify(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
         if not self.normalize:
@@ -80,9 +113,10 @@ class ProtoNet(Method):
         return self._classify(features[:n], episode.support_y, features[n:], episode.way)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
-        support = self.backbone(support_x)
+        views = self.test_views  # fixed now: support and queries are embedded alike
+        support = self._embed(support_x, views)
         if self.normalize:
-            return lambda query_x: self._classify(support, support_y, self.backbone(query_x), way)
+            return lambda query_x: self._classify(support, support_y, self._embed(query_x, views), way)
         prototypes = class_means(support, support_y, way)
         scale = self.scale if self.scale is not None else 1.0
-        return lambda query_x: prototype_logits(self.backbone(query_x), prototypes, self.distance, scale)
+        return lambda query_x: prototype_logits(self._embed(query_x, views), prototypes, self.distance, scale)
