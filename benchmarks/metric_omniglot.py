@@ -66,7 +66,7 @@ PUBLISHED = {
     # Vinyals et al. 2016, Table 1, "Matching Nets (Ours)", cosine, no fine-tuning.
     "matchingnet": {(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8},
     # Sung et al. 2018, Table 1.
-    "relationnet": {(5, 1): 99.6, (5, 5): 99.8, (20, 1): 97.6},
+    "relationnet": {(5, 1): 99.6, (5, 5): 99.8, (20, 1): 97.6, (20, 5): 99.1},
     # Santoro et al. 2016, Table 1 (MANN, one-hot labels), by instance: the 2nd presentation
     # (after one example of the class) and the 5th (after four).
     "mann": {(5, 1): 82.8, (5, 5): 94.9},
