@@ -65,8 +65,9 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
 def database_errors(action: str, remedy: str) -> Iterator[None]:
     """Any failure of an SQLite file inside this block (read-only, damaged, locked too
     long, a full disk, a damaged JSON column) as one :class:`~fewshot.errors.StoreError`:
-    "cannot ACTION (what went wrong); REMEDY", never a traceback. Used by every SQLite
-    file fewshot keeps. fewshot's own errors pass through unchanged."""
+    "cannot ACTION (what went wrong); REMEDY", never a traceback. Used by the run store
+    and the meta-dataset's store (the tuning study's file is Optuna's, guarded in
+    :mod:`fewshot.tune`). fewshot's own errors pass through unchanged."""
     try:
         yield
     except FewShotError:
