@@ -148,12 +148,12 @@ class _BatchNormBackward(torch.autograd.Function):
     ``G_x = -(w r² / M) (t x̂ + (Σ A x̂) P(g) + (Σ g x̂) P(A)) + α r P(g)`` with
     ``t = Σ A P(g)``.
 
-    Second-order MAML spends a fifth of its time here, all of it memory-bound, so the
+    Second-order MAML spent a fifth of its time here, all of it memory-bound, so the
     code never forms x̂, P(g) or P(A): both results are per-channel linear combinations
     of the centred input x - μ, g and A (plus a per-channel constant), whose
-    coefficients come from five per-channel sums. That is one pass to centre, eight to
-    reduce and five to combine, against about twenty-five when each term is a tensor.
-    Centring first keeps the sums as accurate as x̂'s were.
+    coefficients come from five per-channel sums. That is one pass to centre, five
+    reductions and five passes to combine, against about twenty-five passes when each
+    term is a tensor. Centring first keeps the sums as accurate as x̂'s were.
     """
 
     @staticmethod
