@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from fewshot.io import load_tensors, save_tensors
+
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).resolve()
 
@@ -147,8 +149,8 @@ def child(args) -> None:
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
         if i == 0:
-            torch.save(torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
-                                  for p in model.parameters()]), args.grad_out)
+            save_tensors(args.grad_out, {"grad": torch.cat([p.grad.reshape(-1) if p.grad is not None
+                                                            else torch.zeros(p.numel()) for p in model.parameters()])})
     # Iteration 0 is warm-up (oneDNN primitive caches, allocator growth): not timed.
     print(json.dumps({"variant": args.variant, "walls": walls[1:], "cpus": cpus[1:],
                       "peak_above_start_mb": peak_rss_mb() - rss0}))
@@ -156,16 +158,31 @@ def child(args) -> None:
 
 # -- the driver --------------------------------------------------------------------------
 
+EPISODE_TENSORS = ("support_x", "support_y", "query_x", "query_y")
+
+
 def save_batches(batches: list, path: Path) -> None:
-    """Meta-batches as plain tensors and ints (read back with ``weights_only=True``)."""
-    torch.save([[(e.support_x, e.support_y, e.query_x, e.query_y, e.way, e.shot) for e in batch]
-                for batch in batches], path)
+    """Meta-batches as one safetensors file: ``"b.e.field"`` per episode tensor, way and
+    shot as one-element tensors (the child processes read it back; nothing is pickled)."""
+    tensors = {}
+    for b, batch in enumerate(batches):
+        for e, episode in enumerate(batch):
+            for field in EPISODE_TENSORS:
+                tensors[f"{b}.{e}.{field}"] = getattr(episode, field)
+            tensors[f"{b}.{e}.way_shot"] = torch.tensor([episode.way, episode.shot])
+    save_tensors(path, tensors)
 
 
 def load_batches(path) -> list:
     from fewshot.data.episodes import Episode
 
-    return [[Episode(*fields) for fields in batch] for batch in torch.load(path, weights_only=True)]
+    tensors = load_tensors(path)
+    shape = sorted({tuple(int(i) for i in key.split(".")[:2]) for key in tensors})
+    batches: list[list] = [[] for _ in range(1 + max(b for b, _ in shape))]
+    for b, e in shape:
+        way, shot = (int(v) for v in tensors[f"{b}.{e}.way_shot"])
+        batches[b].append(Episode(*(tensors[f"{b}.{e}.{field}"] for field in EPISODE_TENSORS), way, shot))
+    return batches
 
 
 def random_batches(way: int, query: int, meta_batch: int, count: int, seed: int = 0) -> list:
@@ -275,15 +292,15 @@ def main() -> None:
         for name in chosen:
             way, query, steps = SETTINGS[name]
             batches = sample_batches(data, way, query, args.meta_batch, args.iterations + 1)
-            path = tmp / "batches.pt"
+            path = tmp / "batches.safetensors"
             save_batches(batches, path)
             flops = count_flops(batches[0], steps, args.inner_lr)
             runs: dict[str, list[dict]] = {}
             for _ in range(args.rounds):
                 for variant in VARIANTS:
-                    runs.setdefault(variant, []).append(run_child(variant, steps, path, tmp / f"{variant}.pt", args))
+                    runs.setdefault(variant, []).append(run_child(variant, steps, path, tmp / f"{variant}.safetensors", args))
             matmul = statistics.median(g for r in runs.pop("matmul") if "error" not in r for g in r["gflops"])
-            reference_grad = torch.load(tmp / "reference.pt", weights_only=True)
+            reference_grad = load_tensors(tmp / "reference.safetensors")["grad"]
             rows = {}
             for variant, got in runs.items():
                 if any("error" in r for r in got):
@@ -291,7 +308,7 @@ def main() -> None:
                     continue
                 cpus = [c for r in got for c in r["cpus"]]
                 walls = [w for r in got for w in r["walls"]]
-                g = torch.load(tmp / f"{variant}.pt", weights_only=True)
+                g = load_tensors(tmp / f"{variant}.safetensors")["grad"]
                 cpu = statistics.median(cpus)
                 rows[variant] = {
                     "cpu_median_s": cpu, "wall_median_s": statistics.median(walls), "cpu_min_s": min(cpus),
