@@ -300,3 +300,16 @@ def test_page_shows_its_images_in_headless_chromium(evaluated, tmp_path):
     assert sorted(src for src, *_ in images) == sorted(f"{name}.png" for name in FIGURES)
     for src, complete, width, height in images:
         assert complete and width > 200 and height > 200, (src, width, height)
+
+
+def test_accuracy_against_ticks_at_the_values_only_when_asked(monkeypatch, tmp_path):
+    from fewshot import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    series = [plots.Series("a", [0.37, 1.81, 2.93], [80.0, 90.0, 95.0], [2.0, 1.0, 1.0])]
+    plots.accuracy_against(series, tmp_path / "a.png", xlabel="shots", title="t")
+    plots.accuracy_against(series, tmp_path / "b.png", xlabel="CPU minutes", title="t", ticks_at_values=False)
+    at_values, free = (list(fig.axes[0].get_xticks()) for fig in drawn)
+    assert at_values == [0.37, 1.81, 2.93]
+    assert free != at_values

@@ -162,8 +162,13 @@ class Series:
     linestyle: str = "-"
 
 
-def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str, title: str) -> Path:
-    """Accuracy ± 95% CI of each method against ``x`` (e.g. shots per class, or ways)."""
+def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str, title: str,
+                     ticks_at_values: bool = True) -> Path:
+    """Accuracy ± 95% CI of each method against ``x`` (e.g. shots per class, or ways).
+
+    ``ticks_at_values`` puts a tick at every x that occurs (right for a few shots or
+    ways); ``False`` leaves the ticks to matplotlib (a continuous x such as CPU time).
+    """
     if not series:
         raise ConfigError(f"'{title}' needs at least one series of results")
     fig, (ax,) = _figure()
@@ -174,8 +179,9 @@ def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str,
         ci = np.nan_to_num(np.asarray(s.ci95, dtype=float)[order])
         ax.errorbar(x, acc, yerr=ci, marker="o", capsize=3, color=s.color or f"C{i % 10}", linestyle=s.linestyle,
                     label=s.label)
-    xs = sorted({float(v) for s in series for v in s.x})
-    ax.set_xticks(xs, [f"{v:g}" for v in xs])
+    if ticks_at_values:
+        xs = sorted({float(v) for s in series for v in s.x})
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
     ax.set(title=title, xlabel=xlabel, ylabel=f"accuracy (%, {ACCURACY_AXIS}), error bar: 95% CI")
     ax.set_ylim(ACCURACY_ORIGIN, 100.0)
     ax.grid(alpha=0.3)
