@@ -6,7 +6,7 @@ with its 95 % CI, the published figure, meta-iterations, CPU minutes, validation
 accuracy by iteration) and the validation learning curves (accuracy ± 95 % CI) against CPU minutes (each
 point's CPU time is its step times the run's mean CPU seconds per step).
 
-    python benchmarks/maml_curves.py benchmarks/results/maml60/*-way.json --out benchmarks/results/maml60/summary
+    python benchmarks/maml_curves.py benchmarks/results/maml60/*way.json --out benchmarks/results/maml60/summary
 
 Writes ``OUT.md`` and ``OUT.png``.
 """
