@@ -15,7 +15,7 @@ learned per-layer per-step rates); ``no-da`` (second order from the first iterat
 off: MAML with MAML++'s 5 inner steps, meta-batch 8 and budget). One seed: differences
 inside the confidence intervals are not evidence either way.
 
-    OMP_NUM_THREADS=1 FEWSHOT_DATA=../shared/data python benchmarks/mamlpp_ablation.py --minutes 5
+    OMP_NUM_THREADS=1 FEWSHOT_DATA=../shared/data python benchmarks/mamlpp_ablation.py --minutes 3 --val-every 50
 
 Writes benchmarks/results/mamlpp_ablation.{json,md}. A run folder that exists is resumed.
 """
@@ -34,6 +34,7 @@ import torch
 
 from maml_accuracy import RESULTS, calibrate, mamlpp_config  # noqa: E402  (the benchmark's own recipe)
 
+from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler, load_dataset
 from fewshot.evaluate import evaluate
 from fewshot.runs import load_run
@@ -105,6 +106,8 @@ def main() -> None:
         if args.variants and name not in args.variants:
             continue
         run_dir = runs / f"mamlpp-ablation-{name}"
+        if (run_dir / "config.json").exists():  # resumed: the schedules it was sized with, not a new calibration's
+            config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
         trainer = Trainer(config, run_dir, dataset=data, runs=runs)
         trainer.run(resume=(run_dir / "state.json").exists(), progress=not args.quiet)
         state = trainer.state
