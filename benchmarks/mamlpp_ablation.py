@@ -15,7 +15,7 @@ learned per-layer per-step rates); ``no-da`` (second order from the first iterat
 off: MAML with MAML++'s 5 inner steps, meta-batch 8 and budget). One seed: differences
 inside the confidence intervals are not evidence either way.
 
-    OMP_NUM_THREADS=1 FEWSHOT_DATA=../shared/data python benchmarks/mamlpp_ablation.py --minutes 3 --val-every 50
+    OMP_NUM_THREADS=1 FEWSHOT_DATA=../shared/data python benchmarks/mamlpp_ablation.py
 
 Writes benchmarks/results/mamlpp_ablation.{json,md}. A run folder that exists is resumed.
 """
@@ -80,9 +80,9 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=5.0, help="CPU minutes of meta-training per variant")
+    parser.add_argument("--minutes", type=float, default=3.0, help="CPU minutes of meta-training per variant")
     parser.add_argument("--variants", nargs="+", help="run only these (default: all)")
-    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--val-episodes", type=int, default=100)
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--runs", default="runs/bench-mamlpp-ablation")
