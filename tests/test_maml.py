@@ -138,7 +138,8 @@ def test_first_order_equals_the_stop_gradient_version():
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first", "rows"])
 @pytest.mark.parametrize("outer", ["all", "dx only", "dw and db only"])
-def test_batch_norm_double_backward_matches_pytorch(affine, layout, outer):
+@pytest.mark.parametrize("grad_layout", ["same", "other"])
+def test_batch_norm_double_backward_matches_pytorch(affine, layout, outer, grad_layout):
     torch.manual_seed(0)
     shape = (7, 3) if layout == "rows" else (5, 4, 6, 6)
     x = torch.randn(shape, dtype=torch.float64) * 3 + 2  # off-centre, as activations are
@@ -149,6 +150,8 @@ def test_batch_norm_double_backward_matches_pytorch(affine, layout, outer):
     b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True) if affine else None
     leaves = [x] + ([w, b] if affine else [])
     v = torch.randn_like(x)
+    if grad_layout == "other" and layout != "rows":  # a gradient in the other layout (a convolution's can be)
+        v = v.contiguous() if layout == "channels_last" else v.contiguous(memory_format=torch.channels_last)
 
     def second(norm):
         y = norm(x, w, b)

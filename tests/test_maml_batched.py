@@ -13,7 +13,7 @@ from torch.func import functional_call
 from fewshot.data.episodes import Episode
 from fewshot.methods import ANIL, FOMAML, MAML, MetaSGD, Reptile
 from fewshot.models import Conv4, ResNet12
-from fewshot.models.functional import FunctionalModule, TaskBatched, unbatchable_layer
+from fewshot.models.functional import FunctionalModule, TaskBatched, channels_last, conv_fixed_input, unbatchable_layer
 
 
 def tiny_conv():
@@ -230,3 +230,55 @@ def test_a_layer_used_unbatchably_falls_back_at_run_time_and_matches(cls, option
     got = loss_and_grads(method, eps, True)
     assert "Linear" in method.unbatched_reason and method._batched_model() is None
     assert_same(got, loss_and_grads(per_task, eps, False))
+
+
+class _Convolutions(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input shape of every ``aten.convolution`` call."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.convolution:
+            self.inputs.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dims, bias, stride, groups", [(2, True, 1, 1), (2, False, 2, 3), (1, True, 1, 3)])
+def test_conv_fixed_input_matches_pytorch_to_second_order_without_the_input_gradient(dims, bias, stride, groups):
+    torch.manual_seed(0)
+    x = torch.randn((4, 6) + (7,) * dims, dtype=torch.float64)
+    w = torch.randn((9, 6 // groups) + (3,) * dims, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, dtype=torch.float64, requires_grad=True) if bias else None
+    leaves = [w] + ([b] if bias else [])
+    conv = F.conv2d if dims == 2 else F.conv1d
+
+    def second(run):
+        y = run()
+        grads = torch.autograd.grad(y.pow(2).sum(), leaves, create_graph=True)
+        fast = [p - 0.1 * g for p, g in zip(leaves, grads)]
+        outer = run(*fast).sin().sum() + sum((g * g).sum() for g in grads)
+        return [y.detach(), *grads, *torch.autograd.grad(outer, leaves)]
+
+    args = (stride, 1, 1, groups)
+    theirs = second(lambda w=w, b=b: conv(x, w, b, *args))
+    calls = _Convolutions()
+    with calls:
+        ours = second(lambda w=w, b=b: conv_fixed_input(x, w, b, (stride,) * dims, (1,) * dims, (1,) * dims, groups))
+    for a, c in zip(ours, theirs):
+        assert torch.allclose(a, c, rtol=1e-10, atol=1e-12)
+    # Every convolution it ran reads the images (forward passes and the double backward's
+    # one): none computes a gradient for them, which PyTorch's double backward would.
+    assert calls.inputs and all(shape == tuple(x.shape) for shape in calls.inputs)
+    with pytest.raises(ValueError, match="no gradient"):
+        conv_fixed_input(x.requires_grad_(), w, b, (1,) * dims, (1,) * dims, (1,) * dims, 1)
+
+
+def test_channels_last_sets_strides_even_for_one_channel():
+    one = torch.rand(3, 1, 5, 5)
+    view = channels_last(one)
+    assert view.is_contiguous(memory_format=torch.channels_last) and view.data_ptr() == one.data_ptr()
+    assert view.stride(1) == 1 and torch.equal(view, one)
+    many = channels_last(torch.rand(3, 4, 5, 5))
+    assert many.is_contiguous(memory_format=torch.channels_last) and not many.is_contiguous()

@@ -39,9 +39,11 @@ two to ten times slower for BatchNorm and pooling.
 :class:`TaskBatched` runs a module for many tasks at once, each under its own weights
 (grouped convolutions over tasks, batched matrix products, per-task BatchNorm
 statistics), for the layers it knows; :func:`unbatchable_layer` says when a module holds
-one it does not, and the methods then use :class:`FunctionalModule` task by task. It
-lays activations out channels-first: grouped convolutions and BatchNorm over many
-channels measured slower channels-last on CPU.
+one it does not, and the methods then use :class:`FunctionalModule` task by task. On
+CPU it lays image activations out channels-last: PyTorch's channels-first max-pooling
+and BatchNorm kernels are several times slower at these shapes (hundreds of channels,
+a handful of images), and the grouped convolutions are not. A first layer, whose input
+(the images) needs no gradient, runs through :func:`conv_fixed_input`.
 
 The helpers below also give :func:`surrogate_loss`, the scalar that lets a method hand
 the shared trainer a meta-gradient it computed itself (task by task, so the graphs of a
@@ -105,6 +107,26 @@ def check_batch_norm(mode: str) -> str:
     return mode
 
 
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-d tensor with channels-last strides (a view when it already has them, or has one channel).
+
+    A one-channel tensor ``(n, 1, h, w)`` is contiguous in both layouts, and
+    ``t.contiguous(memory_format=torch.channels_last)`` leaves its strides
+    channels-first; convolutions then pick the layout from whatever else they are
+    given, and a first layer's double backward comes out channels-first. Its strides
+    are set explicitly instead (the same memory, a view).
+    """
+    if t.shape[1] == 1 and t.is_contiguous():
+        return t.as_strided(t.shape, (t.stride(0), 1, t.stride(2), t.stride(3)), t.storage_offset())
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _same_layout(reference: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``reference``'s strides: one copy where they differ, since most CPU
+    kernels given two layouts at once take a path several times slower."""
+    return t if t.stride() == reference.stride() else torch.empty_like(reference).copy_(t)
+
+
 # -- BatchNorm with a closed-form double backward --------------------------------------------
 
 
@@ -126,10 +148,6 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ra, rb = _as_rows(a), _as_rows(b)
     if ra is not None and rb is not None:
         return (ra * rb).sum(0)
-    if a.dim() > 2 and a.is_contiguous() and b.is_contiguous():
-        # (N, C, L) rows of L values: vecdot reduces without the full-size product
-        # tensor that a * b allocates and writes.
-        return torch.linalg.vecdot(a.flatten(2), b.flatten(2)).sum(0)
     return (a * b).sum([d for d in range(a.dim()) if d != 1])
 
 
@@ -168,9 +186,8 @@ class _BatchNormBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gdx, gdw, gdb):
         g, x, w, mean, r = ctx.saved_tensors
-        if gdx is not None and gdx.stride() != x.stride():
-            # One layout copy instead of a dozen slow mixed-layout operations below.
-            gdx = torch.empty_like(x).copy_(gdx)
+        if gdx is not None:
+            gdx = _same_layout(x, gdx)  # one copy instead of a dozen slow mixed-layout operations
         m = x.numel() // x.shape[1]
         xc = x - _per_channel(x, mean)
         sg, sgx = _channel_sum(g), r * _channel_dot(g, xc)  # Σ g, Σ g x̂
@@ -209,6 +226,65 @@ class _BatchNormBackward(torch.autograd.Function):
         return grad_g, grad_x, grad_w, None, None, None
 
 
+class _FixedInputConvWeightGrad(torch.autograd.Function):
+    """A convolution's weight and bias gradients for an input that needs no gradient.
+
+    Its backward is the convolution of that input with the incoming weight gradient
+    (plus the bias term): the derivative of the weight gradient with respect to the
+    output gradient. The weight gradient does not depend on the weight itself.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, dilation, False,
+            [0] * len(stride), groups, [False, True, has_bias])
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        return grad_w, grad_b
+
+    @staticmethod
+    def backward(ctx, gg_w, gg_b):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        if gg_w is None:
+            gg_w = torch.zeros_like(weight)
+        gg_out = torch.convolution(x, gg_w, gg_b, stride, padding, dilation, False, [0] * len(stride), groups)
+        return gg_out, None, None, None, None, None, None, None
+
+
+class _FixedInputConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (bias is not None, stride, padding, dilation, groups)
+        return torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        has_bias, *conv = ctx.conv
+        grad_w, grad_b = _FixedInputConvWeightGrad.apply(grad_out, x, weight, has_bias, *conv)
+        return None, grad_w, grad_b if has_bias else None, None, None, None, None
+
+
+def conv_fixed_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int],
+                     padding: Sequence[int], dilation: Sequence[int], groups: int) -> torch.Tensor:
+    """``torch.convolution`` (not transposed) of an input that needs no gradient, such as
+    a network's images, differentiable any number of times in the weights.
+
+    PyTorch's double backward of a convolution also computes the gradient of its input
+    (a transposed convolution as large as the forward one) when that input needs none;
+    a second-order inner loop meets it at every first layer, and on CPU with
+    channels-last layout and tasks as groups it is one of the slowest convolutions of
+    the iteration. Here the first backward gives weight and bias gradients only, and
+    their backward is one convolution.
+    """
+    if x.requires_grad:
+        raise ValueError("conv_fixed_input is for inputs that need no gradient")
+    return _FixedInputConv.apply(x, weight, bias, list(stride), list(padding), list(dilation), groups)
+
+
 class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
@@ -220,7 +296,9 @@ class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = _BatchNormBackward.apply(grad_out, x, weight, mean, rstd, ctx.eps)
+        # A gradient from a convolution's double backward can arrive in the other layout,
+        # where PyTorch's BatchNorm backward kernel is several times slower.
+        dx, dw, db = _BatchNormBackward.apply(_same_layout(x, grad_out), x, weight, mean, rstd, ctx.eps)
         return dx, dw, db, None
 
 
@@ -270,19 +348,8 @@ class FunctionalModule:
             memory_format=torch.channels_last) for p in module.parameters())
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in the module's channels-last layout, if its weights use it.
-
-        A one-channel batch ``(n, 1, h, w)`` is contiguous in both layouts, and
-        ``x.contiguous(memory_format=torch.channels_last)`` leaves its strides
-        channels-first; convolutions then pick the layout from whatever else they are
-        given, and the first layer's double backward comes out channels-first. The
-        strides are set explicitly instead (the same memory, a view).
-        """
-        if not self._channels_last or x.dim() != 4:
-            return x
-        if x.shape[1] == 1 and x.is_contiguous():
-            return x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)), x.storage_offset())
-        return x.contiguous(memory_format=torch.channels_last)
+        """Images in the module's channels-last layout, if its weights use it."""
+        return channels_last(x) if self._channels_last and x.dim() == 4 else x
 
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, twice: bool = False) -> torch.Tensor:
         x = self._input(x)
@@ -433,8 +500,13 @@ class TaskBatched:
                 w = weight(prefix, "weight", module.weight)
                 b = weight(prefix, "bias", module.bias)
                 w = w.reshape(tasks * w.shape[1], *w.shape[2:])
+                if layout_cl:
+                    w = channels_last(w)
                 b = None if b is None else b.reshape(-1)
-                return _CONVS[kind](h, w, b, module.stride, module.padding, module.dilation, module.groups * tasks)
+                conv = (w, b, module.stride, module.padding, module.dilation, module.groups * tasks)
+                if grad and not h.requires_grad and not isinstance(module.padding, str):
+                    return conv_fixed_input(h, *conv)
+                return _CONVS[kind](h, *conv)
             if kind is nn.Linear:
                 if h.dim() != 2:
                     raise Unbatchable(f"{prefix.rstrip('.')} (Linear) gets {h.dim()}-d input")
@@ -465,6 +537,10 @@ class TaskBatched:
         if x.dim() < 3:
             raise Unbatchable(f"task-batched input must be (tasks, batch, ...), got shape {tuple(x.shape)}")
         h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])  # (N, T·C, ...)
+        grad = torch.is_grad_enabled()
+        layout_cl = h.dim() == 4 and h.device.type == "cpu"
+        if layout_cl:
+            h = channels_last(h)
         for prefix, module in self.stages:
             h = run(module, prefix, h)
         return h.unflatten(1, (tasks, h.shape[1] // tasks)).transpose(0, 1)
@@ -570,5 +646,5 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "TaskBatched", "Unbatchable", "pack_tasks", "unbatchable_layer", "batch_norm_train", "check_batch_norm", "functional_forward", "keep_freed_memory", "like",
+__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "TaskBatched", "Unbatchable", "pack_tasks", "unbatchable_layer", "batch_norm_train", "channels_last", "check_batch_norm", "conv_fixed_input", "functional_forward", "keep_freed_memory", "like",
            "norm_buffer_names", "norm_layers", "sgd_step", "surrogate_loss"]
