@@ -26,9 +26,11 @@ fifth of a 5-step second-order MAML iteration on CPU. Passes that will be differ
 twice (``twice=True``) therefore run batch-statistics BatchNorm through
 :func:`batch_norm_train`, whose forward and first backward are PyTorch's own kernels and
 whose double backward is written out in closed form (about 3x faster; equal to
-PyTorch's to float64 rounding, see ``tests/test_maml.py``). The module is still not
-modified: the ``F.batch_norm`` calls it makes are intercepted for the duration of the
-pass (a ``TorchFunctionMode``).
+PyTorch's to float64 rounding, see ``tests/test_maml.py``), and convolutions of inputs
+that need no gradient (the images) through :func:`conv_fixed_input`, which skips the
+image gradient PyTorch's double backward would compute. The module is still not
+modified: the ``F.batch_norm`` and ``F.conv*d`` calls it makes are intercepted for the
+duration of the pass (a ``TorchFunctionMode``).
 
 Memory layout is kept too: fast weights ``θ - α g`` are laid out like θ (:func:`like`)
 and one-channel images get channels-last strides when the module's weights are
@@ -317,8 +319,17 @@ def _batch_norm_args(input, running_mean, running_var, weight=None, bias=None, t
     return input, running_mean, running_var, weight, bias, training, eps
 
 
-class _TwiceDifferentiableNorms(TorchFunctionMode):
-    """Routes batch-statistics ``F.batch_norm`` calls to :func:`batch_norm_train`."""
+def _conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return input, weight, bias, stride, padding, dilation, groups
+
+
+def _as_tuple(value, dims: int) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+
+class _SecondOrderKernels(TorchFunctionMode):
+    """Routes batch-statistics ``F.batch_norm`` calls to :func:`batch_norm_train`, and
+    convolutions of inputs that need no gradient to :func:`conv_fixed_input`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -326,6 +337,12 @@ class _TwiceDifferentiableNorms(TorchFunctionMode):
             x, running_mean, running_var, weight, bias, training, eps = _batch_norm_args(*args, **kwargs)
             if training and running_mean is None and running_var is None:
                 return batch_norm_train(x, weight, bias, eps)
+        elif func is F.conv2d or func is F.conv1d:
+            x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
+            if not x.requires_grad and not isinstance(padding, str):
+                dims = x.dim() - 2
+                return conv_fixed_input(x, weight, bias, _as_tuple(stride, dims), _as_tuple(padding, dims),
+                                        _as_tuple(dilation, dims), groups)
         return func(*args, **kwargs)
 
 
@@ -336,7 +353,8 @@ class FunctionalModule:
     parameters it leaves out are the module's own. Normalisation layers follow
     ``batch_norm`` (see the module docstring). ``twice=True`` says the pass will be
     differentiated twice (a second-order inner step), which routes BatchNorm through
-    :func:`batch_norm_train`. The module itself is never modified.
+    :func:`batch_norm_train` and convolutions of the images through
+    :func:`conv_fixed_input`. The module itself is never modified.
     """
 
     def __init__(self, module: nn.Module, batch_norm: str = "task"):
@@ -354,12 +372,11 @@ class FunctionalModule:
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, twice: bool = False) -> torch.Tensor:
         x = self._input(x)
         if self.batch_norm == "task":
-            if not self._none:
-                return functional_call(self.module, dict(params), (x,))
+            tensors = (dict(params), self._none) if self._none else dict(params)
             if twice and torch.is_grad_enabled():
-                with _TwiceDifferentiableNorms():
-                    return functional_call(self.module, (dict(params), self._none), (x,))
-            return functional_call(self.module, (dict(params), self._none), (x,))
+                with _SecondOrderKernels():
+                    return functional_call(self.module, tensors, (x,))
+            return functional_call(self.module, tensors, (x,))
         with _frozen_norms(self._norms):
             return functional_call(self.module, dict(params), (x,))
 
