@@ -353,10 +353,10 @@ class MAML(Method):
 
         On a CPU, batching pays only while a chunk's activations stay in cache: laid
         side by side, 32 Omniglot tasks with 15 queries per class ran 2x slower than
-        one by one, and 32 tasks with one query per class no faster than 8
-        (``benchmarks/results/maml_speed.json``). A chunk there holds at most 2^15 input
-        values per pass: 8 Omniglot 5-way tasks with one query per class, 2 20-way
-        ones, and a task with 15 queries per class runs alone (the per-task loop). On
+        one by one (``benchmarks/results/maml_speed_chunks_v1.json``, with the earlier
+        channels-first layout). A chunk there holds at most 2^15 input values per
+        pass: 8 Omniglot 5-way tasks with one query per class, 2 20-way ones, and a
+        task with 15 queries per class runs alone (the per-task loop). On
         other devices (a GPU, which batching is for) the bound is on the chunk's graph
         (every inner step's activations live until its meta-gradient is taken): at
         most 2^22 input values x inner steps, about 14 GB for Conv-4 (3.5 KB of saved
