@@ -30,8 +30,9 @@ float64 one (random images and Omniglot).
 
     FEWSHOT_DATA=../shared/data python benchmarks/maml_speed.py            # ~15 min
     FEWSHOT_DATA=../shared/data python benchmarks/maml_speed.py --quick    # ~4 min
+    FEWSHOT_DATA=../shared/data python benchmarks/maml_speed.py --profile  # where the time goes, ~2 min
 
-Writes benchmarks/results/maml_speed.{json,md}.
+Writes benchmarks/results/maml_speed.{json,md} (with ``--profile``: maml_speed_profile.{json,md}).
 """
 
 from __future__ import annotations
@@ -247,6 +248,73 @@ def precision(batch: list, steps: int, lr: float, tasks: int = 8) -> dict:
     return {"tasks": len(batch), **{k: float((g - exact).abs().max() / exact.abs().max()) for k, g in grads.items()}}
 
 
+CATEGORIES = (  # (category, substrings of an aten operator's name), first match wins
+    ("convolution", ("conv",)),
+    ("BatchNorm", ("batch_norm",)),
+    ("max-pooling", ("max_pool",)),
+    ("ReLU", ("threshold", "relu", "clamp")),
+    ("matrix products", ("mm", "addmv")),
+    ("copies and fills", ("copy_", "fill_", "zero_", "clone", "contiguous", "_to_copy", "empty")),
+    ("other elementwise and reductions", ("",)),
+)
+
+
+def profile_breakdown(batches: list, steps: int, lr: float, iterations: int = 2) -> dict:
+    """Where a fewshot meta-iteration's CPU time goes: self CPU time of its aten operators
+    by category (torch.profiler, one warm-up iteration, then ``iterations`` profiled);
+    ``python and autograd`` is the profiled total less all aten operators' self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(batches[0][0].way, steps, lr)
+
+    def iteration(episodes):
+        model.zero_grad(set_to_none=True)
+        model.loss(episodes)[0].backward()
+
+    iteration(batches[0])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for episodes in batches[1: iterations + 1]:
+            iteration(episodes)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    seconds = dict.fromkeys([c for c, _ in CATEGORIES], 0.0)
+    for e in events:
+        if e.key.startswith("aten::"):
+            op = e.key[len("aten::"):]
+            category = next(c for c, keys in CATEGORIES if any(k in op for k in keys))
+            seconds[category] += e.self_cpu_time_total / 1e6
+    seconds["python and autograd"] = total - sum(seconds.values())
+    return {"profiled_iterations": iterations, "cpu_s_per_iteration_profiled": total / iterations,
+            "share": {c: v / total for c, v in seconds.items()}}
+
+
+def write_profile(args, data) -> None:
+    results = {"benchmark": "maml_speed --profile", "command": " ".join(["python", *sys.argv]),
+               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "torch": torch.__version__, "threads": args.threads,
+                           "load_average_at_start": os.getloadavg()}, "settings": {}}
+    lines = ["# Where a fewshot MAML meta-iteration's CPU time goes", "",
+             f"Command: `{results['command']}`. Conv-4, meta-batch {args.meta_batch}, second order, one thread, "
+             "`MAML.loss` as shipped; self CPU time of aten operators by category (torch.profiler, one warm-up "
+             "iteration, two profiled); 'python and autograd' is the rest of the profiled time. The profiler "
+             f"adds its own overhead to every operator call. Load average at start: "
+             f"{', '.join(f'{v:.1f}' for v in results['machine']['load_average_at_start'])} (2 cores).", ""]
+    for i, (name, (way, query, steps)) in enumerate(SETTINGS.items()):
+        if args.settings is not None and i not in args.settings:
+            continue
+        row = profile_breakdown(sample_batches(data, way, query, args.meta_batch, 3), steps, args.inner_lr)
+        results["settings"][name] = row
+        lines += [f"## {name}: {row['cpu_s_per_iteration_profiled']:.2f} CPU s per profiled iteration", "",
+                  "| category | share of CPU time |", "|---|---:|"]
+        lines += [f"| {c} | {v:.0%} |" for c, v in sorted(row["share"].items(), key=lambda kv: -kv[1])]
+        lines.append("")
+        print(name, json.dumps({c: round(v, 3) for c, v in row["share"].items()}), flush=True)
+    out = Path(args.out).with_name("maml_speed_profile.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -261,6 +329,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds of the variants")
     parser.add_argument("--settings", nargs="+", type=int, help="indices into the settings (default: all)")
     parser.add_argument("--quick", action="store_true", help="1 round, 2 timed iterations")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: where fewshot's CPU time goes, by operator category "
+                             "(writes maml_speed_profile.{json,md} beside --out)")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--data-root", default=os.environ.get("FEWSHOT_DATA") or (str(shared) if shared.is_dir() else None))
     parser.add_argument("--out", default=str(RESULTS / "maml_speed.json"))
@@ -277,6 +348,8 @@ def main() -> None:
         source = "omniglot (Vinyals split, train, 28x28, rotations)"
     except Exception as e:  # the timing does not depend on the pixels
         data, source = None, f"random 28x28 images (Omniglot unavailable: {type(e).__name__})"
+    if args.profile:
+        return write_profile(args, data)
     results = {"benchmark": "maml_speed", "command": " ".join(["python", *sys.argv]),
                "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "load_average_at_start": os.getloadavg(), "torch": torch.__version__,
