@@ -283,3 +283,20 @@ def test_channels_last_sets_strides_even_for_one_channel():
     assert view.stride(1) == 1 and torch.equal(view, one)
     many = channels_last(torch.rand(3, 4, 5, 5))
     assert many.is_contiguous(memory_format=torch.channels_last) and not many.is_contiguous()
+
+
+def test_conv_fixed_input_under_autocast_computes_as_f_conv2d_does():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    results = []
+    for conv in (lambda: F.conv2d(x, w, b, 1, 1), lambda: conv_fixed_input(x, w, b, (1, 1), (1, 1), (1, 1), 1)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv()
+            grads = torch.autograd.grad(y.float().pow(2).sum(), (w, b), create_graph=True)
+            outer = torch.autograd.grad(sum(g.float().pow(2).sum() for g in grads), (w, b))
+        results.append([t.detach() for t in (y, *grads, *outer)])
+    for a, c in zip(*results):
+        assert a.dtype == c.dtype
+        assert torch.allclose(a.float(), c.float(), rtol=2e-2, atol=2e-2 * float(c.float().abs().max()))

@@ -256,6 +256,8 @@ class _FixedInputConvWeightGrad(torch.autograd.Function):
 
 
 class _FixedInputConv(torch.autograd.Function):
+    """A convolution whose backward gives the weight and bias gradients only (:func:`conv_fixed_input`)."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(x, weight)
@@ -284,7 +286,16 @@ def conv_fixed_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """
     if x.requires_grad:
         raise ValueError("conv_fixed_input is for inputs that need no gradient")
-    return _FixedInputConv.apply(x, weight, bias, list(stride), list(padding), list(dilation), groups)
+    conv = (list(stride), list(padding), list(dilation), groups)
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return _FixedInputConv.apply(x, weight, bias, *conv)
+    # Autocast would run F.conv2d with every operand in its reduced type, but it does not
+    # see inside an autograd Function: cast here (differentiably), as it would.
+    dtype = torch.get_autocast_dtype(device)
+    x, weight, bias = (None if t is None else t.to(dtype) for t in (x, weight, bias))
+    with torch.autocast(device, enabled=False):
+        return _FixedInputConv.apply(x, weight, bias, *conv)
 
 
 class _BatchNormTrain(torch.autograd.Function):
