@@ -48,7 +48,7 @@ import torch
 
 from fewshot.io import atomic_path, write_json
 from fewshot.select.evaluation import evaluation_table
-from fewshot.select.metalearner import default_predictors, held_out, paired_differences
+from fewshot.select.comparison import default_predictors, held_out, paired_differences
 from fewshot.select.metastore import MetaStore, complete, selection_costs
 from fewshot.select.pool import build_meta_dataset
 from fewshot.select.recipes import PRESETS, build_zoo
@@ -83,7 +83,7 @@ def write_meta_csv(path: Path, records: list[dict]) -> None:
 
 
 def load_meta_csv(path: Path, target: str = "finetune") -> list[dict]:
-    """The rows :func:`fewshot.select.metalearner.compare` takes, read back from :func:`write_meta_csv`'s file."""
+    """The rows :func:`fewshot.select.comparison.compare` takes, read back from :func:`write_meta_csv`'s file."""
     key = "accuracy_finetune" if target == "finetune" else "accuracy_linear_probe"
     with gzip.open(path, "rt") as f:
         rows = []

@@ -8,7 +8,7 @@ Reads ``benchmarks/results/model_selection_meta.csv.gz`` (written by
 
 LambdaRank gets the same inputs as the default meta-learner (every task, model and
 score column plus the per-task standardised and rank-transformed scores of
-``fewshot.select.metalearner.relative_scores``); its labels are each model's accuracy
+``fewshot.select.table.relative_scores``); its labels are each model's accuracy
 rank within its task (graded relevance, ties shared). Every selector is judged
 leave-one-group-out, as in ``model_selection.py``; paired differences are LambdaRank
 minus the other, per task, with 95% bootstrap intervals. Needs ``pip install lightgbm``.
@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from fewshot.io import write_json
-from fewshot.select.metalearner import (BestOnAverage, BestOnAverageInDomain, MetaLearner, feature_columns,
-                                        feature_matrix, leave_one_group_out, paired_differences, relative_scores)
+from fewshot.select.baselines import BestOnAverage, BestOnAverageInDomain
+from fewshot.select.comparison import leave_one_group_out, paired_differences
+from fewshot.select.metalearner import MetaLearner
+from fewshot.select.table import feature_columns, feature_matrix, relative_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_selection import RESULTS, finite, load_meta_csv  # noqa: E402  (the benchmark's own CSV reader)

@@ -13,7 +13,9 @@ from torch.func import functional_call
 from fewshot.data.episodes import Episode
 from fewshot.methods import ANIL, FOMAML, MAML, MetaSGD, Reptile
 from fewshot.models import Conv4, ResNet12
-from fewshot.models.functional import FunctionalModule, TaskBatched, channels_last, conv_fixed_input, unbatchable_layer
+from fewshot.models.functional import FunctionalModule
+from fewshot.models.second_order import channels_last, conv_fixed_input
+from fewshot.models.task_batched import TaskBatched, unbatchable_layer
 
 
 def tiny_conv():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from fewshot.errors import ConfigError, DataError
-from fewshot.select.metalearner import (BestOnAverage, BestOnAverageInDomain, MetaLearner, Oracle, RandomPick,
-                                        biggest_model, compare, feature_columns, held_out, leave_one_group_out,
-                                        paired_differences, relative_scores, single_score)
+from fewshot.select.baselines import BestOnAverage, BestOnAverageInDomain, Oracle, RandomPick, biggest_model, single_score
+from fewshot.select.comparison import compare, held_out, leave_one_group_out, paired_differences
+from fewshot.select.metalearner import MetaLearner
+from fewshot.select.table import feature_columns, relative_scores
 from fewshot.select.metrics import (best_in_top3, kendall_tau, paired_difference, per_task, selection_report,
                                     top1_regret, weighted_tau)
 

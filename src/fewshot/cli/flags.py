@@ -193,14 +193,20 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
 
     flag = lambda name: getattr(args, name, None)  # noqa: E731
     method_options = parse_options(args.option)
-    for name in ("distance", "inner_steps", "inner_lr", "first_order"):
-        if flag(name) not in (None, False):
+    # Compared with None, never by truthiness: --inner-steps 0 and --inner-lr 0 are values
+    # (maml-rl's "pretrained" baseline; the method itself refuses a 0 it cannot take).
+    # --first-order is a switch, whose absence is False.
+    for name in ("distance", "inner_steps", "inner_lr"):
+        if flag(name) is not None:
             method_options[name] = flag(name)
+    if flag("first_order"):
+        method_options["first_order"] = True
     backbone_options = parse_options(args.backbone_option)
     no_val = (flag("val_split") or "").lower() == "none"
     backbone = args.backbone
     if flag("rollouts") is not None:  # maml-rl: rollouts per adaptation step, and for the outer objective
-        args.shot, args.query = flag("shot") or args.rollouts, flag("query") or args.rollouts
+        args.shot = args.rollouts if flag("shot") is None else args.shot
+        args.query = args.rollouts if flag("query") is None else args.query
     if backbone is None and args.dataset:
         from ..data.tasks import default_backbone
 

@@ -70,8 +70,9 @@ from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy
 from ..params import Boolean, Integer, Real, checked, validate
-from ..models.functional import (FunctionalModule, TaskBatched, Unbatchable, check_batch_norm, keep_freed_memory,
-                                 sgd_step, surrogate_loss)
+from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory
+from ..models.inner_loop import sgd_step, surrogate_loss
+from ..models.task_batched import TaskBatched, Unbatchable
 from .base import Method, Predictor
 
 TASKS = ("classification", "regression")

@@ -28,7 +28,7 @@ dimension (``policy="gaussian"``, initial standard deviation ``init_std``, adapt
 the inner loop like every parameter) or categorical logits (``policy="categorical"``).
 The inner loop runs the module functionally (:mod:`fewshot.models.functional`, as the
 supervised MAML does) and the meta-gradient is handed to the trainer task by task
-(:func:`~fewshot.models.functional.surrogate_loss`).
+(:func:`~fewshot.models.inner_loop.surrogate_loss`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..params import Boolean, validate
-from ..models.functional import FunctionalModule, sgd_step, surrogate_loss
+from ..models.functional import FunctionalModule
+from ..models.inner_loop import sgd_step, surrogate_loss
 from ..rl.policies import log_prob, sample
 from ..rl.rng import Generators
 from ..rl.rollouts import Rollouts, advantages, policy_gradient_loss, rollout

@@ -38,9 +38,29 @@ DISTANCES = ("euclidean", "cosine")
 OPTIONS = {"distance": OneOf(*DISTANCES), "normalize": Boolean(), "test_views": Integer(low=1, high=MAX_VIEWS)}
 
 
+REDUCED = (torch.bfloat16, torch.float16)
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is in a reduced float type (autocast's bf16 / fp16), else itself."""
+    return t.float() if t.dtype in REDUCED else t
+
+
 def prototype_logits(query: torch.Tensor, prototypes: torch.Tensor, distance: str, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Logits of ``query`` features against ``prototypes``: negative squared Euclidean
-    distance, or cosine similarity times ``scale``."""
+    distance, or cosine similarity times ``scale``.
+
+    Always computed in (at least) float32, autocast or not: the expansion below subtracts
+    numbers of the size of ||q||² to get one of the size of ||q - p||², and in bf16 (8 bits
+    of mantissa) features of large norm that lie close together get distances that are
+    rounding noise (a ProtoNet lost 5 points under ``--precision bf16``, issue 34). The
+    matrix is queries × ways, so float32 costs nothing that matters.
+    """
+    device = query.device.type
+    if torch.is_autocast_enabled(device) or query.dtype in REDUCED or prototypes.dtype in REDUCED:
+        with torch.autocast(device, enabled=False):
+            scale = at_least_float32(scale) if torch.is_tensor(scale) else scale
+            return prototype_logits(at_least_float32(query), at_least_float32(prototypes), distance, scale)
     if distance == "euclidean":
         # ||q||² - 2 q·p + ||p||², as one matmul rather than an (n, way, d) difference tensor.
         sq = query.pow(2).sum(1, keepdim=True) - 2 * query @ prototypes.T + prototypes.pow(2).sum(1)[None]
@@ -89,12 +109,12 @@ class ProtoNet(Method):
     def _embed(self, x: torch.Tensor, views: int) -> torch.Tensor:
         """Test-time embeddings: of ``x`` itself, or the mean over its ``views`` shifted views."""
         if views == 1:
-            return self.backbone(x)
+            return at_least_float32(self.backbone(x))
         if not augmentable(tuple(x.shape[1:])):
             raise ConfigError(f"test_views shifts images of at least 8x8 pixels; these inputs are "
                               f"{tuple(x.shape[1:])}: use test_views=1")
         features = self.backbone(shifted_views(x, views))  # one forward pass over every view
-        return features.reshape(views, len(x), -1).mean(0)
+        return at_least_float32(features).reshape(views, len(x), -1).mean(0)
 
     def _classify(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
         if not self.normalize:
@@ -109,7 +129,7 @@ class ProtoNet(Method):
     def episode_logits(self, episode: Episode) -> torch.Tensor:
         # One forward pass over support and query together, as in the paper's code.
         n = len(episode.support_x)
-        features = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        features = at_least_float32(self.backbone(torch.cat([episode.support_x, episode.query_x])))
         return self._classify(features[:n], episode.support_y, features[n:], episode.way)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:

@@ -7,7 +7,7 @@ shared weights θ and moves θ toward the mean of the adapted weights φ̃:
 
 No gradient flows through the inner loop. To run on the one shared trainer,
 :meth:`Reptile.loss` returns a surrogate scalar whose gradient with respect to θ is
-``θ − mean_i φ̃_i`` (:func:`~fewshot.models.functional.surrogate_loss`): the
+``θ − mean_i φ̃_i`` (:func:`~fewshot.models.inner_loop.surrogate_loss`): the
 trainer's optimiser step then *is* the Reptile update. With plain SGD without momentum
 at learning rate ε it is exactly the formula above; with the trainer's default Adam it
 is Reptile with an Adam outer step (Nichol et al. discuss both).
@@ -37,7 +37,9 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..models.functional import Unbatchable, keep_freed_memory, surrogate_loss
+from ..models.functional import keep_freed_memory
+from ..models.inner_loop import surrogate_loss
+from ..models.task_batched import Unbatchable
 from ..params import Boolean, Real, validate
 from .maml import DEFAULT_INNER_LR, MAML
 

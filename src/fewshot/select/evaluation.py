@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import time
 
-from .metalearner import MetaLearner, compare
+from .comparison import compare
+from .metalearner import MetaLearner
 from .metastore import selection_costs
 
 
 def evaluate_meta_dataset(rows: list[dict], records: list[dict], *, seed: int = 0, resamples: int = 2000) -> dict:
-    """Every selector under leave-one-group-out (:func:`~fewshot.select.metalearner.compare`),
+    """Every selector under leave-one-group-out (:func:`~fewshot.select.comparison.compare`),
     plus the costs: CPU seconds per task to select with the meta-learner (features and
     scores of every model, plus the prediction) against fine-tuning every model."""
     report = compare(rows, seed=seed, resamples=resamples)
@@ -44,7 +45,7 @@ def _interval(m: dict | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def evaluation_table(report: dict[str, dict]) -> list[str]:
-    """Markdown table of :func:`~fewshot.select.metalearner.compare`'s report (95% bootstrap CIs)."""
+    """Markdown table of :func:`~fewshot.select.comparison.compare`'s report (95% bootstrap CIs)."""
     lines = ["| selector | top-1 regret (points) | relative top-1 | best in top-3 | Kendall τ | weighted τ "
              "| RMSE (points) |", "|---|---|---|---|---|---|---|"]
     for name, r in report.items():

@@ -26,7 +26,7 @@ def prediction_intervals(store: MetaStore, rows: Sequence[dict], make_learner, k
     predicted accuracy and the residual quantiles of a 90 % interval (the true accuracy is
     within ``[predicted - high, predicted - low]`` for about 90 % of held-out tasks).
     Cached in ``store`` under ``key``."""
-    from .metalearner import leave_one_group_out
+    from .comparison import leave_one_group_out
 
     key = f"intervals/{key}"
     cached = store.cached(key)
