@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .io import read_json
-from .params import Boolean, Integer, OneOf, Optional, Real, Settings, Text, validate
+from .params import EPISODES, STEPS, Boolean, Integer, OneOf, Optional, Real, Settings, Text, validate
 
 #: A config file is a few hundred bytes; anything past a megabyte is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -29,11 +29,14 @@ CONSTRAINTS = {
     "lr": Real(low=0, open_low=True), "momentum": Real(low=0, high=1, open_high=True), "weight_decay": Real(low=0),
     # lr_step 0: never decay; a factor above 1 would grow the rate without bound, 0 or less stop or reverse it.
     "lr_step": Integer(low=0), "lr_gamma": Real(low=0, open_low=True, high=1), "val_every": _COUNT,
-    "val_episodes": _COUNT, "checkpoint_every": _COUNT, "seed": Integer(low=0, high=MAX_SEED),
+    "val_episodes": EPISODES, "checkpoint_every": _COUNT, "seed": Integer(low=0, high=MAX_SEED),
     "cpu_minutes": Optional(Real(low=0, open_low=True)),
     "lr_schedule": OneOf("step", "cosine"), "lr_min": Real(low=0), "augment": OneOf("none", "shift", "affine"),
     "device": Text(), "precision": OneOf(*PRECISIONS), "tf32": Boolean(), "deterministic": Boolean(),
 }
+#: Step counts among the method options, bounded by :data:`fewshot.params.MAX_STEPS`: a
+#: run's or an exported model's config names the compute that adapting to a task costs.
+STEP_OPTIONS = {name: Optional(STEPS) for name in ("inner_steps", "test_inner_steps", "steps", "probe_steps")}
 
 #: Per-dataset training recipes: the layer between the defaults and a config file, so
 #: ``fewshot train METHOD --dataset NAME`` works as it is on every built-in dataset.
@@ -111,6 +114,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate("config", self.to_dict(), CONSTRAINTS)
+        validate("config method option", self.method_options, STEP_OPTIONS)
         if self.lr_min > self.lr:
             raise ConfigError(f"config 'lr_min' must be at most lr ({self.lr}), got {self.lr_min}")
 

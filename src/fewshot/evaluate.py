@@ -39,6 +39,7 @@ from .data.tasks import Sampler
 from .errors import ConfigError, TrainingError
 from .methods.base import Method
 from .metrics import confidence_interval, episode_score, higher_is_better, metric_name
+from .params import MAX_EPISODES
 from .store import record_run
 
 
@@ -130,6 +131,8 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     """
     if episodes < 1:
         raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
+    if episodes > MAX_EPISODES:  # checked before the scores array (and the suite) is allocated
+        raise ConfigError(f"evaluation runs at most {MAX_EPISODES:,} episodes, got {episodes:,}")
     if method.task != sampler.kind:
         raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {sampler.kind} tasks")
     metric = metric_name(sampler.kind)

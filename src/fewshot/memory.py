@@ -4,7 +4,8 @@ A meta-batch that does not fit should fail at once with advice, not after the da
 is loaded and the first checkpoint is due (on a GPU: an out-of-memory error deep in
 the backward pass; on a CPU: swapping, or the kernel killing the process).
 
-:func:`check_step_fits` runs one real forward and backward pass of the step's
+:func:`check_batch_data_fits` first checks, before a meta-batch is drawn, that its
+episodes' data alone can be held (extrapolated from one episode). :func:`check_step_fits` then runs one real forward and backward pass of the step's
 episodes (this process's share of the meta-batch) on the device, without an
 optimiser step, and measures the peak bytes of the tensors autograd keeps for the
 backward pass (through :func:`torch.autograd.graph.saved_tensors_hooks`, counting
@@ -117,6 +118,24 @@ def step_memory(method: torch.nn.Module, episodes: Sequence[Episode], device: to
             "total": meter.peak + gradients + optimizer + data}
 
 
+def check_batch_data_fits(probe: Sequence[Episode], meta_batch: int, device: torch.device, *,
+                          available: int | None = None) -> str | None:
+    """None if the data of a whole meta-batch can be held on ``device``; else a one-line
+    message. Checked before the meta-batch is drawn, from ``probe`` (one or a few of its
+    episodes, all of one shape): drawing ``--meta-batch 100000`` digits episodes, only for
+    :func:`check_step_fits` to refuse them, held 6.8 GB first (issue 34).
+    ``available`` (bytes) defaults to :func:`fewshot.devices.available_memory`."""
+    if not probe:
+        return None
+    need = _episode_bytes(probe) * meta_batch // len(probe)
+    available = devices.available_memory(device) if available is None else available
+    if available is None or need <= available:
+        return None
+    return (f"the {meta_batch:,} episodes of one meta-batch hold about {need / MB:,.0f} MB of data on "
+            f"{devices.describe(device)} before any computation, but {available / MB:,.0f} MB are free; "
+            f"use a smaller --meta-batch (now {meta_batch:,})")
+
+
 def check_step_fits(method: torch.nn.Module, episodes: Sequence[Episode], device: torch.device,
                     precision: str = "fp32", *, optimizer_slots: int = 2, meta_batch: int | None = None,
                     available: int | None = None) -> str | None:
@@ -146,4 +165,4 @@ def check_step_fits(method: torch.nn.Module, episodes: Sequence[Episode], device
             f"{(need['gradients'] + need['optimizer']) / MB:,.0f} MB), but {available / MB:,.0f} MB are free; {advice}")
 
 
-__all__ = ["GraphMemory", "check_step_fits", "step_memory"]
+__all__ = ["GraphMemory", "check_batch_data_fits", "check_step_fits", "step_memory"]

@@ -156,9 +156,26 @@ def _range(low: float | None, high: float | None, *, closed_low: bool = True, cl
     return f" in {'[' if closed_low else '('}{_number(low)}, {_number(high)}{']' if closed_high else ')'}"
 
 
+# -- bounds on the compute and memory a configuration (a file, a flag) can ask for ------------
+# Checked where a value is read, before anything is allocated or run: a number in a file
+# must not make fewshot allocate terabytes or loop for ever (issue 34).
+
+#: Steps of an inner loop or of fine-tuning that a configuration may name (``inner_steps``,
+#: ``test_inner_steps``, a transfer strategy's ``steps``): MAML uses 1-10, fine-tuning
+#: 50-500; an exported model naming 10**9 would make ``predict`` run for ever.
+MAX_STEPS = 10_000
+#: Episodes of one evaluation or validation (600 is the usual suite; 10**12 asked 7 TiB).
+MAX_EPISODES = 10**6
+#: Examples, points or rollouts per task of a generated sampler (rollouts are held for
+#: the whole adaptation: 10**7 rollouts of 2D navigation asked for 80 GB).
+MAX_PER_TASK = 10_000
+STEPS = Integer(low=0, high=MAX_STEPS)
+EPISODES = Integer(low=1, high=MAX_EPISODES)
+
 #: The counts of a generated task sampler (sinusoids, environment families): examples
 #: (or rollouts) per task, query points, and the seed.
-SAMPLER_OPTIONS = {"shot": Integer(low=1), "query": Integer(low=1), "seed": Integer(low=0)}
+SAMPLER_OPTIONS = {"shot": Integer(low=1, high=MAX_PER_TASK), "query": Integer(low=1, high=MAX_PER_TASK),
+                   "seed": Integer(low=0)}
 
 
 def checked(owner: str, name: str, value: Any, constraint: Constraint) -> Any:

@@ -50,7 +50,7 @@ from .errors import CheckpointError, ConfigError, DataError, FewShotError, Store
 from .images import Preprocessing
 from .evaluate import evaluate
 from .io import FolderLock, load_tensors, read_json, save_tensors, write_json
-from .memory import check_step_fits
+from .memory import check_batch_data_fits, check_step_fits
 from .metrics import metric_name
 from .runs import CUSTOM_BACKBONE, LEFTOVER, RUN_FILE, build_model, describe_module, load_weights, read_state
 from .store import record_run
@@ -538,11 +538,14 @@ class Trainer:
         Reinforcement runs are not checked: their rollouts and small policies live on the host."""
         if task_kind(self.config.dataset) == "reinforcement":
             return
-        episodes = self.sampler.batch(step, self.config.meta_batch)
-        mine = episodes[self.dist.rank :: self.dist.world_size]
-        problem = check_step_fits(self.method, mine, self.device, self.config.precision,
-                                  optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
-                                  meta_batch=self.config.meta_batch)
+        # Every process draws the whole meta-batch: its data must fit before it is drawn.
+        problem = check_batch_data_fits(self.sampler.batch(step, 1), self.config.meta_batch, self.device)
+        if problem is None:
+            episodes = self.sampler.batch(step, self.config.meta_batch)
+            mine = episodes[self.dist.rank :: self.dist.world_size]
+            problem = check_step_fits(self.method, mine, self.device, self.config.precision,
+                                      optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
+                                      meta_batch=self.config.meta_batch)
         verdict = torch.tensor([0.0 if problem is None else 1.0])
         self.dist.all_reduce_(verdict)
         if problem is not None:

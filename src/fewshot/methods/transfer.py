@@ -74,7 +74,7 @@ from ..metrics import accuracy
 from ..models.blocks import sequential_runner, split_blocks
 from ..models.heads import HEAD_TYPES, OPTIMIZERS, CosineHead, NormalizedHead, logistic_probe, make_optimizer, new_head, train_head
 from ..models.pretrained import Pretrained
-from ..params import Boolean, Integer, OneOf, Optional, Real, validate
+from ..params import STEPS, Boolean, Integer, OneOf, Optional, Real, validate
 from .base import Method, Predictor
 from .strategies import STRATEGIES
 
@@ -88,8 +88,8 @@ _POSITIVE = Real(low=0, open_low=True)
 OPTIONS = {
     "strategy": OneOf(*STRATEGIES), "head_type": OneOf(*HEAD_TYPES), "probe": OneOf(*PROBES), "bn": OneOf(*BN_MODES),
     "optimizer": OneOf(*OPTIMIZERS), "head": Optional(OneOf(*HEADS)), "lr": _POSITIVE, "probe_lr": _POSITIVE,
-    "backbone_lr_scale": _POSITIVE, "backbone_lr": Optional(Real(low=0)), "steps": Integer(low=0),
-    "probe_steps": Integer(low=0), "decay": Real(low=0, high=1, open_low=True), "weight_decay": Real(low=0),
+    "backbone_lr_scale": _POSITIVE, "backbone_lr": Optional(Real(low=0)), "steps": STEPS,
+    "probe_steps": STEPS, "decay": Real(low=0, high=1, open_low=True), "weight_decay": Real(low=0),
     "batch_size": Optional(Integer(low=1)), "C": _POSITIVE, "normalize": Boolean(), "cv": Boolean(),
     "cv_folds": Integer(low=1), "seed": Integer(), "scale": Optional(_POSITIVE), "k": Optional(Integer(low=0)),
     "unfreeze_every": Optional(Integer(low=1)), "block": Integer(),
@@ -215,6 +215,9 @@ class FineTune(Method):
             bad = sorted(k for k in o["cv_grid"] if k not in DEFAULTS or k in UNTUNABLE)
             if bad:
                 raise ConfigError(f"cv_grid names unknown or untunable options: {', '.join(bad)}")
+            for name, values in o["cv_grid"].items():  # each candidate bounded as the option is (steps too)
+                for value in values if isinstance(values, (list, tuple)) else [values]:
+                    validate(f"{self.name} cv_grid", {name: value}, OPTIONS)
 
     # -- the Method interface ----------------------------------------------------------------
 
