@@ -36,7 +36,8 @@ a method's nature from its name or by probing attributes:
     gives their names and defaults, the class's ``_parameter_constraints`` (a dict of
     :mod:`fewshot.params` constraints, scikit-learn's shape) what each may hold. The
     arguments are checked against it and kept at construction, and :meth:`get_params`
-    returns them, so ``type(m)(m.backbone, **m.get_params())`` rebuilds ``m``.
+    returns them, so ``type(m)(m.backbone, **m.get_params())`` rebuilds ``m``; a run
+    saves them (``method_options`` of its state).
 
 A new method is one file in this package, a class decorated with :func:`register`.
 """
@@ -101,9 +102,12 @@ class Method(nn.Module):
             cls.__init__ = _recording(cls, cls.__dict__["__init__"])
 
     def get_params(self) -> dict[str, Any]:
-        """The constructor's arguments but the backbone, defaults filled in, as checked and
-        kept at construction (scikit-learn's ``get_params``)."""
-        return dict(getattr(self, "_params", {}))
+        """The constructor's arguments but the backbone, defaults filled in (scikit-learn's
+        ``get_params``): an option the method keeps as a plain attribute of the same name
+        reads as that attribute holds it now (resolved, as MAML's ``inner_lr``, or changed
+        by :meth:`set_test_options`), the others as they were given."""
+        attributes = vars(self)  # plain attributes only: nn.Module keeps parameters and modules elsewhere
+        return {k: attributes.get(k, v) for k, v in getattr(self, "_params", {}).items()}
 
     # -- features ----------------------------------------------------------------------
 
