@@ -115,6 +115,9 @@ class Registry(Generic[T]):
         load_plugins()
         return len(self._entries)
 
+    def keys(self) -> list[str]:  # with __getitem__: dict(registry) and {**registry} work
+        return list(self)
+
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self)

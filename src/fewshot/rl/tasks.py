@@ -74,6 +74,8 @@ class EnvTaskSampler:
     #: Method options the family implies (the policy's distribution).
     method_defaults: ClassVar[dict]
 
+    _parameter_constraints = SAMPLER_OPTIONS  # shot: rollouts per adaptation step; query: for the outer objective
+
     def __init__(self, shot: int, query: int, seed: int = 0, split: str | None = "train"):
         split = "train" if split is None else split
         if split not in SPLITS:
