@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
     one_line, parse_options, resolve_device, say_device, trainable_methods
 

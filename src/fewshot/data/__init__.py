@@ -14,6 +14,7 @@ from typing import Callable
 from ..errors import ConfigError
 from ..params import validate
 from .base import DATASETS, IN_MEMORY, ClassDataset, from_arrays, to_float_images
+# The loaders register themselves in DATASETS where they are defined: importing them is what adds them.
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .digits import load_digits_dataset
 from .download import data_root

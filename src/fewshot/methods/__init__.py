@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..params import check_known
 from .base import METHODS, Method, Predictor, class_means, register
+# Each method registers itself where it is defined (@register): importing it is what adds it.
 from .baselines import PixelNearestMean
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD

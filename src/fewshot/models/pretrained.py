@@ -83,6 +83,11 @@ def register_architecture(name: str, build: Callable[..., nn.Module], *, replace
     BACKBONES.register(name, build, replace=replace)
 
 
+def built_in_architectures() -> list[str]:
+    """The built-in backbones' names: the same in every process, whatever was registered."""
+    return [name for name, build in BACKBONES.items() if build in _BUILT_IN]
+
+
 def registered_architectures() -> list[str]:
     """The names :func:`register_architecture` added (built-ins not included)."""
     return sorted(name for name, build in BACKBONES.items() if build not in _BUILT_IN)
@@ -365,6 +370,6 @@ def load_pretrained(path: str | Path, module: nn.Module | None = None) -> Pretra
     return Pretrained(module, head, meta)
 
 
-__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "MAX_INPUT", "Pretrained", "check_image_shape", "count_parameters",
-           "describe_architecture", "describe_head", "known_architecture", "load_pretrained", "read_metadata",
+__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "MAX_INPUT", "Pretrained", "built_in_architectures", "check_image_shape",
+           "count_parameters", "describe_architecture", "describe_head", "known_architecture", "load_pretrained", "read_metadata",
            "rebuild", "register_architecture", "registered_architectures", "save_pretrained"]

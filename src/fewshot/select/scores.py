@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import scipy.linalg
 
-from ..errors import ConfigError, DataError, FewShotError
+from ..errors import DataError, FewShotError
 from ..registry import Registry
 
 
