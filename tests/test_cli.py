@@ -180,9 +180,9 @@ def test_methods_lists_every_registered_method_with_its_options(capsys):
     described = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     assert set(described) == set(METHODS)
     assert described["protonet"]["options"] == {
-        "distance": {"default": "euclidean", "required": False, "type": "str"},
-        "normalize": {"default": False, "required": False, "type": "bool"},
-        "test_views": {"default": 1, "required": False, "type": "int"}}
+        "distance": {"default": "euclidean", "required": False, "type": "str", "constraint": "one of euclidean, cosine"},
+        "normalize": {"default": False, "required": False, "type": "bool", "constraint": "true or false"},
+        "test_views": {"default": 1, "required": False, "type": "int", "constraint": "an integer in [1, 9]"}}
     assert described["pixel-ncm"]["options"] == {} and not described["pixel-ncm"]["learns_across_tasks"]
     maml = inspect.signature(METHODS["maml"].__init__).parameters
     assert described["maml"]["options"]["inner_steps"]["default"] == maml["inner_steps"].default
@@ -204,7 +204,7 @@ def test_methods_lists_every_registered_method_with_its_options(capsys):
         assert "toy-cli-listing: meta-trained" in out and "sharpness=2.5" in out
         assert 'protonet: meta-trained' in out and 'distance="euclidean"' in out
     finally:
-        del METHODS["toy-cli-listing"]
+        METHODS.pop("toy-cli-listing")
     assert issubclass(Toy, Method)
     assert main(["methods", "protnet"]) == 2
     assert "did you mean 'protonet'?" in capsys.readouterr().err

@@ -167,7 +167,7 @@ def test_adapt_ignores_support_order_and_caps_the_way():
         method.adapt(ep.support_x, ep.support_y, 5)
     with pytest.raises(ConfigError, match="image_shape"):
         MANN(MLP(10, (8,)))
-    with pytest.raises(ConfigError, match="encoder 'lstm'"):
+    with pytest.raises(ConfigError, match="'encoder' must be one of backbone, pixels, got 'lstm'"):
         MANN(MLP(10, (8,)), image_shape=(10, 1, 1), encoder="lstm")
 
 
@@ -206,7 +206,7 @@ def test_the_papers_rmsprop_recipe(tmp_path, digits8):
     assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.meta_batch) == ("rmsprop", 1e-4, 0.9, 16)
     assert recipe.train_shape == (5, 1, 9)  # sequences of 5 classes x 10 instances: 50 steps
     assert recipe.method_options == {"write": "key"}  # the paper writes its read key; the default is "add"
-    assert small_mann().options()["write"] == "add"
+    assert small_mann().get_params()["write"] == "add"
     config = TrainConfig(method="mann", method_options={"controller_size": 8}, dataset="digits",
                          backbone_options={"depth": 2}, way=3, shot=1, query=2, episodes=2, val_split=None,
                          optimizer="rmsprop", lr=1e-4)

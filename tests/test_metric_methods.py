@@ -104,8 +104,8 @@ def test_learns_a_separable_task_in_a_few_steps(case):
 def test_registered_names_and_bad_options():
     assert {"protonet", "matchingnet", "relationnet", "mann", "taskcond"} <= set(METHODS)
     for name, options, fragment in [
-        ("relationnet", {"relation": "graph"}, "relation 'graph'"),
-        ("relationnet", {"loss": "hinge"}, "loss 'hinge'"),
+        ("relationnet", {"relation": "graph"}, "'relation' must be one of conv, mlp, got 'graph'"),
+        ("relationnet", {"loss": "hinge"}, "'loss' must be one of mse, ce, got 'hinge'"),
         ("relationnet", {"unpooled_blocks": 5}, "unpooled_blocks=5"),
         ("matchingnet", {"fce_steps": 0}, "fce_steps"),
         ("taskcond", {"condition": "everything"}, "condition.*'everything'"),
@@ -135,7 +135,7 @@ def test_protonet_normalize_centres_and_l2_normalises():
     assert torch.allclose(logits, -10.0 * torch.cdist(q, prototypes).pow(2), atol=1e-5)
     # The default model is unchanged: no scale parameter, same options.
     assert "scale" not in ProtoNet(torch.nn.Identity()).state_dict()
-    assert ProtoNet(torch.nn.Identity()).options() == {"distance": "euclidean"}
+    assert ProtoNet(torch.nn.Identity()).get_params() == {"distance": "euclidean", "normalize": False, "test_views": 1}
 
 
 # -- Matching Networks -----------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_matching_fce_reads_the_whole_support_set():
         plain_other = plain.adapt(changed[:4], labels[:4], 3)(query)
     assert torch.equal(plain_base, plain_other)
     assert not torch.allclose(base, other)
-    assert set(method.options()) == {"fce", "fce_steps", "scale"}
+    assert set(method.get_params()) == {"image_shape", "fce", "fce_steps", "scale"}
 
 
 # -- Relation Networks -----------------------------------------------------------------

@@ -28,9 +28,6 @@ class NearestNeighbour(Method):
         super().__init__(backbone)
         self.temperature = temperature
 
-    def options(self) -> dict:
-        return {"temperature": self.temperature}
-
     def _logits(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
         distances = torch.cdist(query, support)  # (queries, support)
         per_class = torch.full((len(query), way), float("inf"))

@@ -93,7 +93,7 @@ def test_baseline_plus_plus_uses_a_cosine_head_and_passes_it_on():
     assert torch.isfinite(loss) and 0 <= metrics["accuracy"] <= 100
     loss.backward()
     assert method.backbone[0][0].weight.grad is not None
-    assert wrap(method, "linear-probe").options()["head_type"] == "cosine"
+    assert wrap(method, "linear-probe").get_params()["head_type"] == "cosine"
     assert method.adapt(ep.support_x, ep.support_y, 3)(ep.query_x).shape == (6, 3)
 
 
@@ -118,7 +118,7 @@ def test_save_and_load_a_pretrained_model_with_its_metadata(tmp_path):
     # without the JSON, the safetensors header still describes the model
     (tmp_path / "zoo" / "bpp.json").unlink()
     assert read_metadata(path)["architecture"] == "conv4"
-    assert finetune_from(path, "finetune").options()["head_type"] == "cosine"
+    assert finetune_from(path, "finetune").get_params()["head_type"] == "cosine"
 
 
 def test_mismatched_weights_raise_checkpoint_error(tmp_path):

@@ -211,8 +211,8 @@ def test_protonet_test_views_average_shifted_embeddings():
         assert torch.allclose(tta, prototype_logits(embed(query), protos, "euclidean"), atol=1e-4)
         assert torch.equal(tta, model.adapt(support, support_y, 3)(query))  # deterministic
         assert not torch.allclose(tta, plain)
-    assert model.options() == {"distance": "euclidean", "test_views": 3}
-    assert ProtoNet(Conv4(1, 8)).options() == {"distance": "euclidean"}  # existing runs' options unchanged
+    assert model.get_params() == {"distance": "euclidean", "normalize": False, "test_views": 3}
+    assert ProtoNet(Conv4(1, 8)).get_params() == {"distance": "euclidean", "normalize": False, "test_views": 1}
     with pytest.raises(ConfigError, match="test_views"):
         model.set_test_options(test_views=0)
     with pytest.raises(ConfigError, match="takes test_views"):

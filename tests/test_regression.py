@@ -141,7 +141,7 @@ def test_reptile_inner_momentum_is_exactly_sgd_momentum():
     ep = SinusoidSampler(6, 6, seed=0).episode(0)
     sx, sy, qx, qy = double(ep)
     method = Reptile(sinusoid_mlp(), task="regression", inner_steps=4, inner_lr=0.05, momentum=0.9).double()
-    assert method.options()["momentum"] == 0.9
+    assert method.get_params()["momentum"] == 0.9
     want = sgd_adapted(method.backbone, sx, sy, 4, 0.05, 0.9)
     with torch.no_grad():
         got = method.adapt(sx, sy, 1).weights

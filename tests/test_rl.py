@@ -262,7 +262,7 @@ def test_cli_trains_and_evaluates_maml_rl(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["train", "maml-rl", "--dataset", "digits", "--backbone", "mlp"], "method 'maml-rl' does reinforcement only"),
     (["train", "protonet", "--env", "navigation-2d"], "for reinforcement data use one of: maml-rl"),
-    (["train", "maml-rl", "--env", "navigation-2d", "-o", "discount=2"], "discount must be in [0, 1]"),
+    (["train", "maml-rl", "--env", "navigation-2d", "-o", "discount=2"], "'discount' must be a finite number in [0, 1]"),
 ])
 def test_bad_rl_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "run"), "--quiet", "--runs", str(tmp_path)]) == 2

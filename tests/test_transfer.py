@@ -270,7 +270,7 @@ def test_wrap_any_method_and_adapt_method_validates():
     proto = ProtoNet(MLP(8, (16,)))
     method = adapt_method(proto, "lp-ft", steps=3)
     assert isinstance(method, FineTune) and method.backbone is proto.backbone
-    assert method.options()["strategy"] == "lp-ft" and method.options()["steps"] == 3
+    assert method.get_params()["strategy"] == "lp-ft" and method.get_params()["steps"] == 3
     assert adapt_method(proto, "default") is proto
     with pytest.raises(ConfigError, match="unknown adaptation strategy 'fine-tune'"):
         adapt_method(proto, "fine-tune")
@@ -292,7 +292,7 @@ def test_keep_head_uses_the_source_head_when_it_fits():
     source.test_mode = "train"  # as the MAML family: batch statistics by default
     ep = task(way=4)
     method = wrap(source, "finetune", head="keep", steps=0)
-    assert method.options()["bn"] == "batch"
+    assert method.get_params()["bn"] == "batch"
     _, head, _ = method.fit(ep.support_x, ep.support_y, ep.way)
     assert torch.equal(head.weight, source.head.weight) and head is not source.head
     ep3 = task(way=3)
@@ -309,4 +309,4 @@ def test_cosine_head():
     ep = task()
     method = FineTune(MLP(8, (16,)), "linear-probe", head_type="cosine", probe_steps=20)
     method.adapt(ep.support_x, ep.support_y, ep.way)
-    assert method.options()["probe"] == "torch"  # logistic regression fits linear heads only
+    assert method.get_params()["probe"] == "torch"  # logistic regression fits linear heads only

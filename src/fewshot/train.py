@@ -49,6 +49,7 @@ from .distributed import from_environment
 from .errors import CheckpointError, ConfigError, DataError, FewShotError, StoreError, TrainingError
 from .images import Preprocessing
 from .evaluate import evaluate
+from .methods import resolved_options
 from .io import FolderLock, load_tensors, read_json, save_tensors, write_json
 from .memory import check_batch_data_fits, check_step_fits
 from .metrics import metric_name
@@ -220,6 +221,7 @@ class Trainer:
             "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),
             "version": __version__, "done": False, "log": {"loss": 0.0, "accuracy": 0.0, "count": 0},
             "data": describe_data(config, self.dataset), "calibration": None,
+            "method_options": resolved_options(self.method),  # every option, defaults included
         }
         if self.dataset is not None:
             self.state["preprocessing"] = preprocessing_of(self.dataset).to_dict()

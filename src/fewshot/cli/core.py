@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
     one_line, parse_options, resolve_device, say_device, trainable_methods
 
@@ -211,15 +211,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _options(cls) -> dict[str, dict]:
     """A method's options (:func:`~fewshot.methods.method_options`) as ``{name: {"default",
-    "required", "type"}}``."""
+    "required", "type", "constraint"}}``: the constructor's signature and the class's
+    declared constraints (in words; None where it declares none)."""
     from ..methods import method_options
 
     options = {}
     for name, p in method_options(cls).items():
         annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
+        constraint = cls._parameter_constraints.get(name)
         options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
                          "required": p.default is inspect.Parameter.empty,
-                         "type": None if p.annotation is inspect.Parameter.empty else annotation}
+                         "type": None if p.annotation is inspect.Parameter.empty else annotation,
+                         "constraint": constraint.describe() if constraint is not None else None}
     return options
 
 
@@ -227,7 +230,7 @@ def describe_method(name: str) -> dict:
     """What ``fewshot methods`` says of one registered method."""
     from ..methods import METHODS
 
-    cls = METHODS[name]
+    cls = METHODS[name]  # an unknown name: one line with the closest known one
     doc = inspect.getdoc(cls) or ""
     return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
             "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
@@ -237,12 +240,7 @@ def describe_method(name: str) -> dict:
 def cmd_methods(args: argparse.Namespace) -> int:
     from ..methods import METHODS
 
-    names = sorted(METHODS)
-    if args.name:
-        if args.name not in METHODS:
-            raise ConfigError(f"unknown method '{args.name}'{did_you_mean(args.name, names)}; "
-                              f"`fewshot methods` lists them")
-        names = [args.name]
+    names = [args.name] if args.name else METHODS.names()
     described = [describe_method(n) for n in names]
     if args.json:
         print(json.dumps(described, default=str))
@@ -254,7 +252,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{d['name']}: {kind}; {' and '.join(d['tasks'])}")
         summary = d["summary"] if args.name else d["summary"].split(". ")[0].rstrip(".") + "."
         print(f"  {summary}")
-        if d["options"]:
+        if d["options"] and args.name:  # one method: each option, its default and what it may hold
+            print("  options (-o KEY=VALUE; auto: the method chooses):")
+            for k, o in d["options"].items():
+                default = ("(required)" if o["required"] else "auto" if o["default"] is None
+                           else json.dumps(o["default"], default=str))
+                print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
+        elif d["options"]:
             text = "  ".join(f"{k}=" + ("(required)" if o["required"] else "auto" if o["default"] is None
                                         else json.dumps(o["default"], default=str))
                              for k, o in d["options"].items())

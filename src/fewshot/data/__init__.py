@@ -11,8 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from ..errors import ConfigError, did_you_mean
-from .base import IN_MEMORY, ClassDataset, from_arrays, to_float_images
+from ..errors import ConfigError
+from ..params import validate
+from .base import DATASETS, IN_MEMORY, ClassDataset, from_arrays, to_float_images
+# The loaders register themselves in DATASETS where they are defined: importing them is what adds them.
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .digits import load_digits_dataset
 from .download import data_root
@@ -22,16 +24,6 @@ from .mnist import load_mnist
 from .omniglot import load_omniglot
 from .sinusoid import SinusoidSampler, SinusoidTask
 from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampler
-
-DATASETS: dict[str, Callable[..., ClassDataset]] = {
-    "digits": load_digits_dataset,
-    "omniglot": load_omniglot,
-    "mnist": load_mnist,
-    "cifar-fs": load_cifar_fs,
-    "fc100": load_fc100,
-    "cifar10": load_cifar10,
-    "folder": load_folder,
-}
 
 
 def load_dataset(name: str, root=None, **options) -> ClassDataset:
@@ -48,9 +40,6 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
                           "which fewshot cannot load by name; evaluate the run in Python with that dataset "
                           "(evaluate(load_run(RUN)[1], EpisodeSampler(data, 'test', ...))), or name a dataset "
                           "fewshot can load (--dataset)")
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; choose one of: "
-                          f"{', '.join(sorted(DATASETS))}")
     loader = DATASETS[name]
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     given = {k: v for k, v in options.items() if v is not None}
@@ -58,6 +47,7 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     if unknown:
         raise ConfigError(f"dataset '{name}' takes no option {', '.join(unknown)}; it takes: {', '.join(accepted) or 'none'}")
     _check_option_types(name, loader, given)
+    validate(f"dataset '{name}' option", given, getattr(loader, "_parameter_constraints", {}))
     dataset = loader(root, **given)
     dataset.origin = {"name": name, "options": given}
     return dataset

@@ -9,9 +9,16 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..registry import Registry
 
 #: The recorded dataset name of a run trained on in-memory data: ``memory:NAME``.
 IN_MEMORY = "memory:"
+
+#: Every loadable dataset by name: ``loader(root, **options) -> ClassDataset``. A loader
+#: registers where it is defined (``@DATASETS.register("digits")``); its keyword
+#: parameters are its options (``--dataset-option``), checked against its
+#: ``_parameter_constraints`` where it declares them, else against its defaults' types.
+DATASETS: Registry = Registry("dataset", "`fewshot data list` lists them")
 
 
 @dataclass

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DataError
 from .archives import ReadBudget, check_member
-from .base import ClassDataset
+from .base import DATASETS, ClassDataset
 from .download import data_root, ensure_files
 
 CIFAR100_FILES = {"cifar-100-python.tar.gz": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
@@ -78,6 +78,7 @@ FC100_SUPERCLASSES = {
 }
 
 
+@DATASETS.register("cifar-fs")
 def load_cifar_fs(root: str | Path | None = None) -> ClassDataset:
     """CIFAR-FS: CIFAR-100 with the class split of Bertinetto et al. (2019)."""
     images, fine, _, fine_names, _, source = _cifar100(root)
@@ -93,6 +94,7 @@ def load_cifar_fs(root: str | Path | None = None) -> ClassDataset:
     return ClassDataset("cifar-fs", images, fine, fine_names, splits, {"source": str(source)})
 
 
+@DATASETS.register("fc100")
 def load_fc100(root: str | Path | None = None) -> ClassDataset:
     """FC100: CIFAR-100 split by superclass as in Oreshkin et al. (2018)."""
     images, fine, coarse, fine_names, coarse_names, source = _cifar100(root)
@@ -112,6 +114,7 @@ def load_fc100(root: str | Path | None = None) -> ClassDataset:
     return ClassDataset("fc100", images, fine, fine_names, splits, {"source": str(source)})
 
 
+@DATASETS.register("cifar10")
 def load_cifar10(root: str | Path | None = None) -> ClassDataset:
     """CIFAR-10, all 60,000 images; ``train`` = classes 0-4, ``test`` = classes 5-9."""
     folder = data_root(root) / "cifar10"

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import ClassDataset
+from .base import DATASETS, ClassDataset
 
 
+@DATASETS.register("digits")
 def load_digits_dataset(root=None, *, image_size: int = 8, rotations: bool = False) -> ClassDataset:
     from sklearn.datasets import load_digits
 

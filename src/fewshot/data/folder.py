@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, save_tensors
-from .base import ClassDataset
+from .base import DATASETS, ClassDataset
 from .download import cache_dir, data_root
 from .images import decode_image
 
@@ -57,6 +57,7 @@ MAX_INFERRED_SIZE = 84
 MAX_CSV_BYTES = 64 << 20
 
 
+@DATASETS.register("folder")
 def load_folder(root: str | Path | None = None, *, path: str | Path | None = None, channels: int | None = None,
                 image_size: int | None = None, train_classes: str | Sequence[str] | None = None,
                 val_classes: str | Sequence[str] | None = None, test_classes: str | Sequence[str] | None = None,

@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from ..io import read_bounded
 from . import archives
 from .archives import ReadBudget
-from .base import ClassDataset
+from .base import DATASETS, ClassDataset
 from .download import data_root, ensure_files
 
 # The original yann.lecun.com host now refuses most downloads; this mirror serves
@@ -38,6 +38,7 @@ SETS = (("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
 _UBYTE = 0x08  # idx type code of unsigned bytes, the only type MNIST uses
 
 
+@DATASETS.register("mnist")
 def load_mnist(root: str | Path | None = None, *, image_size: int = 28) -> ClassDataset:
     """Load MNIST as a :class:`ClassDataset` of ``(70000, 1, s, s)`` uint8 images."""
     if not 4 <= int(image_size) <= 256:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, read_bounded, save_tensors
 from .archives import ReadBudget, check_name
-from .base import ClassDataset
+from .base import DATASETS, ClassDataset
 from .download import cache_dir, data_root, ensure_files
 from .images import decode_image
 
@@ -61,6 +61,7 @@ ROTATIONS = (0, 90, 180, 270)
 _IMAGE_PATH = re.compile(r"^(images_background|images_evaluation)/([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
 
 
+@DATASETS.register("omniglot")
 def load_omniglot(root: str | Path | None = None, *, image_size: int = 28, rotations: bool = True,
                   split_scheme: str = "vinyals", val_alphabets: int = 0,
                   held_out_rotations: bool = True) -> ClassDataset:

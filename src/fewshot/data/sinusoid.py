@@ -56,12 +56,14 @@ class SinusoidSampler:
     input_shape = (1,)
     splits = tuple(SPLITS)
 
+    _parameter_constraints = SAMPLER_OPTIONS
+
     def __init__(self, shot: int, query: int, seed: int = 0, split: str | None = "train",
                  device: torch.device | str | None = None):
         split = "train" if split is None else split
         if split not in SPLITS:
             raise ConfigError(f"sinusoid has no split '{split}'; its splits are: {', '.join(SPLITS)}")
-        validate("sinusoid", {"shot": shot, "query": query, "seed": seed}, SAMPLER_OPTIONS)
+        validate("sinusoid", {"shot": shot, "query": query, "seed": seed}, self._parameter_constraints)
         self.shot, self.query, self.seed, self.split = int(shot), int(query), int(seed), split
         self.way = 1
         # Points are drawn on the host (so every device sees the same tasks) and moved:

@@ -19,15 +19,22 @@ from ..config import MAX_SEED
 from ..errors import ConfigError
 from .base import ClassDataset
 from .episodes import EpisodeSampler
-from ..rl.tasks import ENV_SAMPLERS, EnvTaskSampler
+from ..registry import Registry
+from ..rl.tasks import ENV_FAMILIES, EnvTaskSampler, sampler_class
 from .sinusoid import SinusoidSampler
 
 Sampler = Union[EpisodeSampler, SinusoidSampler, EnvTaskSampler]
 
 #: Generated task families: name -> sampler class (``(shot, query, seed, split)``).
 #: Environment families (:mod:`fewshot.rl`) are generated families of kind
-#: ``"reinforcement"``: episodes are tasks to roll out, scored by return.
-TASK_FAMILIES: dict[str, type[SinusoidSampler] | type[EnvTaskSampler]] = {"sinusoid": SinusoidSampler, **ENV_SAMPLERS}
+#: ``"reinforcement"``: episodes are tasks to roll out, scored by return. A user's
+#: family joins with ``TASK_FAMILIES.register(name, sampler_class(family))``.
+TASK_FAMILIES: Registry[type[SinusoidSampler] | type[EnvTaskSampler]] = Registry(
+    "task family", "`fewshot data list` lists them")
+TASK_FAMILIES.register("sinusoid", SinusoidSampler)
+for _family in ENV_FAMILIES.values():
+    TASK_FAMILIES.register(_family.name, sampler_class(_family))
+del _family
 
 # The model of Finn et al. (2017, section 5.1) for sinusoids: an MLP with two hidden
 # layers of 40 ReLU units and one output, the prediction. The output width is not a

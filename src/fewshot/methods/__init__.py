@@ -1,7 +1,8 @@
 """Methods: every meta-learner and transfer strategy behind one interface (:mod:`.base`).
 
-:data:`METHODS` is the registry by name. A new method is one file in this package
-and one :func:`register` call (here for the built-in ones, anywhere for your own).
+:data:`METHODS` is the registry by name (a :class:`~fewshot.registry.Registry`). A new
+method is one class decorated with :func:`register`: in this package for the built-in
+ones, anywhere for your own, or in an installed plug-in (:mod:`fewshot.registry`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Sequence
 
 from torch import nn
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError
 from ..params import check_known
-from .base import Method, Predictor, class_means
+from .base import METHODS, Method, Predictor, class_means, register
+# Each method registers itself where it is defined (@register): importing it is what adds it.
 from .baselines import PixelNearestMean
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
@@ -27,34 +29,9 @@ from .reptile import Reptile
 from .taskcond import TaskCondNet
 from .transfer import FineTune
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Add a :class:`Method` subclass to :data:`METHODS` under its ``name`` (usable as a decorator).
-
-    Registering another class under a taken name is refused, so a plug-in cannot
-    silently replace a built-in method.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ConfigError(f"register() takes a Method subclass, got {cls!r}")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ConfigError(f"a method named '{cls.name}' is already registered ({METHODS[cls.name].__qualname__})")
-    METHODS[cls.name] = cls
-    return cls
-
-
-for _builtin in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
-                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus, MAMLRL):
-    register(_builtin)
-del _builtin
-
 
 def method_class(name: str) -> type[Method]:
     """The registered class of method ``name``; an unknown name is a :class:`ConfigError` listing the known ones."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'{did_you_mean(name, METHODS)}; choose one of: "
-                          f"{', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
@@ -65,6 +42,13 @@ def method_options(cls: type[Method]) -> dict[str, inspect.Parameter]:
     filled = {"self", "backbone", *inspect.signature(build_method).parameters}
     return {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
             if n not in filled and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
+
+def resolved_options(method: Method) -> dict:
+    """The options ``method`` was built with, every one (defaults filled in): what a run
+    saves, so that it says how its method was configured even where the user set nothing."""
+    options = method_options(type(method))
+    return {k: v for k, v in method.get_params().items() if k in options}
 
 
 def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[int, ...] | None = None,
@@ -100,4 +84,4 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
 
 __all__ = ["ANIL", "FOMAML", "MAML", "MANN", "METHODS", "Baseline", "BaselinePlusPlus", "FineTune", "MatchingNet",
            "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RelationNet", "Reptile", "TaskCondNet",
-           "build_method", "class_means", "method_class", "method_options", "register"]
+           "build_method", "class_means", "method_class", "method_options", "register", "resolved_options"]

@@ -31,12 +31,22 @@ a method's nature from its name or by probing attributes:
     The method's own classifier over backbone features, where it has one (MAML's
     output layer, Baseline's class head), else ``None``.
 
-A new method is one file in this package and one :func:`fewshot.methods.register` call.
+``get_params()`` / ``_parameter_constraints``
+    A method's options are its constructor's parameters, declared once: the signature
+    gives their names and defaults, the class's ``_parameter_constraints`` (a dict of
+    :mod:`fewshot.params` constraints, scikit-learn's shape) what each may hold. The
+    arguments are checked against it and kept at construction, and :meth:`get_params`
+    returns them, so ``type(m)(m.backbone, **m.get_params())`` rebuilds ``m``; a run
+    saves them (``method_options`` of its state).
+
+A new method is one file in this package, a class decorated with :func:`register`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+import functools
+import inspect
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +55,16 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..metrics import accuracy
+from ..params import Constraint, validate
+from ..registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 TASKS = ("classification", "regression")
 TEST_MODES = ("eval", "train")
+
+#: Every method by name: the built-in ones, a user's (:func:`register`) and plug-ins'.
+METHODS: Registry[type["Method"]] = Registry("method", "`fewshot methods` lists them")
 
 
 class Method(nn.Module):
@@ -69,6 +84,8 @@ class Method(nn.Module):
     needs_backbone: ClassVar[bool] = True
     backbone: nn.Module | None
     head: nn.Module | None
+    #: What each constructor option may hold (see the module docstring).
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
 
     def __init__(self, backbone: nn.Module | None = None):
         super().__init__()
@@ -81,6 +98,16 @@ class Method(nn.Module):
         super().__init_subclass__(**kwargs)
         if cls.test_mode not in TEST_MODES:
             raise TypeError(f"{cls.__name__}.test_mode must be one of {TEST_MODES}, not {cls.test_mode!r}")
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls, cls.__dict__["__init__"])
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments but the backbone, defaults filled in (scikit-learn's
+        ``get_params``): an option the method keeps as a plain attribute of the same name
+        reads as that attribute holds it now (resolved, as MAML's ``inner_lr``, or changed
+        by :meth:`set_test_options`), the others as they were given."""
+        attributes = vars(self)  # plain attributes only: nn.Module keeps parameters and modules elsewhere
+        return {k: attributes.get(k, v) for k, v in getattr(self, "_params", {}).items()}
 
     # -- features ----------------------------------------------------------------------
 
@@ -122,10 +149,6 @@ class Method(nn.Module):
         """Adapt to a support set and return ``query_x -> logits (n, way)``."""
         raise NotImplementedError
 
-    def options(self) -> dict:
-        """Constructor options, saved with a run so it can be rebuilt."""
-        return {}
-
     def source_classes(self) -> list[int] | None:
         """The dataset class ids its ``head`` classifies, in row order, for a head over a
         training split's classes (Baseline); ``None`` otherwise."""
@@ -138,6 +161,41 @@ class Method(nn.Module):
         """
         if options:
             raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}")
+
+
+def _recording(cls: type[Method], init: Callable) -> Callable:
+    """``init`` that first checks its arguments against ``cls``'s declared constraints and
+    then keeps them for :meth:`Method.get_params`. A subclass's constructor runs last, so
+    what it was given is what is kept."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"bad option for method '{type(self).name}': {e}") from None
+        bound.apply_defaults()
+        params: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                params.update(value)
+            elif kind is not inspect.Parameter.VAR_POSITIONAL and name != "backbone":
+                params[name] = value
+        validate(type(self).name, params, cls._parameter_constraints)
+        init(self, *args, **kwargs)
+        self._params = params
+
+    return __init__
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add a :class:`Method` subclass to :data:`METHODS` under its ``name``: a decorator
+    for the class's definition. Another class under a taken name is refused."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"register() takes a Method subclass, got {cls!r}")
+    return METHODS.register(cls.name, cls)
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:

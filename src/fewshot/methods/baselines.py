@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, Predictor, class_means
+from .base import Method, Predictor, class_means, register
 from .protonet import prototype_logits
 
 
+@register
 class PixelNearestMean(Method):
     """Nearest class mean on raw pixels (squared Euclidean): no features, no training."""
 

@@ -69,11 +69,11 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy
-from ..params import Boolean, Integer, Real, checked, validate
-from ..models.functional import FunctionalModule, check_batch_norm, keep_freed_memory
+from ..params import Boolean, Integer, OneOf, Optional, Real, checked
+from ..models.functional import BATCH_NORM_MODES, FunctionalModule, keep_freed_memory
 from ..models.inner_loop import sgd_step, surrogate_loss
 from ..models.task_batched import TaskBatched, Unbatchable
-from .base import Method, Predictor
+from .base import Method, Predictor, register
 
 TASKS = ("classification", "regression")
 # The inner learning rate when none is given: Finn et al. (2017) use 0.4 for 5-way
@@ -83,8 +83,12 @@ DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
 POSITIVE = Real(low=0, open_low=True)
-#: MAML's switches: true or false, never 0 or 1.
-FLAGS = dict.fromkeys(("first_order", "learn_inner_lr", "tune_allocator", "task_batching", "boil"), Boolean())
+#: What each of MAML's options may hold (its switches true or false, never 0 or 1).
+OPTIONS = {"way": Integer(low=1), "inner_steps": Integer(low=0), "inner_lr": Optional(POSITIVE),
+           "first_order": Optional(Boolean()), "learn_inner_lr": Boolean(), "test_inner_steps": Optional(Integer(low=0)),
+           "task": OneOf(*TASKS), "in_features": Optional(Integer(low=1)), "batch_norm": OneOf(*BATCH_NORM_MODES),
+           "tune_allocator": Boolean(), "task_batching": Boolean(), "task_chunk": Optional(Integer(low=1)),
+           "boil": Boolean()}
 
 
 @torch.no_grad()
@@ -116,6 +120,7 @@ def _batched_sgd_step(params: dict, names: Sequence[str], grads: Sequence[torch.
     return out
 
 
+@register
 class MAML(Method):
     """Model-Agnostic Meta-Learning (see the module docstring).
 
@@ -136,6 +141,7 @@ class MAML(Method):
 
     name = "maml"
     test_mode = "train"
+    _parameter_constraints = OPTIONS
     tasks = TASKS
     #: Names of the parameters the inner loop adapts: "all", "head" (ANIL) or "body" (BOIL).
     adapts = "all"
@@ -155,17 +161,10 @@ class MAML(Method):
         first_order = self.default_first_order if first_order is None else first_order
         if self.default_first_order and first_order is not True:
             raise ConfigError(f"{self.name} is first-order by definition; use maml for the second-order meta-gradient")
-        if task not in TASKS:
-            raise ConfigError(f"unknown {self.name} task '{task}'; choose one of: {', '.join(TASKS)}")
-        validate(self.name, {"first_order": first_order, "learn_inner_lr": learn_inner_lr,
-                             "tune_allocator": tune_allocator, "task_batching": task_batching, "boil": boil}, FLAGS)
-        self.way = checked(self.name, "way", way, Integer(low=1))
-        self.inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
-        self.inner_lr = checked(self.name, "inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr, POSITIVE)
-        self.test_inner_steps = (None if test_inner_steps is None
-                                 else checked(self.name, "test_inner_steps", test_inner_steps, Integer(low=0)))
+        self.way, self.inner_steps, self.test_inner_steps = way, inner_steps, test_inner_steps
+        self.inner_lr = DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
-        self.batch_norm = check_batch_norm(batch_norm)
+        self.batch_norm = batch_norm
         self.tune_allocator = tune_allocator
         self.task_batching = task_batching
         if boil:
@@ -173,7 +172,7 @@ class MAML(Method):
                 raise ConfigError(f"{self.name} adapts the {self.adapts} only; boil (the body only) does not apply")
             self.adapts = "body"
         self.boil = boil
-        self.task_chunk = None if task_chunk is None else checked(self.name, "task_chunk", task_chunk, Integer(low=1))
+        self.task_chunk = task_chunk
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         self.backbone = backbone
         self.head: nn.Linear | None = None
@@ -193,7 +192,9 @@ class MAML(Method):
                     raise ConfigError(f"{self.name} could not size its head by a dry run of the backbone on a "
                                       f"{'x'.join(map(str, shape))} input ({type(e).__name__}: {e}); pass "
                                       f"image_shape=(c, h, w) or in_features=N") from None
-            self.in_features = checked(self.name, "in_features", in_features, Integer(low=1))
+            if not OPTIONS["in_features"].accepts(in_features):  # the dry run's width
+                raise ConfigError(f"{self.name} 'in_features' must be a positive integer, got {in_features!r}")
+            self.in_features = in_features
             self.head = nn.Linear(self.in_features, self.way)
         else:
             self.in_features = in_features
@@ -247,16 +248,6 @@ class MAML(Method):
         row = self.step_lrs[min(step, self.step_lrs.shape[0] - 1)]
         row = row.detach() if detach else row
         return list(row.unbind(0))
-
-    def options(self) -> dict:
-        options = {"way": self.way, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
-                   "first_order": self.first_order, "learn_inner_lr": self.learn_inner_lr,
-                   "test_inner_steps": self.test_inner_steps, "task": self.task, "batch_norm": self.batch_norm,
-                   "tune_allocator": self.tune_allocator, "task_batching": self.task_batching,
-                   "task_chunk": self.task_chunk, "boil": self.boil}
-        if self.head is not None:
-            options["in_features"] = self.in_features
-        return options
 
     def set_test_options(self, inner_steps: int | None = None, inner_lr: float | None = None, **options) -> None:
         """Test-time ``inner_steps`` and, for fixed rates, ``inner_lr``."""
@@ -560,6 +551,7 @@ class AdaptedPredictor:
             return forward(params, qx)
 
 
+@register
 class FOMAML(MAML):
     """First-order MAML: ``MAML(first_order=True)``; the inner gradients are constants."""
 
@@ -567,6 +559,7 @@ class FOMAML(MAML):
     default_first_order = True
 
 
+@register
 class MetaSGD(MAML):
     """Meta-SGD: a learned inner learning rate for every parameter element.
 
@@ -589,12 +582,8 @@ class MetaSGD(MAML):
     def _lrs(self, step: int, detach: bool, test: bool = False) -> list[torch.Tensor | float]:
         return [lr.detach() for lr in self.inner_lrs] if detach else list(self.inner_lrs)
 
-    def options(self) -> dict:
-        options = super().options()
-        options.pop("learn_inner_lr")
-        return options
 
-
+@register
 class ANIL(MAML):
     """Almost No Inner Loop: the inner loop adapts the head only.
 

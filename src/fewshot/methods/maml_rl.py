@@ -42,14 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..params import Boolean, validate
+from ..params import Boolean, Integer, OneOf, Optional, Real
 from ..models.functional import FunctionalModule
 from ..models.inner_loop import sgd_step, surrogate_loss
 from ..rl.policies import log_prob, sample
 from ..rl.rng import Generators
 from ..rl.rollouts import Rollouts, advantages, policy_gradient_loss, rollout
 from ..rl.tasks import RLTask
-from .base import Method
+from .base import Method, register
 
 POLICIES = ("gaussian", "categorical")
 
@@ -65,6 +65,7 @@ def _check(name: str, value, integer: bool, strict: bool = False):
     return int(value) if integer else float(value)
 
 
+@register
 class MAMLRL(Method):
     """MAML with policy-gradient inner and outer loops (see the module docstring).
 
@@ -80,30 +81,26 @@ class MAMLRL(Method):
     tasks = ("reinforcement",)
     task = "reinforcement"
     test_mode = "train"
+    # policy: None only until the environment family sets it (an option the data decides).
+    _parameter_constraints = {
+        "policy": Optional(OneOf(*POLICIES)), "inner_steps": Integer(low=0), "inner_lr": Real(low=0, open_low=True),
+        "first_order": Boolean(), "test_inner_steps": Optional(Integer(low=0)), "discount": Real(low=0, high=1),
+        "baseline": Boolean(), "normalize_advantages": Boolean(), "init_std": Real(low=0, open_low=True),
+        "task": OneOf("reinforcement")}
 
     def __init__(self, backbone: nn.Module, policy: str | None = None, inner_steps: int = 1, inner_lr: float = 0.1,
                  first_order: bool = False, test_inner_steps: int | None = None, discount: float = 0.99,
                  baseline: bool = True, normalize_advantages: bool = True, init_std: float = 1.0,
                  task: str = "reinforcement", image_shape: Sequence[int] | None = None):
         super().__init__(backbone)
-        if task != "reinforcement":
-            raise ConfigError(f"maml-rl learns policies on environment families, not {task} data; "
-                              "train it with --env (see `fewshot data list`), e.g. --env navigation-2d")
-        if policy not in POLICIES:
-            raise ConfigError(f"maml-rl policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if policy is None:
+            raise ConfigError(f"maml-rl needs a policy, one of {', '.join(POLICIES)} (training on an environment "
+                              "family sets it)")
         if backbone is None:
             raise ConfigError("maml-rl needs a policy network module (e.g. fewshot.models.MLP)")
-        validate("maml-rl", {"first_order": first_order, "baseline": baseline,
-                             "normalize_advantages": normalize_advantages},
-                 dict.fromkeys(("first_order", "baseline", "normalize_advantages"), Boolean()))
-        self.policy = policy
-        self.inner_steps = _check("inner_steps", inner_steps, True)
-        self.inner_lr = _check("inner_lr", inner_lr, False, strict=True)
-        self.test_inner_steps = None if test_inner_steps is None else _check("test_inner_steps", test_inner_steps, True)
-        self.discount = _check("discount", discount, False)
-        if self.discount > 1:
-            raise ConfigError(f"maml-rl discount must be in [0, 1], got {discount!r}")
-        self.init_std = _check("init_std", init_std, False, strict=True)
+        self.policy, self.inner_steps, self.inner_lr = policy, int(inner_steps), float(inner_lr)
+        self.test_inner_steps = None if test_inner_steps is None else int(test_inner_steps)
+        self.discount, self.init_std = float(discount), float(init_std)
         self.first_order, self.baseline, self.normalize_advantages = first_order, baseline, normalize_advantages
         self.log_std = None
         if policy == "gaussian":
@@ -151,12 +148,6 @@ class MAMLRL(Method):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """The policy network's output: the Gaussian mean, or the categorical logits."""
         return self.backbone(obs)
-
-    def options(self) -> dict:
-        return {"policy": self.policy, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
-                "first_order": self.first_order, "test_inner_steps": self.test_inner_steps, "discount": self.discount,
-                "baseline": self.baseline, "normalize_advantages": self.normalize_advantages,
-                "init_std": self.init_std, "task": self.task}
 
     def set_test_options(self, inner_steps: int | None = None, **options) -> None:
         """Test-time adaptation steps (``fewshot evaluate --adapt-steps K``)."""

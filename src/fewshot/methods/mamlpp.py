@@ -42,8 +42,9 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.functional import FunctionalModule, norm_layers
-from ..params import Boolean, Integer, OneOf, checked, validate
-from .maml import MAML, AdaptedPredictor
+from ..params import Boolean, Integer, OneOf
+from .base import register
+from .maml import MAML, OPTIONS, AdaptedPredictor
 
 TEST_BATCH_NORM = ("task", "per_step")
 
@@ -60,6 +61,7 @@ def msl_weights(steps: int, progress: float) -> list[float]:
     return weights
 
 
+@register
 class MAMLpp(MAML):
     """MAML++ (see the module docstring). Options beyond MAML's: ``multi_step_loss``,
     ``msl_iterations``, ``first_order_iterations``, ``per_step_bn``, ``test_batch_norm``
@@ -67,6 +69,9 @@ class MAMLpp(MAML):
     steps, rates initialised at 0.1)."""
 
     name = "mamlpp"
+    _parameter_constraints = {**OPTIONS, "inner_steps": Integer(low=1), "multi_step_loss": Boolean(),
+                              "msl_iterations": Integer(low=0), "first_order_iterations": Integer(low=0),
+                              "per_step_bn": Boolean(), "test_batch_norm": OneOf(*TEST_BATCH_NORM)}
 
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float | None = 0.1,
                  first_order: bool = False, learn_inner_lr: bool = True, test_inner_steps: int | None = None,
@@ -75,14 +80,10 @@ class MAMLpp(MAML):
                  task_batching: bool = True, task_chunk: int | None = None, boil: bool = False,
                  multi_step_loss: bool = True, msl_iterations: int = 7500, first_order_iterations: int = 25000,
                  per_step_bn: bool = True, test_batch_norm: str = "task"):
-        validate(self.name, {"multi_step_loss": multi_step_loss, "per_step_bn": per_step_bn,
-                             "test_batch_norm": test_batch_norm},
-                 {"multi_step_loss": Boolean(), "per_step_bn": Boolean(), "test_batch_norm": OneOf(*TEST_BATCH_NORM)})
         self.multi_step_loss, self.per_step_bn = multi_step_loss, per_step_bn
-        self.msl_iterations = checked(self.name, "msl_iterations", msl_iterations, Integer(low=0))
-        self.first_order_iterations = checked(self.name, "first_order_iterations", first_order_iterations, Integer(low=0))
+        self.msl_iterations, self.first_order_iterations = msl_iterations, first_order_iterations
         self.test_batch_norm = test_batch_norm
-        super().__init__(backbone, way=way, inner_steps=checked(self.name, "inner_steps", inner_steps, Integer(low=1)), inner_lr=inner_lr,
+        super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
                          first_order=first_order, learn_inner_lr=learn_inner_lr, test_inner_steps=test_inner_steps,
                          task=task, image_shape=image_shape, in_features=in_features, batch_norm=batch_norm,
                          tune_allocator=tune_allocator, task_batching=task_batching, task_chunk=task_chunk, boil=boil)
@@ -279,13 +280,6 @@ class MAMLpp(MAML):
                     handle.remove()
 
         return observed, sx, qx, params
-
-    def options(self) -> dict:
-        options = super().options()
-        options.update(multi_step_loss=self.multi_step_loss, msl_iterations=self.msl_iterations,
-                       first_order_iterations=self.first_order_iterations, per_step_bn=self.per_step_bn,
-                       test_batch_norm=self.test_batch_norm)
-        return options
 
 
 __all__ = ["MAMLpp", "msl_weights"]

@@ -74,7 +74,8 @@ from ..data.episodes import Episode, EpisodeSampler
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..metrics import accuracy, confidence_interval
-from .base import Method, Predictor
+from ..params import Boolean, Integer, OneOf, Real
+from .base import Method, Predictor, register
 
 ENCODERS = ("backbone", "pixels")
 WRITES = ("key", "add")
@@ -152,6 +153,7 @@ def sequence_order(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.argsort(np.array(keys, dtype=np.uint64), kind="stable")).to(x.device)
 
 
+@register
 class MANN(Method):
     """Memory-augmented neural network with an LSTM controller (``controller_size``) and an
     LRUA memory (``memory_slots`` × ``memory_size``, ``reads`` heads, usage decay ``gamma``,
@@ -159,22 +161,18 @@ class MANN(Method):
     output (default 5)."""
 
     name = "mann"
+    _parameter_constraints = {"way": Integer(low=1), "encoder": OneOf(*ENCODERS), "pixel_size": Integer(low=1),
+                              "controller_size": Integer(low=1), "memory_slots": Integer(low=1),
+                              "memory_size": Integer(low=1), "reads": Integer(low=1), "gamma": Real(low=0, high=1),
+                              "key_strength": Boolean(), "write": OneOf(*WRITES)}
 
     def __init__(self, backbone: nn.Module | None, image_shape: Sequence[int] | None = None, way: int = 5,
                  encoder: str = "pixels", pixel_size: int = 20, controller_size: int = 200,
                  memory_slots: int = 128, memory_size: int = 40, reads: int = 4, gamma: float = 0.95,
                  key_strength: bool = True, write: str = "add"):
         super().__init__(backbone if encoder == "backbone" else None)
-        if encoder not in ENCODERS:
-            raise ConfigError(f"unknown mann encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}")
         if image_shape is None:
             raise ConfigError("mann needs image_shape=(c, h, w) to size its controller")
-        for option, value in (("way", way), ("pixel_size", pixel_size), ("controller_size", controller_size),
-                              ("memory_slots", memory_slots), ("memory_size", memory_size), ("reads", reads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"mann {option} must be a positive integer, got {value!r}")
-        if not 0 <= gamma <= 1:
-            raise ConfigError(f"mann gamma must be between 0 and 1, got {gamma}")
         if encoder == "backbone" and backbone is None:
             raise ConfigError("mann encoder='backbone' needs a backbone; or use encoder='pixels'")
         self.way, self.encoder_kind, self.pixel_size = way, encoder, pixel_size
@@ -186,12 +184,6 @@ class MANN(Method):
                                  write)
         self.controller = nn.LSTMCell(in_features + way + reads * memory_size, controller_size)
         self.output = nn.Linear(controller_size + reads * memory_size, way)
-
-    def options(self) -> dict:
-        m = self.memory
-        return {"way": self.way, "encoder": self.encoder_kind, "pixel_size": self.pixel_size,
-                "controller_size": self.controller_size, "memory_slots": m.slots, "memory_size": m.size,
-                "reads": m.reads, "gamma": m.gamma, "key_strength": self.key_strength, "write": m.write_kind}
 
     # -- the recurrent core ------------------------------------------------------------
 

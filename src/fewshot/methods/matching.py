@@ -40,7 +40,8 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from .base import Method, Predictor
+from ..params import Boolean, Integer, Optional, Real
+from .base import Method, Predictor, register
 
 
 class FullContextEmbedding(nn.Module):
@@ -72,19 +73,18 @@ class FullContextEmbedding(nn.Module):
         return h
 
 
+@register
 class MatchingNet(Method):
     """Matching Networks with cosine attention; ``fce=True`` adds full-context
     embeddings with ``fce_steps`` attention steps (needs ``image_shape`` to size them)."""
 
     name = "matchingnet"
+    # scale: null is the paper's fixed 1.
+    _parameter_constraints = {"fce": Boolean(), "fce_steps": Integer(low=1), "scale": Optional(Real(low=0, open_low=True))}
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, fce: bool = False,
                  fce_steps: int = 5, scale: float | None = 10.0):
         super().__init__(backbone)
-        if not isinstance(fce_steps, int) or fce_steps < 1:
-            raise ConfigError(f"matchingnet fce_steps must be a positive integer, got {fce_steps!r}")
-        if scale is not None and (not isinstance(scale, (int, float)) or not scale > 0):
-            raise ConfigError(f"matchingnet scale must be a positive number (or null for the paper's 1), got {scale!r}")
         self.fce, self.fce_steps = bool(fce), fce_steps
         self.initial_scale = None if scale is None else float(scale)
         self.scale = nn.Parameter(torch.tensor(self.initial_scale)) if scale is not None else None
@@ -93,9 +93,6 @@ class MatchingNet(Method):
             if image_shape is None:
                 raise ConfigError("matchingnet with fce=True needs image_shape=(c, h, w) to size its LSTMs")
             self.context = FullContextEmbedding(feature_dim(backbone, image_shape), fce_steps)
-
-    def options(self) -> dict:
-        return {"fce": self.fce, "fce_steps": self.fce_steps, "scale": self.initial_scale}
 
     def _embed(self, support: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.context is not None:

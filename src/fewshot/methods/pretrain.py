@@ -34,12 +34,14 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from .base import Method, Predictor, accuracy
+from ..params import Integer, Optional, Real, validate
+from .base import Method, Predictor, accuracy, register
 from .transfer import CosineHead, new_head, train_head
 
 ADAPT_DEFAULTS: dict[str, Any] = {"adapt_epochs": 100, "adapt_lr": 0.01, "adapt_batch": 4, "seed": 0}
 
 
+@register
 class Baseline(Method):
     """Supervised pre-training over all training classes with a linear head (Chen et al., 2019).
 
@@ -51,9 +53,14 @@ class Baseline(Method):
 
     name = "baseline"
     head_type = "linear"
+    _parameter_constraints = {"num_classes": Optional(Integer(low=1)), "scale": Optional(Real(low=0, open_low=True)),
+                              "adapt_epochs": Integer(low=0), "adapt_lr": Real(low=0, open_low=True),
+                              "adapt_batch": Integer(low=1), "seed": Integer()}
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, num_classes: int | None = None,
-                 classes: Sequence[int] | None = None, scale: float | None = None, **adapt_options: Any):
+                 classes: Sequence[int] | None = None, scale: float | None = None,
+                 adapt_epochs: int = ADAPT_DEFAULTS["adapt_epochs"], adapt_lr: float = ADAPT_DEFAULTS["adapt_lr"],
+                 adapt_batch: int = ADAPT_DEFAULTS["adapt_batch"], seed: int = ADAPT_DEFAULTS["seed"]):
         super().__init__()
         if image_shape is None:
             raise ConfigError(f"{self.name} needs image_shape (channels, height, width) to size its classifier")
@@ -64,22 +71,17 @@ class Baseline(Method):
             if num_classes is not None and int(num_classes) != len(classes):
                 raise ConfigError(f"{self.name}: num_classes={num_classes} but {len(classes)} classes given")
             num_classes = len(classes)
-        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
-                                        or num_classes < 1):
-            raise ConfigError(f"{self.name} num_classes must be a positive integer, got {num_classes!r}")
         self.backbone = backbone
         self.image_shape = tuple(int(s) for s in image_shape)
         self.feature_dim = feature_dim(backbone, self.image_shape)
         self.scale = scale
-        self._given = {"num_classes": num_classes, "scale": scale} if classes is None else {"scale": scale}
         # Sized at load time from the checkpoint when the class count is unknown here.
         self._sized = num_classes is not None
         self._build_head(num_classes or 0)
         ids = torch.tensor(classes, dtype=torch.int64) if classes is not None else torch.full((num_classes or 0,), -1)
         self.register_buffer("class_ids", ids)
         self._rows: dict[int, int] | None = None
-        self._adapt = dict(ADAPT_DEFAULTS)
-        self.set_test_options(**adapt_options)
+        self._adapt = {"adapt_epochs": adapt_epochs, "adapt_lr": adapt_lr, "adapt_batch": adapt_batch, "seed": seed}
 
     def _build_head(self, num_classes: int) -> None:
         if self.head_type == "cosine":
@@ -93,24 +95,13 @@ class Baseline(Method):
     def num_classes(self) -> int:
         return len(self.class_ids)
 
-    def options(self) -> dict:
-        out = {k: v for k, v in self._given.items() if v is not None}
-        out.update({k: v for k, v in self._adapt.items() if v != ADAPT_DEFAULTS[k]})
-        return out
-
     def set_test_options(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(ADAPT_DEFAULTS))
         if unknown:
             raise ConfigError(f"{self.name} takes no option {', '.join(unknown)}; "
                               f"its adaptation options are: {', '.join(ADAPT_DEFAULTS)}")
-        merged = {**self._adapt, **options}
-        for key in ("adapt_epochs", "adapt_batch"):
-            if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < (0 if key == "adapt_epochs" else 1):
-                raise ConfigError(f"{self.name} {key} must be a {'non-negative' if key == 'adapt_epochs' else 'positive'} "
-                                  f"integer, got {merged[key]!r}")
-        if not (isinstance(merged["adapt_lr"], (int, float)) and merged["adapt_lr"] > 0):
-            raise ConfigError(f"{self.name} adapt_lr must be a positive number, got {merged['adapt_lr']!r}")
-        self._adapt = merged
+        validate(self.name, options, self._parameter_constraints)
+        self._adapt = {**self._adapt, **options}
 
     # -- the class map -------------------------------------------------------------------
 
@@ -180,6 +171,7 @@ class Baseline(Method):
         return lambda query_x: head(self.backbone(query_x))
 
 
+@register
 class BaselinePlusPlus(Baseline):
     """Baseline++ (Chen et al., 2019): the same pre-training with a cosine classifier
     (class-wise learned norms; scale 10 beyond 200 classes, 2 otherwise, or ``scale``)."""

@@ -32,7 +32,7 @@ from ..data.augment import MAX_VIEWS, augmentable, shifted_views
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..params import Boolean, Integer, OneOf, validate
-from .base import Method, Predictor, class_means
+from .base import Method, Predictor, class_means, register
 
 DISTANCES = ("euclidean", "cosine")
 OPTIONS = {"distance": OneOf(*DISTANCES), "normalize": Boolean(), "test_views": Integer(low=1, high=MAX_VIEWS)}
@@ -75,6 +75,7 @@ def centre_and_normalize(support: torch.Tensor, support_y: torch.Tensor, way: in
     return F.normalize(support - centre, dim=1), F.normalize(query - centre, dim=1)
 
 
+@register
 class ProtoNet(Method):
     """Prototypical Networks. ``distance`` is ``"euclidean"`` (squared, the paper's
     choice) or ``"cosine"`` with a learned temperature (initialised at 10).
@@ -84,18 +85,13 @@ class ProtoNet(Method):
     at test time (the module docstring)."""
 
     name = "protonet"
+    _parameter_constraints = OPTIONS
 
     def __init__(self, backbone: nn.Module, distance: str = "euclidean", normalize: bool = False,
                  test_views: int = 1):
         super().__init__(backbone)
-        validate(self.name, {"distance": distance, "normalize": normalize, "test_views": test_views}, OPTIONS)
         self.distance, self.normalize, self.test_views = distance, normalize, int(test_views)
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" or normalize else None
-
-    def options(self) -> dict:
-        # normalize and test_views are saved only when set, so the options of existing runs are unchanged.
-        return {"distance": self.distance, **({"normalize": True} if self.normalize else {}),
-                **({"test_views": self.test_views} if self.test_views != 1 else {})}
 
     def set_test_options(self, test_views: int | None = None, **options) -> None:
         """Test-time ``test_views`` (see the module docstring)."""

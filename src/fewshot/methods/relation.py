@@ -55,7 +55,8 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from .base import Method, Predictor
+from ..params import Integer, OneOf, Optional
+from .base import Method, Predictor, register
 
 RELATIONS = ("conv", "mlp")
 LOSSES = ("mse", "ce")
@@ -130,6 +131,7 @@ class MLPRelation(nn.Module):
         return self.out(torch.relu(_pair_sum(self.first, classes, query)))[..., 0]
 
 
+@register
 class RelationNet(Method):
     """Relation Networks. Options: ``relation`` ("conv" | "mlp"), ``loss`` ("mse" | "ce"),
     ``aggregate`` ("mean" | "sum") of K-shot support features, ``hidden`` units of the
@@ -137,18 +139,15 @@ class RelationNet(Method):
     ``unpooled_blocks`` (conv only). Needs ``image_shape`` to size the relation module."""
 
     name = "relationnet"
+    # hidden: null is 8 for the conv relation module, 64 for the mlp one.
+    _parameter_constraints = {"relation": OneOf(*RELATIONS), "loss": OneOf(*LOSSES), "aggregate": OneOf(*AGGREGATES),
+                              "hidden": Optional(Integer(low=1)), "unpooled_blocks": Integer(low=0)}
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, relation: str = "conv",
                  loss: str = "mse", aggregate: str = "mean", hidden: int | None = None, unpooled_blocks: int = 2):
         super().__init__(backbone)
-        for option, value, choices in (("relation", relation, RELATIONS), ("loss", loss, LOSSES),
-                                       ("aggregate", aggregate, AGGREGATES)):
-            if value not in choices:
-                raise ConfigError(f"unknown relationnet {option} '{value}'; choose one of: {', '.join(choices)}")
         if image_shape is None:
             raise ConfigError("relationnet needs image_shape=(c, h, w) to size its relation module")
-        if not isinstance(unpooled_blocks, int) or unpooled_blocks < 0:
-            raise ConfigError(f"relationnet unpooled_blocks must be a non-negative integer, got {unpooled_blocks!r}")
         self.relation_kind, self.loss_kind, self.aggregate = relation, loss, aggregate
         self.hidden = int(hidden if hidden is not None else (8 if relation == "conv" else 64))
         self.unpooled_blocks = unpooled_blocks
@@ -179,10 +178,6 @@ class RelationNet(Method):
             raise ConfigError(f"relationnet relation='{self.relation_kind}' needs {expected}-d features per image, "
                               f"the backbone gives shape {shape}")
         return shape
-
-    def options(self) -> dict:
-        return {"relation": self.relation_kind, "loss": self.loss_kind, "aggregate": self.aggregate,
-                "hidden": self.hidden, "unpooled_blocks": self.unpooled_blocks}
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.relation_kind == "conv":

@@ -40,10 +40,12 @@ from ..errors import ConfigError
 from ..models.functional import keep_freed_memory
 from ..models.inner_loop import surrogate_loss
 from ..models.task_batched import Unbatchable
-from ..params import Boolean, Real, validate
-from .maml import DEFAULT_INNER_LR, MAML
+from ..params import Boolean, Real
+from .base import register
+from .maml import DEFAULT_INNER_LR, MAML, OPTIONS
 
 
+@register
 class Reptile(MAML):
     """Reptile. Options: ``way``, ``inner_steps`` (default 5), ``inner_lr`` (SGD, default
     0.1, or for regression MAML's 0.01), ``momentum`` (of the inner SGD, default 0), ``test_inner_steps``, ``use_query``,
@@ -53,14 +55,14 @@ class Reptile(MAML):
 
     name = "reptile"
     default_first_order = True
+    _parameter_constraints = {**{k: c for k, c in OPTIONS.items() if k not in ("first_order", "learn_inner_lr", "boil")},
+                              "use_query": Boolean(), "momentum": Real(low=0, high=1, open_high=True)}
 
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float | None = None,
                  momentum: float = 0.0, test_inner_steps: int | None = None, use_query: bool = True,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
                  in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
                  task_batching: bool = True, task_chunk: int | None = None):
-        validate("reptile", {"use_query": use_query, "momentum": momentum},
-                 {"use_query": Boolean(), "momentum": Real(low=0, high=1, open_high=True)})
         if inner_lr is None:
             inner_lr = DEFAULT_INNER_LR["regression"] if task == "regression" else 0.1
         super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
@@ -69,14 +71,6 @@ class Reptile(MAML):
                          task_batching=task_batching, task_chunk=task_chunk)
         self.use_query = use_query
         self.inner_momentum = float(momentum)
-
-    def options(self) -> dict:
-        options = super().options()
-        for key in ("first_order", "learn_inner_lr", "boil"):
-            options.pop(key)
-        options["use_query"] = self.use_query
-        options["momentum"] = self.inner_momentum
-        return options
 
     def loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean post-adaptation query loss; its gradient is ``θ − mean φ̃`` (see the module docstring)."""

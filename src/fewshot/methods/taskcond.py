@@ -36,9 +36,9 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..params import Integer, OneOf, validate
+from ..params import Integer, OneOf
 from ..models.backbones import feature_dim
-from .base import Method, Predictor, class_means
+from .base import Method, Predictor, class_means, register
 from .protonet import DISTANCES, prototype_logits
 
 CONDITIONS = ("backbone", "features")
@@ -74,18 +74,18 @@ class TaskEncoder(nn.Module):
         return self.rho(self.phi(torch.cat([means, spread], dim=1)).mean(0))
 
 
+@register
 class TaskCondNet(Method):
     """Task-conditioned network (TADAM / CNAPs-style FiLM). Options: ``condition``
     ("backbone" | "features"), ``distance`` ("euclidean" | "cosine"), ``hidden`` width of
     the task encoder. Needs ``image_shape`` to size the task encoder."""
 
     name = "taskcond"
+    _parameter_constraints = {"condition": OneOf(*CONDITIONS), "distance": OneOf(*DISTANCES), "hidden": Integer(low=1)}
 
     def __init__(self, backbone: nn.Module, image_shape: Sequence[int] | None = None, condition: str = "backbone",
                  distance: str = "euclidean", hidden: int = 64):
         super().__init__(backbone)
-        validate(self.name, {"condition": condition, "distance": distance, "hidden": hidden},
-                 {"condition": OneOf(*CONDITIONS), "distance": OneOf(*DISTANCES), "hidden": Integer(low=1)})
         if image_shape is None:
             raise ConfigError("taskcond needs image_shape=(c, h, w) to size its task encoder")
         self.condition, self.distance, self.hidden = condition, distance, hidden
@@ -110,9 +110,6 @@ class TaskCondNet(Method):
             nn.init.zeros_(head.bias)
         self.scale = nn.Parameter(torch.tensor(10.0 if distance == "cosine" else 1.0))
         self._film: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def options(self) -> dict:
-        return {"condition": self.condition, "distance": self.distance, "hidden": self.hidden}
 
     def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> torch.Tensor:
         """The task encoder's embedding ``z`` (hidden,) of a support set."""

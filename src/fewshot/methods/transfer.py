@@ -170,6 +170,7 @@ class FineTune(Method):
 
     name = "finetune"
     learns_across_tasks = False
+    _parameter_constraints = OPTIONS
 
     def __init__(self, backbone: nn.Module, strategy: str = "finetune", *, source_head: nn.Module | None = None,
                  **options: Any):
@@ -184,8 +185,9 @@ class FineTune(Method):
 
     # -- options -----------------------------------------------------------------------
 
-    def options(self) -> dict:
-        return {k: v for k, v in self._options.items() if v != DEFAULTS[k] or k == "strategy"}
+    def get_params(self) -> dict[str, Any]:
+        """Its options now (:meth:`set_test_options` changes them) and ``source_head``."""
+        return {"source_head": self.source_head, **self._options}
 
     def set_test_options(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(DEFAULTS))
@@ -434,9 +436,8 @@ def wrap(source: Method | Pretrained | nn.Module, strategy: str = "finetune", **
     see :func:`fewshot.runs.finetune_from`.
     """
     if isinstance(source, FineTune):
-        merged = {**source.options(), **options}
-        merged.pop("strategy")
-        return FineTune(source.backbone, strategy, source_head=source.source_head, **merged)
+        merged = {**source.get_params(), **options, "strategy": strategy}
+        return FineTune(source.backbone, **merged)
     defaults: dict[str, Any] = {}
     head = None
     if isinstance(source, Pretrained):

@@ -1,20 +1,34 @@
 """Feature extractors: Conv-4, ResNet-12 and MLP, plus any ``nn.Module`` a user brings.
 
 Every backbone maps a batch ``(n, c, h, w)`` to features ``(n, d)``; ``feature_dim``
-finds ``d`` for any module by one dry forward pass.
+finds ``d`` for any module by one dry forward pass. :data:`BACKBONES` holds them by
+name: the built-in ones, and the architectures a user or a plug-in registers (then
+``--backbone NAME`` trains them and pre-trained files naming them load).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError
 from ..params import Boolean, Integer, ListOf, Optional, check_known, validate
+from ..registry import Registry
+
+#: Every backbone by name: a class or function returning an ``nn.Module`` from its options.
+#: Its constructor's ``in_channels``, ``in_features`` or ``image_shape``, when it has one,
+#: comes from the input shape (see :func:`build_backbone`); the rest are options, checked
+#: against its ``_parameter_constraints`` where it declares them.
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+
+# What the size options of the built-in backbones may hold. The bounds are far beyond
+# any published few-shot backbone; past them a typo (width 10000000) would allocate
+# memory without end rather than fail.
+_SIZE = Integer(low=1, high=4096)
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -31,6 +45,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+@BACKBONES.register("conv4")
 class Conv4(nn.Sequential):
     """The standard few-shot backbone (Vinyals et al., 2016; Snell et al., 2017):
     four conv blocks of ``width`` filters, flattened. 64 features on 28×28 input,
@@ -40,6 +55,8 @@ class Conv4(nn.Sequential):
     convolutions, BatchNorm and pooling run several times faster in
     (``benchmarks/results/protonet_omniglot.json`` has the measurements).
     """
+
+    _parameter_constraints = {"width": _SIZE, "depth": Integer(low=1, high=16)}
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4):
         blocks = [conv_block(in_channels if i == 0 else width, width) for i in range(depth)]
@@ -77,9 +94,12 @@ class ResidualBlock(nn.Module):
         return self.out(self.body(x) + self.shortcut(x))
 
 
+@BACKBONES.register("resnet12")
 class ResNet12(nn.Sequential):
     """ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): four residual blocks of
     widths 64-160-320-640, global average pooling."""
+
+    _parameter_constraints = {"widths": ListOf(_SIZE, 1, 16)}
 
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (64, 160, 320, 640)):
         blocks, previous = [], in_channels
@@ -89,9 +109,13 @@ class ResNet12(nn.Sequential):
         super().__init__(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+@BACKBONES.register("mlp")
 class MLP(nn.Sequential):
     """Fully connected ReLU network on flattened input; ``out_features`` adds a final
     linear layer (e.g. 1 for sinusoid regression: ``MLP(1, (40, 40), out_features=1)``)."""
+
+    _parameter_constraints = {"hidden": ListOf(Integer(low=1, high=65536)),
+                              "out_features": Optional(Integer(low=1, high=65536)), "batch_norm": Boolean()}
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 128), out_features: int | None = None,
                  batch_norm: bool = False):
@@ -108,37 +132,35 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-BACKBONES = ("conv4", "resnet12", "mlp")
+def shape_arguments(build: Callable[..., nn.Module], image_shape: Sequence[int]) -> dict[str, Any]:
+    """The arguments of backbone ``build`` that the input shape gives: ``in_channels`` (its
+    first entry), ``in_features`` (all its values) or ``image_shape`` itself, where taken."""
+    taken = inspect.signature(build).parameters
+    # plain ints: the network also builds on the meta device
+    given = {"in_channels": int(image_shape[0]), "in_features": math.prod(int(s) for s in image_shape),
+             "image_shape": tuple(int(s) for s in image_shape)}
+    return {k: v for k, v in given.items() if k in taken}
+
+
+def backbone_options(build: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
+    """The options of backbone ``build``: its parameters but those the input shape gives."""
+    return {n: p for n, p in inspect.signature(build).parameters.items()
+            if n not in ("in_channels", "in_features", "image_shape") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def build_backbone(name: str, image_shape: Sequence[int], **options) -> nn.Module:
-    """A backbone by name for inputs of ``image_shape`` = (channels, height, width)."""
-    channels = int(image_shape[0])
-    classes = {"conv4": Conv4, "resnet12": ResNet12, "mlp": MLP}
-    if name in classes:  # the constructor's first argument comes from image_shape
-        check_known(f"backbone '{name}'", options, list(inspect.signature(classes[name]).parameters)[1:])
-    validate(f"bad option for backbone '{name}':", options, OPTIONS.get(name, {}))
+    """Backbone ``name`` of :data:`BACKBONES` for inputs of ``image_shape`` = (channels, height, width)."""
+    build = BACKBONES[name]
+    if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(build).parameters.values()):
+        check_known(f"backbone '{name}'", options, backbone_options(build))
+    validate(f"bad option for backbone '{name}':", options, getattr(build, "_parameter_constraints", {}))
     try:
-        if name == "conv4":
-            return Conv4(channels, **options)
-        if name == "resnet12":
-            return ResNet12(channels, **options)
-        if name == "mlp":
-            in_features = math.prod(int(s) for s in image_shape)  # plain ints: also builds on the meta device
-            return MLP(in_features, **options)
+        module = build(**{**shape_arguments(build, image_shape), **options})
     except TypeError as e:
         raise ConfigError(f"bad option for backbone '{name}': {e}") from None
-    raise ConfigError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; choose one of: {', '.join(BACKBONES)}")
-
-
-# What the size options of the built-in backbones may hold. The bounds are far beyond
-# any published few-shot backbone; past them a typo (width 10000000) would allocate
-# memory without end rather than fail.
-_SIZE = Integer(low=1, high=4096)
-OPTIONS = {"conv4": {"width": _SIZE, "depth": Integer(low=1, high=16)},
-           "resnet12": {"widths": ListOf(_SIZE, 1, 16)},
-           "mlp": {"hidden": ListOf(Integer(low=1, high=65536)), "out_features": Optional(Integer(low=1, high=65536)),
-                   "batch_norm": Boolean()}}
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"the backbone registered as '{name}' returned a {type(module).__name__}, not an nn.Module")
+    return module
 
 
 @torch.no_grad()

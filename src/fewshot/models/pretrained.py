@@ -15,10 +15,10 @@ The metadata says what the model is and where it came from::
                 "classes": [...]},
      "objective": "baseline++", ...anything else passed as metadata}
 
-``architecture`` is a name :func:`~fewshot.models.build_backbone` knows, or one a user
-registered in Python with :func:`register_architecture` (then :func:`load_pretrained`
-rebuilds the network alone from ``architecture_options``), or, for any other module, its
-class name (then pass the module to load the weights into).
+``architecture`` is a name of :data:`~fewshot.models.backbones.BACKBONES` (the built-in
+backbones and those a user or plug-in registered, e.g. with :func:`register_architecture`:
+then :func:`load_pretrained` rebuilds the network alone from ``architecture_options``),
+or, for any other module, its class name (then pass the module to load the weights into).
 
 **Nothing read from a file names code to run.** Metadata can only pick a network from
 the built-in backbones and the architectures registered in the running Python process
@@ -55,8 +55,7 @@ MAX_IMAGE_SIDE = 1024
 #: Most values one input may hold (channels × height × width; vectors are [features, 1, 1]).
 MAX_INPUT = 1 << 22
 
-# Architectures registered in Python by the user: name -> callable(**architecture_options).
-_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+_BUILT_IN = (Conv4, ResNet12, MLP)
 _ARCHITECTURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,79}$")
 
 
@@ -64,37 +63,44 @@ def register_architecture(name: str, build: Callable[..., nn.Module], *, replace
     """Let pre-trained metadata whose ``architecture`` is ``name`` be rebuilt by ``build``.
 
     ``build(**architecture_options)`` returns the network (a class works: ``TwoLayer`` is
-    called as ``TwoLayer(**options)``). This is the only way a network outside fewshot's
-    built-in backbones is rebuilt from a file: the registry lives in the running process,
-    so a file can only choose among networks its user registered, never import code.
+    called as ``TwoLayer(**options)``; a parameter ``in_channels``, ``in_features`` or
+    ``image_shape`` is filled from the input shape when not given). It joins
+    :data:`~fewshot.models.backbones.BACKBONES`, the one registry a file can name a
+    network from: it lives in the running process, so a file can only choose among
+    networks its user registered, never import code.
     Registering the class of a module also lets :func:`save_pretrained` (and
     ``Zoo.add``) record it by that name.
     """
     if not isinstance(name, str) or not _ARCHITECTURE_NAME.match(name):
         raise ConfigError(f"architecture name {name!r} must start with a letter and hold letters, digits and "
                           f"_.+- (at most 80 characters)")
-    if name in BACKBONES or name == HUB_ARCHITECTURE:
+    if BACKBONES.get(name) in _BUILT_IN or name == HUB_ARCHITECTURE:
         raise ConfigError(f"'{name}' is a built-in architecture; register yours under another name")
     if not callable(build):
         raise ConfigError(f"register_architecture('{name}', ...) needs a callable that returns an nn.Module")
-    if name in _ARCHITECTURES and _ARCHITECTURES[name] is not build and not replace:
+    if name in BACKBONES and BACKBONES[name] is not build and not replace:
         raise ConfigError(f"an architecture '{name}' is registered already; pass replace=True to change it")
-    _ARCHITECTURES[name] = build
+    BACKBONES.register(name, build, replace=replace)
+
+
+def built_in_architectures() -> list[str]:
+    """The built-in backbones' names: the same in every process, whatever was registered."""
+    return [name for name, build in BACKBONES.items() if build in _BUILT_IN]
 
 
 def registered_architectures() -> list[str]:
     """The names :func:`register_architecture` added (built-ins not included)."""
-    return sorted(_ARCHITECTURES)
+    return sorted(name for name, build in BACKBONES.items() if build not in _BUILT_IN)
 
 
 def known_architecture(name: object) -> bool:
     """Whether metadata naming ``name`` can be rebuilt: a built-in backbone, the Hugging Face
     backbone or a registered architecture."""
-    return isinstance(name, str) and (name in BACKBONES or name == HUB_ARCHITECTURE or name in _ARCHITECTURES)
+    return isinstance(name, str) and (name in BACKBONES or name == HUB_ARCHITECTURE)
 
 
 def _registered_name(module: nn.Module) -> str | None:
-    for name, build in _ARCHITECTURES.items():
+    for name, build in BACKBONES.items():
         if build is type(module):
             return name
     return None
@@ -119,15 +125,6 @@ def _construct(arch: str, image_shape: Sequence[int], options: dict) -> nn.Modul
         return build_backbone(arch, image_shape, **options)
     if arch == HUB_ARCHITECTURE:
         return build_hub_backbone(image_shape, **options)
-    if arch in _ARCHITECTURES:
-        try:
-            module = _ARCHITECTURES[arch](**options)
-        except TypeError as e:
-            raise ConfigError(f"bad option for architecture '{arch}': {e}") from None
-        if not isinstance(module, nn.Module):
-            raise ConfigError(f"the architecture registered as '{arch}' returned a {type(module).__name__}, "
-                              f"not an nn.Module")
-        return module
     raise ConfigError(f"unknown architecture '{arch}'")
 
 
@@ -305,7 +302,7 @@ def rebuild(meta: dict, tensors: dict[str, torch.Tensor], weights: Path) -> nn.M
     """
     arch = meta.get("architecture")
     if not known_architecture(arch):
-        known = ", ".join([*BACKBONES, *sorted(_ARCHITECTURES)])
+        known = ", ".join(BACKBONES)
         raise CheckpointError(
             f"{weights} holds a '{str(arch)[:80] if arch else 'undescribed'}' network, which is neither built in nor "
             f"registered ({known}); register it in Python with fewshot.models.register_architecture(name, "
@@ -321,7 +318,7 @@ def rebuild(meta: dict, tensors: dict[str, torch.Tensor], weights: Path) -> nn.M
         except RuntimeError:
             # A user's registered network whose constructor reads tensor values cannot be
             # built on the meta device; it is the user's own code, so it is built for real.
-            if arch not in _ARCHITECTURES:
+            if BACKBONES.get(arch) in _BUILT_IN:
                 raise
             skeleton = _construct(arch, shape, options)
         _check_shapes(skeleton, tensors, weights)
@@ -373,6 +370,6 @@ def load_pretrained(path: str | Path, module: nn.Module | None = None) -> Pretra
     return Pretrained(module, head, meta)
 
 
-__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "MAX_INPUT", "Pretrained", "check_image_shape", "count_parameters",
-           "describe_architecture", "describe_head", "known_architecture", "load_pretrained", "read_metadata",
+__all__ = ["HUB_ARCHITECTURE", "MAX_IMAGE_SIDE", "MAX_INPUT", "Pretrained", "built_in_architectures", "check_image_shape",
+           "count_parameters", "describe_architecture", "describe_head", "known_architecture", "load_pretrained", "read_metadata",
            "rebuild", "register_architecture", "registered_architectures", "save_pretrained"]

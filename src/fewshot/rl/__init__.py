@@ -18,8 +18,8 @@ from .envs import EnvFamily, VectorEnv
 from .mdp import TabularMDP
 from .navigation import Navigation2D
 from .rollouts import LinearFeatureBaseline, Rollouts, advantages, discounted_returns, policy_gradient_loss, rollout
-from .tasks import ENV_FAMILIES, ENV_SAMPLERS, EnvTaskSampler, RLTask, sampler_class
+from .tasks import ENV_FAMILIES, EnvTaskSampler, RLTask, sampler_class
 
-__all__ = ["BernoulliBandit", "ENV_FAMILIES", "ENV_SAMPLERS", "EnvFamily", "EnvTaskSampler", "LinearFeatureBaseline",
+__all__ = ["BernoulliBandit", "ENV_FAMILIES", "EnvFamily", "EnvTaskSampler", "LinearFeatureBaseline",
            "Navigation2D", "RLTask", "Rollouts", "TabularMDP", "VectorEnv", "advantages", "discounted_returns",
            "policy_gradient_loss", "rollout", "sampler_class"]

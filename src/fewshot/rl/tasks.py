@@ -10,7 +10,8 @@ rollouts per adaptation step (K in Finn et al., 2017, arXiv:1703.03400) and ``qu
 the number of fresh rollouts the outer objective uses; ``kind = "reinforcement"``.
 
 :data:`ENV_FAMILIES` holds the built-in families; :func:`sampler_class` makes the
-sampler class of any family (a user's, e.g. :class:`fewshot.rl.gym.GymnasiumFamily`).
+sampler class of any family (a user's, e.g. :class:`fewshot.rl.gym.GymnasiumFamily`),
+which :data:`fewshot.data.tasks.TASK_FAMILIES` registers by name.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class EnvTaskSampler:
     #: Method options the family implies (the policy's distribution).
     method_defaults: ClassVar[dict]
 
+    _parameter_constraints = SAMPLER_OPTIONS  # shot: rollouts per adaptation step; query: for the outer objective
+
     def __init__(self, shot: int, query: int, seed: int = 0, split: str | None = "train"):
         split = "train" if split is None else split
         if split not in SPLITS:
@@ -123,6 +126,5 @@ def sampler_class(family: EnvFamily, hidden: list[int] | None = None) -> type[En
 ENV_FAMILIES: dict[str, EnvFamily] = {
     f.name: f for f in (Navigation2D(), BernoulliBandit(5), BernoulliBandit(10), TabularMDP())
 }
-ENV_SAMPLERS: dict[str, type[EnvTaskSampler]] = {name: sampler_class(f) for name, f in ENV_FAMILIES.items()}
 
-__all__ = ["ENV_FAMILIES", "ENV_SAMPLERS", "EnvTaskSampler", "RLTask", "SPLITS", "sampler_class"]
+__all__ = ["ENV_FAMILIES", "EnvTaskSampler", "RLTask", "SPLITS", "sampler_class"]

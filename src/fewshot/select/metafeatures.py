@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.backbones import BACKBONES
-from ..models.pretrained import HUB_ARCHITECTURE, Pretrained
+from ..models.pretrained import HUB_ARCHITECTURE, Pretrained, built_in_architectures
 from .index import Zoo, bn_mode
 
 CANONICAL_SHAPE = (1, 28, 28)
@@ -79,7 +78,9 @@ def describe_model(metadata: dict) -> dict[str, float]:
     method or backbone gets its own column without editing this module.
     """
     objectives = [*_objectives(), "random-init"]
-    architectures = [*BACKBONES, HUB_ARCHITECTURE]
+    # Built-in architectures only: a network registered in one Python session must not add a
+    # column that another process writing the same meta-dataset lacks.
+    architectures = [*built_in_architectures(), HUB_ARCHITECTURE]
     datasets = _datasets()
     objective = metadata.get("objective") if metadata.get("objective") in objectives else "other"
     architecture = metadata.get("architecture") if metadata.get("architecture") in architectures else "other"

@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 import scipy.linalg
 
-from ..errors import ConfigError, DataError, FewShotError
+from ..errors import DataError, FewShotError
+from ..registry import Registry
 
 
 class ScoreNotApplicable(FewShotError):
@@ -453,7 +454,10 @@ def view_nearest_neighbour(features, views, labels) -> float:
 
 Score = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], float]
 
-SCORES: dict[str, Score] = {
+#: Every score by name, as ``score(features, labels, source_probs) -> float``, in the
+#: order :func:`compute_scores` reports them; a plug-in may register more.
+SCORES: Registry[Score] = Registry("score")
+for _name, _score in {
     "logme": lambda f, y, p=None: logme(f, y),
     "hscore": lambda f, y, p=None: regularized_hscore(f, y),
     "nce": lambda f, y, p=None: nce(y, p),
@@ -462,7 +466,9 @@ SCORES: dict[str, Score] = {
     "sfda": lambda f, y, p=None: sfda(f, y),
     "loo_proto": lambda f, y, p=None: loo_prototype_accuracy(f, y),
     "knn_loo": lambda f, y, p=None: knn_loo_accuracy(f, y),
-}
+}.items():
+    SCORES.register(_name, _score)
+del _name, _score
 
 
 def compute_scores(features, labels, source_probs=None, *, names=None,
@@ -474,14 +480,12 @@ def compute_scores(features, labels, source_probs=None, *, names=None,
     any score runs.
     """
     names = list(SCORES) if names is None else list(names)
-    unknown = [name for name in names if name not in SCORES]
-    if unknown:
-        raise ConfigError(f"unknown score {', '.join(unknown)}; choose from: {', '.join(SCORES)}")
+    scores = [SCORES[name] for name in names]  # an unknown name: one line naming the known ones
     x, y, _ = _check(features, labels, source_probs)
     out: dict[str, float | None] = {}
-    for name in names:
+    for name, score in zip(names, scores):
         try:
-            out[name] = float(SCORES[name](x, y, source_probs))
+            out[name] = float(score(x, y, source_probs))
         except ScoreNotApplicable as exc:
             out[name] = None
             if reasons is not None:
