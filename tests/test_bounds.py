@@ -21,7 +21,8 @@ from fewshot.methods import ProtoNet
 from fewshot.methods.transfer import wrap
 from fewshot.models import MLP
 from fewshot.params import MAX_EPISODES, MAX_PER_TASK, MAX_STEPS
-from fewshot.rl import ENV_FAMILIES, ENV_SAMPLERS, sampler_class
+from fewshot.data.tasks import TASK_FAMILIES
+from fewshot.rl import ENV_FAMILIES, sampler_class
 from fewshot.train import Trainer
 
 from core_fixtures import digits8  # noqa: F401  (fixture)
@@ -137,8 +138,8 @@ def test_cli_evaluate_with_too_many_episodes_is_one_line_exit_2(tmp_path):
 
 
 def test_rollouts_are_bounded_before_any_rollout():
-    cls = ENV_SAMPLERS["bandit-5"]
-    assert cls is ENV_SAMPLERS["bandit-5"] and sampler_class(ENV_FAMILIES["bandit-5"]).family is cls.family
+    cls = TASK_FAMILIES["bandit-5"]
+    assert cls is TASK_FAMILIES["bandit-5"] and sampler_class(ENV_FAMILIES["bandit-5"]).family is cls.family
     tracemalloc.start()
     try:
         with pytest.raises(ConfigError, match="rollouts"):
