@@ -62,16 +62,15 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from ..metrics import accuracy
 from ..params import Boolean, Integer, Real, checked, validate
-from ..models.functional import (FunctionalModule, TaskBatched, Unbatchable, check_batch_norm, keep_freed_memory,
-                                 sgd_step, surrogate_loss)
+from ..models.functional import (FunctionalModule, TaskBatched, Unbatchable, check_batch_norm, sgd_step,
+                                 surrogate_loss)
+from ..taskkind import task_kind
 from .base import Method, Predictor
 
 TASKS = ("classification", "regression")
@@ -83,7 +82,7 @@ DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
 POSITIVE = Real(low=0, open_low=True)
 #: MAML's switches: true or false, never 0 or 1.
-FLAGS = dict.fromkeys(("first_order", "learn_inner_lr", "tune_allocator", "task_batching", "boil"), Boolean())
+FLAGS = dict.fromkeys(("first_order", "learn_inner_lr", "task_batching", "boil"), Boolean())
 
 
 @torch.no_grad()
@@ -124,9 +123,7 @@ class MAML(Method):
     learned rates), ``test_inner_steps`` (default: ``inner_steps``), ``task``
     (``classification`` / ``regression``), ``image_shape`` or ``in_features`` (to size
     the head; the trainer passes ``image_shape``, and without either a dry run on a
-    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``),
-    ``tune_allocator`` (let glibc keep freed memory, see
-    :func:`~fewshot.models.functional.keep_freed_memory`), ``task_batching`` (meta-train
+    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``), ``task_batching`` (meta-train
     the tasks of a meta-batch as one batched computation, default on; see
     :meth:`loss`), ``task_chunk`` (at most this many tasks per batched computation;
     default: by input size, :meth:`_chunks`) and ``boil`` (BOIL, Oh et al. 2021,
@@ -146,8 +143,8 @@ class MAML(Method):
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 1, inner_lr: float | None = None,
                  first_order: bool | None = None, learn_inner_lr: bool = False, test_inner_steps: int | None = None,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
-                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
-                 task_batching: bool = True, task_chunk: int | None = None, boil: bool = False):
+                 in_features: int | None = None, batch_norm: str = "task", task_batching: bool = True,
+                 task_chunk: int | None = None, boil: bool = False):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise ConfigError(f"{self.name} needs a backbone module, got {type(backbone).__name__}")
@@ -157,7 +154,7 @@ class MAML(Method):
         if task not in TASKS:
             raise ConfigError(f"unknown {self.name} task '{task}'; choose one of: {', '.join(TASKS)}")
         validate(self.name, {"first_order": first_order, "learn_inner_lr": learn_inner_lr,
-                             "tune_allocator": tune_allocator, "task_batching": task_batching, "boil": boil}, FLAGS)
+                             "task_batching": task_batching, "boil": boil}, FLAGS)
         self.way = checked(self.name, "way", way, Integer(low=1))
         self.inner_steps = checked(self.name, "inner_steps", inner_steps, Integer(low=0))
         self.inner_lr = checked(self.name, "inner_lr", DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr, POSITIVE)
@@ -165,7 +162,6 @@ class MAML(Method):
                                  else checked(self.name, "test_inner_steps", test_inner_steps, Integer(low=0)))
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
         self.batch_norm = check_batch_norm(batch_norm)
-        self.tune_allocator = tune_allocator
         self.task_batching = task_batching
         if boil:
             if self.adapts != "all":
@@ -179,7 +175,7 @@ class MAML(Method):
         # Set when the head was sized by a dry run on a guessed input shape: inputs of any
         # other shape are refused in one line (see _check_input), not by a matmul error.
         self._guessed_shape: tuple[int, ...] | None = None
-        if task == "classification":
+        if task_kind(task).logits:  # a head of `way` logits
             if in_features is None:
                 shape = self.image_shape or DEFAULT_IMAGE_SHAPE
                 if self.image_shape is None:
@@ -251,7 +247,7 @@ class MAML(Method):
         options = {"way": self.way, "inner_steps": self.inner_steps, "inner_lr": self.inner_lr,
                    "first_order": self.first_order, "learn_inner_lr": self.learn_inner_lr,
                    "test_inner_steps": self.test_inner_steps, "task": self.task, "batch_norm": self.batch_norm,
-                   "tune_allocator": self.tune_allocator, "task_batching": self.task_batching,
+                   "task_batching": self.task_batching,
                    "task_chunk": self.task_chunk, "boil": self.boil}
         if self.head is not None:
             options["in_features"] = self.in_features
@@ -275,16 +271,11 @@ class MAML(Method):
     # -- the inner loop ------------------------------------------------------------------
 
     def _task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.task == "regression":
-            return F.mse_loss(out, y.to(out.dtype).view_as(out))
-        return F.cross_entropy(out, y)
+        return task_kind(self.task).loss(out, y)
 
     def _task_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each task's loss, ``(T,)``, from task-batched outputs ``(T, N, ...)`` and targets ``(T, N)``."""
-        if self.task == "regression":
-            return (out - y.to(out.dtype).view_as(out)).pow(2).flatten(1).mean(1)
-        per_example = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-        return per_example.view(y.shape).mean(1)
+        return task_kind(self.task).task_losses(out, y)
 
     def _start(self, way: int, detach: bool) -> dict[str, torch.Tensor]:
         """The initial weights of the predictor for a ``way``-way task (the head sliced to ``way`` rows)."""
@@ -490,8 +481,6 @@ class MAML(Method):
         if not episodes:
             raise ConfigError(f"{self.name}.loss needs at least one episode")
         self._check_input(episodes[0].support_x)
-        if self.tune_allocator:
-            keep_freed_memory()
         meta = self._meta_params()
         want_grad = torch.is_grad_enabled()
         create_graph = want_grad and self._create_graph()
@@ -512,13 +501,10 @@ class MAML(Method):
         return surrogate_loss(value, meta, total), summary
 
     def _metric(self, out: torch.Tensor, y: torch.Tensor) -> float:
-        if self.task == "regression":
-            return float(F.mse_loss(out, y.to(out.dtype).view_as(out)))
-        return accuracy(out, y)
+        return task_kind(self.task).score(out, y)
 
     def _summary(self, metrics: list[float]) -> dict[str, float]:
-        mean = sum(metrics) / len(metrics)
-        return {"mse": mean} if self.task == "regression" else {"accuracy": mean}
+        return {task_kind(self.task).metric: sum(metrics) / len(metrics)}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         """``self._test_steps()`` first-order steps on the support set; a predictor of the query.

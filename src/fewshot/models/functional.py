@@ -49,16 +49,14 @@ a handful of images), and the grouped convolutions are not. A first layer, whose
 
 The helpers below also give :func:`surrogate_loss`, the scalar that lets a method hand
 the shared trainer a meta-gradient it computed itself (task by task, so the graphs of a
-meta-batch never all live at once), and :func:`keep_freed_memory`, an allocator setting
-that saves the page faults of re-allocating large activations on every task.
+meta-batch never all live at once). The allocator setting that saves the page faults of
+re-allocating large activations on every task is the runtime's
+(:func:`fewshot.runtime.keep_freed_memory`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import sys
 from functools import partial
 from typing import Iterator, Mapping, Sequence
 
@@ -642,37 +640,5 @@ def surrogate_loss(value: torch.Tensor, params: Sequence[torch.Tensor],
     return _Surrogate.apply(value, tuple(grads), *params)
 
 
-_malloc_tuned = False
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's ``malloc`` to keep freed memory for reuse rather than hand it back to the OS.
-
-    An inner loop allocates and frees the same large activation tensors for every
-    task; by default glibc returns them to the kernel (``munmap``, heap trimming) and
-    every task then pays page faults to get them back, which costs 10-30 % of a MAML
-    meta-iteration on CPU (``benchmarks/results/maml_speed.json``). This sets
-    ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 1 GiB, the
-    ``mallopt`` equivalents of the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
-    environment variables. Peak memory is unchanged; memory freed after the peak stays
-    with the process. Process-wide and idempotent; a no-op (returning ``False``) off
-    glibc.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    _malloc_tuned = ok
-    return ok
-
-
-__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "TaskBatched", "Unbatchable", "pack_tasks", "unbatchable_layer", "batch_norm_train", "channels_last", "check_batch_norm", "conv_fixed_input", "functional_forward", "keep_freed_memory", "like",
+__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "TaskBatched", "Unbatchable", "pack_tasks", "unbatchable_layer", "batch_norm_train", "channels_last", "check_batch_norm", "conv_fixed_input", "functional_forward", "like",
            "norm_buffer_names", "norm_layers", "sgd_step", "surrogate_loss"]
