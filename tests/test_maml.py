@@ -20,7 +20,8 @@ from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
 from fewshot.methods import ANIL, FOMAML, MAML, METHODS, MetaSGD, Reptile, build_method
 from fewshot.models import MLP, Conv4
-from fewshot.models.functional import FunctionalModule, batch_norm_train, keep_freed_memory, surrogate_loss
+from fewshot.models.functional import FunctionalModule, batch_norm_train, surrogate_loss
+from fewshot.runtime import keep_freed_memory
 from fewshot.runs import load_run
 from fewshot.train import Trainer
 
