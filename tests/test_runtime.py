@@ -302,3 +302,15 @@ def test_train_result_reads_its_best_score_by_its_metric(tmp_path):
     assert TrainResult(**common, metric="mse", best_mse=0.25).best == 0.25
     assert TrainResult(**common, metric="return", best_return=3.0).best == 3.0
     assert TrainResult(**{**common, "best_accuracy": 80.0}).best == 80.0
+
+
+def test_the_default_precision_is_spelt_once():
+    """``"fp32"`` is :data:`fewshot.config.DEFAULT_PRECISION`; every default reads it."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "src" / "fewshot"
+    spelt = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                   for node in ast.walk(ast.parse(p.read_text()))
+                   if isinstance(node, ast.Constant) and node.value == "fp32")
+    assert spelt == ["config.py"]
