@@ -160,7 +160,7 @@ def test_the_dynamic_import_finder_finds_each_form():
 #: from its own layer and the layers below, never from one above.
 LAYERS = [
     ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.registry", "fewshot.metrics", "fewshot.config",
-     "fewshot.devices"),
+     "fewshot.devices", "fewshot.taskkind", "fewshot.runtime"),
     ("fewshot.data", "fewshot.rl", "fewshot.images"),
     ("fewshot.models",),
     ("fewshot.methods",),
@@ -187,3 +187,58 @@ def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
     upward = sorted(f"{a} imports {b}" for a, targets in edges.items() if a != "fewshot"  # the package's face
                     for b in targets if b != "fewshot" and layer_of(b) > layer_of(a))
     assert upward == []
+
+
+#: The task kinds' names (:mod:`fewshot.taskkind`): code reads the kind, never compares its name.
+KIND_NAMES = {"classification", "regression", "reinforcement"}
+#: Comparisons with those words that are not about task kinds, and why.
+NOT_KINDS = {
+    "fewshot/select/metalearner.py": "objective 'regression' (against 'ranking') is the meta-learner's own objective",
+}
+
+
+def kind_literal_comparisons(source: str) -> list[int]:
+    """Lines comparing (``==``, ``!=``, ``in``, ``not in``) something with a task kind's name:
+    the name itself, or a tuple, list, set or dict literal holding it."""
+    def names_a_kind(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in KIND_NAMES
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(names_a_kind(e) for e in node.elts)
+        if isinstance(node, ast.Dict):
+            return any(k is not None and names_a_kind(k) for k in node.keys)
+        return False
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn))
+                                                 for op in node.ops):
+            if any(names_a_kind(n) for n in [node.left, *node.comparators]):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and isinstance(node.func.value, ast.Dict) and names_a_kind(node.func.value):
+            lines.append(node.lineno)  # {"regression": ...}.get(task, ...): a branch spelt as a table
+    return sorted(lines)
+
+
+def test_no_branching_on_task_kind_names_outside_the_task_kind_module():
+    """Generic code reads the task kind (its metric, direction, device rule ...); only
+    :mod:`fewshot.taskkind` spells the kinds' names in comparisons. Declarations (a
+    method's ``tasks = ("classification", "regression")``, a sampler's ``kind = ...``)
+    are not comparisons and stay."""
+    offences = []
+    for name, path in modules().items():
+        relative = str(path.relative_to(PACKAGE.parent))
+        if name == "fewshot.taskkind" or relative in NOT_KINDS:
+            continue
+        offences += [f"{relative}:{line}" for line in kind_literal_comparisons(path.read_text())]
+    assert offences == []
+
+
+def test_the_kind_rule_sees_comparisons_and_not_declarations():
+    assert kind_literal_comparisons('if task == "regression":\n    pass') == [1]
+    assert kind_literal_comparisons('x = kind != "reinforcement"') == [1]
+    assert kind_literal_comparisons('ok = task in ("classification", "regression")') == [1]
+    assert kind_literal_comparisons('m = {"regression": "mse"}.get(task, "accuracy")') == [1]
+    assert kind_literal_comparisons('tasks = ("classification", "regression")\nkind = "reinforcement"') == []
+    assert kind_literal_comparisons('ok = task in TASKS') == []

@@ -20,9 +20,10 @@ from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
 from fewshot.methods import ANIL, FOMAML, MAML, METHODS, MetaSGD, Reptile, build_method
 from fewshot.models import MLP, Conv4
-from fewshot.models.functional import FunctionalModule, keep_freed_memory
+from fewshot.models.functional import FunctionalModule
 from fewshot.models.inner_loop import surrogate_loss
 from fewshot.models.second_order import batch_norm_train
+from fewshot.runtime import keep_freed_memory
 from fewshot.runs import load_run
 from fewshot.train import Trainer
 

@@ -27,6 +27,7 @@ from .data.base import ClassDataset
 from .data.episodes import EpisodeSampler
 from .errors import ConfigError
 from .methods.base import Method
+from .taskkind import task_kind
 
 BINS = 15
 T_RANGE = (1e-3, 1e3)
@@ -47,7 +48,7 @@ def test_copy(method: Method) -> Method:
 def episode_logits(method: Method, sampler: Any, episodes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Query logits ``(n, way)`` and labels ``(n,)`` of episodes ``0 .. episodes-1`` of
     ``sampler``, predicted as :func:`fewshot.evaluate.evaluate` does."""
-    if method.task != "classification":
+    if not task_kind(method).logits:
         raise ConfigError(f"{method.name} does {method.task}; only classification logits can be calibrated")
     was_training = method.training
     model = test_copy(method)

@@ -16,7 +16,9 @@ MAX_CONFIG_BYTES = 1 << 20
 #: Seeds fit every generator fewshot seeds (torch, NumPy, Python's random) and leave room for offsets.
 MAX_SEED = 2**31 - 1
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: How a run computes (:mod:`fewshot.devices`): float32 unless a run asks for autocast.
+DEFAULT_PRECISION = "fp32"
+PRECISIONS = (DEFAULT_PRECISION, "bf16", "fp16")
 #: Settings of how a run computes, not of what it learns: a resumed run may change them.
 RUNTIME = ("device", "precision", "tf32", "deterministic")
 _COUNT = Integer(low=1)
@@ -68,8 +70,9 @@ class TrainConfig:
 
     ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), ``precision``
     (``fp32``, ``bf16``, ``fp16``), ``tf32`` and ``deterministic`` say how a run
-    computes, not what it learns (:mod:`fewshot.devices`): they are the
-    :data:`RUNTIME` settings, which a resumed run may change.
+    computes, not what it learns (:mod:`fewshot.runtime`): they are the
+    :data:`RUNTIME` settings, which a resumed run may change. ``device`` is a request
+    (``auto`` is decided when the run starts, by the task kind's rule).
     """
 
     method: str = "protonet"
@@ -108,7 +111,7 @@ class TrainConfig:
     # validation and test episodes never are.
     augment: str = "none"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     tf32: bool = True
     deterministic: bool = False
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import DEFAULT_PRECISION, TrainConfig
 from .data import EpisodeSampler, load_dataset
 from .errors import ConfigError
 from .evaluate import evaluate, record_evaluation
@@ -55,7 +55,7 @@ COLUMNS = (("pixel-ncm", "nearest class mean on raw pixels"), ("protonet", "Prot
 
 def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, episodes: int | None = None,
              quick: bool = False, test_episodes: int | None = None, device: str = "auto",
-             precision: str = "fp32") -> dict:
+             precision: str = DEFAULT_PRECISION) -> dict:
     if dataset not in PRESETS:
         raise ConfigError(f"the demo runs on {' or '.join(PRESETS)}, not '{dataset}'")
     torch.set_num_threads(1)  # the figures' CPU-seconds are one core's
@@ -101,7 +101,7 @@ def run_demo(dataset: str = "digits", *, data_root=None, runs=None, out=None, ep
         for name, method in methods.items():
             cpu = time.process_time()
             results[name] = evaluate(method, sampler, test_episodes, desc=f"{name} {shot}-shot", device=device,
-                                     precision=precision if name != "pixel-ncm" else "fp32")
+                                     precision=precision if name != "pixel-ncm" else DEFAULT_PRECISION)
             record_evaluation(results[name], method=name, dataset=dataset, split="test", seed=0, runs=runs,
                               run_dir=out / name.split("+")[0] if name != "pixel-ncm" else None,
                               cpu_seconds=time.process_time() - cpu,

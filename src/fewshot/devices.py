@@ -3,7 +3,8 @@
 One place resolves a device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``),
 sets up the backend (TF32, cuDNN autotuning, deterministic algorithms), opens the
 autocast context of a precision (``fp32``, ``bf16``, ``fp16``) and reports peak memory.
-The trainer, evaluation and every command that computes use it, so a device means the
+These are the helpers; a run's device and precision are decided once, with its task
+kind's device rule, by :func:`fewshot.runtime.resolve_runtime`, so a device means the
 same thing everywhere.
 
 ``auto`` picks CUDA, then Apple's MPS, then the CPU. In a multi-process run (torchrun
@@ -36,7 +37,7 @@ from typing import Iterator
 
 import torch
 
-from .config import PRECISIONS
+from .config import DEFAULT_PRECISION, PRECISIONS
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -145,9 +146,9 @@ def check_precision(precision: str, device: torch.device | None = None) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str = DEFAULT_PRECISION) -> contextlib.AbstractContextManager:
     """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "fp32":
+    if precision == DEFAULT_PRECISION:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_DTYPES[check_precision(precision)])
 

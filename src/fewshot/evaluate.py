@@ -4,7 +4,8 @@ A suite is defined by (dataset, split, way, shot, query, seed, count), so two me
 evaluated with the same arguments see identical tasks, and their per-episode
 accuracies can be compared pairwise. Regression suites (sinusoids, Finn et al. 2017,
 section 5.1) are scored the same way by the query mean squared error of each episode:
-the sampler's ``kind`` decides the metric, and the method must do the same task.
+the sampler's task kind (:mod:`fewshot.taskkind`) decides the metric, and the method
+must do the same task.
 
 Test-time BatchNorm is explicit: each method's ``test_mode`` decides it. ``"eval"``
 (metric-based methods) normalises with the running statistics of meta-training;
@@ -35,12 +36,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import devices
+from .config import DEFAULT_PRECISION
 from .data.tasks import Sampler
 from .errors import ConfigError, TrainingError
 from .methods.base import Method
-from .metrics import confidence_interval, episode_score, higher_is_better, metric_name
+from .metrics import confidence_interval
 from .params import MAX_EPISODES
 from .store import record_run
+from .taskkind import TaskKind, kind_of_metric, task_kind
 
 
 @dataclass
@@ -58,13 +61,18 @@ class EvalResult:
     #: ``(episodes, K+1)``; ``scores`` holds the last column.
     per_step: np.ndarray | None = field(default=None, repr=False)
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     #: Peak memory of the evaluation in MB (see :func:`fewshot.devices.peak_memory` for what is measured).
     peak_memory_mb: float | None = None
 
     @property
     def episodes(self) -> int:
         return len(self.scores)
+
+    @property
+    def kind(self) -> TaskKind:
+        """The task kind the suite's metric scores."""
+        return kind_of_metric(self.metric)
 
     @property
     def value(self) -> float:
@@ -87,9 +95,7 @@ class EvalResult:
 
     def better_than(self, other: float | None) -> bool:
         """Whether this result beats a mean score ``other`` of the same metric (None: nothing to beat)."""
-        if other is None:
-            return True
-        return self.value > other if higher_is_better(self.metric) else self.value < other
+        return self.kind.better(self.value, other)
 
     def by_step(self) -> list[tuple[float, float]]:
         """Mean return ± 95% CI after 0, 1, ..., K adaptation steps (reinforcement suites)."""
@@ -122,7 +128,7 @@ class EvalResult:
 
 def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress: bool = True,
              desc: str = "evaluating", device: str | torch.device | None = None,
-             precision: str = "fp32") -> EvalResult:
+             precision: str = DEFAULT_PRECISION) -> EvalResult:
     """Accuracy (or, on a regression suite, query MSE) of ``method`` on episodes
     ``0 .. episodes-1`` of ``sampler``, on ``device`` (default: the method's) in ``precision``.
 
@@ -133,10 +139,12 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
         raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
     if episodes > MAX_EPISODES:  # checked before the scores array (and the suite) is allocated
         raise ConfigError(f"evaluation runs at most {MAX_EPISODES:,} episodes, got {episodes:,}")
-    if method.task != sampler.kind:
-        raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {sampler.kind} tasks")
-    metric = metric_name(sampler.kind)
-    if sampler.kind == "reinforcement":
+    kind = task_kind(sampler)
+    if task_kind(method) is not kind:
+        raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {kind.name} tasks")
+    metric = kind.metric
+    if kind.rollouts:
+        kind.check_device(device, getattr(getattr(sampler, "family", None), "name", kind.name))  # rollouts: on the host
         return _evaluate_returns(method, sampler, episodes, progress, desc)
     label, fmt = ("acc", ".1f") if metric == "accuracy" else (metric, ".3g")
     here = devices.module_device(method)
@@ -164,7 +172,7 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
                     raise TrainingError(f"{method.name} gave non-finite outputs (NaN or infinite) on episode {i}; its "
                                         "weights or test-time options (e.g. a huge inner_lr) are unusable: change "
                                         "them, or train again")
-                scores[i] = episode_score(outputs.float(), ep.query_y, metric)
+                scores[i] = kind.score(outputs.float(), ep.query_y)
                 bar.update()
                 if i % 20 == 19:
                     bar.set_postfix({label: format(scores[: i + 1].mean(), fmt)})

@@ -43,6 +43,7 @@ from .errors import ConfigError, DataError
 from .export import is_model_file, read_model, write_model
 from .images import Preprocessing, to_tensor
 from .methods.base import Method
+from .taskkind import task_kind
 
 #: Episodes a run without a stored temperature is calibrated on when loaded.
 CALIBRATION_EPISODES = 50
@@ -61,7 +62,7 @@ class FewShotClassifier:
     def __init__(self, method: Method, preprocessing: Preprocessing, *, config: TrainConfig,
                  calibration: dict | None = None, source: dict | None = None, strategy: dict | None = None,
                  base: Method | None = None):
-        if method.task != "classification":
+        if not task_kind(method).logits:
             raise ConfigError(f"{method.name} does {method.task}; a FewShotClassifier needs a classification method")
         self.method, self.preprocessing, self.config = method, preprocessing, config
         self.calibration = calibration or {"temperature": 1.0, "fitted": False}
@@ -172,7 +173,7 @@ def load(path: str | Path, *, which: str = "best", backbone: torch.nn.Module | N
         chosen = {"name": strategy, "options": strategy_options}
         if not (calibration and calibration.get("strategy") == chosen):
             calibration = None  # the run's temperature is for its own logits, not the strategy's
-    if method.task != "classification":
+    if not task_kind(method).logits:
         raise ConfigError(f"{path} holds a {method.task} model; fewshot.load gives classifiers")
     learner = FewShotClassifier(method, prep, config=config, calibration=calibration, source=source,
                                 strategy=chosen, base=base)

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from . import devices
+from .config import DEFAULT_PRECISION
 from .data.episodes import Episode
 
 MB = 2**20
@@ -91,7 +92,7 @@ def _episode_bytes(episodes: Sequence[Episode]) -> int:
 
 
 def step_memory(method: torch.nn.Module, episodes: Sequence[Episode], device: torch.device,
-                precision: str = "fp32", optimizer_slots: int = 2) -> dict[str, int]:
+                precision: str = DEFAULT_PRECISION, optimizer_slots: int = 2) -> dict[str, int]:
     """Bytes one training step on ``episodes`` needs beyond what is already allocated:
     ``graph`` (peak saved tensors of its forward and backward), ``gradients``,
     ``optimizer`` (``optimizer_slots`` tensors per parameter, created at the first
@@ -137,7 +138,7 @@ def check_batch_data_fits(probe: Sequence[Episode], meta_batch: int, device: tor
 
 
 def check_step_fits(method: torch.nn.Module, episodes: Sequence[Episode], device: torch.device,
-                    precision: str = "fp32", *, optimizer_slots: int = 2, meta_batch: int | None = None,
+                    precision: str = DEFAULT_PRECISION, *, optimizer_slots: int = 2, meta_batch: int | None = None,
                     available: int | None = None) -> str | None:
     """None if a training step on ``episodes`` fits on ``device``; else a one-line
     message saying how much it needs, how much there is, and what to change.

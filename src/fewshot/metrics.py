@@ -2,7 +2,8 @@
 
 Every score fewshot reports (training logs, validation, evaluation suites, transfer
 cross-validation) comes from these functions, so a number means the same thing
-wherever it is printed.
+wherever it is printed. Which score a task is judged by, and in which direction, is
+its kind's (:mod:`fewshot.taskkind`).
 """
 
 from __future__ import annotations
@@ -24,22 +25,6 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean squared error of ``outputs`` against ``targets`` (reshaped to match)."""
     return float(F.mse_loss(outputs, targets.to(outputs.dtype).view_as(outputs)))
-
-
-def episode_score(outputs: torch.Tensor, targets: torch.Tensor, metric: str) -> float:
-    """One episode's score in ``metric``: accuracy in % of the argmax, or the MSE."""
-    return mse(outputs, targets) if metric == "mse" else accuracy(outputs, targets)
-
-
-def metric_name(task: str) -> str:
-    """The score of an episode of ``task``: ``accuracy`` (in %, higher is better), ``mse``
-    (lower is better) or, for reinforcement (:mod:`fewshot.rl`), ``return`` (higher is better)."""
-    return {"regression": "mse", "reinforcement": "return"}.get(task, "accuracy")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracy grows with quality, an error shrinks."""
-    return metric != "mse"
 
 
 def confidence_interval(values: np.ndarray) -> tuple[float, float]:

@@ -99,7 +99,7 @@ def build_model(config: TrainConfig, image_shape: tuple[int, ...], classes: list
         raise ConfigError(f"backbone '{name}' cannot take {'x'.join(map(str, image_shape))} inputs "
                           f"({first}); {fix}") from None
     options = {**method_defaults(config.dataset), **config.method_options}  # an environment family's policy kind
-    task = task_kind(config.dataset)
+    task = task_kind(config.dataset).name
     if options.pop("task", task) != task:
         raise ConfigError(f"method option task={config.method_options['task']} does not fit {config.dataset}, "
                           f"which is {task} data; leave the option out: the dataset decides")

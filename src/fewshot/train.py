@@ -10,12 +10,16 @@ that fails before its first checkpoint leaves nothing behind.
 random, from a stream seeded by the run's seed and the step
 (:func:`fewshot.data.augment.augment_batch`), so a resumed run stays the same run.
 
-Classification datasets are validated and scored by accuracy (higher is better);
-regression families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean
-squared error (lower is better), and their method is built with ``task="regression"``.
+A dataset's task kind (:mod:`fewshot.taskkind`) says how it is validated and what the
+best score is: classification datasets by accuracy (higher is better), regression
+families (``sinusoid``, see :mod:`fewshot.data.tasks`) by the query mean squared error
+(lower is better), environment families by return; the method is built with the
+kind's ``task``.
 
-**Devices** (:mod:`fewshot.devices`): the model is built and initialised on the CPU
-(the same initial weights on every device), then moved to ``config.device``; the
+**Devices**: the run's :class:`~fewshot.runtime.Runtime` is resolved once, from the
+config's requests and the task kind's device rule (:func:`fewshot.runtime.resolve_runtime`).
+The model is built and initialised on the CPU
+(the same initial weights on every device), then moved to the runtime's device; the
 dataset is copied there once and episodes are gathered there. ``config.precision``
 runs each step's loss under autocast, with a gradient scaler for fp16 (its state is
 checkpointed). Checkpoints hold CPU tensors only, plus the device's RNG state: a run
@@ -52,9 +56,10 @@ from .evaluate import evaluate
 from .methods import resolved_options
 from .io import FolderLock, load_tensors, read_json, save_tensors, write_json
 from .memory import check_batch_data_fits, check_step_fits
-from .metrics import metric_name
 from .runs import CUSTOM_BACKBONE, LEFTOVER, RUN_FILE, build_model, describe_module, load_weights, read_state
+from .runtime import Runtime, resolve_runtime
 from .store import record_run
+from .taskkind import kind_of_metric
 
 LOG_EVERY = 50
 #: Episodes the temperature of probabilities is fitted on at the end of training.
@@ -118,8 +123,10 @@ def _same_layout(value: Any, template: Any) -> bool:
 
 @dataclass
 class TrainResult:
-    """What a training run gave. ``best_accuracy`` (classification) or ``best_mse``
-    (regression) is the best validation score, in the run's ``metric``."""
+    """What a training run gave. ``best_accuracy`` (classification), ``best_mse``
+    (regression) or ``best_return`` (reinforcement) is the best validation score, in the
+    run's ``metric``: the field its task kind names (:attr:`~fewshot.taskkind.TaskKind.best_key`,
+    read with :attr:`best`)."""
 
     run_dir: Path
     steps: int
@@ -139,6 +146,11 @@ class TrainResult:
     peak_memory_mb: float | None = None
     peak_memory_kind: str = ""
 
+    @property
+    def best(self) -> float | None:
+        """The best validation score, whichever the metric."""
+        return getattr(self, kind_of_metric(self.metric).best_key)
+
 
 class Trainer:
     """Meta-trains ``config.method`` on episodes and keeps the best checkpoint.
@@ -149,33 +161,40 @@ class Trainer:
 
     ``device`` / ``precision`` (default: the config's) say where and how it computes;
     given here, they replace the config's (they are runtime settings, see
-    :data:`fewshot.config.RUNTIME`).
+    :data:`fewshot.config.RUNTIME`). ``runtime``, instead, is one resolved already
+    (:func:`fewshot.runtime.resolve_runtime`); the task kind's device rule still applies.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, dataset: ClassDataset | None = None,
                  backbone: nn.Module | None = None, data_root: str | Path | None = None,
                  runs: str | Path | None = None, device: str | torch.device | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, runtime: Runtime | None = None):
         if dataset is not None and not isinstance(dataset, ClassDataset):
             raise ConfigError(f"dataset must be a ClassDataset (fewshot.data.from_arrays or load_dataset), "
                               f"got {type(dataset).__name__}")
         if backbone is not None and not isinstance(backbone, nn.Module):
             raise ConfigError(f"backbone must be an nn.Module mapping images to (batch, features), "
                               f"got {type(backbone).__name__}")
+        if runtime is not None and (device is not None or precision is not None):
+            raise ConfigError("give a Trainer either a runtime or device/precision, not both")
         overrides = {k: str(v) for k, v in (("device", device), ("precision", precision)) if v is not None}
+        if runtime is not None:
+            overrides = {"device": runtime.requested, "precision": runtime.precision}
         if overrides:
             config = dataclasses.replace(config, **overrides)
         # What is recorded is what is trained: a dataset passed in names itself (an
         # in-memory one as such), and a module passed in is the backbone.
         config = describe_inputs(config, dataset, backbone)
         self.config, self.run_dir, self.runs, self.backbone = config, Path(run_dir), runs, backbone
-        # Reinforcement rollouts are simulated on the host: "auto" means the CPU for them.
-        host_only = task_kind(config.dataset) == "reinforcement" and config.device == "auto"
-        self.device = devices.resolve("cpu" if host_only else config.device)
-        devices.check_precision(config.precision, self.device)
-        devices.Backend(tf32=config.tf32, deterministic=config.deterministic).apply(self.device)
         name = config.dataset
-        self.metric = metric_name(task_kind(name))
+        self.kind = task_kind(name)
+        # Decided once, with the kind's device rule (reinforcement: "auto" means the CPU).
+        if runtime is None:
+            runtime = resolve_runtime(config=config, kind=self.kind, what=name)
+        self.kind.check_device(runtime.device, name)
+        self.runtime, self.device = runtime, runtime.device
+        runtime.apply()
+        self.metric = self.kind.metric
         if is_generated(name):
             self.dataset = load_source(name, data_root, **config.dataset_options)
         else:
@@ -215,7 +234,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)
         if config.lr_schedule == "cosine":  # MAML++'s outer-rate annealing (config.py)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.episodes, config.lr_min)
-        self.scaler = devices.grad_scaler(self.device, config.precision)
+        self.scaler = self.runtime.grad_scaler()
         self.state: dict[str, Any] = {
             "step": 0, "checkpoint": None, "best": None, "history": {"train": [], "val": []},
             "seconds": 0.0, "cpu_seconds": 0.0, "image_shape": list(self.input_shape),
@@ -491,7 +510,7 @@ class Trainer:
         if self.dist.is_main:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
                 self._save_checkpoint()
-            if self.metric == "accuracy" and not self.state.get("calibration"):
+            if self.kind.logits and not self.state.get("calibration"):
                 self.state["calibration"] = self._calibrate()
             self._write_state()
         self.dist.barrier()
@@ -508,7 +527,7 @@ class Trainer:
         # Float64 statistics, kept on the host: they are four numbers (MPS has no float64).
         stats = torch.zeros(4, dtype=torch.float64)
         if mine:
-            with devices.autocast(self.device, self.config.precision):
+            with self.runtime.autocast():
                 loss, metrics = self.method.loss(mine)
             # This process's share of the mean over the whole meta-batch.
             share = loss.float() * (len(mine) / len(episodes))
@@ -538,7 +557,7 @@ class Trainer:
         """Fail before training if this process's share of a meta-batch cannot fit (see
         :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict.
         Reinforcement runs are not checked: their rollouts and small policies live on the host."""
-        if task_kind(self.config.dataset) == "reinforcement":
+        if self.kind.host_only:
             return
         # Every process draws the whole meta-batch: its data must fit before it is drawn.
         problem = check_batch_data_fits(self.sampler.batch(step, 1), self.config.meta_batch, self.device)
@@ -594,9 +613,10 @@ class Trainer:
         steps = self.state["step"]
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
         peak, peak_kind = devices.peak_memory(self.device)
-        result = TrainResult(self.run_dir, steps, best.get("accuracy"), best.get("ci95"), seconds, cpu_seconds,
-                             images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, best_mse=best.get("mse"), best_return=best.get("return"),
+        scores = {"best_accuracy": None, self.kind.best_key: best.get(self.metric)}  # the kind's field holds it
+        result = TrainResult(self.run_dir, steps, best_ci95=best.get("ci95"), seconds=seconds, cpu_seconds=cpu_seconds,
+                             images_per_second=images_per_step * steps / seconds if seconds > 0 else math.nan,
+                             metric=self.metric, **scores,
                              device=str(self.device), peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
                              peak_memory_kind=peak_kind)
         if record:

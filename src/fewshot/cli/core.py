@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
-    one_line, parse_options, resolve_device, say_device, trainable_methods
+    one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -34,22 +34,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args.nproc, argv)
 
     config, run_dir = _config(args), Path(args.resume or args.out)
-    device = resolve_device(args, config.device)
-    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs, device=str(device))
+    # The device request goes down unresolved: the trainer decides, with the task kind's rule.
+    trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
-    if result.best_return is not None:
-        best = f"best validation return {result.best_return:.4g} ± {result.best_ci95:.2g}"
-    elif result.best_mse is not None:
-        best = f"best validation mse {result.best_mse:.4g} ± {result.best_ci95:.2g}"
-    elif result.best_accuracy is not None:
-        best = f"best validation accuracy {result.best_accuracy:.1f} ± {result.best_ci95:.1f} %"
-    else:
-        best = "no validation split: kept the last weights"
+    best = ("no validation split: kept the last weights" if result.best is None
+            else f"best validation {trainer.kind.format(result.best, result.best_ci95)}")
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
-    say_device(args, device, config.device)
+    say_device(args, trainer.runtime)
     return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
                                                   f"`fewshot train --resume {run_dir}` and a writable --runs")
 
@@ -119,10 +113,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = 0 if args.seed is None else args.seed
     sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=seed,
                            within_groups=args.within_groups)
-    device = resolve_device(args)
+    runtime = runtime_from_args(args, kind=sampler, what=dataset_name)
     start_cpu = time.process_time()
-    result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=device,
-                      precision=args.precision or "fp32")
+    result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=runtime.device,
+                      precision=runtime.precision)
     cpu = time.process_time() - start_cpu
     record_error = None
     try:
@@ -138,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           **result.to_dict(per_episode=args.per_episode)}))
     else:
         print(result.summary() + ("; each episode within one group" if args.within_groups else ""))
-    say_device(args, device)
+    say_device(args, runtime)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
 
 
@@ -271,10 +265,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    device = resolve_device(args)
+    runtime = runtime_from_args(args)
     run_demo(args.dataset, data_root=args.data_root, runs=args.runs, out=args.out, episodes=args.episodes,
-             quick=args.quick, device=str(device), precision=args.precision or "fp32")
-    say_device(args, device)
+             quick=args.quick, device=str(runtime.device), precision=runtime.precision)
+    say_device(args, runtime)
     return 0
 
 

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any, Callable
 
+from ..config import PRECISIONS
 from ..errors import ConfigError, did_you_mean
 
 
@@ -146,12 +147,13 @@ def add_episode_flags(p: argparse.ArgumentParser, *, train: bool) -> None:
 
 def add_device_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None:
     """``--device`` and ``--precision`` (every command that computes); with ``train``, also
-    ``--tf32`` and ``--deterministic`` (see :mod:`fewshot.devices`)."""
+    ``--tf32`` and ``--deterministic`` (see :mod:`fewshot.runtime`). They are requests: the
+    library resolves them once, with the task kind's device rule (:func:`runtime_from_args`)."""
     g = p.add_argument_group("device")
     g.add_argument("--device", metavar="DEVICE",
                    help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="fp32 (default), or autocast to bf16 / fp16 (fp16 with a gradient scaler)")
+    g.add_argument("--precision", choices=list(PRECISIONS),
+                   help=f"{PRECISIONS[0]} (default), or autocast to bf16 / fp16 (fp16 with a gradient scaler)")
     if train:
         g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                        help="TF32 matmuls and convolutions on GPUs that have them (default on)")
@@ -159,23 +161,33 @@ def add_device_flags(p: argparse.ArgumentParser, *, train: bool = False) -> None
                        help="deterministic algorithms, no cuDNN autotuning: repeatable GPU runs, slower")
 
 
-def resolve_device(args: argparse.Namespace, default: str = "auto"):
-    """The torch device of ``--device`` (or ``default``); one that is not there is a ConfigError."""
-    from .. import devices
+def runtime_from_args(args: argparse.Namespace, kind=None, what: str = ""):
+    """The :class:`~fewshot.runtime.Runtime` of ``--device`` and ``--precision`` for work of
+    task kind ``kind`` (its device rule applies; ``what`` names the data in a refusal). A
+    device that is not there, or that the kind refuses, is a ConfigError."""
+    from ..runtime import resolve_runtime
 
-    return devices.resolve(getattr(args, "device", None) or default)
+    return resolve_runtime(getattr(args, "device", None), getattr(args, "precision", None), kind=kind, what=what)
 
 
-def say_device(args: argparse.Namespace, device, default: str = "auto") -> None:
+def resolve_device(args: argparse.Namespace):
+    """The torch device of ``--device`` for classification work (see :func:`runtime_from_args`)."""
+    return runtime_from_args(args).device
+
+
+def say_device(args: argparse.Namespace, runtime) -> None:
     """After a command's work: which device did it, and why (``device auto -> cpu: no CUDA GPU
     or MPS device found``), on stderr, unless ``--quiet`` or ``--json``. Said after the
-    work, so that an error stays the one line a failed command prints."""
+    work, so that an error stays the one line a failed command prints. ``runtime``: the
+    :class:`~fewshot.runtime.Runtime` the work ran with (or the device of :func:`resolve_device`)."""
     import sys
 
-    from .. import devices
+    from ..runtime import Runtime
 
+    if not isinstance(runtime, Runtime):  # a device of resolve_device: asked for with --device
+        runtime = runtime_from_args(args)
     if not getattr(args, "quiet", False) and not getattr(args, "json", False):
-        print(f"fewshot: {devices.why_auto(getattr(args, 'device', None) or default, device)}", file=sys.stderr)
+        print(f"fewshot: {runtime.say()}", file=sys.stderr)
 
 
 def trainable_methods() -> list[str]:

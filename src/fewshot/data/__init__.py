@@ -23,7 +23,7 @@ from .folder import load_folder
 from .mnist import load_mnist
 from .omniglot import load_omniglot
 from .sinusoid import SinusoidSampler, SinusoidTask
-from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampler
+from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampler, task_kind
 
 
 def load_dataset(name: str, root=None, **options) -> ClassDataset:
@@ -32,8 +32,7 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
     Options a loader does not take are rejected with the list of those it does.
     """
     if name in TASK_FAMILIES:
-        how = (f"fewshot train maml-rl --env {name}" if TASK_FAMILIES[name].kind == "reinforcement"
-               else f"fewshot train maml --dataset {name} --backbone mlp")
+        how = task_kind(name).train_example.format(name=name)
         raise ConfigError(f"'{name}' is a generated task family, not a dataset to load; train on it with `{how}`")
     if name.startswith(IN_MEMORY):
         raise ConfigError(f"'{name[len(IN_MEMORY):]}' was an in-memory dataset (from_arrays or built in Python), "

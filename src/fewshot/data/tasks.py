@@ -6,8 +6,10 @@ draws N-way K-shot classification episodes from the classes of a split. A genera
 family (``sinusoid``, the regression tasks of Finn et al., 2017, section 5.1) has no
 data to load: its sampler draws each task on the fly, and its splits are disjoint
 random streams. The trainer and ``fewshot evaluate`` ask this module for a sampler and
-never need to know which kind a dataset is; a sampler's ``kind`` says how episodes
-are scored (accuracy for classification, mean squared error for regression).
+never need to know which kind a dataset is; a sampler's ``kind`` names its task kind
+(:mod:`fewshot.taskkind`), which says how episodes are scored (accuracy for
+classification, mean squared error for regression, return for reinforcement) and where
+they may be made (reinforcement rollouts: on the host).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Union
 
 from ..config import MAX_SEED
 from ..errors import ConfigError
+from ..taskkind import CLASSIFICATION, TaskKind, task_kind as kind_named
 from .base import ClassDataset
 from .episodes import EpisodeSampler
 from ..registry import Registry
@@ -47,9 +50,10 @@ def is_generated(name: str) -> bool:
     return name in TASK_FAMILIES
 
 
-def task_kind(name: str) -> str:
-    """``"regression"`` for a regression family, else ``"classification"``."""
-    return TASK_FAMILIES[name].kind if name in TASK_FAMILIES else "classification"
+def task_kind(name: str) -> TaskKind:
+    """The :class:`~fewshot.taskkind.TaskKind` of dataset ``name``: a generated family's
+    declared kind (regression, reinforcement); every class dataset's is classification."""
+    return kind_named(TASK_FAMILIES[name].kind) if name in TASK_FAMILIES else CLASSIFICATION
 
 
 def method_defaults(name: str) -> dict:
@@ -58,8 +62,8 @@ def method_defaults(name: str) -> dict:
 
 
 def default_backbone(name: str) -> str | None:
-    """The backbone an environment family's policy uses when none is given (``mlp``)."""
-    return "mlp" if task_kind(name) == "reinforcement" else None
+    """The backbone a dataset's kind uses when none is given (an environment family's policy: ``mlp``)."""
+    return task_kind(name).default_backbone
 
 
 def check_family_options(name: str, options: dict) -> None:
@@ -114,10 +118,9 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
     if name in TASK_FAMILIES and within_groups:
         raise ConfigError(f"'{name}' is a generated task family: it has no class groups to draw episodes within")
     if name in TASK_FAMILIES:
-        family = TASK_FAMILIES[name]
-        if family.kind == "reinforcement":  # rollouts are simulated on the host
-            if device is not None and str(device).partition(":")[0] != "cpu":
-                raise ConfigError(f"'{name}' is a reinforcement family; its rollouts run on the CPU: use --device cpu")
+        family, kind = TASK_FAMILIES[name], task_kind(name)
+        if kind.host_only:  # its tasks are simulated on the host: they take no device
+            kind.check_device(device, name)
             return family(shot, query, seed, split=split)
         return family(shot, query, seed, split=split, device=device)
     if data is None:

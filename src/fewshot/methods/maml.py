@@ -62,17 +62,16 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
-from ..metrics import accuracy
 from ..params import Boolean, Integer, OneOf, Optional, Real, checked
-from ..models.functional import BATCH_NORM_MODES, FunctionalModule, keep_freed_memory
+from ..models.functional import BATCH_NORM_MODES, FunctionalModule
 from ..models.inner_loop import sgd_step, surrogate_loss
 from ..models.task_batched import TaskBatched, Unbatchable
+from ..taskkind import task_kind
 from .base import Method, Predictor, register
 
 TASKS = ("classification", "regression")
@@ -87,7 +86,7 @@ POSITIVE = Real(low=0, open_low=True)
 OPTIONS = {"way": Integer(low=1), "inner_steps": Integer(low=0), "inner_lr": Optional(POSITIVE),
            "first_order": Optional(Boolean()), "learn_inner_lr": Boolean(), "test_inner_steps": Optional(Integer(low=0)),
            "task": OneOf(*TASKS), "in_features": Optional(Integer(low=1)), "batch_norm": OneOf(*BATCH_NORM_MODES),
-           "tune_allocator": Boolean(), "task_batching": Boolean(), "task_chunk": Optional(Integer(low=1)),
+           "task_batching": Boolean(), "task_chunk": Optional(Integer(low=1)),
            "boil": Boolean()}
 
 
@@ -130,9 +129,7 @@ class MAML(Method):
     learned rates), ``test_inner_steps`` (default: ``inner_steps``), ``task``
     (``classification`` / ``regression``), ``image_shape`` or ``in_features`` (to size
     the head; the trainer passes ``image_shape``, and without either a dry run on a
-    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``),
-    ``tune_allocator`` (let glibc keep freed memory, see
-    :func:`~fewshot.models.functional.keep_freed_memory`), ``task_batching`` (meta-train
+    1x28x28 input decides), ``batch_norm`` (``task`` / ``running``), ``task_batching`` (meta-train
     the tasks of a meta-batch as one batched computation, default on; see
     :meth:`loss`), ``task_chunk`` (at most this many tasks per batched computation;
     default: by input size, :meth:`_chunks`) and ``boil`` (BOIL, Oh et al. 2021,
@@ -153,8 +150,8 @@ class MAML(Method):
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 1, inner_lr: float | None = None,
                  first_order: bool | None = None, learn_inner_lr: bool = False, test_inner_steps: int | None = None,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
-                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
-                 task_batching: bool = True, task_chunk: int | None = None, boil: bool = False):
+                 in_features: int | None = None, batch_norm: str = "task", task_batching: bool = True,
+                 task_chunk: int | None = None, boil: bool = False):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise ConfigError(f"{self.name} needs a backbone module, got {type(backbone).__name__}")
@@ -165,7 +162,6 @@ class MAML(Method):
         self.inner_lr = DEFAULT_INNER_LR[task] if inner_lr is None else inner_lr
         self.first_order, self.learn_inner_lr, self.task = first_order, learn_inner_lr, task
         self.batch_norm = batch_norm
-        self.tune_allocator = tune_allocator
         self.task_batching = task_batching
         if boil:
             if self.adapts != "all":
@@ -179,7 +175,7 @@ class MAML(Method):
         # Set when the head was sized by a dry run on a guessed input shape: inputs of any
         # other shape are refused in one line (see _check_input), not by a matmul error.
         self._guessed_shape: tuple[int, ...] | None = None
-        if task == "classification":
+        if task_kind(task).logits:  # a head of `way` logits
             if in_features is None:
                 shape = self.image_shape or DEFAULT_IMAGE_SHAPE
                 if self.image_shape is None:
@@ -267,16 +263,11 @@ class MAML(Method):
     # -- the inner loop ------------------------------------------------------------------
 
     def _task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.task == "regression":
-            return F.mse_loss(out, y.to(out.dtype).view_as(out))
-        return F.cross_entropy(out, y)
+        return task_kind(self.task).loss(out, y)
 
     def _task_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each task's loss, ``(T,)``, from task-batched outputs ``(T, N, ...)`` and targets ``(T, N)``."""
-        if self.task == "regression":
-            return (out - y.to(out.dtype).view_as(out)).pow(2).flatten(1).mean(1)
-        per_example = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-        return per_example.view(y.shape).mean(1)
+        return task_kind(self.task).task_losses(out, y)
 
     def _start(self, way: int, detach: bool) -> dict[str, torch.Tensor]:
         """The initial weights of the predictor for a ``way``-way task (the head sliced to ``way`` rows)."""
@@ -482,8 +473,6 @@ class MAML(Method):
         if not episodes:
             raise ConfigError(f"{self.name}.loss needs at least one episode")
         self._check_input(episodes[0].support_x)
-        if self.tune_allocator:
-            keep_freed_memory()
         meta = self._meta_params()
         want_grad = torch.is_grad_enabled()
         create_graph = want_grad and self._create_graph()
@@ -504,13 +493,10 @@ class MAML(Method):
         return surrogate_loss(value, meta, total), summary
 
     def _metric(self, out: torch.Tensor, y: torch.Tensor) -> float:
-        if self.task == "regression":
-            return float(F.mse_loss(out, y.to(out.dtype).view_as(out)))
-        return accuracy(out, y)
+        return task_kind(self.task).score(out, y)
 
     def _summary(self, metrics: list[float]) -> dict[str, float]:
-        mean = sum(metrics) / len(metrics)
-        return {"mse": mean} if self.task == "regression" else {"accuracy": mean}
+        return {task_kind(self.task).metric: sum(metrics) / len(metrics)}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         """``self._test_steps()`` first-order steps on the support set; a predictor of the query.

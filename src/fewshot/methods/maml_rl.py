@@ -93,6 +93,9 @@ class MAMLRL(Method):
                  baseline: bool = True, normalize_advantages: bool = True, init_std: float = 1.0,
                  task: str = "reinforcement", image_shape: Sequence[int] | None = None):
         super().__init__(backbone)
+        if task not in self.tasks:
+            raise ConfigError(f"maml-rl learns policies on environment families, not {task} data; "
+                              "train it with --env (see `fewshot data list`), e.g. --env navigation-2d")
         if policy is None:
             raise ConfigError(f"maml-rl needs a policy, one of {', '.join(POLICIES)} (training on an environment "
                               "family sets it)")

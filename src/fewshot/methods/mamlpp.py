@@ -76,7 +76,7 @@ class MAMLpp(MAML):
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float | None = 0.1,
                  first_order: bool = False, learn_inner_lr: bool = True, test_inner_steps: int | None = None,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
-                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
+                 in_features: int | None = None, batch_norm: str = "task",
                  task_batching: bool = True, task_chunk: int | None = None, boil: bool = False,
                  multi_step_loss: bool = True, msl_iterations: int = 7500, first_order_iterations: int = 25000,
                  per_step_bn: bool = True, test_batch_norm: str = "task"):
@@ -86,7 +86,7 @@ class MAMLpp(MAML):
         super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
                          first_order=first_order, learn_inner_lr=learn_inner_lr, test_inner_steps=test_inner_steps,
                          task=task, image_shape=image_shape, in_features=in_features, batch_norm=batch_norm,
-                         tune_allocator=tune_allocator, task_batching=task_batching, task_chunk=task_chunk, boil=boil)
+                         task_batching=task_batching, task_chunk=task_chunk, boil=boil)
         if test_batch_norm == "per_step" and not per_step_bn:
             raise ConfigError("mamlpp test_batch_norm='per_step' needs per_step_bn=true")
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))

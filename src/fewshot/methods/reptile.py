@@ -37,19 +37,21 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..models.functional import keep_freed_memory
 from ..models.inner_loop import surrogate_loss
 from ..models.task_batched import Unbatchable
 from ..params import Boolean, Real
 from .base import register
 from .maml import DEFAULT_INNER_LR, MAML, OPTIONS
 
+# Reptile's inner rate when none is given: 0.1 for classification, MAML's for regression.
+INNER_LR = {"classification": 0.1, "regression": DEFAULT_INNER_LR["regression"]}
+
 
 @register
 class Reptile(MAML):
     """Reptile. Options: ``way``, ``inner_steps`` (default 5), ``inner_lr`` (SGD, default
     0.1, or for regression MAML's 0.01), ``momentum`` (of the inner SGD, default 0), ``test_inner_steps``, ``use_query``,
-    ``task``, ``image_shape`` / ``in_features``, ``batch_norm``, ``tune_allocator``,
+    ``task``, ``image_shape`` / ``in_features``, ``batch_norm``,
     ``task_batching``, ``task_chunk`` (as for :class:`~fewshot.methods.maml.MAML`; the
     tasks of a meta-batch adapt as one task-batched computation)."""
 
@@ -61,14 +63,13 @@ class Reptile(MAML):
     def __init__(self, backbone: nn.Module, way: int = 5, inner_steps: int = 5, inner_lr: float | None = None,
                  momentum: float = 0.0, test_inner_steps: int | None = None, use_query: bool = True,
                  task: str = "classification", image_shape: Sequence[int] | None = None,
-                 in_features: int | None = None, batch_norm: str = "task", tune_allocator: bool = True,
-                 task_batching: bool = True, task_chunk: int | None = None):
+                 in_features: int | None = None, batch_norm: str = "task", task_batching: bool = True,
+                 task_chunk: int | None = None):
         if inner_lr is None:
-            inner_lr = DEFAULT_INNER_LR["regression"] if task == "regression" else 0.1
+            inner_lr = INNER_LR.get(task, INNER_LR["classification"])
         super().__init__(backbone, way=way, inner_steps=inner_steps, inner_lr=inner_lr,
                          test_inner_steps=test_inner_steps, task=task, image_shape=image_shape,
-                         in_features=in_features, batch_norm=batch_norm, tune_allocator=tune_allocator,
-                         task_batching=task_batching, task_chunk=task_chunk)
+                         in_features=in_features, batch_norm=batch_norm, task_batching=task_batching, task_chunk=task_chunk)
         self.use_query = use_query
         self.inner_momentum = float(momentum)
 
@@ -76,8 +77,6 @@ class Reptile(MAML):
         """Mean post-adaptation query loss; its gradient is ``θ − mean φ̃`` (see the module docstring)."""
         if not episodes:
             raise ConfigError("reptile.loss needs at least one episode")
-        if self.tune_allocator:
-            keep_freed_memory()
         try:
             return self._reptile_loss(episodes)
         except Unbatchable as e:  # as in MAML.loss: this model runs task by task from now on

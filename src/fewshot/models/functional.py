@@ -30,17 +30,13 @@ channels-first under fast weights, two to ten times slower for BatchNorm and poo
 
 Related modules: :mod:`fewshot.models.task_batched` runs many tasks at once, each under
 its own weights; :mod:`fewshot.models.inner_loop` forms fast weights and the surrogate
-loss that hands a meta-gradient to the trainer. :func:`keep_freed_memory` here is an
-allocator setting that saves the page faults of re-allocating large activations on
-every task.
+loss that hands a meta-gradient to the trainer. The allocator setting that saves the page faults of re-allocating large
+activations on every task is the runtime's (:func:`fewshot.runtime.keep_freed_memory`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import sys
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -129,37 +125,5 @@ def functional_forward(module: nn.Module, params: Mapping[str, torch.Tensor], x:
     return FunctionalModule(module, batch_norm)(params, x)
 
 
-_malloc_tuned = False
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's ``malloc`` to keep freed memory for reuse rather than hand it back to the OS.
-
-    An inner loop allocates and frees the same large activation tensors for every
-    task; by default glibc returns them to the kernel (``munmap``, heap trimming) and
-    every task then pays page faults to get them back, which costs 10-30 % of a MAML
-    meta-iteration on CPU (``benchmarks/results/maml_speed.json``). This sets
-    ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 1 GiB, the
-    ``mallopt`` equivalents of the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
-    environment variables. Peak memory is unchanged; memory freed after the peak stays
-    with the process. Process-wide and idempotent; a no-op (returning ``False``) off
-    glibc.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    _malloc_tuned = ok
-    return ok
-
-
-__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "check_batch_norm", "functional_forward", "keep_freed_memory",
+__all__ = ["BATCH_NORM_MODES", "FunctionalModule", "check_batch_norm", "functional_forward",
            "norm_buffer_names", "norm_layers"]

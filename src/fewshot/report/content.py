@@ -26,13 +26,17 @@ import numpy as np
 
 from .. import plots
 from ..config import TrainConfig
+from ..data.tasks import task_kind
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..metrics import confidence_interval
 from ..io import read_json
+from ..taskkind import CLASSIFICATION, KINDS
 
 FIGURES = ("learning_curves", "comparison", "accuracy_vs_shots", "accuracy_vs_ways", "embedding_map",
            "model_selection")
 ACCURACY_ORIGIN = plots.ACCURACY_ORIGIN
+#: The metrics of the task kinds the comparison panels show (regression and reinforcement suites are left out).
+COMPARED = {k.metric for k in KINDS.values() if "comparison" in k.panels}
 
 
 class Missing(Exception):
@@ -54,9 +58,8 @@ class RunInfo:
 
     @property
     def metric(self) -> str:
-        """What the run validates by: "accuracy", "mse" (regression) or "return" (reinforcement)."""
-        best = self.state.get("best") or {}
-        return "mse" if "mse" in best else "return" if "return" in best else "accuracy"
+        """What the run validates by: its dataset's task kind's metric ("accuracy", "mse", "return")."""
+        return task_kind(self.config.dataset).metric
 
     @property
     def validated(self) -> bool:
@@ -207,7 +210,7 @@ def evaluation_records(store, runs: Sequence[RunInfo], *, data_root=None, datase
     dataset_names = {r.config.dataset for r in runs}
     rows = [r for r in store.list(kind="evaluate")
             if (r["run_dir"] in by_dir or (r["run_dir"] is None and r["dataset"] in dataset_names))
-            and r["metrics"].get("metric", "accuracy") == "accuracy"]  # regression suites have no accuracy
+            and r["metrics"].get("metric", CLASSIFICATION.metric) in COMPARED]
     for r in rows:
         run = by_dir.get(r["run_dir"])
         r["label"] = r["method"] + (_suffix(run) if run else "")
