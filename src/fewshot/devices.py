@@ -50,13 +50,10 @@ def _mps_available() -> bool:
 
 def local_rank() -> int | None:
     """This process's rank on its machine in a torchrun launch (``LOCAL_RANK``), else None."""
-    value = os.environ.get("LOCAL_RANK")
-    if value is None or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"LOCAL_RANK must be an integer, got {value!r}; launch with torchrun") from None
+    from .distributed import launch_environment  # the one reader of the launch's variables, all checked
+
+    launch = launch_environment()
+    return None if launch is None else launch.local_rank
 
 
 def resolve(spec: str | torch.device | None = "auto", *, rank: int | None = None) -> torch.device:
