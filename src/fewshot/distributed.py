@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from .devices import LAUNCH_HINT, launch_variable, launch_world_size, local_rank
 from .errors import ConfigError
 
 
@@ -87,7 +88,6 @@ def backend_for(device: torch.device) -> str:
 
 #: Seconds a process waits for the others to join before giving up (``$FEWSHOT_DIST_TIMEOUT``).
 DEFAULT_RENDEZVOUS_TIMEOUT = 60.0
-_LAUNCH_HINT = "launch with torchrun (or `fewshot train --nproc N`), or unset WORLD_SIZE to run one process"
 
 
 @dataclass(frozen=True)
@@ -105,28 +105,22 @@ class Launch:
 def launch_environment() -> Launch | None:
     """The launch ``WORLD_SIZE`` > 1 describes, every variable checked up front (one line
     naming the one that is wrong, rather than a hang or a traceback), else None."""
-    text = os.environ.get("WORLD_SIZE")
-    if text is None or text.strip() in ("", "1"):
-        return None
-    world_size = _env_int("WORLD_SIZE", 1)
+    world_size = launch_world_size()
     if world_size == 1:
         return None
-    rank = _env_int("RANK", 0, required=True)
+    rank = launch_variable("RANK", 0, required=True)
     if rank >= world_size:
         raise ConfigError(f"RANK={rank} is not a rank of WORLD_SIZE={world_size} (ranks are 0 to {world_size - 1}); "
-                          f"{_LAUNCH_HINT}")
-    local_rank = _env_int("LOCAL_RANK", 0) if os.environ.get("LOCAL_RANK") is not None else None
-    local_size = _env_int("LOCAL_WORLD_SIZE", 1) if os.environ.get("LOCAL_WORLD_SIZE") is not None else None
-    if local_rank is not None and local_size is not None and local_rank >= local_size:
-        raise ConfigError(f"LOCAL_RANK={local_rank} is not below LOCAL_WORLD_SIZE={local_size}; {_LAUNCH_HINT}")
+                          f"{LAUNCH_HINT}")
+    on_machine = local_rank()
     addr = os.environ.get("MASTER_ADDR", "").strip()
     if not addr:
         raise ConfigError(f"WORLD_SIZE={world_size} needs MASTER_ADDR (the host of rank 0) and MASTER_PORT; "
-                          f"{_LAUNCH_HINT}")
-    port = _env_int("MASTER_PORT", 1, required=True)
+                          f"{LAUNCH_HINT}")
+    port = launch_variable("MASTER_PORT", 1, required=True)
     if port > 65535:
         raise ConfigError(f"MASTER_PORT must be a port number from 1 to 65535, got {port}")
-    return Launch(rank, world_size, local_rank, addr, port, rendezvous_timeout())
+    return Launch(rank, world_size, on_machine, addr, port, rendezvous_timeout())
 
 
 def rendezvous_timeout() -> float:
@@ -141,22 +135,6 @@ def rendezvous_timeout() -> float:
     if not 0 < seconds <= 86400:
         raise ConfigError(f"FEWSHOT_DIST_TIMEOUT must be a number of seconds from 0 to 86400, got {text!r}")
     return seconds
-
-
-def _env_int(name: str, minimum: int, required: bool = False) -> int:
-    text = os.environ.get(name)
-    if text is None:
-        if required:
-            raise ConfigError(f"{name} is not set, but WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for several "
-                              f"processes; {_LAUNCH_HINT}")
-        return minimum
-    try:
-        value = int(text.strip())
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise ConfigError(f"{name} must be a whole number ≥ {minimum}, got {text[:40]!r}; {_LAUNCH_HINT}")
-    return value
 
 
 @contextlib.contextmanager
