@@ -211,6 +211,7 @@ print((after - before) // 1024)
     assert int(grown_mb) < 50, grown_mb  # decoding it would take 177 MB at the very least
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, as the user opens it
 def test_a_lazily_opened_bomb_given_as_a_pil_image_is_refused(bomb):
     with Image.open(bomb) as image, pytest.raises(DataError, match="claims 13300x13300 pixels"):
         to_tensor([image], Preprocessing(1, 8, 8))
@@ -236,7 +237,7 @@ def csv_dataset(root: Path, rows: int = 30) -> tuple[Path, list[str]]:
     lines = ["path,label"]
     for i in range(rows):
         c = i % 3
-        Image.fromarray(np.full((6, 6), 10 * i, dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+        Image.fromarray(np.full((6, 6), 10 * i % 256, dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
         lines.append(f"c{c}/{i}.png,class {c}")
     return root / "labels.csv", lines
 
@@ -473,7 +474,7 @@ def test_a_failing_tune_trial_is_one_line_not_optunas_traceback(tmp_path):
     proc = fewshot_process("tune", "protonet", "--dataset", "digits", "--backbone-option", "depth=2", "--way", "5",
                            "--shot", "1", "--query", "2", "--episodes", "20", "--val-split", "test", "--val-episodes",
                            "2", "--space", "lr=1e30,1e31", "--trials", "2", "--out", tmp_path / "tune", "--runs",
-                           tmp_path, "--quiet", timeout=300)
+                           tmp_path, timeout=300)
     one_line_process(proc, "no trial finished")
     failed = [line for line in proc.stdout.splitlines() if "-> failed:" in line]
     assert len(failed) == 2 and all("training loss became" in line for line in failed), proc.stdout

@@ -73,12 +73,14 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
                                   f"({DESCRIPTION} + {WEIGHTS}); make one with `fewshot export RUN --out {path}`")
         weights_file = path / WEIGHTS
         text = read_bounded(path / DESCRIPTION, MAX_DESCRIPTION).decode("utf-8", errors="replace")
+        label = f"{path / DESCRIPTION}"
     elif path.is_file():
         weights_file = path
         text = _header_text(path)
+        label = f"{path}: its description"
     else:
         raise CheckpointError(f"{path} does not exist; give a run folder or an exported model")
-    description = parse_json(text, f"{path}: its description", CheckpointError)
+    description = parse_json(text, label, CheckpointError)
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewshot model (no '{FORMAT}' description); "
                               "export one with `fewshot export RUN --out FILE.safetensors`")

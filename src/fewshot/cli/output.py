@@ -14,11 +14,14 @@ from typing import Any, Callable
 
 
 def finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite number (nested in dicts, lists, tuples) as None."""
+    """``value`` with every NaN or infinite number (nested in dicts, lists, tuples) as None, and
+    NumPy numbers as Python ones."""
     if isinstance(value, dict):
         return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, int):  # NumPy's integers
+        return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         number = float(value)
         return number if math.isfinite(number) else None

@@ -171,16 +171,20 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
     reader = csv.reader(io.StringIO(text), strict=True)
     rows, line = [], 0
     while True:
+        first, error = line + 1, None
         try:
             row = next(reader)
         except StopIteration:
             return rows
         except csv.Error as e:
-            raise DataError(f"{path} line {line + 1}: not a valid CSV row ({e}); check its quotes") from None
-        first, line = line + 1, reader.line_num
+            error = e
+        line = reader.line_num
         if line > first:
-            raise DataError(f"{path} line {first}: a double quote opens a field that runs on to line {line}; "
+            end = "the end of the file" if error else f"line {line}"
+            raise DataError(f"{path} line {first}: a double quote opens a field that runs on to {end}; "
                             "remove the stray quote (or close it), one path,label row per line")
+        if error:
+            raise DataError(f"{path} line {first}: not a valid CSV row ({error}); check its quotes")
         if any(len(field) > MAX_CSV_FIELD for field in row):
             raise DataError(f"{path} line {first}: a field is longer than {MAX_CSV_FIELD:,} characters; "
                             "expected path,label")

@@ -33,13 +33,16 @@ def open_image(source: bytes | str | Path, label: str) -> Image.Image:
     naming ``label``."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89 M pixels; check_size refuses from 67 M, in fewshot's words.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 check_size(image, label)
                 image.load()
                 return image.copy()  # the pixels, detached from the file being closed
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own refusal, from 179 M pixels (in the header)
+        raise DataError(f"{label} claims more pixels than fewshot decodes ({MAX_PIXELS:,}, 8,192 x 8,192): {e}; "
+                        "it is damaged or hostile, or shrink it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{label} is not a readable image ({e}); fix or remove it") from None
 
 
@@ -82,7 +85,7 @@ def _eight_bit(image: Image.Image, label: str) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         if not np.isfinite(values).all():
             raise DataError(f"{label} holds NaN or infinite pixel values; fix or remove it")
-        lo, hi = float(values.min(initial=0)), float(values.max(initial=0))
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         if lo < 0 or hi > 255:
             raise DataError(f"{label} is a float image with values {lo:.3g}..{hi:.3g}; fewshot reads float images "
                             "in [0, 1] or [0, 255]; rescale it")
