@@ -8,6 +8,10 @@ whole meta-batch, for every method, second-order MAML included. One process per 
 gloo when the run computes on the CPU (also on a machine that has GPUs, with
 ``--device cpu``), its collectives on CPU tensors. Launch with ``torchrun --nproc-per-node N -m fewshot train ...`` (or ``fewshot
 train --nproc N ...``, which calls torchrun for you); see the README for several nodes.
+
+The launch's variables are checked before anything waits on them, and the processes
+must meet within ``$FEWSHOT_DIST_TIMEOUT`` seconds (default 60; the collectives after
+keep torch's own timeout): a missing peer is one line naming it, not a wait without end.
 """
 
 from __future__ import annotations

@@ -7,9 +7,12 @@ temporary file and is a :class:`~fewshot.errors.CheckpointError` naming the path
 Written files get the permissions of any file the user creates (``0666`` less the
 umask), not the ``0600`` of a temporary file.
 
-Every JSON read is bounded: at most :data:`MAX_JSON_BYTES` bytes are read (a file that
-is larger, or a link to ``/dev/zero``, is refused without reading it all) and values
-may nest at most :data:`MAX_JSON_DEPTH` deep; fewshot's own files stay far below both.
+Every JSON read is bounded: only regular files are read (a FIFO, a device such as
+``/dev/zero`` or a folder is refused before a byte is read), at most
+:data:`MAX_JSON_BYTES` bytes of them, and every JSON text (files, and strings such as
+safetensors metadata, store rows or ``-o`` values) is checked before it is parsed: values
+nest at most :data:`MAX_JSON_DEPTH` deep and numbers have at most :data:`MAX_JSON_DIGITS`
+digits; fewshot's own files stay far below all of these.
 """
 
 from __future__ import annotations
@@ -224,21 +227,6 @@ def json_or_text(text: str, label: str) -> Any:
 
 def one_line_reason(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
-
-
-def json_depth(value: Any) -> int:
-    """How deep lists and objects nest in ``value`` (0 for a plain value), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_JSON_DEPTH:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def read_json(path: str | os.PathLike, error: type[FewShotError] = CheckpointError,
