@@ -196,11 +196,11 @@ def from_environment(device: torch.device | None = None) -> Distributed:
     ``$FEWSHOT_DIST_TIMEOUT`` seconds (default 60), else a one-line error names the missing one.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
-    launch = launch_environment()
-    if launch is None:
+    if launch_world_size() == 1:
         return Distributed(device=device)
     backend = backend_for(device)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # (a group the caller formed itself is used as it is)
+        launch = launch_environment()
         if device.type == "cuda":
             torch.cuda.set_device(device)
         _join(launch, backend)
