@@ -216,8 +216,8 @@ def test_a_config_linked_to_dev_zero_is_refused_without_reading_it_all(store, ca
     capsys.readouterr()
     (run / "config.json").unlink()
     (run / "config.json").symlink_to("/dev/zero")
-    cli_error(["evaluate", run, "--episodes", "3"], capsys, "config.json is larger than")
-    cli_error([*TRAIN, "--config", "/dev/zero", "--out", store / "new"], capsys, "/dev/zero is larger than")
+    cli_error(["evaluate", run, "--episodes", "3"], capsys, "config.json cannot be read (it is not a regular file")
+    cli_error([*TRAIN, "--config", "/dev/zero", "--out", store / "new"], capsys, "/dev/zero cannot be read (it is not a regular file")
     assert not (store / "new").exists()
 
 

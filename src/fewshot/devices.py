@@ -49,15 +49,43 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def local_rank() -> int | None:
-    """This process's rank on its machine in a torchrun launch (``LOCAL_RANK``), else None."""
-    value = os.environ.get("LOCAL_RANK")
-    if value is None or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
+LAUNCH_HINT = "launch with torchrun (or `fewshot train --nproc N`), or unset WORLD_SIZE to run one process"
+
+
+def launch_variable(name: str, minimum: int, required: bool = False) -> int:
+    """The whole number in environment variable ``name`` of a multi-process launch (``minimum``
+    when unset and not ``required``); anything else is one line naming the variable."""
+    text = os.environ.get(name)
+    if text is None:
+        if required:
+            raise ConfigError(f"{name} is not set, but WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for several "
+                              f"processes; {LAUNCH_HINT}")
+        return minimum
     try:
-        return int(value)
+        value = int(text.strip())
     except ValueError:
-        raise ConfigError(f"LOCAL_RANK must be an integer, got {value!r}; launch with torchrun") from None
+        value = None
+    if value is None or value < minimum:
+        raise ConfigError(f"{name} must be a whole number ≥ {minimum}, got {text[:40]!r}; {LAUNCH_HINT}")
+    return value
+
+
+def launch_world_size() -> int:
+    """``WORLD_SIZE`` (checked), 1 when unset: how many processes this launch has."""
+    text = os.environ.get("WORLD_SIZE")
+    return 1 if text is None or not text.strip() else launch_variable("WORLD_SIZE", 1)
+
+
+def local_rank() -> int | None:
+    """This process's rank on its machine in a torchrun launch (``LOCAL_RANK``, checked), else None.
+    (:func:`fewshot.distributed.launch_environment` checks the rest of the launch's variables.)"""
+    if launch_world_size() == 1 or os.environ.get("LOCAL_RANK") is None:
+        return None
+    rank = launch_variable("LOCAL_RANK", 0)
+    if os.environ.get("LOCAL_WORLD_SIZE") is not None and rank >= launch_variable("LOCAL_WORLD_SIZE", 1):
+        raise ConfigError(f"LOCAL_RANK={rank} is not below LOCAL_WORLD_SIZE={os.environ['LOCAL_WORLD_SIZE']}; "
+                          f"{LAUNCH_HINT}")
+    return rank
 
 
 def resolve(spec: str | torch.device | None = "auto", *, rank: int | None = None) -> torch.device:
@@ -264,6 +292,6 @@ def fork_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
-__all__ = ["Backend", "DEVICES", "PRECISIONS", "autocast", "available_memory", "check_precision", "describe",
-           "fork_rng", "grad_scaler", "local_rank", "module_device", "peak_memory", "reset_peak_memory", "resolve",
-           "restore_rng", "rng_tensors", "why_auto"]
+__all__ = ["Backend", "LAUNCH_HINT", "DEVICES", "PRECISIONS", "autocast", "available_memory", "check_precision",
+           "describe", "fork_rng", "grad_scaler", "launch_variable", "launch_world_size", "local_rank",
+           "module_device", "peak_memory", "reset_peak_memory", "resolve", "restore_rng", "rng_tensors", "why_auto"]

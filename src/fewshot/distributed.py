@@ -8,19 +8,25 @@ whole meta-batch, for every method, second-order MAML included. One process per 
 gloo when the run computes on the CPU (also on a machine that has GPUs, with
 ``--device cpu``), its collectives on CPU tensors. Launch with ``torchrun --nproc-per-node N -m fewshot train ...`` (or ``fewshot
 train --nproc N ...``, which calls torchrun for you); see the README for several nodes.
+
+The launch's variables are checked before anything waits on them, and the processes
+must meet within ``$FEWSHOT_DIST_TIMEOUT`` seconds (default 60; the collectives after
+keep torch's own timeout): a missing peer is one line naming it, not a wait without end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
+from .devices import LAUNCH_HINT, launch_variable, launch_world_size, local_rank
 from .errors import ConfigError
 
 
@@ -84,21 +90,120 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+#: Seconds a process waits for the others to join before giving up (``$FEWSHOT_DIST_TIMEOUT``).
+DEFAULT_RENDEZVOUS_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A multi-process launch as its environment describes it (torchrun's variables), checked."""
+
+    rank: int
+    world_size: int
+    local_rank: int | None
+    master_addr: str
+    master_port: int
+    timeout: float
+
+
+def launch_environment() -> Launch | None:
+    """The launch ``WORLD_SIZE`` > 1 describes, every variable checked up front (one line
+    naming the one that is wrong, rather than a hang or a traceback), else None."""
+    world_size = launch_world_size()
+    if world_size == 1:
+        return None
+    rank = launch_variable("RANK", 0, required=True)
+    if rank >= world_size:
+        raise ConfigError(f"RANK={rank} is not a rank of WORLD_SIZE={world_size} (ranks are 0 to {world_size - 1}); "
+                          f"{LAUNCH_HINT}")
+    on_machine = local_rank()
+    addr = os.environ.get("MASTER_ADDR", "").strip()
+    if not addr:
+        raise ConfigError(f"WORLD_SIZE={world_size} needs MASTER_ADDR (the host of rank 0) and MASTER_PORT; "
+                          f"{LAUNCH_HINT}")
+    port = launch_variable("MASTER_PORT", 1, required=True)
+    if port > 65535:
+        raise ConfigError(f"MASTER_PORT must be a port number from 1 to 65535, got {port}")
+    return Launch(rank, world_size, on_machine, addr, port, rendezvous_timeout())
+
+
+def rendezvous_timeout() -> float:
+    """``$FEWSHOT_DIST_TIMEOUT`` seconds (default :data:`DEFAULT_RENDEZVOUS_TIMEOUT`)."""
+    text = os.environ.get("FEWSHOT_DIST_TIMEOUT")
+    if text is None or not text.strip():
+        return DEFAULT_RENDEZVOUS_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 86400:
+        raise ConfigError(f"FEWSHOT_DIST_TIMEOUT must be a number of seconds from 0 to 86400, got {text!r}")
+    return seconds
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null meanwhile (what fails is reported in one line after)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _join(launch: Launch, backend: str) -> None:
+    """Meet the other processes at ``MASTER_ADDR:MASTER_PORT`` within the rendezvous timeout,
+    then form the process group (whose collectives keep torch's own, longer, timeout)."""
+    from datetime import timedelta
+
+    from torch.distributed.constants import default_pg_timeout
+
+    where = f"{launch.master_addr}:{launch.master_port}"
+    try:
+        with _quiet_stderr():  # c10d logs each failed connection try, with a C++ stack, to stderr
+            store, _, _ = next(dist.rendezvous("env://", launch.rank, launch.world_size,
+                                               timeout=timedelta(seconds=launch.timeout)))
+    except (RuntimeError, ValueError, OSError) as e:
+        reason = " ".join(str(e).split())[:200]
+        if launch.rank == 0:
+            others = "rank 1" if launch.world_size == 2 else f"ranks 1 to {launch.world_size - 1}"
+            raise ConfigError(f"rank 0 of {launch.world_size} waited {launch.timeout:g} s at {where} for {others}, "
+                              f"and not all joined ({reason}); start every rank with the same MASTER_ADDR and "
+                              "MASTER_PORT, or raise FEWSHOT_DIST_TIMEOUT") from None
+        raise ConfigError(f"rank {launch.rank} of {launch.world_size} could not reach rank 0 at {where} within "
+                          f"{launch.timeout:g} s ({reason}); start rank 0, check MASTER_ADDR and MASTER_PORT, or "
+                          "raise FEWSHOT_DIST_TIMEOUT") from None
+    store.set_timeout(default_pg_timeout)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore("default_pg", store), rank=launch.rank,
+                            world_size=launch.world_size)
+
+
 def from_environment(device: torch.device | None = None) -> Distributed:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1), once; else one process.
 
     ``device`` is this process's device (:func:`fewshot.devices.resolve` gives
-    ``cuda:LOCAL_RANK`` under torchrun); it decides the backend.
+    ``cuda:LOCAL_RANK`` under torchrun); it decides the backend. The environment is checked
+    first (:func:`launch_environment`) and the other processes must join within
+    ``$FEWSHOT_DIST_TIMEOUT`` seconds (default 60), else a one-line error names the missing one.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if launch_world_size() == 1:
         return Distributed(device=device)
     backend = backend_for(device)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # (a group the caller formed itself is used as it is)
+        launch = launch_environment()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        _join(launch, backend)
     elif dist.get_backend() != backend:
         raise ConfigError(f"this process group uses {dist.get_backend()}, but a run on {device} needs {backend}; "
                           "use one device type in one launch")

@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError, ConfigError
-from .io import load_tensors, save_tensors, write_json
+from .io import load_tensors, parse_json, read_bounded, save_tensors, write_json
 
 FORMAT = "fewshot-model"
 FORMAT_VERSION = 1
@@ -72,20 +72,15 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
             raise CheckpointError(f"{path} is neither a run folder (state.json) nor an exported model "
                                   f"({DESCRIPTION} + {WEIGHTS}); make one with `fewshot export RUN --out {path}`")
         weights_file = path / WEIGHTS
-        with open(path / DESCRIPTION, "rb") as f:
-            raw = f.read(MAX_DESCRIPTION + 1)
-        if len(raw) > MAX_DESCRIPTION:
-            raise CheckpointError(f"{path / DESCRIPTION} is larger than a model description can be")
-        text = raw.decode("utf-8", errors="replace")
+        text = read_bounded(path / DESCRIPTION, MAX_DESCRIPTION).decode("utf-8", errors="replace")
+        label = f"{path / DESCRIPTION}"
     elif path.is_file():
         weights_file = path
         text = _header_text(path)
+        label = f"{path}: its description"
     else:
         raise CheckpointError(f"{path} does not exist; give a run folder or an exported model")
-    try:
-        description = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: its description is not valid JSON ({e}); the file is damaged") from None
+    description = parse_json(text, label, CheckpointError)
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewshot model (no '{FORMAT}' description); "
                               "export one with `fewshot export RUN --out FILE.safetensors`")

@@ -5,12 +5,17 @@ A model's :class:`Preprocessing` is what its training data looked like: image sh
 uint8 pixels divided by 255). It is stored with the run and with an exported model, so
 new images are prepared the same way:
 
-* file paths and PIL images are converted to grey (``L``) or RGB and resized with
-  Lanczos filtering, exactly as the ``folder`` dataset decodes training images;
+* file paths and PIL images are decoded by the one bounded decoder of the dataset loaders
+  (:mod:`fewshot.data.images`: at most 8,192 × 8,192 pixels, checked from the header
+  before decoding; 16-bit, 32-bit and float images scaled to 8 bits, not clipped),
+  converted to grey (``L``) or RGB and resized with Lanczos filtering, exactly as the
+  ``folder`` dataset decodes training images;
 * NumPy arrays and torch tensors may be one batch ``(n, h, w)``, ``(n, h, w, c)`` or
   ``(n, c, h, w)``, or a list of single images ``(h, w)``, ``(h, w, c)`` or
-  ``(c, h, w)``; uint8 (or other integer) pixels are divided by 255, float pixels must
-  already lie in the model's range; they are resized bilinearly (antialiased);
+  ``(c, h, w)``; uint8 (or signed integer) pixels are divided by 255, uint16, uint32 and
+  uint64 ones by their dtype's maximum (65535, ...: as 16-bit image files are scaled),
+  float pixels must already lie in the model's range; they are resized bilinearly
+  (antialiased);
 * channels are matched: RGB to grey by ITU-R 601-2 luma (as PIL's ``L``), grey to RGB
   by repetition, an alpha channel dropped.
 
@@ -31,6 +36,8 @@ from .errors import DataError
 
 LUMA = (0.299, 0.587, 0.114)
 CHANNEL_COUNTS = (1, 3, 4)
+#: Unsigned integer pixels wider than 8 bits, and the value each maps to white.
+WIDE_UNSIGNED = {torch.uint16: 65535.0, torch.uint32: 4294967295.0, torch.uint64: 18446744073709551615.0}
 
 
 @dataclass(frozen=True)
@@ -141,30 +148,23 @@ def _one(item: Any, prep: Preprocessing, what: str) -> torch.Tensor:
 
 
 def _open(path: Path, what: str):
-    from PIL import Image, UnidentifiedImageError
+    from .data.images import open_image
 
     if not path.is_file():
         raise DataError(f"{what}: image file {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{what}: {path} is not a readable image ({e})") from None
+    return open_image(path, f"{what}: {path}")
 
 
 def _from_pil(image, prep: Preprocessing, what: str) -> torch.Tensor:
-    from PIL import Image
+    from .data.images import to_pixels
 
     if not prep.pixels:
         raise DataError(f"{what}: this model was trained on arrays with values in {list(prep.value_range)}, "
                         "not on images; give arrays like its training data")
-    image = image.convert("L" if prep.channels == 1 else "RGB")
     if prep.channels not in (1, 3):
         raise DataError(f"{what}: this model takes {prep.channels}-channel inputs; give arrays, not images")
-    if image.size != (prep.width, prep.height):
-        image = image.resize((prep.width, prep.height), Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.uint8)
+    # Decoded as the training loaders decode (16-bit, 32-bit and float images scaled, not clipped).
+    array = to_pixels(image, "L" if prep.channels == 1 else "RGB", (prep.width, prep.height), what)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())[None].float().div_(255.0)
 
@@ -173,7 +173,12 @@ def _finish(x: torch.Tensor, prep: Preprocessing, what: str, resize: str) -> tor
     """(n, c', h', w') of any numeric dtype -> float (n, c, h, w) in the model's range."""
     if x.shape[0] == 0:
         raise DataError(f"{what}: no images given")
-    if not x.dtype.is_floating_point:
+    if x.dtype in WIDE_UNSIGNED:
+        if not prep.pixels:
+            raise DataError(f"{what}: this model takes float values in {list(prep.value_range)}, got integers")
+        # Scaled by the dtype's range, as a 16-bit image file is: 65535 is white, as 255 is in uint8.
+        x = x.to(torch.float64).div_(WIDE_UNSIGNED[x.dtype]).float()
+    elif not x.dtype.is_floating_point:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise DataError(f"{what}: integer pixels must lie in 0-255, got {lo}..{hi}")

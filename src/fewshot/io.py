@@ -7,16 +7,23 @@ temporary file and is a :class:`~fewshot.errors.CheckpointError` naming the path
 Written files get the permissions of any file the user creates (``0666`` less the
 umask), not the ``0600`` of a temporary file.
 
-Every JSON read is bounded: at most :data:`MAX_JSON_BYTES` bytes are read (a file that
-is larger, or a link to ``/dev/zero``, is refused without reading it all) and values
-may nest at most :data:`MAX_JSON_DEPTH` deep; fewshot's own files stay far below both.
+Every JSON read is bounded: only regular files are read (a FIFO, a device such as
+``/dev/zero`` or a folder is refused before a byte is read), at most
+:data:`MAX_JSON_BYTES` bytes of them, and every JSON text (files, and strings such as
+safetensors metadata, store rows or ``-o`` values) is checked before it is parsed: values
+nest at most :data:`MAX_JSON_DEPTH` deep and numbers have at most :data:`MAX_JSON_DIGITS`
+digits; fewshot's own files stay far below all of these.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,57 +125,123 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_bounded(path: str | os.PathLike, limit: int, error: type[FewShotError] = CheckpointError) -> bytes:
-    """The bytes of ``path``, refusing (with ``error``) a file of more than ``limit`` bytes."""
+    """The bytes of ``path``, refusing (with ``error``) a file of more than ``limit`` bytes, and
+    anything that is not a regular file (a folder; a FIFO or device, whose read could block forever
+    or never end), checked on the opened file before a byte is read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        # O_NONBLOCK: opening a FIFO with no writer would otherwise block before the check.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise error(f"{path} is missing") from None
     except IsADirectoryError:
         raise error(f"{path} cannot be read (it is a folder, not a file)") from None
     except OSError as e:
         raise error(f"{path} cannot be read ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise error(f"{path} cannot be read (it is a folder, not a file)")
+        if not stat.S_ISREG(mode):
+            raise error(f"{path} cannot be read (it is not a regular file but a pipe, socket or device); "
+                        "give a file")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"{path} cannot be read ({e.strerror or e})") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > limit:
         raise error(f"{path} is larger than {limit:,} bytes; it is not a file fewshot wrote or expects")
     return data
 
 
-def parse_json(text: str | bytes, label: str, error: type[FewShotError] = CheckpointError) -> Any:
-    """JSON ``text`` (from ``label``), refusing nesting deeper than :data:`MAX_JSON_DEPTH`."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{label} is not valid JSON ({e}); the file is damaged") from None
-    except RecursionError:
-        value = None
-        depth = MAX_JSON_DEPTH + 1
-    else:
-        depth = json_depth(value)
-    if depth > MAX_JSON_DEPTH:
-        raise error(f"{label} nests lists or objects more than {MAX_JSON_DEPTH} deep; it is not a file fewshot "
-                    "wrote or expects")
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is too large to be finite")
     return value
 
 
-def json_depth(value: Any) -> int:
-    """How deep lists and objects nest in ``value`` (0 for a plain value), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_JSON_DEPTH:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+def parse_json(text: str | bytes, label: str, error: type[FewShotError] = CheckpointError, *,
+               finite: bool = False, limit: int = MAX_JSON_BYTES) -> Any:
+    """JSON ``text`` (from ``label``), bounded before it is parsed: at most ``limit`` bytes, lists
+    and objects nested at most :data:`MAX_JSON_DEPTH` deep, numbers of at most
+    :data:`MAX_JSON_DIGITS` digits; with ``finite``, ``NaN``, ``Infinity`` and numbers too large
+    for a float are refused too. Every JSON text fewshot parses comes through here."""
+    if len(text) > limit:
+        raise error(f"{label} is larger than {limit:,} bytes; it is not JSON fewshot wrote or expects")
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")
+        except UnicodeDecodeError as e:
+            raise error(f"{label} is not valid JSON ({e}); the file is damaged") from None
+    bare = _JSON_STRING.sub('""', text)  # brackets and digits inside strings do not count
+    if _json_depth_of_text(bare) > MAX_JSON_DEPTH:
+        raise error(f"{label} nests lists or objects more than {MAX_JSON_DEPTH} deep; it is not a file fewshot "
+                    "wrote or expects")
+    long_number = _LONG_NUMBER.search(bare)
+    if long_number:
+        raise error(f"{label} holds a number of more than {MAX_JSON_DIGITS} digits "
+                    f"({long_number.group()[:12]}...); it is not a file fewshot wrote or expects")
+    hooks: dict[str, Any] = {"parse_constant": _refuse_constant, "parse_float": _finite_float} if finite else {}
+    try:
+        value = json.loads(text, **hooks)
+    except json.JSONDecodeError as e:
+        raise error(f"{label} is not valid JSON ({e}); the file is damaged") from None
+    except (ValueError, RecursionError) as e:  # a non-finite number, or Python's int-string limit
+        raise error(f"{label} holds an invalid number ({one_line_reason(e)})") from None
+    return value
+
+
+#: The most digits a number in a JSON text may have (Python refuses ints of more than 4,300).
+MAX_JSON_DIGITS = 400
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_LONG_NUMBER = re.compile(r"[0-9]{%d,}" % (MAX_JSON_DIGITS + 1))
+_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _json_depth_of_text(bare: str) -> int:
+    """How deep brackets nest in JSON text whose strings are blanked, without parsing it."""
+    brackets = _BRACKETS.sub("", bare)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def json_or_text(text: str, label: str) -> Any:
+    """A command-line value: its JSON value when it is JSON (``5``, ``true``, ``[1, 2]``), else the
+    text itself; a number too long to be one is a :class:`ConfigError` rather than a string."""
+    try:
+        return parse_json(text, label, ConfigError)
+    except ConfigError:
+        if re.fullmatch(r"\s*[-+]?[0-9.eE+-]*[0-9]{%d,}[0-9.eE+-]*\s*" % (MAX_JSON_DIGITS + 1), text):
+            raise ConfigError(f"{label}: the number {text.strip()[:12]}... has more than {MAX_JSON_DIGITS} digits; "
+                              "give a smaller one") from None
+        return text
+
+
+def one_line_reason(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def read_json(path: str | os.PathLike, error: type[FewShotError] = CheckpointError,
-              limit: int = MAX_JSON_BYTES) -> Any:
-    """A JSON file, read within bounds (size and depth); any problem is one ``error``."""
-    return parse_json(read_bounded(path, limit, error), str(path), error)
+              limit: int = MAX_JSON_BYTES, *, finite: bool = False) -> Any:
+    """A JSON file, read within bounds (a regular file; size, depth and digits); any problem is one ``error``."""
+    return parse_json(read_bounded(path, limit, error), str(path), error, finite=finite, limit=limit)
+
+
+def require_folder(path: str | os.PathLike, what: str, error: type[FewShotError] = ConfigError) -> Path:
+    """``path`` as a Path, refusing (one line) one that exists but is not a folder; a missing
+    folder is fine (it is made when first written)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} {path} is a file, not a folder; name a folder (it is created if missing)")
+    return path
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

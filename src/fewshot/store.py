@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, FewShotError, StoreError
+from .io import parse_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -150,5 +151,7 @@ class RunStore:
     @staticmethod
     def _row(row: tuple) -> dict[str, Any]:
         out = dict(zip(COLUMNS, row))
-        out["config"], out["metrics"] = json.loads(out["config"]), json.loads(out["metrics"])
+        for column in ("config", "metrics"):  # bounded: a store file may have been edited by hand
+            out[column] = parse_json(out[column] if isinstance(out[column], (str, bytes)) else "?",
+                                     f"the {column} of run {out.get('id')} in the run store", StoreError)
         return out

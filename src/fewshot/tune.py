@@ -33,8 +33,8 @@ from typing import Any, Callable, Sequence
 
 from .config import TrainConfig
 from .data import load_dataset
-from .errors import ConfigError, StoreError, TrainingError
-from .io import FolderLock, read_json, write_json
+from .errors import ConfigError, FewShotError, StoreError, TrainingError
+from .io import FolderLock, json_or_text, parse_json, read_json, write_json
 from .runs import remove_unfinished_run
 from .store import record_run, runs_folder
 
@@ -79,10 +79,7 @@ class Param:
 
 
 def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    return json_or_text(text, f"search-space value {text[:20]!r}")
 
 
 def _is_int(text: str) -> bool:
@@ -190,7 +187,7 @@ def tune(base: TrainConfig, space: Sequence[Param], out: str | Path, *, trials: 
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     out = Path(out)
     spec = {"base": base.to_dict(), "space": [dataclasses.asdict(p) for p in space], "sampler_seed": sampler_seed}
-    spec = json.loads(json.dumps(spec))  # as it reads back from tune-spec.json
+    spec = parse_json(json.dumps(spec), "the search space", ConfigError)  # as it reads back from tune-spec.json
     dataset = load_dataset(base.dataset, data_root, **base.dataset_options)
     val_split = base.val_split or "none"
     if val_split not in dataset.splits:
@@ -226,7 +223,9 @@ def _search(optuna, base: TrainConfig, space: Sequence[Param], out: Path, spec: 
         spec["study"] = saved["study"]
     study_name = spec["study"]
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
+    # One line per trial is ours to print: Optuna's own report of a failed trial is a
+    # warning with the whole traceback, so only its errors are let through.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = f"sqlite:///{(runs_folder(runs) / 'tune.sqlite').resolve()}"
     from sqlalchemy.exc import SQLAlchemyError  # Optuna's storage layer
 
@@ -258,6 +257,8 @@ def _search(optuna, base: TrainConfig, space: Sequence[Param], out: Path, spec: 
             if log:
                 log(f"trial {trial.number}: {_format(values)} -> failed: {e}")
             raise
+        except FewShotError as e:  # a point the search cannot run at all ends it, in one line naming the trial
+            raise type(e)(f"trial {trial.number} ({_format(values)}): {e}") from None
         if result.best_accuracy is None:
             raise ConfigError(f"trial {trial.number} has no validation accuracy to score (tune searches "
                               "classification methods)")

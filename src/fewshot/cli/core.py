@@ -8,9 +8,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
 
 from ..errors import ConfigError
+from .output import print_json
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
     one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
@@ -127,9 +127,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except StoreError as e:  # the result is printed all the same
         record_error = str(e)
     if args.json:
-        print(json.dumps({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
+        print_json({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
                           **({"within_groups": True} if args.within_groups else {}),
-                          **result.to_dict(per_episode=args.per_episode)}))
+                          **result.to_dict(per_episode=args.per_episode)})
     else:
         print(result.summary() + ("; each episode within one group" if args.within_groups else ""))
     say_device(args, runtime)
@@ -158,7 +158,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
     summary = load_dataset(args.name, args.data_root, **dataset_options(args)).summary()
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary, indent=2)
         return 0
     print(f"{summary['name']}: images {'x'.join(map(str, summary['image_shape']))}")
     print(f"{'split':10s} {'classes':>8s} {'images':>8s} {'per class':>10s}")
@@ -176,11 +176,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "show":
         if args.id is None:
             raise ConfigError("say which run: `fewshot runs show ID`")
-        print(json.dumps(store.get(args.id), indent=2))
+        print_json(store.get(args.id), indent=2)
         return 0
     rows = store.list(kind=args.kind, method=args.method)
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
         return 0
     print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
     for r in rows:
@@ -237,7 +237,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     names = [args.name] if args.name else METHODS.names()
     described = [describe_method(n) for n in names]
     if args.json:
-        print(json.dumps(described, default=str))
+        print_json(described, default=str)
         return 0
     for d in described:
         kind = ("meta-trained (`fewshot train`)" if d["learns_across_tasks"] else

@@ -8,12 +8,12 @@ its help is asked for (:class:`Parser`'s ``build``).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import Any, Callable
 
 from ..config import PRECISIONS
 from ..errors import ConfigError, did_you_mean
+from ..io import json_or_text
 
 
 def one_line(message: str) -> str:
@@ -84,10 +84,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"option '{text}' must look like KEY=VALUE")
     key, value = text.split("=", 1)
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
+    return key.replace("-", "_"), json_or_text(value, f"option {key}")
 
 
 def parse_options(texts) -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """The ``fewshot`` command: its parser and entry point.
 
 Every command has ``--help``. Errors a user can cause print one line and exit with
-status 2; nothing is left half-written. Each command family lives in its own module
+status 2; nothing is left half-written. Output piped to a reader that stops early
+(``fewshot predict --json | head``) ends the command quietly with status 141, as a
+process killed by SIGPIPE ends in the shell (128 + 13), so ``set -o pipefail`` sees it
+as it sees any Unix tool cut short; see "Note on SIGPIPE" in Python's ``signal`` docs. Each command family lives in its own module
 and adds its parsers here, explicitly; a command's flags are built (and its heavy
 imports made) only when that command runs, so ``fewshot --help`` is fast.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -36,6 +40,21 @@ def build_parser() -> Parser:
     return parser
 
 
+#: The exit status of a command whose reader closed the pipe (128 + SIGPIPE).
+BROKEN_PIPE_STATUS = 141
+
+
+def _reader_went_away() -> int:
+    # Python flushes stdout again at exit: point it at /dev/null so that flush is silent.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (output captured in-process)
+        pass
+    return BROKEN_PIPE_STATUS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -44,7 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command_parser.unknown_flags(extras)
     args.argv = argv
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
     except FewShotError as e:
         print(f"fewshot: error: {one_line(str(e))}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from .output import print_json
 
 
 def _learner(args: argparse.Namespace):
@@ -38,7 +39,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
              "probabilities": {str(c): round(float(q), 6) for c, q in zip(classes, p)}}
             for path, p, b in zip(queries, proba, best)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows, indent=2)
         return 0
     width = max(len(r["path"]) for r in rows)
     for r in rows:

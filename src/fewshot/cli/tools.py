@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from .output import json_text
 from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, needs_tool, \
     require_matplotlib, require_optuna, resolve_device, trainable_methods
 
@@ -41,7 +41,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     setting = Setting(args.way, args.shot, args.classes, args.images_per_class, args.cross_domain)
     advice = advise(setting, None if args.rules else RunStore(args.runs), data_root=args.data_root)
-    print(json.dumps(advice.to_dict(), indent=2) if args.json else advice.text())
+    print(json_text(advice.to_dict(), indent=2) if args.json else advice.text())
     return 0
 
 

@@ -17,11 +17,11 @@ done by the library (:mod:`fewshot.select`); this module parses and prints.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 from ..errors import ConfigError
+from .output import print_json
 from .flags import Parser, add_device_flags, parse_options, resolve_device, say_device
 
 
@@ -51,7 +51,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
             zoo.check(name)
     entries = zoo.entries()
     if args.json:
-        print(json.dumps(entries))
+        print_json(entries)
         return 0
     print(f"{'model':32s} {'architecture':12s} {'parameters':>11s} {'features':>8s} {'input':>8s} "
           f"{'objective':12s} source")
@@ -104,7 +104,7 @@ def cmd_select_build(args: argparse.Namespace) -> int:
                                 workers=args.workers, finetune=finetune, data_root=args.data_root,
                                 progress=not args.quiet)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print_json(result.to_dict())
         return 0
     print(f"meta-dataset {result.path}: {result.total} rows ({result.tasks} tasks × {result.models} models), "
           f"{result.added} added now by {result.workers} process(es) in {result.seconds:.0f} s "
@@ -134,7 +134,7 @@ def cmd_select_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_meta_dataset(rows, store.records(models), seed=args.seed, resamples=args.resamples)
     result.update(target=args.target, meta=str(store.path), zoo=str(zoo.root))
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
         return 0
     c = result["cost"]
     print(f"model selection on {result['tasks']} tasks × {result['models']} models, leave-one-group-out over "
@@ -161,7 +161,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     ranking, way, target = out["ranking"], out["way"], out["target"]
     verified = [e for e in ranking if "measured_accuracy" in e]
     if args.json:
-        print(json.dumps(out))
+        print_json(out)
         return 0
     shots = out["shots"]
     shot_text = f"{min(shots)}" if min(shots) == max(shots) else f"{min(shots)}-{max(shots)}"
@@ -204,7 +204,7 @@ def cmd_select_monitor(args: argparse.Namespace) -> int:
                       "running_rmse": running_error(history[: i + 1])["rmse"]})
     summary = running_error(history)
     if args.json:
-        print(json.dumps({"verifications": table, "summary": summary}))
+        print_json({"verifications": table, "summary": summary})
         return 0
     if not table:
         print("no verification recorded yet: `fewshot select --support FOLDER --verify K` records some")

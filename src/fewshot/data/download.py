@@ -12,15 +12,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..io import atomic_path
+from ..io import atomic_path, require_folder
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: ``root`` if given, else ``$FEWSHOT_DATA``, else ``~/.cache/fewshot``."""
     if root:
-        return Path(root).expanduser()
+        return require_folder(root, "the data root (--data-root)")
     if os.environ.get("FEWSHOT_DATA"):
-        return Path(os.environ["FEWSHOT_DATA"]).expanduser()
+        return require_folder(os.environ["FEWSHOT_DATA"], "the data root ($FEWSHOT_DATA)")
     return Path.home() / ".cache" / "fewshot"
 
 
@@ -28,7 +28,7 @@ def cache_dir(root: Path) -> Path:
     """Where decoded array caches go: ``$FEWSHOT_CACHE``, else ``<root>/.cache`` when the
     data root is writable, else ``~/.cache/fewshot/.cache`` (shared read-only data)."""
     if os.environ.get("FEWSHOT_CACHE"):
-        path = Path(os.environ["FEWSHOT_CACHE"]).expanduser()
+        path = require_folder(os.environ["FEWSHOT_CACHE"], "the cache folder ($FEWSHOT_CACHE)")
     elif root.exists() and os.access(root, os.W_OK):
         path = root / ".cache"
     else:

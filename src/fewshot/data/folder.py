@@ -55,6 +55,8 @@ _GREY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 MAX_INFERRED_SIZE = 84
 #: The largest CSV read, in bytes.
 MAX_CSV_BYTES = 64 << 20
+#: The longest field of a CSV row (a path, a label): Linux's PATH_MAX.
+MAX_CSV_FIELD = 4096
 
 
 @DATASETS.register("folder")
@@ -142,22 +144,52 @@ def csv_files(path: Path, min_classes: int = 2) -> dict[str, list[Path]]:
         raw = f.read(MAX_CSV_BYTES + 1)
     if len(raw) > MAX_CSV_BYTES:
         raise DataError(f"{path} is larger than {MAX_CSV_BYTES >> 20} MB; split it or use class folders")
-    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"))))
-    if rows and [c.strip().lower() for c in rows[0]] == ["path", "label"]:
+    rows = _csv_rows(path, raw.decode("utf-8-sig", errors="replace"))
+    if rows and [c.strip().lower() for c in rows[0][1]] == ["path", "label"]:
         rows = rows[1:]
     classes: dict[str, list[Path]] = {}
-    for number, row in enumerate(rows, 1):
+    for number, row in rows:
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2 or not row[1].strip():
-            raise DataError(f"{path} row {number}: expected path,label, got {','.join(row)[:80]!r}")
+            raise DataError(f"{path} line {number}: expected path,label, got {','.join(row)[:80]!r}")
         file = (path.parent / row[0].strip()).expanduser()
         if not file.is_file():
-            raise DataError(f"{path} row {number}: image {file} does not exist")
+            raise DataError(f"{path} line {number}: image {file} does not exist")
         classes.setdefault(row[1].strip(), []).append(file)
     if len(classes) < min_classes:
         raise DataError(f"{path} names {len(classes)} label(s); few-shot tasks need at least {min_classes}")
     return {label: sorted(classes[label]) for label in sorted(classes)}
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of every line of a label CSV, read strictly: a row is one line.
+
+    A quoted field may legally span lines, so one stray double quote would swallow every
+    line up to the next quote (thousands of images dropped without a word); here a row that
+    spans lines, a field longer than :data:`MAX_CSV_FIELD` characters or malformed quoting is
+    a :class:`DataError` naming the file and line."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    rows, line = [], 0
+    while True:
+        first, error = line + 1, None
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:
+            error = e
+        line = reader.line_num
+        if line > first:
+            end = "the end of the file" if error else f"line {line}"
+            raise DataError(f"{path} line {first}: a double quote opens a field that runs on to {end}; "
+                            "remove the stray quote (or close it), one path,label row per line")
+        if error:
+            raise DataError(f"{path} line {first}: not a valid CSV row ({error}); check its quotes")
+        if any(len(field) > MAX_CSV_FIELD for field in row):
+            raise DataError(f"{path} line {first}: a field is longer than {MAX_CSV_FIELD:,} characters; "
+                            "expected path,label")
+        rows.append((first, row))
 
 
 def _infer(classes: dict[str, list[Path]]) -> tuple[int, int]:
@@ -221,7 +253,7 @@ def _splits(names: list[str], train, val, test, val_ratio: float, test_ratio: fl
 
 
 def _fingerprint(classes: dict[str, list[Path]], channels: int, image_size: int) -> str:
-    digest = hashlib.sha256(f"folder-v2-{channels}-{image_size}".encode())
+    digest = hashlib.sha256(f"folder-v3-{channels}-{image_size}".encode())  # v3: float images scaled
     for label, files in classes.items():
         for f in files:
             stat = f.stat()

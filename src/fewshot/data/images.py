@@ -2,8 +2,9 @@
 
 An image may be hostile or unusual: a "decompression bomb" (a small PNG that claims
 tens of thousands of pixels a side) is refused from its header, before any pixel is
-decoded, and 16-bit images (``I;16``, ``I``) are scaled to 8 bits rather than clipped
-(PIL's own conversion would turn every value above 255 white).
+decoded, and 16- and 32-bit images (``I;16``, ``I``) and float ones (``F``) are scaled to
+8 bits rather than clipped (PIL's own conversion would turn every value above 255 white).
+Training data and the images given to ``fit`` and ``predict`` are decoded here alike.
 """
 
 from __future__ import annotations
@@ -25,29 +26,71 @@ MAX_PIXELS = 1 << 26
 _WIDE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
 
 
-def decode_image(source: bytes | str | Path, mode: str, size: int, label: str) -> np.ndarray:
-    """The image in ``source`` (bytes or a file) as a ``size`` × ``size`` array of uint8 in
-    Pillow ``mode`` (``"L"``: (h, w); ``"RGB"``: (h, w, 3)), resized with Lanczos.
-    Anything unreadable, or too large, is a :class:`DataError` naming ``label``."""
+def open_image(source: bytes | str | Path, label: str) -> Image.Image:
+    """The image in ``source`` (bytes or a file), decoded only after its header showed at most
+    :data:`MAX_PIXELS` pixels: the one bounded decoder every image file goes through (dataset
+    loaders, ``fit``, ``predict``). Anything unreadable or too large is a :class:`DataError`
+    naming ``label``."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89 M pixels; check_size refuses from 67 M, in fewshot's words.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise DataError(f"{label} claims {width}x{height} pixels, more than any dataset image "
-                                    f"({MAX_PIXELS:,}); it is damaged or hostile: remove it")
-                image = _eight_bit(image).convert(mode)
-                if image.size != (size, size):
-                    image = image.resize((size, size), Image.Resampling.LANCZOS)
-                return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+                check_size(image, label)
+                image.load()
+                return image.copy()  # the pixels, detached from the file being closed
+    except Image.DecompressionBombError as e:  # Pillow's own refusal, from 179 M pixels (in the header)
+        raise DataError(f"{label} claims more pixels than fewshot decodes ({MAX_PIXELS:,}, 8,192 x 8,192): {e}; "
+                        "it is damaged or hostile, or shrink it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{label} is not a readable image ({e}); fix or remove it") from None
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """A 16-bit grayscale image scaled to 8 bits (``round(v * 255 / 65535)``); others as they are."""
+def check_size(image: Image.Image, label: str) -> None:
+    """Refuse an image of more than :data:`MAX_PIXELS` pixels (known from its header alone)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{label} claims {width}x{height} pixels, more than fewshot decodes ({MAX_PIXELS:,}, "
+                        "8,192 x 8,192); it is damaged or hostile, or shrink it first")
+
+
+def to_pixels(image: Image.Image, mode: str, size: tuple[int, int], label: str) -> np.ndarray:
+    """``image`` as uint8 pixels in Pillow ``mode`` (``"L"``: (h, w); ``"RGB"``: (h, w, 3)) of
+    ``size`` (width, height), resized with Lanczos: how training decodes every image, 16-bit,
+    32-bit and float ones scaled to 8 bits rather than clipped."""
+    check_size(image, label)
+    try:
+        image = _eight_bit(image, label).convert(mode)
+        if image.size != tuple(size):
+            image = image.resize(tuple(size), Image.Resampling.LANCZOS)
+        return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError) as e:  # a lazily opened image that cannot be decoded
+        raise DataError(f"{label} is not a readable image ({e}); fix or remove it") from None
+
+
+def decode_image(source: bytes | str | Path, mode: str, size: int, label: str) -> np.ndarray:
+    """The image in ``source`` (bytes or a file) as a ``size`` × ``size`` array of uint8 in
+    Pillow ``mode`` (see :func:`to_pixels`), decoded within bounds (see :func:`open_image`)."""
+    return to_pixels(open_image(source, label), mode, (size, size), label)
+
+
+def _eight_bit(image: Image.Image, label: str) -> Image.Image:
+    """A 16- or 32-bit integer or a float grayscale image scaled to 8 bits; others as they are.
+
+    Integers: ``round(v * 255 / 65535)`` (an ``I`` image whose values all lie in 0-255 is
+    8-bit values in a 32-bit container, kept). Floats (``F``): values in [0, 1] are scaled by
+    255, values in [0, 255] kept; any other range has no meaning fewshot can guess (refused).
+    """
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DataError(f"{label} holds NaN or infinite pixel values; fix or remove it")
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{label} is a float image with values {lo:.3g}..{hi:.3g}; fewshot reads float images "
+                            "in [0, 1] or [0, 255]; rescale it")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return Image.fromarray(np.rint(values * scale).clip(0, 255).astype(np.uint8), "L")
     if image.mode not in _WIDE:
         return image
     values = np.asarray(image, dtype=np.float64)
@@ -57,4 +100,4 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
-__all__ = ["MAX_PIXELS", "decode_image"]
+__all__ = ["MAX_PIXELS", "check_size", "decode_image", "open_image", "to_pixels"]

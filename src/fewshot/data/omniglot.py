@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..io import load_tensors, read_bounded, save_tensors
+from ..io import load_tensors, parse_json, read_bounded, save_tensors
 from .archives import ReadBudget, check_name
 from .base import DATASETS, ClassDataset
 from .download import cache_dir, data_root, ensure_files
@@ -139,7 +139,7 @@ def _decoded(sources: list[Path], image_size: int, cache: Path):
     if cache_file.exists():
         try:
             tensors = load_tensors(cache_file)
-            meta = json.loads(bytes(tensors["meta"].tolist()).decode())
+            meta = parse_json(bytes(tensors["meta"].tolist()), str(cache_file))
             return tensors["images"], tensors["labels"], meta["names"], meta["sets"]
         except (CheckpointError, KeyError, ValueError):
             # A damaged cache is only a cache: decode the archives again and rewrite it.

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_tensors, parse_json, read_json, save_tensors, write_json
 from .backbones import BACKBONES, MLP, Conv4, ResNet12, ResidualBlock, build_backbone, feature_dim
 from .heads import CosineHead
 from .hub import HUB_ARCHITECTURE, build_hub_backbone
@@ -262,10 +262,7 @@ def read_metadata(path: str | Path) -> dict | None:
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from None
     if "fewshot" not in header:
         return None
-    try:
-        meta = json.loads(header["fewshot"])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{weights}: its header's fewshot metadata is not valid JSON ({e})") from None
+    meta = parse_json(header["fewshot"], f"{weights}: its header's fewshot metadata", CheckpointError)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{weights}: its header's fewshot metadata is not a JSON object")
     return meta

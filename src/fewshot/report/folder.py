@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ConfigError
-from ..io import write_json
+from ..errors import ConfigError, FewShotError
+from ..io import parse_json, write_json
 
 MARKER = ".fewshot-report.json"
 BUILDING = ".fewshot-building.json"
@@ -30,8 +30,8 @@ def _read_small_json(path: Path) -> object | None:
     try:
         if not path.is_file() or path.stat().st_size > _MARKER_BYTES:
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return parse_json(path.read_bytes(), str(path))
+    except (OSError, ValueError, FewShotError):
         return None
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import TrainingError
 from .envs import VectorEnv
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # observations (B, d) -> actions
@@ -113,6 +114,11 @@ class LinearFeatureBaseline:
         keep = rollouts.mask.bool()
         x, y = x[keep], returns.double()[keep]
         gram, target = x.T @ x, x.T @ y
+        if not (bool(torch.isfinite(gram).all()) and bool(torch.isfinite(target).all())):
+            # LAPACK's solver is undefined on NaN (MKL aborts the process): a policy whose
+            # actions, observations or returns stopped being finite has diverged.
+            raise TrainingError("the policy diverged: its observations or returns are no longer finite numbers; "
+                                "use a smaller step size (--inner-lr) or fewer adaptation steps (--adapt-steps)")
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         reg = self.reg
         for _ in range(5):

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, FewShotError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, require_folder, write_json
 from ..models.backbones import feature_dim
 from ..models.hub import load_hub_folder
 from ..methods import Method
@@ -98,7 +98,7 @@ class Zoo:
     """
 
     def __init__(self, root: str | Path, create: bool = False):
-        self.root = Path(root)
+        self.root = require_folder(root, "the zoo folder (--zoo, $FEWSHOT_ZOO)")
         self.index_path = self.root / INDEX
         if not self.index_path.exists():
             if not create:

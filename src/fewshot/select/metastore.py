@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..io import parse_json
 from ..store import connect, database_errors, open_database
 from .index import Zoo
 from .measure import TARGETS
@@ -68,7 +69,11 @@ class MetaStore:
     def settings(self) -> dict | None:
         with self._connect() as db:
             row = db.execute("SELECT value FROM settings WHERE key = 'build'").fetchone()
-        return json.loads(row[0]) if row else None
+        return self._parse(row[0], "its build settings") if row else None
+
+    def _parse(self, text: Any, what: str) -> Any:
+        """A JSON value stored in the file, read within bounds (the file may have been edited)."""
+        return parse_json(text if isinstance(text, (str, bytes)) else "?", f"{self.path}: {what}", DataError)
 
     def claim_settings(self, settings: dict) -> None:
         """Store ``settings``, or check they are those the rows were built with."""
@@ -76,9 +81,10 @@ class MetaStore:
         with self._connect(transaction=True) as db:
             db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('build', ?)", (text,))
             stored = db.execute("SELECT value FROM settings WHERE key = 'build'").fetchone()[0]
-        if json.loads(stored) != json.loads(text):
-            differ = sorted(k for k in set(settings) | set(json.loads(stored))
-                            if settings.get(k) != json.loads(stored).get(k))
+        stored = self._parse(stored, "its build settings")
+        if not isinstance(stored, dict) or stored != json.loads(text):
+            stored = stored if isinstance(stored, dict) else {}
+            differ = sorted(k for k in set(settings) | set(stored) if settings.get(k) != stored.get(k))
             raise ConfigError(f"{self.path} was built with other settings ({', '.join(differ)} differ); "
                               f"resume with the same ones, or give another meta-dataset file")
 
@@ -86,7 +92,7 @@ class MetaStore:
         """A value stored with :meth:`cache` (None if absent)."""
         with self._connect() as db:
             row = db.execute("SELECT value FROM settings WHERE key = ?", (f"cache/{key}",)).fetchone()
-        return json.loads(row[0]) if row else None
+        return self._parse(row[0], f"its cached {key}") if row else None
 
     def cache(self, key: str, value: Any) -> None:
         with self._connect(transaction=True) as db:
@@ -122,8 +128,8 @@ class MetaStore:
         wanted = set(models) if models is not None else None
         for r in out:
             try:
-                r["features"] = json.loads(r["features"])
-            except (TypeError, json.JSONDecodeError):
+                r["features"] = self._parse(r["features"], "a row's features")
+            except DataError:
                 r["features"] = None
             if not isinstance(r["features"], dict):
                 raise DataError(f"{self.path}: the row of task {r['task']!r}, model {r['model']!r} is damaged "

@@ -1,0 +1,40 @@
+"""What the command line prints as JSON: always valid JSON.
+
+Python's ``json.dumps`` writes ``NaN`` and ``Infinity`` for undefined numbers (the
+confidence interval of a single episode, say), which no JSON parser accepts. Every
+``--json`` output goes through :func:`print_json`, which writes them as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from typing import Any, Callable
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number (nested in dicts, lists, tuples) as None, and
+    NumPy numbers as Python ones."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, int):  # NumPy's integers
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
+def json_text(value: Any, *, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> str:
+    """``value`` as strict JSON (an undefined number is ``null``)."""
+    return json.dumps(finite(value), indent=indent, default=default, allow_nan=False)
+
+
+def print_json(value: Any, *, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> None:
+    print(json_text(value, indent=indent, default=default))
+
+
+__all__ = ["finite", "json_text", "print_json"]
