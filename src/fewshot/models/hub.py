@@ -241,7 +241,7 @@ def _loaded(transformers, cls, folder: Path, config, files: list[Path], have: in
         skeleton = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
     optional = (lambda key: not loads_pooler and ".pooler." in f".{key}")
     need = sum(t.numel() for k, t in skeleton.state_dict().items() if not optional(k))
-    tops = {k.split(".")[0] for k in skeleton.state_dict()}
+    tops = {k.split(".")[0] for k in skeleton.state_dict()} | {name for name, _ in skeleton.named_children()}
     del skeleton
     label = files[0] if len(files) == 1 else f"{folder}/*.safetensors"
     if need > have:
