@@ -128,7 +128,7 @@ def test_no_dynamic_imports_in_the_package():
 LAYERS = [
     ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.metrics", "fewshot.config", "fewshot.devices"),
     ("fewshot.data", "fewshot.rl", "fewshot.images"),
-    ("fewshot.models",),
+    ("fewshot.models", "fewshot.features"),
     ("fewshot.methods",),
     ("fewshot.store",),
     ("fewshot.evaluate",),

@@ -95,6 +95,8 @@ def test_resnet_keeps_its_classifier_head_and_its_own_preprocessing(folders):
     assert torch.allclose(seen, expected, atol=1e-4)
     with torch.no_grad():
         assert torch.allclose(hub.head(hub.backbone(x)), original(pixel_values=expected).logits, atol=1e-4)
+    # The same through the public path: embed() prepares the photos itself, logits() applies the head.
+    assert torch.allclose(hub.logits(hub.embed(photos)), original(pixel_values=expected).logits, atol=1e-4)
 
 
 def test_vit_features_are_the_cls_token_and_a_vit_classifier_keeps_its_head(folders):

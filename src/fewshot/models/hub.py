@@ -170,6 +170,23 @@ class HubModel:
     def feature_dim(self) -> int:
         return int(self.metadata["feature_dim"])
 
+    def embed(self, images: Sequence[Any], *, cache: Any = None, batch_size: int = 64,
+              progress: Any = False) -> torch.Tensor:
+        """Features ``(n, d)`` of images (paths, PIL images, uint8 arrays), prepared as the model's own
+        processor prepares them, each computed once per weights and preprocessing (:func:`fewshot.features.embed`)."""
+        from ..features import embed
+
+        return embed(self.backbone, images, self.preprocessing, cache=cache, batch_size=batch_size,
+                     progress=progress)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The kept classifier's logits over :attr:`labels` for ``features`` (LEEP / NCE read them)."""
+        if self.head is None:
+            raise ConfigError(f"{self.metadata['hub']['name']} has no classifier head (it is a "
+                              f"{self.metadata['objective']} model)")
+        with torch.inference_mode():
+            return self.head(features.to(self.head.weight.device, self.head.weight.dtype))
+
 
 def resolve(name: str, allow_download: bool = False, revision: str | None = None) -> Path:
     """The local folder ``hf:NAME`` names: a folder, else a hub id in the local Hugging Face
@@ -313,13 +330,14 @@ def load_backbone(name: str | Path, *, allow_download: bool = False, pooling: st
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.utils.logging.enable_progress_bar()
+    model = model.float()  # a half-precision checkpoint computes in float32 like every fewshot backbone
     head = None
     if keep:
         model, head = _classifier(model)
         if hasattr(model, "pooler") and model.pooler is not None and pooling != "pooler" and any(
                 True for _ in model.pooler.parameters()):
             model.pooler = None
-        head.eval()
+        head = head.float().eval()
     height, width = prep.size
     shape = list(image_shape) if image_shape is not None else [channels, height, width]
     backbone = HubBackbone(model, shape, prep.mean, prep.std, pooling).eval()
