@@ -53,7 +53,7 @@ def folders(tmp_path_factory):
 
 def _copy(src, dst, config=None, preprocessor=None):
     """A copy of the folder ``src`` with config.json / preprocessor_config.json replaced."""
-    dst.mkdir()
+    dst.mkdir(parents=True)
     for f in src.iterdir():
         (dst / f.name).write_bytes(f.read_bytes())
     if config is not None:
@@ -128,15 +128,33 @@ def test_clip_vision_tower_from_a_full_clip_folder(folders):
         assert torch.allclose(got, model.vision_model(pixel_values=pixels).pooler_output, atol=1e-4)
 
 
+def _empty_hub_cache(cache, monkeypatch):
+    """Point huggingface_hub at an empty cache (it reads HF_HUB_CACHE once, at import)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
 def test_an_uncached_hub_id_is_one_line_and_no_network(tmp_path, monkeypatch, no_network):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    _empty_hub_cache(tmp_path / "hf-home" / "hub", monkeypatch)
     with pytest.raises(CheckpointError) as e:
         load_backbone("hf:someone/no-such-model")
     message = str(e.value)
     assert "\n" not in message and "huggingface-cli download someone/no-such-model" in message
     with pytest.raises(CheckpointError, match="no such folder"):
         load_backbone(f"hf:{tmp_path / 'missing'}")
+
+
+def test_a_cached_hub_id_loads_offline(folders, tmp_path, monkeypatch, no_network):
+    cache = _empty_hub_cache(tmp_path / "hf-home" / "hub", monkeypatch)
+    commit = "0" * 40  # the layout huggingface_hub's own downloads leave in the cache
+    (cache / "models--someone--tiny-vit" / "refs").mkdir(parents=True)
+    (cache / "models--someone--tiny-vit" / "refs" / "main").write_text(commit)
+    _copy(folders / "vit", cache / "models--someone--tiny-vit" / "snapshots" / commit)
+    hub = load_backbone("hf:someone/tiny-vit")
+    assert hub.feature_dim == 16 and hub.metadata["hub"]["name"] == "hf:someone/tiny-vit"
 
 
 def test_case9_weights_that_do_not_match_the_config_are_refused(folders, tmp_path, capsys):

@@ -254,8 +254,12 @@ def _classifier(model: nn.Module) -> tuple[nn.Module, nn.Linear | None]:
 
 def _loaded(transformers, cls, folder: Path, config, files: list[Path], have: int, loads_pooler: bool) -> nn.Module:
     """``cls`` loaded from ``folder``, refused unless every backbone weight came from the files."""
-    with torch.device("meta"):  # sizes only: nothing allocated
-        skeleton = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+    try:
+        with torch.device("meta"):  # sizes only: nothing allocated
+            skeleton = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise CheckpointError(f"{folder}/config.json does not describe a network transformers can build here "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     optional = (lambda key: not loads_pooler and ".pooler." in f".{key}")
     need = sum(t.numel() for k, t in skeleton.state_dict().items() if not optional(k))
     tops = {k.split(".")[0] for k in skeleton.state_dict()} | {name for name, _ in skeleton.named_children()}
@@ -268,7 +272,7 @@ def _loaded(transformers, cls, folder: Path, config, files: list[Path], have: in
         model, info = cls.from_pretrained(str(folder), config=config, local_files_only=True, use_safetensors=True,
                                           trust_remote_code=False, output_loading_info=True,
                                           ignore_mismatched_sizes=True)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, ImportError) as e:
         raise CheckpointError(f"{folder} is not a loadable transformers model ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:200]})") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if not optional(k))
