@@ -355,6 +355,10 @@ def load_backbone(name: str | Path, *, allow_download: bool = False, pooling: st
             "feature_dim": dim, "preprocessing": prep.to_dict(),
             "hub": {"model_type": raw["model_type"], "architectures": architectures, "folder": str(folder.resolve()),
                     "name": str(name), "pooling": pooling, "head_kept": head is not None}}
+    if classifies and head is None:
+        meta["hub"]["head_dropped"] = (
+            "keep_head=False" if not keep_head else f"pooling {pooling!r} is not what the classifier reads"
+            if head_pooling is not None else f"fewshot does not know what a {raw['model_type']} classifier reads")
     return HubModel(backbone, prep, head, labels, meta, folder)
 
 
