@@ -296,3 +296,16 @@ def test_the_disk_cache_is_reused_and_checked(folders, tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "file"))
     with pytest.raises(ConfigError, match="is a file"):
         FeatureCache.from_env()
+
+
+def test_a_datasets_float_tensors_are_prepared_like_their_8_bit_pixels(folders):
+    """`evaluate hf:... --dataset D` embeds a fewshot dataset's tensors: floats in [0, 1], channels first."""
+    hub = load_backbone(f"hf:{folders / 'vit'}")
+    grey = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    as_float = hub.embed(grey.float() / 255)
+    as_pixels = hub.embed([g[0].numpy() for g in grey])
+    assert as_float.shape == (4, 16) and torch.allclose(as_float, as_pixels)
+    from fewshot.errors import DataError
+
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        hub.embed(grey.float())

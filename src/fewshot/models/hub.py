@@ -172,7 +172,7 @@ class HubModel:
 
     def embed(self, images: Sequence[Any], *, cache: Any = None, batch_size: int = 64,
               progress: Any = False) -> torch.Tensor:
-        """Features ``(n, d)`` of images (paths, PIL images, uint8 arrays), prepared as the model's own
+        """Features ``(n, d)`` of images (paths, PIL images, image arrays), prepared as the model's own
         processor prepares them, each computed once per weights and preprocessing (:func:`fewshot.features.embed`)."""
         from ..features import embed
 

@@ -205,7 +205,8 @@ class HubPreprocessing:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     def prepare(self, images: Sequence[Any]) -> torch.Tensor:
-        """Images (paths, PIL images, uint8 arrays ``(h, w[, c])``) as a float tensor ``(n, c, h, w)``."""
+        """Images (paths, PIL images, arrays or tensors of one image: uint8 pixels, or floats in [0, 1]
+        as fewshot's datasets hold them, channels first or last) as a float tensor ``(n, c, h, w)``."""
         return torch.stack([self._one(image, f"images[{i}]") for i, image in enumerate(images)])
 
     def _one(self, item: Any, what: str) -> torch.Tensor:
@@ -237,7 +238,7 @@ class HubPreprocessing:
 
 
 def open_image(item: Any, what: str):
-    """A path, PIL image or uint8 array as a PIL image: bounded before decoding, EXIF orientation applied."""
+    """A path, PIL image or image array as a PIL image: bounded before decoding, EXIF orientation applied."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -245,13 +246,9 @@ def open_image(item: Any, what: str):
     if isinstance(item, Image.Image):
         return ImageOps.exif_transpose(item)
     if isinstance(item, (np.ndarray, torch.Tensor)):
-        array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item
-        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-            raise DataError(f"{what}: expected a uint8 array (h, w) or (h, w, c) with c of 1, 3 or 4; got "
-                            f"{array.dtype} {tuple(array.shape)}")
-        return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+        return Image.fromarray(_pixels(item, what))
     if not isinstance(item, (str, Path)):
-        raise DataError(f"{what}: expected a file path, a PIL image or a uint8 array, got {type(item).__name__}")
+        raise DataError(f"{what}: expected a file path, a PIL image or an image array, got {type(item).__name__}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -269,6 +266,25 @@ def open_image(item: Any, what: str):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         raise DataError(f"{what}: {item} is not a readable image ({e}); fix or remove it") from None
+
+
+def _pixels(item: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    """One image array as uint8 (h, w) or (h, w, c): uint8 pixels as they are, floats in [0, 1] (a
+    fewshot dataset's tensors) times 255, rounded; channels first or last."""
+    array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise DataError(f"{what}: expected one image (h, w), (h, w, c) or (c, h, w) with c of 1, 3 or 4; got shape "
+                        f"{tuple(array.shape)}")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
+            raise DataError(f"{what}: float pixels must lie in [0, 1] (uint8 pixels are taken as they are)")
+        array = np.rint(array * 255)
+    elif array.dtype != np.uint8:
+        raise DataError(f"{what}: expected uint8 pixels or floats in [0, 1], got {array.dtype}")
+    array = np.ascontiguousarray(array.astype(np.uint8))
+    return array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
 
 
 def _side(path: Path, field: str, value: Any) -> Any:
