@@ -309,3 +309,22 @@ def test_a_datasets_float_tensors_are_prepared_like_their_8_bit_pixels(folders):
 
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         hub.embed(grey.float())
+
+
+@pytest.mark.parametrize("name, options", [
+    ("ConvNextImageProcessor", {"size": {"shortest_edge": 32}, "crop_pct": 0.875}),  # resize 36, crop 32
+    ("ConvNextImageProcessor", {"size": {"shortest_edge": 384}}),  # a plain warp at 384 and above
+    ("BitImageProcessor", {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}),  # DINOv2's
+    ("DeiTImageProcessor", {"size": {"height": 40, "width": 44}, "crop_size": {"height": 32, "width": 32}}),
+])
+def test_the_preprocessing_recipe_matches_transformers_own_processor(tmp_path, name, options):
+    from fewshot.models.hub_config import read_preprocessing
+
+    processor = _processor(name)(**options)
+    processor.save_pretrained(tmp_path)
+    prep = read_preprocessing(tmp_path, 3)
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(45, 61), (70, 41)]]
+    expected = processor(images=photos, return_tensors="pt")["pixel_values"]
+    mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
+    assert torch.allclose((prep.prepare(photos) - mean) / std, expected, atol=1e-4)

@@ -11,9 +11,10 @@ PIL image) and the backbone fingerprint is a hash of every tensor of its ``state
 image file is a new key, never a stale feature. Features live in a :class:`FeatureCache`:
 in memory (least recently used entries dropped past a byte budget) and, when it has a
 folder (``FeatureCache.from_env()``: ``$FEWSHOT_CACHE/features``), on disk as one small
-safetensors file per image, written atomically and checked on read (one 1-D float32
-tensor of the expected width, finite); a file that fails the check is recomputed and
-rewritten, as any cache entry would be.
+safetensors file per image, written atomically and checked on read (one finite 1-D
+float32 tensor named ``features``); a file that fails the check is recomputed and
+rewritten, as any cache entry would be, and vectors of two widths for one backbone
+(only a hand-edited cache holds them) are refused in one line.
 """
 
 from __future__ import annotations

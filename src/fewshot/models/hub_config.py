@@ -45,11 +45,12 @@ MAX_INT = 1 << 24
 #: Configs nest sub-configs (CLIP's vision_config, DPT's backbone_config); these are checked too.
 SUB_CONFIGS = ("vision_config", "backbone_config", "text_config", "encoder_config")
 
-# Declared fields of config.json: name -> (kind, low, high). "ints" is a list of ints.
+# Declared fields of config.json: name -> (kind, low, high). "ints" is a list of ints,
+# "int_or_ints" either.
 _CONFIG_FIELDS: dict[str, tuple[str, float, float]] = {
     "num_channels": ("int", 1, MAX_CHANNELS),
-    "image_size": ("side", 1, MAX_SIDE),
-    "patch_size": ("side", 1, MAX_SIDE),
+    "image_size": ("int_or_ints", 1, MAX_SIDE),
+    "patch_size": ("int_or_ints", 1, MAX_SIDE),
     "hidden_size": ("int", 1, MAX_WIDTH),
     "embedding_size": ("int", 1, MAX_WIDTH),
     "intermediate_size": ("int", 1, MAX_WIDTH * 4),
@@ -57,7 +58,7 @@ _CONFIG_FIELDS: dict[str, tuple[str, float, float]] = {
     "hidden_sizes": ("ints", 1, MAX_WIDTH),
     "depths": ("ints", 0, MAX_LAYERS),
     "num_hidden_layers": ("int", 0, MAX_LAYERS),
-    "num_attention_heads": ("int", 1, 4096),
+    "num_attention_heads": ("int_or_ints", 1, 4096),
     "num_labels": ("int", 0, MAX_LABELS),
     "mlp_ratio": ("number", 0, 64),
     "layer_norm_eps": ("number", 0, 1),
@@ -89,10 +90,10 @@ def _is_number(v: Any) -> bool:
 def _check_field(path: Path, field: str, value: Any, kind: str, low: float, high: float) -> None:
     if kind == "int" and not (_is_int(value) and low <= value <= high):
         raise _bad(path, field, f"an integer from {low:,} to {high:,}", value)
-    if kind == "side":
-        values = value if isinstance(value, list) and len(value) == 2 else [value]
+    if kind == "int_or_ints":  # one value, or one per stage (Swin's heads, PVT's patch sizes)
+        values = value if isinstance(value, list) and 0 < len(value) <= 16 else [value]
         if not all(_is_int(v) and low <= v <= high for v in values):
-            raise _bad(path, field, f"an integer (or [height, width]) from {low} to {high:,}", value)
+            raise _bad(path, field, f"an integer (or a list of up to 16) from {low} to {high:,}", value)
     if kind == "ints" and not (isinstance(value, list) and 0 < len(value) <= 16
                                and all(_is_int(v) and low <= v <= high for v in value)):
         raise _bad(path, field, f"a list of 1 to 16 integers from {low} to {high:,}", value)
