@@ -263,6 +263,10 @@ def test_embedding_twice_runs_each_image_once_and_a_changed_weight_changes_the_k
     assert fingerprint(backbone) != before
     changed = embed(backbone, images, hub.preprocessing, cache=cache)
     assert backbone.seen == 105 and not torch.allclose(changed, first)
+    # Under autocast (--precision bf16) the features are another entry.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embed(backbone, images[:4], hub.preprocessing, cache=cache)
+    assert backbone.seen == 109
     # A bounded memory: a budget of 10 vectors keeps the 10 most recent.
     small = FeatureCache(max_bytes=10 * 16 * 4)
     embed(backbone, images, hub.preprocessing, cache=small)

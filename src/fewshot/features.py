@@ -182,6 +182,18 @@ def _device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _precision(device: torch.device) -> str:
+    """The precision the backbone computes in: float32, or the dtype of an enclosing autocast
+    (``--precision bf16``), whose features are another cache entry."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return str(torch.get_autocast_dtype(device.type))
+    except (TypeError, AttributeError, RuntimeError):  # older torch: one autocast flag per device kind
+        if device.type == "cpu" and torch.is_autocast_cpu_enabled():
+            return str(torch.get_autocast_cpu_dtype())
+    return "float32"
+
+
 def embed(backbone: nn.Module, images: Sequence[Any], preprocessing: Any, *, cache: FeatureCache | None = None,
           batch_size: int = 64, progress: bool | Callable[[int, int], None] = False,
           model_fingerprint: str | None = None) -> torch.Tensor:
@@ -193,7 +205,8 @@ def embed(backbone: nn.Module, images: Sequence[Any], preprocessing: Any, *, cac
     or accepted by :func:`~fewshot.images.to_tensor`). Images whose features ``cache``
     holds are not run again (each distinct image once per call, even without a cache).
     The backbone runs in batches of ``batch_size`` under ``torch.inference_mode`` on its
-    own device, in eval mode (restored after). The backbone's identity is
+    own device, in eval mode (restored after), in the precision of an enclosing
+    ``torch.autocast`` (part of the key). The backbone's identity is
     :func:`fingerprint` (recomputed only when a weight changed), or ``model_fingerprint``
     when given. ``progress``: True prints a line per batch to stderr, or a
     callable ``progress(done, total)``.
@@ -204,7 +217,9 @@ def embed(backbone: nn.Module, images: Sequence[Any], preprocessing: Any, *, cac
     if not images:
         raise DataError("embed: no images given")
     settings = json.dumps(preprocessing.to_dict(), sort_keys=True, default=str)
-    context = hashlib.sha256(f"{model_fingerprint or fingerprint(backbone)}\0{settings}".encode()).hexdigest()
+    device = _device(backbone)
+    identity = f"{model_fingerprint or fingerprint(backbone)}\0{settings}\0{_precision(device)}"
+    context = hashlib.sha256(identity.encode()).hexdigest()
     keys = [hashlib.sha256(f"{context}\0{image_key(item, f'images[{i}]')}".encode()).hexdigest()
             for i, item in enumerate(images)]
     cache = cache if cache is not None else FeatureCache(max_bytes=0)
@@ -219,7 +234,7 @@ def embed(backbone: nn.Module, images: Sequence[Any], preprocessing: Any, *, cac
         else:
             found[key] = value
     pending = list(todo.items())
-    device, was_training = _device(backbone), backbone.training
+    was_training = backbone.training
     backbone.eval()
     try:
         with torch.inference_mode():

@@ -45,6 +45,8 @@ from .hub_config import HubPreprocessing, check_hub_config, read_hub_config, rea
 
 #: The architecture name of Hugging Face backbones in pre-trained metadata.
 HUB_ARCHITECTURE = "hf-transformers"
+#: How a backbone name says it is a Hugging Face model: ``hf:<folder or hub id>``.
+HUB_PREFIX = "hf:"
 #: ImageNet statistics, the default of most vision models when the folder gives none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,10 +190,15 @@ class HubModel:
             return self.head(features.to(self.head.weight.device, self.head.weight.dtype))
 
 
+def is_hub_name(name: object) -> bool:
+    """Whether ``name`` names a Hugging Face model (``hf:<folder or hub id>``)."""
+    return isinstance(name, str) and name.startswith(HUB_PREFIX)
+
+
 def resolve(name: str, allow_download: bool = False, revision: str | None = None) -> Path:
     """The local folder ``hf:NAME`` names: a folder, else a hub id in the local Hugging Face
     cache, else (only with ``allow_download``) the hub id downloaded (JSON and safetensors files only)."""
-    spec = name[3:] if name.startswith("hf:") else name
+    spec = name[len(HUB_PREFIX):] if is_hub_name(name) else name
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
@@ -362,5 +369,5 @@ def load_backbone(name: str | Path, *, allow_download: bool = False, pooling: st
     return HubModel(backbone, prep, head, labels, meta, folder)
 
 
-__all__ = ["HEAD_POOLING", "HUB_ARCHITECTURE", "HubBackbone", "HubModel", "IMAGENET_MEAN", "IMAGENET_STD", "POOLINGS",
-           "build_hub_backbone", "load_backbone", "resolve"]
+__all__ = ["HEAD_POOLING", "HUB_ARCHITECTURE", "HUB_PREFIX", "HubBackbone", "HubModel", "IMAGENET_MEAN", "IMAGENET_STD",
+           "POOLINGS", "build_hub_backbone", "is_hub_name", "load_backbone", "resolve"]
