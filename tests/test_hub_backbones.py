@@ -332,3 +332,8 @@ def test_the_preprocessing_recipe_matches_transformers_own_processor(tmp_path, n
     expected = processor(images=photos, return_tensors="pt")["pixel_values"]
     mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
     assert torch.allclose((prep.prepare(photos) - mean) / std, expected, atol=1e-4)
+
+
+def test_an_input_size_the_model_cannot_take_is_one_line(folders):
+    with pytest.raises(ConfigError, match=r"does not take images of shape \[3, 24, 24\]"):
+        load_backbone(f"hf:{folders / 'vit'}", image_shape=(3, 24, 24))

@@ -356,8 +356,12 @@ def load_backbone(name: str | Path, *, allow_download: bool = False, pooling: st
     source = {"dataset": str(raw.get("_name_or_path") or folder.name), "hub_model_type": raw["model_type"]}
     if keep:
         source.update(num_classes=len(labels), classes=labels)
-    with torch.no_grad():
-        dim = int(backbone(torch.zeros(1, *shape)).shape[1]) if head is None else head.in_features
+    try:
+        with torch.no_grad():
+            dim = int(backbone(torch.zeros(1, *shape)).shape[1]) if head is None else head.in_features
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"hf:{folder} does not take images of shape {shape} ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:160]}); give the size its config names") from None
     meta = {"objective": "image-classification" if classifies else "feature-extraction", "source": source,
             "feature_dim": dim, "preprocessing": prep.to_dict(),
             "hub": {"model_type": raw["model_type"], "architectures": architectures, "folder": str(folder.resolve()),
