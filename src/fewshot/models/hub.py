@@ -323,7 +323,10 @@ def load_backbone(name: str | Path, *, allow_download: bool = False, pooling: st
     head_pooling = HEAD_POOLING.get(raw["model_type"])
     keep = keep_head and classifies and head_pooling is not None and pooling in ("auto", head_pooling)
     if pooling == "auto":
-        pooling = head_pooling if keep else ("pooler" if raw["model_type"] in VISION_TOWERS else "auto")
+        # Without a head: CLIP's pooled output, a parameter-free pooler where the classifier reads
+        # one (Swin has no first token to read), else "auto".
+        pooling = head_pooling if keep else (
+            "pooler" if raw["model_type"] in VISION_TOWERS or head_pooling == "pooler" else "auto")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # no load reports or progress bars on the user's terminal
     transformers.utils.logging.disable_progress_bar()
