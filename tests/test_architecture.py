@@ -162,7 +162,7 @@ LAYERS = [
     ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.registry", "fewshot.metrics", "fewshot.config",
      "fewshot.devices", "fewshot.taskkind", "fewshot.runtime"),
     ("fewshot.data", "fewshot.rl", "fewshot.images"),
-    ("fewshot.models",),
+    ("fewshot.models", "fewshot.features"),
     ("fewshot.methods",),
     ("fewshot.store",),
     ("fewshot.evaluate",),

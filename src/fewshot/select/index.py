@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..io import atomic_path, read_json, require_folder, write_json
 from ..models.backbones import feature_dim
-from ..models.hub import load_hub_folder
+from ..models.hub import load_backbone
 from ..methods import Method
 from ..models.pretrained import (Pretrained, check_image_shape, count_parameters, describe_architecture,
                                  known_architecture, load_pretrained, read_metadata, save_pretrained)
@@ -259,8 +259,11 @@ class Zoo:
                 if (path / "state.json").exists():
                     pretrained_from_run(path, weights, metadata=extra)
                 elif (path / "config.json").exists():
-                    backbone, meta = load_hub_folder(path, image_shape)
-                    save_pretrained(backbone, weights, {**meta, **extra}, image_shape=backbone.image_shape)
+                    # Offline, schema-checked, refused unless every backbone weight is in the files;
+                    # a classifier's head is kept (LEEP and NCE read it).
+                    hub = load_backbone(path, image_shape=image_shape)
+                    save_pretrained(hub.backbone, weights, {**hub.metadata, **extra},
+                                    image_shape=hub.backbone.image_shape, head=hub.head)
                 else:
                     raise CheckpointError(f"{path} is a folder but neither a fewshot run (no state.json) nor a "
                                           f"Hugging Face save_pretrained folder (no config.json)")
