@@ -129,7 +129,7 @@ LAYERS = [
     ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.metrics", "fewshot.config", "fewshot.devices"),
     ("fewshot.data", "fewshot.rl", "fewshot.images"),
     ("fewshot.models",),
-    ("fewshot.methods",),
+    ("fewshot.methods", "fewshot.heads"),
     ("fewshot.store",),
     ("fewshot.evaluate",),
     ("fewshot.runs",),
