@@ -165,3 +165,11 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``(len(x), len(y))`` squared Euclidean distances (ProtoNet's one-matmul form, clamped at 0)."""
     return (-prototype_logits(x, y, "euclidean")).clamp_min(0)
+
+
+def prototypes(features: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
+    """Mean feature of each class ``0 .. way-1``, ``(way, d)`` (a class without support
+    examples gets zeros). As a one-hot matmul rather than
+    :func:`fewshot.methods.class_means`' bincount, which has no meta-device kernel."""
+    weights = one_hot(labels, way, features.dtype)
+    return (weights.T @ features) / weights.sum(0).clamp_min(1)[:, None]

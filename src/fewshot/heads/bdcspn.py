@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.base import class_means
 from ..params import Integer, Optional, Real
-from .base import Head, Predictor, cosine, register_head
+from .base import Head, Predictor, cosine, prototypes, register_head
 
 
 def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, way: int, query: torch.Tensor,
@@ -23,8 +22,8 @@ def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, way: int, qu
     """
     shift = support.mean(0, keepdim=True) - query.mean(0, keepdim=True)
     shifted = query + shift
-    prototypes = class_means(support, labels, way)
-    similarity = cosine(shifted, prototypes)
+    centroids = prototypes(support, labels, way)
+    similarity = cosine(shifted, centroids)
     score, pseudo = similarity.max(1)
     if top_z is not None:
         keep = torch.zeros_like(pseudo, dtype=torch.bool)
@@ -38,11 +37,11 @@ def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, way: int, qu
     members = torch.cat([support, shifted_kept])
     member_labels = torch.cat([labels, pseudo])
     # exp(ε cos) normalised within each class: a softmax over the class's members.
-    logit = temperature * cosine(members, prototypes).gather(1, member_labels[:, None]).squeeze(1)
+    logit = temperature * cosine(members, centroids).gather(1, member_labels[:, None]).squeeze(1)
     weight = (logit - logit.max()).exp()
     totals = torch.zeros(way, dtype=weight.dtype, device=weight.device).index_add_(0, member_labels, weight)
     weight = weight / totals[member_labels]
-    rectified = torch.zeros_like(prototypes).index_add_(0, member_labels, weight[:, None] * members)
+    rectified = torch.zeros_like(centroids).index_add_(0, member_labels, weight[:, None] * members)
     return rectified, shift
 
 
@@ -65,5 +64,5 @@ class BDCSPN(Head):
         super().__init__(temperature=temperature, top_z=top_z)
 
     def _fit(self, support, labels, way, query) -> Predictor:
-        prototypes, shift = rectify_prototypes(support, labels, way, query, float(self.temperature), self.top_z)
-        return lambda q: float(self.temperature) * cosine(q + shift, prototypes)
+        rectified, shift = rectify_prototypes(support, labels, way, query, float(self.temperature), self.top_z)
+        return lambda q: float(self.temperature) * cosine(q + shift, rectified)

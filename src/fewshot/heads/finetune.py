@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..methods.base import class_means
 from ..params import Integer, Real
-from .base import Head, Predictor, one_hot, register_head
+from .base import Head, Predictor, one_hot, prototypes, register_head
 
 
 @register_head
@@ -37,7 +36,7 @@ class TransductiveFinetune(Head):
     def _fit(self, support, labels, way, query) -> Predictor:
         support, query = F.normalize(support.detach(), dim=1), F.normalize(query.detach(), dim=1)
         tau = float(self.temperature)
-        weights = F.normalize(class_means(support, labels, way), dim=1).clone().requires_grad_(True)
+        weights = F.normalize(prototypes(support, labels, way), dim=1).clone().requires_grad_(True)
         targets = one_hot(labels, way, support.dtype)
         optimizer = torch.optim.Adam([weights], lr=float(self.lr))
         with torch.enable_grad():

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import DataError
-from ..methods.base import class_means
 from ..params import Boolean, Integer, OneOf, Real
-from .base import NORMS, Head, Predictor, normalizer, register_head, squared_distances
+from .base import NORMS, Head, Predictor, normalizer, prototypes, register_head, squared_distances
 from .bdcspn import rectify_prototypes
 
 
@@ -31,7 +30,8 @@ class LaplacianShot(Head):
     base-class mean given with :meth:`fit_base`, else on the support mean, then
     L2-normalised). With ``rectify`` (the paper's reported setting) the prototypes
     ``m_k`` are BD-CSPN's rectified ones (:func:`~fewshot.heads.bdcspn.rectify_prototypes`,
-    ε = 10), else the support means. The unary term is ``a_qk = ||x_q - m_k||²``; the
+    ε = 10) and the queries are shifted by its cross-class shift ``ξ``, else the
+    prototypes are the support means. The unary term is ``a_qk = ||x_q - m_k||²``; the
     query assignments ``Y`` minimise
     ``Σ_q a_q·y_q − λ Σ_{q,p} W_qp y_q·y_p + Σ_q y_q·log y_q`` over a k-NN affinity ``W``
     (``knn`` = 3, λ = ``lam`` = 0.7, the defaults of the authors' code), by the paper's
@@ -55,12 +55,15 @@ class LaplacianShot(Head):
         return self
 
     def _fit(self, support, labels, way, query) -> Predictor:
-        centre = self.base_mean if self.base_mean is not None else class_means(support, labels, way).mean(0, keepdim=True)
+        centre = self.base_mean if self.base_mean is not None else prototypes(support, labels, way).mean(0, keepdim=True)
         transform = normalizer(self.norm, centre)
         support, query_t = transform(support), transform(query)
-        prototypes = (rectify_prototypes(support, labels, way, query_t, 10.0)[0] if self.rectify
-                      else class_means(support, labels, way))
-        unary = squared_distances(query_t, prototypes)
+        if self.rectify:
+            centroids, shift = rectify_prototypes(support, labels, way, query_t, 10.0)
+            query_t = query_t + shift  # the queries stay shifted, as in the authors' code
+        else:
+            centroids = prototypes(support, labels, way)
+        unary = squared_distances(query_t, centroids)
         affinity = knn_affinity(query_t, int(self.knn)) if len(query_t) > 1 else torch.zeros_like(unary[:, :1].T)
         lam = float(self.lam)
         logits = -unary

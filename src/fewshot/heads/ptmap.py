@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from ..methods.base import class_means
 from ..params import Integer, Real
-from .base import Head, Predictor, one_hot, register_head, squared_distances
+from .base import Head, Predictor, one_hot, prototypes, register_head, squared_distances
 
 
 def power_transform(features: torch.Tensor, beta: float) -> torch.Tensor:
@@ -69,7 +68,7 @@ class PTMAP(Head):
         lam, alpha, mass = float(self.lam), float(self.alpha), len(query) / way
         targets = one_hot(labels, way, support.dtype)
         data = torch.cat([support, transformed_query])
-        centres = class_means(support, labels, way)
+        centres = prototypes(support, labels, way)
         for _ in range(int(self.steps)):
             plan = sinkhorn(squared_distances(transformed_query, centres), lam, mass)
             assignment = torch.cat([targets, plan])

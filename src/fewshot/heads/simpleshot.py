@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.base import class_means
 from ..params import OneOf
-from .base import NORMS, Head, Predictor, normalizer, register_head, squared_distances
+from .base import NORMS, Head, Predictor, normalizer, prototypes, register_head, squared_distances
 
 
 @register_head
@@ -36,7 +35,7 @@ class NearestCentroid(Head):
         return self
 
     def _fit(self, support, labels, way, query) -> Predictor:
-        centre = self.base_mean if self.base_mean is not None else class_means(support, labels, way).mean(0, keepdim=True)
+        centre = self.base_mean if self.base_mean is not None else prototypes(support, labels, way).mean(0, keepdim=True)
         transform = normalizer(self.norm, centre)
-        prototypes = class_means(transform(support), labels, way)
-        return lambda q: -squared_distances(transform(q), prototypes)
+        centroids = prototypes(transform(support), labels, way)
+        return lambda q: -squared_distances(transform(q), centroids)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.base import class_means
 from ..params import Integer, Real
-from .base import Head, Predictor, one_hot, register_head, squared_distances
+from .base import Head, Predictor, one_hot, prototypes, register_head, squared_distances
 import torch.nn.functional as F
 
 
@@ -43,7 +42,7 @@ class TIM(Head):
     def _fit(self, support, labels, way, query) -> Predictor:
         support, query = F.normalize(support.detach(), dim=1), F.normalize(query.detach(), dim=1)
         tau = float(self.temperature)
-        weights = class_means(support, labels, way).clone().requires_grad_(True)
+        weights = prototypes(support, labels, way).clone().requires_grad_(True)
         targets = one_hot(labels, way, support.dtype)
         optimizer = torch.optim.Adam([weights], lr=float(self.lr))
         with torch.enable_grad():
