@@ -22,6 +22,26 @@ def knn_affinity(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(distances).scatter_(1, nearest, 1.0)
 
 
+def bound_updates(unary: torch.Tensor, affinity: torch.Tensor, lam: float, steps: int) -> torch.Tensor:
+    """LaplacianShot's bound optimisation (the paper's Algorithm 1): from
+    ``Y = softmax(-unary)``, repeat ``Y <- softmax(-unary + λ W Y)`` at most ``steps``
+    times, stopping (from the third update on) once the relaxed energy
+    ``Σ Y∘(log Y + unary − λ W Y)`` changes by at most 1e-6 of itself. Returns the logits
+    ``-unary + λ W Y`` of the last update."""
+    logits = -unary
+    assignment = logits.softmax(1)
+    previous = float("inf")
+    for i in range(steps):
+        logits = -unary + lam * (affinity @ assignment)
+        assignment = logits.softmax(1)
+        energy = float((assignment * (assignment.clamp_min(1e-20).log() + unary
+                                      - lam * (affinity @ assignment))).sum())
+        if i > 1 and abs(energy - previous) <= 1e-6 * abs(previous):  # from the third update, as the authors' code
+            break
+        previous = energy
+    return logits
+
+
 @register_head
 class LaplacianShot(Head):
     """LaplacianShot's bound optimisation; transductive.
@@ -65,19 +85,7 @@ class LaplacianShot(Head):
             centroids = prototypes(support, labels, way)
         unary = squared_distances(query_t, centroids)
         affinity = knn_affinity(query_t, int(self.knn)) if len(query_t) > 1 else torch.zeros_like(unary[:, :1].T)
-        lam = float(self.lam)
-        logits = -unary
-        assignment = logits.softmax(1)
-        previous = None
-        for i in range(int(self.steps)):
-            logits = -unary + lam * (affinity @ assignment)
-            assignment = logits.softmax(1)
-            energy = float((assignment * (assignment.clamp_min(1e-20).log() + unary
-                                          - lam * (affinity @ assignment))).sum())
-            if previous is not None and abs(energy - previous) <= 1e-6 * abs(previous):
-                break
-            previous = energy
-        final = logits
+        final = bound_updates(unary, affinity, float(self.lam), int(self.steps))
 
         def predict(q: torch.Tensor) -> torch.Tensor:
             if q is not query and not torch.equal(q, query):
