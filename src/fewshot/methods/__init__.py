@@ -18,10 +18,12 @@ from .baselines import PixelNearestMean
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
 from .maml_rl import MAMLRL
+from .metaoptnet import MetaOptNet
 from .mamlpp import MAMLpp
 from .matching import MatchingNet
 from .pretrain import Baseline, BaselinePlusPlus
 from .protonet import ProtoNet
+from .r2d2 import R2D2
 from .relation import RelationNet
 from .reptile import Reptile
 from .taskcond import TaskCondNet
@@ -45,7 +47,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 for _builtin in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
-                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus, MAMLRL):
+                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus, MAMLRL, R2D2, MetaOptNet):
     register(_builtin)
 del _builtin
 
