@@ -16,8 +16,8 @@ class TIM(Head):
 
     Class weights ``W`` (initialised at the support prototypes) give
     ``p(k|x) = softmax_k(-τ/2 ||x - w_k||²)`` (τ = ``temperature``, 15 in the paper's
-    code). ``W`` minimises, with Adam (lr ``lr`` = 1e-4, ``steps`` = 1000 iterations,
-    the paper's TIM-GD settings),
+    code). ``W`` minimises, with Adam (lr ``lr`` = 1e-4, ``steps`` = 1000 iterations:
+    the paper's TIM-GD settings; the authors' code's config defaults to 150 iterations),
 
         λ·CE(support) − (H(Y_Q) − α·H(Y_Q|X_Q))
 
