@@ -194,7 +194,9 @@ def compare(episodes: int, tim_episodes: int) -> list[dict]:
                "soft assignments from the same unary terms and (easyfsl's) affinity, λ = 0.7, at most 20 updates")
         record("laplacianshot head", "head", shot, t["lap_head"], None,
                "ours: CL2N features (centred on the support mean, no base features here), BD-CSPN rectification "
-               "at ε = 10, queries shifted, as the authors' code; easyfsl: raw features, ε = 1, unshifted queries")
+               "at ε = 10, queries shifted, as the authors' code; easyfsl: raw features, ε = 1, unshifted queries. "
+               "Centring on the support mean (there are no base features here) is what costs at 5 shots: with "
+               "norm=UN ours gives 86.7 % (40 episodes; 81.8 % with CL2N), at 1 shot CL2N helps (61.4 vs 55.2 %)")
         record("ptmap Sinkhorn plan", "mechanism", shot, t["sink"], 1e-4,
                "cost: squared distances of L2-normalised queries and prototypes; λ = 10, rows to 1, columns to 15; "
                "both stop when the row sums settle to 1e-6")
