@@ -183,3 +183,13 @@ def test_heads_run_on_the_meta_device(name):
     logits = run_head(build_head(name, **({"steps": 2} if name in ("tim", "transductive_finetune") else {})),
                       support, labels, 3, query)
     assert logits.device.type == "meta" and logits.shape == (15, 3) and logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["tim", "transductive_finetune"])
+def test_optimising_heads_work_under_no_grad_as_an_evaluation_runs_them(name):
+    support, labels, query, _ = line_episode()
+    head = build_head(name, steps=20, lr=1e-2)
+    expected = run_head(head, support, labels, 2, query)
+    with torch.no_grad():
+        assert torch.equal(run_head(head, support, labels, 2, query), expected)
+    assert not torch.equal(expected, run_head(build_head(name, steps=0), support, labels, 2, query))
