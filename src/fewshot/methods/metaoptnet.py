@@ -47,7 +47,9 @@ def svm_dual(gram: torch.Tensor, targets: torch.Tensor, C: float, iterations: in
     ``iterations`` of FISTA on ``β = C·targets − α``."""
     # Step 1/L with L the largest eigenvalue of K (the objective's Hessian is K ⊗ I); a
     # constant of the solver, not a function of the features to differentiate.
-    step = 1.0 / torch.linalg.eigvalsh(gram.detach())[-1].clamp_min(1e-12)
+    # eigvalsh has no half-precision kernel: the step is found in (at least) float32.
+    exact = gram.detach() if gram.dtype == torch.float64 else gram.detach().float()
+    step = (1.0 / torch.linalg.eigvalsh(exact)[-1].clamp_min(1e-12)).to(gram.dtype)
     offset = C * targets
     beta = offset.clone()  # α = 0: feasible
     momentum, t = beta, 1.0
