@@ -15,6 +15,7 @@ from ..errors import ConfigError, did_you_mean
 from ..params import check_known
 from .base import Method, Predictor, class_means
 from .baselines import PixelNearestMean
+from .feat import FEAT
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
 from .maml_rl import MAMLRL
@@ -47,7 +48,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 for _builtin in (ProtoNet, PixelNearestMean, MatchingNet, RelationNet, MANN, TaskCondNet,
-                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus, MAMLRL, R2D2, MetaOptNet):
+                 MAML, FOMAML, MetaSGD, ANIL, MAMLpp, Reptile, Baseline, BaselinePlusPlus, MAMLRL, R2D2, MetaOptNet, FEAT):
     register(_builtin)
 del _builtin
 
