@@ -163,7 +163,7 @@ LAYERS = [
      "fewshot.devices", "fewshot.taskkind", "fewshot.runtime"),
     ("fewshot.data", "fewshot.rl", "fewshot.images"),
     ("fewshot.models", "fewshot.features"),
-    ("fewshot.methods",),
+    ("fewshot.methods", "fewshot.heads"),
     ("fewshot.store",),
     ("fewshot.evaluate",),
     ("fewshot.runs",),

@@ -17,13 +17,16 @@ from ..params import check_known
 from .base import METHODS, Method, Predictor, class_means, register
 # Each method registers itself where it is defined (@register): importing it is what adds it.
 from .baselines import PixelNearestMean
+from .feat import FEAT
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD
 from .maml_rl import MAMLRL
+from .metaoptnet import MetaOptNet
 from .mamlpp import MAMLpp
 from .matching import MatchingNet
 from .pretrain import Baseline, BaselinePlusPlus
 from .protonet import ProtoNet
+from .r2d2 import R2D2
 from .relation import RelationNet
 from .reptile import Reptile
 from .taskcond import TaskCondNet
