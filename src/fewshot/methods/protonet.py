@@ -57,7 +57,8 @@ def prototype_logits(query: torch.Tensor, prototypes: torch.Tensor, distance: st
     matrix is queries × ways, so float32 costs nothing that matters.
     """
     device = query.device.type
-    if torch.is_autocast_enabled(device) or query.dtype in REDUCED or prototypes.dtype in REDUCED:
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on `meta`
+    if autocast or query.dtype in REDUCED or prototypes.dtype in REDUCED:
         with torch.autocast(device, enabled=False):
             scale = at_least_float32(scale) if torch.is_tensor(scale) else scale
             return prototype_logits(at_least_float32(query), at_least_float32(prototypes), distance, scale)
