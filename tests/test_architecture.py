@@ -153,3 +153,13 @@ def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
     upward = sorted(f"{a} imports {b}" for a, targets in edges.items() if a != "fewshot"  # the package's face
                     for b in targets if b != "fewshot" and layer_of(b) > layer_of(a))
     assert upward == []
+
+
+def test_a_run_folders_file_names_are_spelt_only_in_the_run_module():
+    """One object owns a run folder (fewshot.runs.folder.Run): no other module names its
+    state file, in code, comments or docstrings; they ask the Run."""
+    owner = PACKAGE / "runs" / "folder.py"
+    assert "state.json" in owner.read_text()
+    offences = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                      if p != owner and "state.json" in p.read_text())
+    assert offences == []

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 
 from .errors import CheckpointError, ConfigError, FewShotError
 
-#: The largest JSON file fewshot reads (a run's state.json of 10^6 steps is about 2 MB).
+#: The largest JSON file fewshot reads (a run's state of 10^6 steps is about 2 MB).
 MAX_JSON_BYTES = 64 << 20
 #: The deepest nesting of lists and objects fewshot accepts in a JSON file.
 MAX_JSON_DEPTH = 64
