@@ -276,7 +276,7 @@ class Trainer:
             try:
                 self.folder.write_config(config)
                 self.folder.commit(self.state)
-            except FewShotError:
+            except BaseException:  # a full disk, or a Ctrl-C: leave nothing behind
                 self.folder.clean_up(new=True, made_dir=made_dir)
                 raise
         self.dist.barrier()  # every process has read the state before the main one writes again
