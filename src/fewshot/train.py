@@ -48,7 +48,7 @@ from .data import IN_MEMORY, ClassDataset, load_dataset, load_source
 from .data.augment import augment_batch, augmentable
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
-from .errors import CheckpointError, ConfigError, DataError, FewShotError, StoreError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, StoreError, TrainingError
 from .images import Preprocessing
 from .evaluate import evaluate
 from .memory import check_step_fits
