@@ -30,6 +30,7 @@ import json
 import os
 import re
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -113,8 +114,11 @@ def _hold(path: Path) -> int:
     """An open descriptor of ``path`` holding its exclusive ``flock``: the mark of a live writer."""
     import fcntl
 
-    fd = os.open(path, os.O_RDONLY)
+    # Never blocks (a FIFO) nor follows a link: such a name is not one of ours.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     try:
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+            raise OSError(errno.EINVAL, "not a file or folder fewshot writes", str(path))
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
