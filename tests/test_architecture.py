@@ -242,3 +242,13 @@ def test_the_kind_rule_sees_comparisons_and_not_declarations():
     assert kind_literal_comparisons('m = {"regression": "mse"}.get(task, "accuracy")') == [1]
     assert kind_literal_comparisons('tasks = ("classification", "regression")\nkind = "reinforcement"') == []
     assert kind_literal_comparisons('ok = task in TASKS') == []
+
+
+def test_a_run_folders_file_names_are_spelt_only_in_the_run_module():
+    """One object owns a run folder (fewshot.runs.folder.Run): no other module names its
+    state file, in code, comments or docstrings; they ask the Run."""
+    owner = PACKAGE / "runs" / "folder.py"
+    assert "state.json" in owner.read_text()
+    offences = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                      if p != owner and "state.json" in p.read_text())
+    assert offences == []

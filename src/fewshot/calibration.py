@@ -9,7 +9,7 @@ predictions; it changes no prediction (the argmax is the same), only the confide
 Here T is fitted on the query predictions of a fixed suite of episodes, made exactly
 as at test time (each method's ``test_mode``). The trainer fits it at the end of
 training on the validation split's episodes (the training split's when there is
-none, which is then said in the record) and keeps it in ``state.json``; an exported
+none, which is then said in the record) and keeps it in the run's state; an exported
 model carries it. The expected calibration error (ECE, 15 equal-width confidence
 bins, as in Guo et al.) is recorded before and after.
 """

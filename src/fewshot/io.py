@@ -2,10 +2,19 @@
 
 Every write goes to a temporary file in the target's folder, is flushed to disk, then
 renamed over the target, so a crash leaves either the old file or the new one, never
-half of one. A write that fails (a full disk, a read-only folder) removes its
-temporary file and is a :class:`~fewshot.errors.CheckpointError` naming the path.
-Written files get the permissions of any file the user creates (``0666`` less the
-umask), not the ``0600`` of a temporary file.
+half of one; a folder of several files (:func:`atomic_folder`) is written to a new
+temporary folder beside it and exchanged with the old one in one rename. A write that
+fails (a full disk, a read-only folder) removes its temporary file and is a
+:class:`~fewshot.errors.CheckpointError` naming the path. Written files get the
+permissions of any file the user creates (``0666`` less the umask), not the ``0600`` of
+a temporary file.
+
+Temporaries are named ``.NAME.XXXXXXXX.tmp`` beside ``NAME`` (:data:`TEMPORARY`) and
+locked (``flock``) by the process writing them. A write interrupted by Ctrl-C, or by
+SIGTERM / SIGHUP (turned into an exception while a write is under way, when nothing
+else handles them), removes its temporary; one killed outright (SIGKILL) leaves it, and
+the next write of the same target sweeps it, having checked with the lock that its
+writer is gone.
 
 Every JSON read is bounded: only regular files are read (a FIFO, a device such as
 ``/dev/zero`` or a folder is refused before a byte is read), at most
@@ -18,20 +27,24 @@ digits; fewshot's own files stay far below all of these.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import itertools
 import json
 import math
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from collections.abc import Iterator
 
 from .errors import CheckpointError, ConfigError, FewShotError
 
-#: The largest JSON file fewshot reads (a run's state.json of 10^6 steps is about 2 MB).
+#: The largest JSON file fewshot reads (a run's state of 10^6 steps is about 2 MB).
 MAX_JSON_BYTES = 64 << 20
 #: The deepest nesting of lists and objects fewshot accepts in a JSON file.
 MAX_JSON_DEPTH = 64
@@ -69,36 +82,193 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+#: The name of a temporary written beside ``NAME`` (its random part from :mod:`tempfile`).
+TEMPORARY = r"\.{name}\.\w+\.tmp"
+
+
+def temporary_pattern(name: str) -> re.Pattern:
+    """The names of fewshot's temporaries for a target named ``name``."""
+    return re.compile("^" + TEMPORARY.format(name=re.escape(name)) + "$")
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While this is entered, SIGTERM and SIGHUP raise :class:`SystemExit` (exit status
+    128 + the signal) instead of ending the process on the spot, so the ``finally``
+    clauses that remove temporaries run. Signals the program handles (or ignores)
+    itself are left alone, and so is every thread but the main one (only it may)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _raise_exit)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _hold(path: Path) -> int:
+    """An open descriptor of ``path`` holding its exclusive ``flock``: the mark of a live writer."""
+    import fcntl
+
+    # Never blocks (a FIFO) nor follows a link: such a name is not one of ours.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+            raise OSError(errno.EINVAL, "not a file or folder fewshot writes", str(path))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_folder(folder: Path, names: re.Pattern | None = None) -> None:
+    """Remove the files of ``folder`` (those ``names`` matches, if given), then the folder
+    if that empties it. Only for folders fewshot made; nothing below a sub-folder is touched."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_file() and not entry.is_symlink() and (names is None or names.match(entry.name)):
+            entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def sweep_temporaries(path: str | os.PathLike, names: re.Pattern | None = None) -> None:
+    """Remove the temporaries of writes of ``path`` whose writer is gone (killed before it
+    could clean up): files, or staging folders (:func:`atomic_folder`, of which only
+    ``names`` are removed). A temporary whose writer still holds its lock is left."""
+    path = Path(path)
+    pattern = temporary_pattern(path.name)
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+    except OSError:
+        return
+    for candidate in candidates:
+        try:
+            fd = _hold(candidate)
+        except OSError:  # in use, or not ours to open: leave it
+            continue
+        try:
+            if candidate.is_dir() and not candidate.is_symlink():
+                remove_folder(candidate, names)
+            else:
+                candidate.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
-    Errors of the caller's own writing propagate unchanged; failures to create, flush or
-    rename the file are a :class:`CheckpointError`.
+    The temporary is flushed to disk (``fsync``) before the rename and the rename before
+    this returns, so a file written after it (a state naming a checkpoint) can never
+    name a file a power cut undoes. Errors of the caller's own writing propagate
+    unchanged; failures to create, flush or rename the file are a :class:`CheckpointError`.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        # mkstemp makes the file private (0600); a finished file gets the mode any new file
-        # would, 0666 less the umask (group-readable by the usual 022 or 002).
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        os.close(fd)
-    except OSError as e:
-        raise write_failure(path, e) from None
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
+    with interruptible():
         try:
-            os.chmod(tmp_path, 0o666 & ~_umask())
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sweep_temporaries(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         except OSError as e:
             raise write_failure(path, e) from None
-        _sync_folder(path.parent)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp_path = Path(tmp)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)  # ours alone: a sweep leaves it while we live
+            # mkstemp makes the file private (0600); a finished file gets the mode any new file
+            # would, 0666 less the umask (group-readable by the usual 022 or 002).
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            yield tmp_path
+            try:
+                os.chmod(tmp_path, 0o666 & ~_umask())
+                with open(tmp_path, "rb+") as f:  # the file as the caller left it
+                    os.fsync(f.fileno())
+                os.replace(tmp_path, path)
+            except OSError as e:
+                raise write_failure(path, e) from None
+            _sync_folder(path.parent)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+            os.close(fd)
+
+
+def exchange(new: Path, old: Path) -> Path:
+    """Put folder ``new`` in the place of folder ``old``; returns where the old one now is.
+
+    On Linux this is one ``renameat2(RENAME_EXCHANGE)``: at every moment ``old``'s path
+    holds one whole folder. Elsewhere (or on a file system without it) the old folder
+    is renamed aside first, so for a moment the path holds nothing.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(old), rename_exchange) == 0:
+            return new
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(old))
+    aside = Path(tempfile.mkdtemp(prefix=f".{old.name}.", suffix=".tmp", dir=old.parent))
+    os.rename(old, aside)  # onto an empty folder: allowed
+    os.rename(new, old)
+    return aside
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, names: re.Pattern) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside ``path``; on success it takes the place
+    of ``path`` (missing, or an existing folder of files ``names`` matches) as one
+    rename, and the old folder's files are removed. A failure, or an interrupt, leaves
+    ``path`` as it was and removes the temporary folder."""
+    path = Path(path)
+    with interruptible():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sweep_temporaries(path, names)
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        except OSError as e:
+            raise write_failure(path, e) from None
+        try:
+            fd = _hold(staging)
+        except OSError as e:
+            staging.rmdir()
+            raise write_failure(path, e) from None
+        left = staging
+        try:
+            os.chmod(staging, 0o777 & ~_umask())
+            yield staging
+            _sync_folder(staging)
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    left = exchange(staging, path)
+                else:
+                    os.rename(staging, path)
+                    left = None
+            except OSError as e:
+                raise write_failure(path, e) from None
+            _sync_folder(path.parent)
+        finally:
+            os.close(fd)
+            if left is not None:
+                remove_folder(left, names)
 
 
 def _sync_folder(folder: Path) -> None:

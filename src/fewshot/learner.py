@@ -40,9 +40,10 @@ import torch
 from .calibration import calibrate, test_copy
 from .config import TrainConfig
 from .errors import ConfigError, DataError
-from .export import is_model_file, read_model, write_model
 from .images import Preprocessing, to_tensor
 from .methods.base import Method
+from .runs import Run
+from .runs.exported import write_model
 from .taskkind import task_kind
 
 #: Episodes a run without a stored temperature is calibrated on when loaded.
@@ -125,7 +126,8 @@ class FewShotClassifier:
     # -- shipping ----------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Export to ``path`` (``.safetensors`` file, else a folder): see :mod:`fewshot.export`."""
+        """Export to ``path`` (``.safetensors`` file, else a folder): see :mod:`fewshot.export`.
+        An existing ``path`` that is not an export of the same form is refused, untouched."""
         return write_model(path, self.description(), self._base.state_dict())
 
     def description(self) -> dict[str, Any]:
@@ -144,27 +146,11 @@ def load(path: str | Path, *, which: str = "best", backbone: torch.nn.Module | N
     trained with your own backbone. ``strategy`` (e.g. ``"lp-ft"``, with its options):
     adapt with a transfer strategy instead of the method's own way.
     """
-    from .runs import load_run, load_weights, build_model
-
-    path = Path(path)
-    if (path / "state.json").exists():
-        config, base, state = load_run(path, which, backbone=backbone)
-        prep = _preprocessing(state.get("preprocessing"), state["image_shape"])
-        calibration = state.get("calibration")
-        source = {"run": str(path), "weights": which, "steps": state.get("step"), "data": state.get("data")}
-    elif is_model_file(path):
-        description, weights, weights_file = read_model(path)
-        config = TrainConfig.from_dict(description.get("config"))
-        prep = _preprocessing(description.get("preprocessing"), description.get("image_shape"))
-        base = build_model(config, prep.image_shape, backbone=backbone)
-        load_weights(base, weights, weights_file)
-        calibration, source = description.get("calibration"), description.get("source") or {}
-        saved = description.get("strategy")
-        if saved and strategy is None:  # the exported learner's own strategy, unless another is asked for
-            strategy, strategy_options = saved.get("name"), dict(saved.get("options") or {})
-    else:
-        raise ConfigError(f"{path} is neither a run folder (with state.json) nor an exported model "
-                          "(.safetensors file, or a folder with config.json and model.safetensors)")
+    loaded = Run.open(path).load(which, backbone=backbone)
+    config, base, prep = loaded.config, loaded.method, loaded.preprocessing
+    calibration, source, saved = loaded.calibration, loaded.source, loaded.strategy
+    if saved and strategy is None:  # the exported learner's own strategy, unless another is asked for
+        strategy, strategy_options = saved.get("name"), dict(saved.get("options") or {})
     method, chosen = base, None
     if strategy is not None:
         from .methods.transfer import wrap
@@ -180,14 +166,6 @@ def load(path: str | Path, *, which: str = "best", backbone: torch.nn.Module | N
     if not calibration:
         learner.calibration = _calibrate_on_run_data(method, config, calibration_episodes, data_root, chosen)
     return learner
-
-
-def _preprocessing(values: Any, image_shape: Any) -> Preprocessing:
-    if isinstance(values, dict):
-        return Preprocessing.from_dict(values)
-    if not (isinstance(image_shape, (list, tuple)) and len(image_shape) == 3):
-        raise DataError(f"the model records no usable input shape ({image_shape!r}); it is damaged")
-    return Preprocessing(*(int(s) for s in image_shape))
 
 
 def _calibrate_on_run_data(method: Method, config: TrainConfig, episodes: int, data_root, strategy) -> dict:

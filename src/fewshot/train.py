@@ -1,10 +1,12 @@
 """The one episodic trainer, used by every method.
 
-It writes a run folder (layout and loading: :mod:`fewshot.runs`). Every file is written atomically, and ``state.json`` (written last) names the
-checkpoint it belongs to, so a run killed at any moment resumes from a consistent
-state. Episodes are indexed by step (see :mod:`fewshot.data.episodes`) and the RNG
-state is saved, so a resumed run ends exactly where an uninterrupted one would. A run
-that fails before its first checkpoint leaves nothing behind.
+It writes a run folder through its :class:`~fewshot.runs.Run` (layout, loading and
+crash-consistent writes: :mod:`fewshot.runs.folder`): every file is written atomically,
+and the run's state (written last) names the checkpoint it belongs to, so a run killed
+or interrupted at any moment resumes from a consistent state. Episodes are indexed by
+step (see :mod:`fewshot.data.episodes`) and the RNG state is saved, so a resumed run
+ends exactly where an uninterrupted one would. A run that fails before its first
+checkpoint leaves nothing behind.
 
 ``config.augment`` changes the images of training episodes (never validation's) at
 random, from a stream seeded by the run's seed and the step
@@ -50,13 +52,13 @@ from .data import IN_MEMORY, ClassDataset, load_dataset, load_source
 from .data.augment import augment_batch, augmentable
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
-from .errors import CheckpointError, ConfigError, DataError, FewShotError, StoreError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, StoreError, TrainingError
 from .images import Preprocessing
 from .evaluate import evaluate
 from .methods import resolved_options
-from .io import FolderLock, load_tensors, read_json, save_tensors, write_json
 from .memory import check_batch_data_fits, check_step_fits
-from .runs import CUSTOM_BACKBONE, LEFTOVER, RUN_FILE, build_model, describe_module, load_weights, read_state
+from .runs import CUSTOM_BACKBONE, Run, build_model, describe_module, load_weights, model_tensors
+from .runs.checkpoint import optimizer_checkpoint, restore_optimizer
 from .runtime import Runtime, resolve_runtime
 from .store import record_run
 from .taskkind import kind_of_metric
@@ -82,7 +84,7 @@ def describe_inputs(config: TrainConfig, dataset: ClassDataset | None, backbone:
 
 
 def describe_data(config: TrainConfig, dataset: ClassDataset | None) -> dict:
-    """The record of what a run trained on (``state.json``'s ``data``)."""
+    """The record of what a run trained on (its state's ``data``)."""
     if dataset is None:
         return {"name": config.dataset, "generated": True}
     return {"name": config.dataset, "in_memory": dataset.origin is None, "options": config.dataset_options,
@@ -101,24 +103,6 @@ def preprocessing_of(dataset: ClassDataset) -> Preprocessing:
     if lo >= 0.0 and hi <= 1.0:
         return Preprocessing(c, h, w)
     return Preprocessing(c, h, w, (lo, hi if hi > lo else lo + 1.0))
-
-
-def _same_layout(value: Any, template: Any) -> bool:
-    """Whether JSON ``value`` has ``template``'s structure (its keys, list lengths and
-    kinds of value; finite numbers for numbers), so loading it cannot crash later."""
-    if isinstance(template, dict):
-        return (isinstance(value, dict) and set(template) <= set(value)
-                and all(_same_layout(value[k], template[k]) for k in template))
-    if isinstance(template, (list, tuple)):
-        return (isinstance(value, list) and len(value) == len(template)
-                and all(_same_layout(v, t) for v, t in zip(value, template)))
-    if template is None:  # an optional setting (e.g. Adam's foreach): any plain value
-        return value is None or isinstance(value, (bool, int, float, str))
-    if isinstance(template, (bool, str)):
-        return type(value) is type(template)
-    if isinstance(template, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return True
 
 
 @dataclass
@@ -244,9 +228,7 @@ class Trainer:
         }
         if self.dataset is not None:
             self.state["preprocessing"] = preprocessing_of(self.dataset).to_dict()
-        self._lock: FolderLock | None = None
-        self._created: set[str] = set()  # files of the run folder this process wrote (only these it may delete)
-        self._named: set[str] = set()  # the checkpoint and best files the state on disk names
+        self.folder = Run(self.run_dir)  # the run folder: its files, locks and crash-consistent writes
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
@@ -258,80 +240,28 @@ class Trainer:
                                    weight_decay=self.config.weight_decay)
         return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-    # -- checkpoints -------------------------------------------------------------------
-
-    def _write_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        self._created.add(name)  # before writing: a write that fails half-way is ours to remove
-        save_tensors(self.run_dir / name, tensors)
-
-    def _write_state(self) -> None:
-        self._created.add("state.json")
-        write_json(self.run_dir / "state.json", self.state)
-        # What a crash from now on leaves named on disk.
-        self._named = {self.state["checkpoint"], (self.state["best"] or {}).get("file")} - {None}
+    # -- checkpoints ------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
-        step = self.state["step"]
-        tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
-        optim = self.optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, values in optim["state"].items():
-            for key, value in values.items():
-                if torch.is_tensor(value):
-                    tensors[f"optim.{index}.{key}"] = value
-                else:
-                    scalars.setdefault(str(index), {})[key] = value
-        tensors.update(devices.rng_tensors(self.device))
-        name = f"checkpoint-{step:07d}.safetensors"
-        previous = set(self._named)
-        self._write_tensors(name, tensors)
-        self.state.update(checkpoint=name, optimizer={"param_groups": optim["param_groups"], "scalars": scalars},
-                          scheduler=self.scheduler.state_dict(),
+        optim_tensors, optimizer = optimizer_checkpoint(self.optimizer)
+        tensors = {**model_tensors(self.method), **optim_tensors, **devices.rng_tensors(self.device)}
+        name = self.folder.write_checkpoint(self.state["step"], tensors)  # on disk before the state names it
+        self.state.update(checkpoint=name, optimizer=optimizer, scheduler=self.scheduler.state_dict(),
                           scaler=self.scaler.state_dict() if self.scaler is not None else None)
-        self._write_state()
-        # Only now, with state.json naming the new files, are the files it named before
-        # garbage; a file this run never wrote or named (a user's) is never touched.
-        for stale in (previous | self._created) - self._named - {"config.json", "state.json"}:
-            (self.run_dir / stale).unlink(missing_ok=True)
-            self._created.discard(stale)
+        self.folder.commit(self.state)
 
     def _restore(self) -> None:
-        state = read_state(self.run_dir)
-        saved = TrainConfig.from_dict(read_json(self.run_dir / "config.json"))
-        if not saved.same_run(self.config):
-            raise ConfigError(f"{self.run_dir} was trained with a different config; resume without changing settings "
-                              "(only --device and --precision may change)")
-        self._named = {state.get("checkpoint"), (state.get("best") or {}).get("file")} - {None}
+        state = self.folder.read_state()
+        self.folder.check_same_run(self.config)
         if state.get("checkpoint") is None:
             return  # killed before its first checkpoint: start over
-        path = self.run_dir / state["checkpoint"]
-        tensors = load_tensors(path)  # CPU tensors whatever device wrote them; copied into the model's
+        tensors, path = self.folder.weights_of(state, "last")  # CPU tensors whatever device wrote them
         load_weights(self.method, tensors, path)
-        if state.get("best") is not None and not (self.run_dir / state["best"]["file"]).is_file():
-            raise CheckpointError(f"{self.run_dir / state['best']['file']}, the run's best weights, is missing; "
-                                  "the run folder is damaged")
-        optim_state = self._optimizer_tensors(tensors, path)
-        for index, values in state["optimizer"]["scalars"].items():
-            if int(index) >= len(self._parameters()):
-                raise CheckpointError(f"{self.run_dir / 'state.json'}: optimiser settings name parameter {index}, "
-                                      "which the model does not have; the run folder is damaged")
-            optim_state.setdefault(int(index), {}).update(values)
-        fresh = self.optimizer.state_dict()["param_groups"]
-        groups = state["optimizer"]["param_groups"]
-        if not _same_layout(groups, fresh):
-            raise CheckpointError(f"{self.run_dir / 'state.json'}: the optimiser settings do not fit the model; "
-                                  "the run folder is damaged")
-        if not _same_layout(state["scheduler"], self.scheduler.state_dict()):
-            raise CheckpointError(f"{self.run_dir / 'state.json'}: the learning-rate schedule is damaged")
-        try:
-            self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{path}: optimiser state does not match the model ({e})") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and isinstance(state.get("scaler"), dict):
-            if not _same_layout(state["scaler"], self.scaler.state_dict()):
-                raise CheckpointError(f"{self.run_dir / 'state.json'}: the loss-scaler settings are damaged")
-            self.scaler.load_state_dict(state["scaler"])
+        best = self.folder.weights_file(state, "best")
+        if state.get("best") is not None and not best.is_file():
+            raise CheckpointError(f"{best}, the run's best weights, is missing; the run folder is damaged")
+        restore_optimizer(state, tensors, path, str(self.folder.state_path), self.optimizer, self.scheduler,
+                          self.scaler)
         try:
             # A device stream this device cannot take (a GPU run resumed on the CPU) is left
             # out: episodes come from the sampler's own seeds, so the run stays the same run.
@@ -340,129 +270,45 @@ class Trainer:
             raise CheckpointError(f"{path} holds no valid RNG state ({e}); the checkpoint is damaged") from None
         self.state = state
 
-    def _parameters(self) -> list[torch.nn.Parameter]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
-    def _optimizer_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> dict[int, dict[str, Any]]:
-        """The checkpoint's ``optim.INDEX.NAME`` tensors, checked against the parameters
-        they belong to, so a damaged file fails now, not at the first step."""
-        params = self._parameters()
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if not key.startswith("optim."):
-                continue
-            _, index, name = (key.split(".", 2) + ["", ""])[:3]
-            if not index.isdigit() or int(index) >= len(params) or not name:
-                raise CheckpointError(f"{path} holds tensor '{key}', which names no parameter of the model; "
-                                      "the checkpoint is damaged")
-            expected = () if name == "step" else tuple(params[int(index)].shape)
-            if tuple(value.shape) != expected or not value.is_floating_point() or not torch.isfinite(value).all():
-                raise CheckpointError(f"{path}: tensor '{key}' has shape {tuple(value.shape)} ({value.dtype}), "
-                                      f"not the finite {expected} its parameter needs; the checkpoint is damaged")
-            state.setdefault(int(index), {})[name] = value
-        return state
-
-    def _remove_leftovers(self) -> None:
-        """Temporary files of this run's writes that a killed process never finished
-        (see :func:`fewshot.io.atomic_path`); nothing else, under the run's lock."""
-        for path in self.run_dir.glob(".*.tmp"):
-            if LEFTOVER.match(path.name):
-                path.unlink(missing_ok=True)
-
-    def _discard(self, made_dir: bool) -> None:
-        """Remove what a run that failed before its first checkpoint wrote, and only that:
-        a user's own files in the folder (their --config, notes, other models) stay."""
-        for name in self._created:
-            (self.run_dir / name).unlink(missing_ok=True)
-        self._created.clear()
-        if self._lock is not None:
-            self._lock.release()
-        if made_dir:
-            try:
-                self.run_dir.rmdir()
-            except OSError:  # someone put other files there meanwhile: leave them
-                pass
-
-    def _tidy(self) -> None:
-        """After a failure past the first checkpoint (a full disk, say): remove the
-        files this run wrote that the state on disk does not name, so no orphan stays."""
-        for name in self._created - self._named - {"config.json", "state.json"}:
-            (self.run_dir / name).unlink(missing_ok=True)
-
-    def _open(self, resume: bool) -> bool:
-        """Lock the run folder (creating it for a new run) and check it can be written;
-        returns whether this call made the folder."""
-        if resume and not (self.run_dir / "state.json").is_file():
-            raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
-        if not resume and self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"--out {self.run_dir} is a file, not a folder; choose another --out")
-        made_dir = not self.run_dir.exists()
-        if made_dir:
-            try:
-                self.run_dir.mkdir(parents=True)
-            except FileExistsError:  # made meanwhile by another process: not ours
-                made_dir = False
-            except OSError as e:
-                raise ConfigError(f"cannot create the run folder {self.run_dir} ({e.strerror}); "
-                                  "choose a writable --out") from None
-        try:
-            self._lock = FolderLock(self.run_dir)
-        except FewShotError:
-            if made_dir:
-                self.run_dir.rmdir()
-            raise
-        if not resume and not (self.run_dir / "state.json").exists():
-            clash = sorted(p.name for p in self.run_dir.iterdir() if RUN_FILE.match(p.name))
-            if clash:
-                self._lock.release()
-                raise ConfigError(f"{self.run_dir} already holds {clash[0]}, which this run would overwrite; "
-                                  "choose an empty or new --out (a --config file may live anywhere else)")
-        return made_dir
-
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, *, resume: bool = False, progress: bool = True, record: bool = True) -> TrainResult:
         """Train (or, with ``resume``, continue) the run; the main process holds an
         exclusive lock on the run folder throughout, so a second writer is refused."""
-        made_dir = self._open(resume) if self.dist.is_main else False
+        made_dir = self.folder.lock(resume) if self.dist.is_main else False
         try:
             return self._run(resume, progress, record, made_dir)
         finally:
-            if self._lock is not None:
-                self._lock.release()
+            self.folder.unlock()
 
     def _run(self, resume: bool, progress: bool, record: bool, made_dir: bool) -> TrainResult:
         config = self.config
-        exists = (self.run_dir / "state.json").exists()
+        exists = Run.is_run(self.run_dir)
         self.dist.barrier()  # every process looks before the main one creates anything
         if exists:
             if not resume:
                 raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
             self._restore()
             if self.dist.is_main:
-                self._remove_leftovers()
+                self.folder.remove_leftovers()
         elif resume:
-            raise CheckpointError(f"nothing to resume in {self.run_dir}: it holds no state.json")
+            self.folder.check_resumable()
         elif self.dist.is_main:
             try:
-                self._created.add("config.json")
-                write_json(self.run_dir / "config.json", config.to_dict())
-                self._write_state()
-            except FewShotError:
-                self._discard(made_dir)
+                self.folder.write_config(config)
+                self.folder.commit(self.state)
+            except BaseException:  # a full disk, or a Ctrl-C: leave nothing behind
+                self.folder.clean_up(new=True, made_dir=made_dir)
                 raise
         self.dist.barrier()  # every process has read the state before the main one writes again
         try:
             return self._train(progress, record)
         except BaseException:
             # A new run that failed before its first checkpoint has nothing to resume
-            # from: remove it, so the same command can simply be run again. Any other
-            # run keeps exactly what its state.json names.
+            # from: it is removed, so the same command can simply be run again. Any other
+            # run keeps exactly what its state on disk names.
             if self.dist.is_main:
-                if not exists and self.state["checkpoint"] is None:
-                    self._discard(made_dir)
-                else:
-                    self._tidy()
+                self.folder.clean_up(new=not exists, made_dir=made_dir)
             raise
 
     def _train(self, progress: bool, record: bool) -> TrainResult:
@@ -512,7 +358,7 @@ class Trainer:
                 self._save_checkpoint()
             if self.kind.logits and not self.state.get("calibration"):
                 self.state["calibration"] = self._calibrate()
-            self._write_state()
+            self.folder.commit(self.state)
         self.dist.barrier()
         return self._finish(images_per_step, record and self.dist.is_main)
 
@@ -587,9 +433,8 @@ class Trainer:
             self.state["history"]["val"].append([step, result.value, result.ci95])
         best = self.state["best"]
         if result is None or best is None or result.better_than(best.get(self.metric)):
-            name = f"best-{step:07d}.safetensors"
-            self._write_tensors(name, {f"model.{k}": v for k, v in self.method.state_dict().items()})
-            # Recorded in state.json by the checkpoint that always follows a validation.
+            name = self.folder.write_best(step, model_tensors(self.method))
+            # Recorded in the state by the checkpoint that always follows a validation.
             self.state["best"] = {"step": step, "file": name,
                                   self.metric: result.value if result else None,
                                   "ci95": result.ci95 if result else None}
@@ -597,15 +442,14 @@ class Trainer:
     def _calibrate(self) -> dict:
         """The temperature of the weights the run ships (best, else last), fitted on the
         validation split's episodes (see :mod:`fewshot.calibration`)."""
-        entry = self.state.get("best") or {"file": self.state["checkpoint"]}
         try:
             sampler, split = calibration_sampler(self.dataset, self.config)
         except (ConfigError, DataError) as e:  # e.g. too few images per class for the suite
             return {"temperature": 1.0, "fitted": False, "why": str(e)}
         with torch.random.fork_rng():  # building a model reseeds; the run's RNG stream stays as saved
             model = build_model(self.config, self.input_shape, backbone=copy.deepcopy(self.backbone))
-            path = self.run_dir / entry["file"]
-            load_weights(model, load_tensors(path), path)
+            tensors, path = self.folder.weights_of(self.state, "best")
+            load_weights(model, tensors, path)
             return calibrate(model, sampler, min(self.config.val_episodes, CALIBRATION_EPISODES), split)
 
     def _finish(self, images_per_step: int, record: bool) -> TrainResult:

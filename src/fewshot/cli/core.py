@@ -70,15 +70,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..errors import StoreError
     from ..evaluate import evaluate, record_evaluation
     from ..methods import METHODS, build_method
-    from ..runs import load_run
+    from ..runs import Protocol, Run
 
     target = args.target
     if target in METHODS and not METHODS[target].needs_backbone:
         method = build_method(target, None, **parse_options(args.option))
         dataset_name, data_options, run_dir = args.dataset or "digits", {}, None
-        method_name = target
+        method_name, protocol = target, Protocol.of()
     else:
-        config, method, state = load_run(target, args.weights)
+        run = Run(target)
+        loaded = run.load(args.weights)
+        config, method, state, protocol = loaded.config, loaded.method, loaded.state, run.protocol
         test_options = parse_options(args.option)
         if args.inner_steps is not None:
             test_options["inner_steps"] = args.inner_steps
@@ -91,10 +93,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             method.set_test_options(**test_options)
         dataset_name, data_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
-        # None: not given, so the run's own; 0 or less is given, and refused by the sampler.
-        args.way = config.way if args.way is None else args.way
-        args.shot = config.shot if args.shot is None else args.shot
-        args.query = config.query if args.query is None else args.query
         if args.dataset and args.dataset != config.dataset:
             dataset_name, data_options = args.dataset, {}
             if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
@@ -108,14 +106,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fix = f"--image-size {size}" + (f" --channels {channels}" if dataset_name == "folder" else "")
         raise DataError(f"{target} takes {'x'.join(map(str, state['image_shape']))} inputs, but {dataset_name} gives "
                         f"{'x'.join(map(str, dataset.image_shape))}; pass {fix}")
-    way, shot, query = (default if given is None else given for given, default in
-                        ((args.way, 5), (args.shot, 1), (args.query, 15)))
-    seed = 0 if args.seed is None else args.seed
-    sampler = make_sampler(dataset_name, dataset, args.eval_split, way, shot, query, seed=seed,
-                           within_groups=args.within_groups)
+    # The flags given, over the run's own protocol (an untrained method's: the defaults).
+    protocol = protocol.given(way=args.way, shot=args.shot, query=args.query, seed=args.seed, episodes=args.episodes)
+    seed = protocol.seed
+    sampler = make_sampler(dataset_name, dataset, args.eval_split, protocol.way, protocol.shot, protocol.query,
+                           seed=seed, within_groups=args.within_groups)
     runtime = runtime_from_args(args, kind=sampler, what=dataset_name)
     start_cpu = time.process_time()
-    result = evaluate(method, sampler, args.episodes, progress=not args.quiet, device=runtime.device,
+    result = evaluate(method, sampler, protocol.episodes, progress=not args.quiet, device=runtime.device,
                       precision=runtime.precision)
     cpu = time.process_time() - start_cpu
     record_error = None
@@ -319,7 +317,7 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm)")
     add_data_flags(p, default_dataset=None)
     add_episode_flags(p, train=False)
-    p.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
+    p.add_argument("--episodes", type=int, help="test episodes (default 600)")
     p.add_argument("--eval-split", default="test", help="split to test on (default test)")
     p.add_argument("--within-groups", action="store_true",
                    help="draw each episode's classes from one group of the dataset (omniglot: one alphabet, "

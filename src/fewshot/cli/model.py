@@ -58,7 +58,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 def _export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="RUN", help="a run folder (or an exported model, to re-export)")
     p.add_argument("--out", required=True, help="FILE.safetensors (one file), or a folder (config.json + "
-                   "model.safetensors)")
+                   "model.safetensors); an existing one is replaced only if it is a fewshot export of the same form "
+                   "(or an empty folder)")
     _model_flags(p)
     p.set_defaults(func=cmd_export)
 

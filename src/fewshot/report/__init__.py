@@ -7,7 +7,7 @@ is never seen half-written, and it replaces only a folder that fewshot wrote.
 
 What it shows, and where each part comes from:
 
-* learning curves: each run's ``state.json`` history (training loss every
+* learning curves: each run's state's history (training loss every
   ``LOG_EVERY`` steps; validation accuracy and its 95% interval at each validation, or
   the training-episode accuracy of a run without validation, titled so);
 * methods compared on identical episodes, accuracy against shots and against ways:

@@ -27,7 +27,7 @@ import numpy as np
 from .. import plots
 from ..config import TrainConfig
 from ..data.tasks import task_kind
-from ..errors import CheckpointError, ConfigError, FewShotError
+from ..errors import ConfigError, FewShotError
 from ..metrics import confidence_interval
 from ..io import read_json
 from ..taskkind import CLASSIFICATION, KINDS
@@ -73,26 +73,13 @@ class RunInfo:
 def find_runs(targets: Sequence[str | Path]) -> list[RunInfo]:
     """Run folders named by ``targets``: each a run folder, or a folder holding run folders.
     Each gains its report label (:func:`label_runs`)."""
-    found: list[Path] = []
-    for target in targets:
-        target = Path(target)
-        if (target / "state.json").exists():
-            found.append(target)
-        elif target.is_dir():
-            inner = sorted(p.parent for p in target.rglob("state.json") if not any(
-                part.startswith(".") for part in p.relative_to(target).parts))
-            if not inner:
-                raise CheckpointError(f"{target} holds no fewshot run (no state.json in it or below it)")
-            found.extend(inner)
-        else:
-            raise CheckpointError(f"{target} is not a fewshot run folder (no state.json); "
-                                  "name run folders, or folders that hold them")
+    from ..runs import Run
+
+    found = [path for target in targets for path in Run.find(target)]
     runs = []
     for path in dict.fromkeys(p.resolve() for p in found):
-        state = read_json(path / "state.json")
-        if not isinstance(state, dict) or not {"step", "history", "cpu_seconds"} <= set(state):
-            raise CheckpointError(f"{path / 'state.json'} is not a fewshot run state; the file is damaged")
-        runs.append(RunInfo(path, TrainConfig.from_dict(read_json(path / "config.json")), state))
+        run = Run(path)
+        runs.append(RunInfo(path, run.config, run.state))
     label_runs(runs)
     return runs
 

@@ -45,7 +45,7 @@ from ..models.hub import load_backbone
 from ..methods import Method
 from ..models.pretrained import (Pretrained, check_image_shape, count_parameters, describe_architecture,
                                  known_architecture, load_pretrained, read_metadata, save_pretrained)
-from ..runs import pretrained_from_run
+from ..runs import Run, pretrained_from_run
 
 FORMAT = "fewshot-zoo"
 VERSION = 2  # 2: entries hash their metadata file too ("metadata_sha256")
@@ -256,7 +256,7 @@ class Zoo:
         if isinstance(source, (str, Path)):
             path = Path(source)
             if path.is_dir():
-                if (path / "state.json").exists():
+                if Run.is_run(path):
                     pretrained_from_run(path, weights, metadata=extra)
                 elif (path / "config.json").exists():
                     # Offline, schema-checked, refused unless every backbone weight is in the files;
@@ -265,7 +265,7 @@ class Zoo:
                     save_pretrained(hub.backbone, weights, {**hub.metadata, **extra},
                                     image_shape=hub.backbone.image_shape, head=hub.head)
                 else:
-                    raise CheckpointError(f"{path} is a folder but neither a fewshot run (no state.json) nor a "
+                    raise CheckpointError(f"{path} is a folder but neither a fewshot run nor a "
                                           f"Hugging Face save_pretrained folder (no config.json)")
             else:
                 _stage_file(path, weights, sidecar, extra, metadata_file, image_shape)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..io import read_json
+from ..runs import Run
 from ..models.backbones import build_backbone
 from .groups import BACKGROUND_GROUPS, alphabet_splits
 from .index import Zoo
@@ -159,13 +159,13 @@ def build_model(zoo: Zoo, spec: ZooSpec, *, cpu_minutes: float | None = 1.0, max
                        metadata={**extra, "objective": "random-init", "source": {}, "train_cpu_seconds": 0.0})
     dataset, split, source = _source_dataset(spec.source, spec.image_size, data_root, cache)
     config = _train_config(spec, dataset, split, cpu_minutes, max_steps, seed)
-    run_dir = zoo.root / "runs" / spec.name
-    state_file = run_dir / "state.json"
-    state = read_json(state_file) if state_file.exists() else None
+    run = Run(zoo.root / "runs" / spec.name)
+    run_dir = run.path
+    state = run.read_state() if Run.is_run(run_dir) else None
     if state is None or not state.get("done"):
         Trainer(config, run_dir, dataset=dataset, runs=runs, device=device, precision=precision).run(
             resume=state is not None, progress=progress)
-        state = read_json(state_file)
+        state = run.read_state()
     classes = dataset.split_classes(split)
     source = {**source, "split": split, "num_classes": len(classes), "classes": classes,
               "run": str(run_dir.resolve()), "steps": state["step"], "seed": seed}
