@@ -38,7 +38,7 @@ class TaskKind:
     name: str
     #: What an episode asks, in words.
     measures: str
-    #: The score of an episode (a key of results, ``state.json``'s ``best`` and the store's records).
+    #: The score of an episode (a key of results, a run's best score and the store's records).
     metric: str
     #: Whether a larger score is a better one.
     higher_is_better: bool

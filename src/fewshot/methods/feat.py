@@ -34,8 +34,8 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..metrics import accuracy
 from ..models.backbones import feature_dim
-from ..params import Real, validate
-from .base import Method, Predictor, class_means
+from ..params import Real
+from .base import Method, Predictor, class_means, register
 from .protonet import prototype_logits
 
 ATTENTION_DROPOUT = 0.1  # the authors' layer's dropout on the attention weights
@@ -62,6 +62,7 @@ class SetAttention(nn.Module):
         return self.norm(x + self.dropout(self.out(weights @ self.value(x))))
 
 
+@register
 class FEAT(Method):
     """FEAT (see the module docstring). ``temperature`` divides the query logits'
     squared distances (64), ``temperature2`` the regulariser's (16); ``balance`` weighs
@@ -76,16 +77,12 @@ class FEAT(Method):
                  temperature2: float = 16.0, balance: float = 1.0, dropout: float = 0.5):
         super().__init__(backbone)
         options = {"temperature": temperature, "temperature2": temperature2, "balance": balance, "dropout": dropout}
-        validate(self.name, options, self._parameter_constraints)
         if image_shape is None:
             raise ConfigError(f"{self.name} needs image_shape (channels, height, width) to size its set function")
         self._options = {k: float(v) for k, v in options.items()}
         self.temperature, self.temperature2 = self._options["temperature"], self._options["temperature2"]
         self.balance = self._options["balance"]
         self.attention = SetAttention(feature_dim(backbone, image_shape), self._options["dropout"])
-
-    def options(self) -> dict:
-        return dict(self._options)
 
     def _predictor(self, support: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         adapted = self.attention(class_means(support, support_y, way))
