@@ -342,3 +342,16 @@ def test_cli_data_list_and_info(tmp_path, mini_counts, capsys):
     out = capsys.readouterr().out
     assert "mini-imagenet: images 3x8x8" in out and "train" in out and "64" in out
     assert main(["data", "info", "mini-imagenet", "--path", str(tmp_path / "nowhere")]) == 2
+
+
+def test_benchmark_configs_are_valid_and_name_these_datasets():
+    from fewshot.config import TrainConfig
+    from fewshot.data import DATASETS
+
+    files = sorted((Path(__file__).parents[1] / "configs" / "benchmarks").glob("*.json"))
+    assert len(files) >= 10
+    for path in files:
+        config = TrainConfig.layered(path)
+        assert config.dataset in ("mini-imagenet", "tiered-imagenet", "cub") and config.dataset in DATASETS, path.name
+        assert config.dataset_options == {"image_size": 84} and config.val_split == "val", path.name
+        assert config.backbone in ("conv4", "resnet12") and config.way == 5, path.name
