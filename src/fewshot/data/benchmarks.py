@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -50,6 +51,8 @@ SPLITS = ("train", "val", "test")
 MAX_TEXT_BYTES = 32 << 20
 MIN_SIZE, MAX_SIZE = 4, 512
 _CACHE_VERSION = "bench-v1"
+#: Images decoded between two releases of the written pages (see :func:`cached_images`).
+RELEASE_EVERY = 2048
 
 
 def split_lines(name: str) -> list[str]:
@@ -131,13 +134,29 @@ def _write(cache_file: Path, shape: tuple[int, ...], fill, desc: str) -> None:
             with open(tmp, "r+b") as f:
                 f.write(header)
                 f.truncate(len(header) + int(np.prod(shape)))
-            out = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=len(header), shape=shape)
-        except OSError as e:
+                buffer = mmap.mmap(f.fileno(), 0)
+        except (OSError, ValueError) as e:
             raise write_failure(cache_file, e) from None
-        with tqdm(total=shape[0], desc=desc, unit="img", leave=False) as bar:
-            fill(out, bar.update)
-        out.flush()
-        del out
+        out = np.frombuffer(buffer, dtype=np.uint8, offset=len(header)).reshape(shape)
+        written = [0]
+
+        def advance(n: int) -> None:
+            bar.update(n)
+            written[0] += n
+            if written[0] >= RELEASE_EVERY:
+                # Pages written are the page cache's to write back: unmapping them keeps this
+                # process's resident memory at a few MB however large the cache grows.
+                written[0] = 0
+                buffer.flush()
+                buffer.madvise(mmap.MADV_DONTNEED)
+
+        try:
+            with tqdm(total=shape[0], desc=desc, unit="img", leave=False) as bar:
+                fill(out, advance)
+            buffer.flush()
+        finally:
+            del out
+            buffer.close()
 
 
 def _open(cache_file: Path, shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from .base import DATASETS, ClassDataset
 from .benchmarks import SPLITS, assemble, cached_images, check_size, fingerprint, locate, missing, read_text, split_lines
 from .images import decode_image, to_pixels
-from .safepickle import read_pickle
+from .safepickle import read_pickle, release_pages
 
 NAME = "mini-imagenet"
 #: Images every class has (tests lower it).
@@ -75,6 +75,7 @@ def load_mini_imagenet(root: str | Path | None = None, *, path: str | Path | Non
                     for j in index[c]:
                         out[i] = _resized(images[j], image_size, f"{folder / _PICKLE.format(split)}[{j}]")
                         i += 1
+                    release_pages(images)
                     advance(len(index[c]))
     count = len(order) * IMAGES_PER_CLASS
     images = cached_images(root, NAME, key, count, image_size, fill)

@@ -35,7 +35,7 @@ from .base import DATASETS, ClassDataset
 from .benchmarks import SPLITS, assemble, cached_images, check_size, fingerprint, locate, missing, split_lines
 from .folder import image_extensions
 from .images import decode_image
-from .safepickle import read_pickle
+from .safepickle import read_pickle, release_pages
 
 NAME = "tiered-imagenet"
 #: Images per split of the pickled layout (tests lower them).
@@ -102,6 +102,8 @@ def load_tiered_imagenet(root: str | Path | None = None, *, path: str | Path | N
                         out[i] = decode_image(np.asarray(png, dtype=np.uint8).tobytes(), "RGB", image_size,
                                               f"{path}[{j}]").transpose(2, 0, 1)
                         i += 1
+                    if isinstance(png, np.ndarray):
+                        release_pages(png)
                     advance(len(index[split][c]))
                 del entries
     images = cached_images(root, NAME, key, sum(counts), image_size, fill)
