@@ -231,7 +231,7 @@ def tiered_counts(monkeypatch):
     monkeypatch.setattr(tieredimagenet, "MIN_FOLDER_IMAGES", 1)
 
 
-def _tiered_pickle_layout(folder: Path) -> None:
+def _tiered_pickle_layout(folder: Path, npz: bool = False) -> None:
     folder.mkdir(parents=True)
     classes, category = tieredimagenet.split_classes()
     words = tieredimagenet.words()
@@ -244,13 +244,18 @@ def _tiered_pickle_layout(folder: Path) -> None:
                   "label_specific_str": [words[s] for s in synsets],
                   "label_general_str": {i: words[c] for i, c in enumerate(cats)}}
         (folder / f"{split}_labels.pkl").write_bytes(pickle.dumps(labels, protocol=2))
-        pngs = [np.frombuffer(_png(k + i), dtype=np.uint8).reshape(-1, 1) for i in range(len(synsets))]
+        if npz:  # the decoded arrays, in OpenCV's BGR order
+            np.savez(folder / f"{split}_images.npz",
+                     images=np.stack([_pixels(k + i)[:, :, ::-1] for i in range(len(synsets))]))
+        else:
+            pngs = [np.frombuffer(_png(k + i), dtype=np.uint8).reshape(-1, 1) for i in range(len(synsets))]
+            (folder / f"{split}_images_png.pkl").write_bytes(pickle.dumps(pngs, protocol=2))
         k += len(synsets)
-        (folder / f"{split}_images_png.pkl").write_bytes(pickle.dumps(pngs, protocol=2))
 
 
-def test_tiered_imagenet_pickle_layout(tmp_path, tiered_counts):
-    _tiered_pickle_layout(tmp_path / "t")
+@pytest.mark.parametrize("npz", [False, True])
+def test_tiered_imagenet_pickle_layout(tmp_path, tiered_counts, npz):
+    _tiered_pickle_layout(tmp_path / "t", npz=npz)
     data = load_dataset("tiered-imagenet", path=str(tmp_path / "t"), image_size=SIZE)
     classes, category = tieredimagenet.split_classes()
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [351, 97, 160]
@@ -258,6 +263,16 @@ def test_tiered_imagenet_pickle_layout(tmp_path, tiered_counts):
     assert data.class_groups == [category[c] for c in data.class_names] and len(set(data.class_groups)) == 34
     # the pickle held train classes in reverse order: the first listed class is its last image
     assert torch.equal(data.images[0], torch.from_numpy(_pixels(350).transpose(2, 0, 1).copy()))
+    assert torch.equal(data.images[607], torch.from_numpy(_pixels(351 + 97).transpose(2, 0, 1).copy()))
+
+
+def test_tiered_imagenet_compressed_npz_refused(tmp_path, tiered_counts):
+    _tiered_pickle_layout(tmp_path / "t", npz=True)
+    path = tmp_path / "t" / "val_images.npz"
+    images = np.load(path)["images"]
+    np.savez_compressed(path, images=images)
+    with pytest.raises(DataError, match="val_images.npz is compressed; .* re-save it with np.savez"):
+        load_dataset("tiered-imagenet", path=str(tmp_path / "t"))
 
 
 def test_tiered_imagenet_wrong_category_grouping(tmp_path, tiered_counts):

@@ -27,11 +27,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, read_bounded, write_failure
 from .download import cache_dir, data_root
+from .images import to_pixels
 
 #: Where the split files are (tests point it elsewhere).
 SPLITS_DIR = Path(__file__).with_name("splits")
@@ -150,13 +152,11 @@ def _write(cache_file: Path, shape: tuple[int, ...], fill, desc: str) -> None:
                 buffer.flush()
                 buffer.madvise(mmap.MADV_DONTNEED)
 
-        try:
-            with tqdm(total=shape[0], desc=desc, unit="img", leave=False) as bar:
-                fill(out, advance)
-            buffer.flush()
-        finally:
-            del out
-            buffer.close()
+        with tqdm(total=shape[0], desc=desc, unit="img", leave=False) as bar:
+            fill(out, advance)  # on an error the map goes with the traceback, and the file with atomic_path
+        buffer.flush()
+        del out
+        buffer.close()
 
 
 def _open(cache_file: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -175,6 +175,27 @@ def _open(cache_file: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     array = np.memmap(cache_file, dtype=np.uint8, mode="c", offset=len(expected), shape=shape)
     return torch.from_numpy(array)
 
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Let the pages of the file that ``array`` views through a memory map (a pickle read by
+    :func:`~fewshot.data.safepickle.read_pickle`, an ``.npz`` mapped in place) leave this
+    process's resident memory: they stay in the page cache, read again if touched, so reading
+    a large file part by part, releasing after each, costs the memory of one part."""
+    base = array
+    while isinstance(getattr(base, "base", None), (np.ndarray, memoryview, mmap.mmap)):
+        base = base.base
+    owner = base.obj if isinstance(base, memoryview) else base
+    if isinstance(owner, mmap.mmap):
+        owner.madvise(mmap.MADV_DONTNEED)
+
+
+def to_chw(image: np.ndarray, size: int, label: str) -> np.ndarray:
+    """One ``(h, w, 3)`` uint8 image as ``(3, size, size)``: as it is when it has that size, else
+    resized (Lanczos, as every decoded image is)."""
+    if image.shape[:2] != (size, size):
+        image = to_pixels(Image.fromarray(np.ascontiguousarray(image), "RGB"), "RGB", (size, size), label)
+    return image.transpose(2, 0, 1)
 
 
 def missing(dataset: str, folder: Path, how: str, what: str) -> DataError:
@@ -199,4 +220,4 @@ def assemble(dataset: str, per_split: dict[str, list[str]], counts: list[int], i
 
 
 __all__ = ["MAX_TEXT_BYTES", "SPLITS", "SPLITS_DIR", "SPLIT_SHA256", "assemble", "cached_images", "check_size", "fingerprint", "missing",
-           "locate", "read_text", "split_lines"]
+           "locate", "read_text", "release_pages", "split_lines", "to_chw"]

@@ -1,4 +1,7 @@
-"""CUB-200-2011 (Wah et al., 2011, Caltech technical report CNS-TR-2011-001): 11,788 photographs of 200 bird species, split 100 / 50 / 50 as in Chen et al. (2019).
+"""CUB-200-2011 (Wah et al., 2011): 200 bird species, 11,788 images, split 100 / 50 / 50 as in Chen et al. (2019).
+
+Wah, Branson, Welinder, Perona & Belongie, Caltech technical report CNS-TR-2011-001
+(no arXiv version).
 
 Read from ``<data root>/cub/`` (or ``--path``), holding the official archive's folder
 ``CUB_200_2011/`` (or its contents): ``images/<class>/<image>.jpg``, ``images.txt``

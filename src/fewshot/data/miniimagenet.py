@@ -1,4 +1,7 @@
-"""mini-ImageNet (Vinyals et al., 2016, arXiv:1606.04080) with the split of Ravi & Larochelle (2017, "Optimization as a Model for Few-Shot Learning"): 64 / 16 / 20 classes, 600 images each.
+"""mini-ImageNet (Vinyals et al., 2016, arXiv:1606.04080): 100 ImageNet classes x 600 images, split 64 / 16 / 20.
+
+The split is Ravi & Larochelle's (2017, "Optimization as a Model for Few-Shot
+Learning", ICLR; no arXiv version), the one every paper since reports on.
 
 Read from ``<data root>/mini-imagenet/`` (or ``--path``), in either of the two layouts
 users have:
@@ -23,13 +26,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import ConfigError
 from .base import DATASETS, ClassDataset
-from .benchmarks import SPLITS, assemble, cached_images, check_size, fingerprint, locate, missing, read_text, split_lines
-from .images import decode_image, to_pixels
-from .safepickle import read_pickle, release_pages
+from .benchmarks import (SPLITS, assemble, cached_images, check_size, fingerprint, locate, missing, read_text,
+                         release_pages, split_lines, to_chw)
+from .images import decode_image
+from .safepickle import read_pickle
 
 NAME = "mini-imagenet"
 #: Images every class has (tests lower it).
@@ -73,7 +76,7 @@ def load_mini_imagenet(root: str | Path | None = None, *, path: str | Path | Non
                 images, index = arrays[split]
                 for c in classes[split]:
                     for j in index[c]:
-                        out[i] = _resized(images[j], image_size, f"{folder / _PICKLE.format(split)}[{j}]")
+                        out[i] = to_chw(images[j], image_size, f"{folder / _PICKLE.format(split)}[{j}]")
                         i += 1
                     release_pages(images)
                     advance(len(index[c]))
@@ -158,10 +161,3 @@ def _pickle_split(folder: Path, how: str, split: str, classes: list[str]):
             raise missing(NAME, folder, how, f"{path.name} gives class {c} {len(ids) if hasattr(ids, '__len__') else 0} "
                                              f"valid image indices, not {IMAGES_PER_CLASS}")
     return images, {c: [int(j) for j in index[c]] for c in classes}
-
-
-def _resized(image: np.ndarray, size: int, label: str) -> np.ndarray:
-    """One ``(h, w, 3)`` image as ``(3, size, size)``: as it is when it has that size, else resized."""
-    if image.shape[:2] != (size, size):
-        image = to_pixels(Image.fromarray(np.ascontiguousarray(image), "RGB"), "RGB", (size, size), label)
-    return image.transpose(2, 0, 1)

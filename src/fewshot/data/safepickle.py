@@ -107,18 +107,6 @@ def read_pickle(path: str | Path) -> object:
     return _Reader(memoryview(buffer), str(path)).load()
 
 
-def release_pages(array: np.ndarray) -> None:
-    """Let the pages of the file that ``array`` (from :func:`read_pickle`) views leave this
-    process's resident memory: they stay in the page cache, read again if touched. Decoding a
-    large pickle with a release after each part reads it in the memory of that part."""
-    base = array
-    while isinstance(getattr(base, "base", None), (np.ndarray, memoryview)):
-        base = base.base
-    owner = base.obj if isinstance(base, memoryview) else None
-    if isinstance(owner, mmap.mmap):
-        owner.madvise(mmap.MADV_DONTNEED)
-
-
 def loads(data: bytes, label: str = "pickle") -> object:
     """:func:`read_pickle` of bytes in memory."""
     return _Reader(memoryview(data), label).load()
@@ -428,4 +416,4 @@ _OPCODES = {
 }
 
 
-__all__ = ["COPY_LIMIT", "DTYPES", "GLOBALS", "MAX_DEPTH", "loads", "read_pickle", "release_pages"]
+__all__ = ["COPY_LIMIT", "DTYPES", "GLOBALS", "MAX_DEPTH", "loads", "read_pickle"]

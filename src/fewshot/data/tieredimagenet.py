@@ -1,4 +1,7 @@
-"""tiered-ImageNet (Ren et al., 2018, "Meta-Learning for Semi-Supervised Few-Shot Classification", arXiv:1803.00676): 351 / 97 / 160 ImageNet classes in 20 / 6 / 8 categories.
+"""tiered-ImageNet (Ren et al., 2018, arXiv:1803.00676): 608 ImageNet classes in 34 categories, split 351 / 97 / 160.
+
+Ren et al., "Meta-Learning for Semi-Supervised Few-Shot Classification": the splits hold
+20 / 6 / 8 categories.
 
 The classes are grouped by 34 high-level ImageNet categories, and no category is shared
 between splits. Every class belongs to its category (``class_groups``), so episodes can
@@ -13,7 +16,10 @@ Read from ``<data root>/tiered-imagenet/`` (or ``--path``), in either layout:
   ``label_specific_str``, the class's ImageNet words; ``label_general``: its category).
   They are read by :func:`fewshot.data.safepickle.read_pickle`, which runs no code. The
   files name classes by their words only; the committed ``tiered-imagenet-words.txt``
-  maps them back to synsets.
+  maps them back to synsets. Instead of ``*_images_png.pkl``, a split may come as
+  ``{split}_images.npz``, the decoded arrays the same code writes (``images``,
+  ``(n, 84, 84, 3)`` uint8, stored uncompressed, in OpenCV's BGR order: turned to RGB
+  here); it is memory-mapped in place, not read into memory.
 * ``folder``: an ImageNet training folder (``--path /data/imagenet/train``), one
   ``nXXXXXXXX/`` sub-folder of images per synset; the 608 synsets of the split are read.
 
@@ -26,16 +32,20 @@ into the memory-mapped uint8 cache, ``(n, 3, image_size, image_size)`` (84 by de
 
 from __future__ import annotations
 
+import mmap
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
 from .base import DATASETS, ClassDataset
-from .benchmarks import SPLITS, assemble, cached_images, check_size, fingerprint, locate, missing, split_lines
+from .benchmarks import (SPLITS, assemble, cached_images, check_size, fingerprint, locate, missing,
+                         release_pages, split_lines, to_chw)
 from .folder import image_extensions
 from .images import decode_image
-from .safepickle import read_pickle, release_pages
+from .safepickle import read_pickle
 
 NAME = "tiered-imagenet"
 #: Images per split of the pickled layout (tests lower them).
@@ -84,11 +94,22 @@ def load_tiered_imagenet(root: str | Path | None = None, *, path: str | Path | N
     else:
         index = {split: _pickle_labels(folder, how, split, classes[split], category) for split in SPLITS}
         counts = [len(index[split][c]) for split in SPLITS for c in classes[split]]
-        key = fingerprint(NAME, layout, files=[folder / f"{s}_{k}.pkl" for s in SPLITS for k in ("labels", "images_png")])
+        key = fingerprint(NAME, layout, files=[f for s in SPLITS for f in _pickle_files(folder, s)])
 
         def fill(out, advance):
             i = 0
             for split in SPLITS:
+                npz = folder / f"{split}_images.npz"
+                if npz.is_file() and not (folder / f"{split}_images_png.pkl").is_file():
+                    arrays = _npz_images(folder, how, npz, PICKLE_IMAGES[split])
+                    for c in classes[split]:
+                        for j in index[split][c]:
+                            out[i] = to_chw(arrays[j, :, :, ::-1], image_size, f"{npz}[{j}]")
+                            i += 1
+                        release_pages(arrays)
+                        advance(len(index[split][c]))
+                    del arrays
+                    continue
                 path = folder / f"{split}_images_png.pkl"
                 entries = read_pickle(path)
                 if not isinstance(entries, list) or len(entries) != PICKLE_IMAGES[split]:
@@ -115,8 +136,9 @@ def _layout(folder: Path, how: str, layout: str) -> str:
     if not folder.is_dir():
         raise missing(NAME, folder, how, "no such folder; it should hold {train,val,test}_images_png.pkl and "
                                          "{train,val,test}_labels.pkl, or ImageNet's nXXXXXXXX/ synset folders")
-    pickles = [f"{s}_{k}.pkl" for s in SPLITS for k in ("images_png", "labels")]
-    present = [n for n in pickles if (folder / n).is_file()]
+    pickles = [f"{s}_{k}" for s in SPLITS for k in ("images_png.pkl", "labels.pkl")]
+    present = [n for n in pickles if (folder / n).is_file()
+               or (n.endswith("_images_png.pkl") and (folder / n.replace("_png.pkl", ".npz")).is_file())]
     synsets = any(p.is_dir() and p.name.startswith("n") and p.name[1:].isdigit() for p in folder.iterdir())
     if layout == "auto":
         if present and synsets:
@@ -128,7 +150,7 @@ def _layout(folder: Path, how: str, layout: str) -> str:
         layout = "pickle" if present else "folder"
     lacking = [n for n in pickles if n not in present]
     if layout == "pickle" and lacking:
-        raise missing(NAME, folder, how, f"the pickle layout lacks {', '.join(lacking)}")
+        raise missing(NAME, folder, how, f"the pickle layout lacks {', '.join(lacking)} (or *_images.npz)")
     return layout
 
 
@@ -185,3 +207,37 @@ def _pickle_labels(folder: Path, how: str, split: str, synsets: list[str], categ
     if empty is not None:
         raise missing(NAME, folder, how, f"{path.name} has no images of class {empty}")
     return index
+
+
+def _pickle_files(folder: Path, split: str) -> list[Path]:
+    images = folder / f"{split}_images_png.pkl"
+    return [folder / f"{split}_labels.pkl", images if images.is_file() else folder / f"{split}_images.npz"]
+
+
+def _npz_images(folder: Path, how: str, path: Path, count: int) -> np.ndarray:
+    """The ``images`` array of an uncompressed ``.npz``, memory-mapped where it lies in the zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = archive.getinfo("images.npy")
+        with open(path, "rb") as f:
+            f.seek(member.header_offset)
+            local = f.read(30)
+            if member.compress_type != zipfile.ZIP_STORED:
+                raise missing(NAME, folder, how, f"{path.name} is compressed; fewshot reads the uncompressed .npz "
+                                                 "(np.savez) in place: re-save it with np.savez")
+            if local[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile("no local header where the directory points")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(member.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(f)
+            offset = f.tell()
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError, struct.error) as e:
+        raise missing(NAME, folder, how, f"{path.name} is not a readable .npz holding images.npy ({e})") from None
+    if dtype != np.uint8 or fortran or len(shape) != 4 or shape[0] != count or shape[3] != 3 \
+            or offset + int(np.prod(shape)) > len(mapped):
+        raise missing(NAME, folder, how, f"{path.name} holds images of shape {shape} and dtype {dtype}, not "
+                                         f"({count:,}, h, w, 3) uint8")
+    return np.frombuffer(mapped, dtype=np.uint8, count=int(np.prod(shape)), offset=offset).reshape(shape)
