@@ -370,3 +370,18 @@ def test_benchmark_configs_are_valid_and_name_these_datasets():
         assert config.dataset in ("mini-imagenet", "tiered-imagenet", "cub") and config.dataset in DATASETS, path.name
         assert config.dataset_options == {"image_size": 84} and config.val_split == "val", path.name
         assert config.backbone in ("conv4", "resnet12") and config.way == 5, path.name
+
+
+def test_benchmark_config_trains_on_the_layout(tmp_path, monkeypatch, capsys):
+    config = "protonet-mini-imagenet-conv4-5w1s"
+    from fewshot.cli import main
+
+    monkeypatch.setattr(miniimagenet, "IMAGES_PER_CLASS", 3)
+    _mini_images_layout(tmp_path / "m", per_class=3)
+    path = Path(__file__).parents[1] / "configs" / "benchmarks" / f"{config}.json"
+    args = ["train", "--config", str(path), "--path", str(tmp_path / "m"), "--image-size", "8", "--episodes", "2",
+            "--train-way", "5", "--train-query", "2", "--query", "2", "--val-split", "none", "--quiet",
+            "--out", str(tmp_path / "run"), "--runs", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), "--episodes", "2", "--quiet", "--json", "--runs", str(tmp_path)]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
