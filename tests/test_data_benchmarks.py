@@ -185,7 +185,8 @@ def test_safepickle_bounds_and_refusals():
     nested = pickle.dumps(eval("[" * 80 + "]" * 80), protocol=2)
     with pytest.raises(DataError, match="nests containers more than"):
         safepickle.loads(nested)
-    value = {"a": [1, -2, 2 ** 70, 1.5, None, True, b"xy", "é"], "t": (1, 2), "arr": np.arange(6, dtype=">i4").reshape(2, 3)}
+    value = {"a": [1, -2, 2 ** 70, 1.5, None, True, b"xy", "é", np.int64(-7), np.float32(0.5)], "t": (1, 2),
+             "arr": np.arange(6, dtype=">i4").reshape(2, 3)}
     for protocol in range(2, 6):
         out = safepickle.loads(pickle.dumps(value, protocol=protocol))
         assert out["a"] == value["a"] and out["t"] == value["t"] and np.array_equal(out["arr"], value["arr"])

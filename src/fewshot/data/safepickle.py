@@ -20,6 +20,8 @@ numeric array or bytes:
 * ``numpy.core.multiarray._reconstruct`` (also ``numpy._core...``), ``numpy.ndarray``
   and ``numpy.dtype``, how numpy pickles an array with protocols 2 to 4;
 * ``numpy.core.numeric._frombuffer`` (also ``numpy._core...``), with protocol 5;
+* ``numpy.core.multiarray.scalar`` (also ``numpy._core...``), a numpy number (an index
+  kept as ``np.int64``);
 * ``_codecs.encode``, how Python 3 pickles bytes with protocol 2.
 
 Any other global, or any opcode outside the subset (``PERSID``, ``INST``, ``OBJ``,
@@ -64,12 +66,13 @@ class _Global:
         return self.name
 
 
-_RECONSTRUCT, _NDARRAY, _DTYPE, _FROMBUFFER, _ENCODE = (_Global(n) for n in (
-    "numpy _reconstruct", "numpy.ndarray", "numpy.dtype", "numpy _frombuffer", "_codecs.encode"))
+_RECONSTRUCT, _NDARRAY, _DTYPE, _FROMBUFFER, _SCALAR, _ENCODE = (_Global(n) for n in (
+    "numpy _reconstruct", "numpy.ndarray", "numpy.dtype", "numpy _frombuffer", "numpy scalar", "_codecs.encode"))
 GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT, ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DTYPE,
     ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER, ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy.core.multiarray", "scalar"): _SCALAR, ("numpy._core.multiarray", "scalar"): _SCALAR,
     ("_codecs", "encode"): _ENCODE,
 }
 
@@ -225,6 +228,10 @@ def _call(reader: _Reader, func, args):
             raise reader.fail("rebuilds an array with the wrong number of arguments")
         buffer, dtype, shape, order = args
         return _array(reader, shape, dtype, order == "F", buffer)
+    if func is _SCALAR:
+        if len(args) != 2:
+            raise reader.fail("rebuilds a numpy number with the wrong number of arguments")
+        return _array(reader, (), args[0], False, args[1])[()]
     if func is _ENCODE:
         if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
             raise reader.fail("encodes bytes other than the way Python pickles them")
