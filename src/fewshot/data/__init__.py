@@ -16,13 +16,16 @@ from ..params import validate
 from .base import DATASETS, IN_MEMORY, ClassDataset, from_arrays, to_float_images
 # The loaders register themselves in DATASETS where they are defined: importing them is what adds them.
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
+from .cub import load_cub
 from .digits import load_digits_dataset
 from .download import data_root
 from .episodes import Episode, EpisodeSampler
 from .folder import load_folder
+from .miniimagenet import load_mini_imagenet
 from .mnist import load_mnist
 from .omniglot import load_omniglot
 from .sinusoid import SinusoidSampler, SinusoidTask
+from .tieredimagenet import load_tiered_imagenet
 from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampler, task_kind
 
 
