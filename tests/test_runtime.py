@@ -224,7 +224,7 @@ def test_bad_environment_and_threads_are_one_line_errors(monkeypatch):
     fake_machine(monkeypatch, "cpu")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "first")
-    with pytest.raises(ConfigError, match="LOCAL_RANK must be an integer"):
+    with pytest.raises(ConfigError, match="LOCAL_RANK must be a whole number"):
         resolve_runtime("auto")
     launch_env(monkeypatch, False)
     with pytest.raises(ConfigError, match="threads must be a whole number"):
