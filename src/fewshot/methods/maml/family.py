@@ -77,7 +77,7 @@ def _feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
 
 @register
 class MAML(TaskBatching, PerTask, Adaptation, Method):
-    """Model-Agnostic Meta-Learning (see the module docstring).
+    """Model-Agnostic Meta-Learning (see the docstring of the package fewshot.methods.maml).
 
     Options: ``way`` (rows of the head: the training way), ``inner_steps`` (training
     inner steps; 0 trains the plain joint model, the "pretrained" baseline of Finn et
