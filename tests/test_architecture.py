@@ -252,3 +252,14 @@ def test_a_run_folders_file_names_are_spelt_only_in_the_run_module():
     offences = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
                       if p != owner and "state.json" in p.read_text())
     assert offences == []
+
+
+#: The most lines a module of the package may hold (the project's standard; a longer one is split by concept).
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_of_the_package_is_over_500_lines():
+    sizes = {str(path.relative_to(PACKAGE.parent)): len(path.read_text().splitlines()) for path in modules().values()}
+    assert sizes, "no module found: PACKAGE points at the wrong folder"
+    offences = sorted(f"{name}: {n} lines" for name, n in sizes.items() if n > MAX_MODULE_LINES)
+    assert offences == [], f"split these modules by concept (at most {MAX_MODULE_LINES} lines each): {offences}"

@@ -1,26 +1,9 @@
-"""Gradient-based meta-learning: MAML, first-order MAML, Meta-SGD and ANIL.
+"""The MAML family's declaration: MAML, FOMAML, Meta-SGD and ANIL, and their options.
 
-* MAML (Finn, Abbeel and Levine, ICML 2017, arXiv:1703.03400): learn an initialisation from which a few
-  gradient steps on a task's support set give low loss on its query set. The
-  meta-gradient differentiates through the inner steps (second order) unless
-  ``first_order=True`` (FOMAML, registered as ``fomaml``), which treats the inner
-  gradients as constants. ``learn_inner_lr=True`` learns one inner learning rate per
-  step and per parameter tensor (the "LSLR" of Antoniou et al.'s MAML++, 2019).
-* Meta-SGD (Li, Zhou, Chen and Li, 2017, arXiv:1707.09835): one learning rate per parameter *element*,
-  learned in the outer loop with the initialisation (``metasgd``).
-* ANIL (Raghu, Raghu, Bengio and Vinyals, ICLR 2020, arXiv:1909.09157): the inner loop adapts the head
-  only; the body is shared by all tasks and learned in the outer loop (``anil``).
-
-Reptile lives in :mod:`fewshot.methods.reptile`, MAML++ (Antoniou et al., 2019,
-arXiv:1810.09502) in :mod:`fewshot.methods.mamlpp`. ``boil=True`` makes MAML, FOMAML,
-Meta-SGD or MAML++ BOIL (Oh et al., 2021, arXiv:2008.08882): the inner loop adapts the body, not the head.
-
-**Any module.** The inner loop runs the backbone functionally
-(:mod:`fewshot.models.functional`): an unmodified ``nn.Module``, pre-trained or not,
-with its parameters swapped for the fast weights. BatchNorm normalises every pass with
-the statistics of its own batch (one task's support set, or its query set) and never
-touches the running statistics (``batch_norm="task"``, the default; ``"running"``
-uses the stored statistics instead, frozen).
+:data:`OPTIONS` says what each of MAML's options may hold (Reptile and MAML++, built on
+MAML, extend it). :class:`MAML` is the constructor, the model (backbone and head) and
+the meta-training step; it runs the inner loop of :mod:`.adaptation` over the tasks by
+the task-batched path (:mod:`.batched`) or the per-task one (:mod:`.per_task`).
 
 **The head.** Classification adds ``nn.Linear(features, way)`` on the backbone, learned
 like every other parameter (Finn et al.). ``way`` is the training way, passed by the
@@ -30,49 +13,35 @@ refused with a message saying to train with that way. ``task="regression"`` (the
 sinusoid of Finn et al.) adds no head: the backbone is the whole model
 (``MLP(1, (40, 40), out_features=1)``) and the loss is the mean squared error.
 
-**Task batching.** Meta-training runs the tasks of a meta-batch together
-(:class:`~fewshot.models.functional.TaskBatched`): the tasks' fast weights are stacked
-``(T, ...)``, their images laid side by side along the channels, every ``Conv2d`` one
-grouped convolution over tasks, every ``Linear`` one batched product, BatchNorm with
-each task's own statistics. One inner step of T tasks is one pass of a few large
-operations instead of T passes of small ones, which is what fills a GPU; the losses and
-meta-gradients equal the per-task loop's to float rounding (``tests/test_maml_batched.py``).
-A module with a layer the batched path does not know (``unbatched_reason`` names it)
-runs the per-task loop instead, so any ``nn.Module`` still works; ``task_batching=False``
-asks for the per-task loop.
-
 **Meta-gradient, chunk by chunk.** :meth:`MAML.loss` computes the meta-gradient of
 each chunk of tasks (:meth:`MAML._chunks`: at most ``task_chunk`` tasks; by default
 cache-sized on a CPU, where large chunks run slower than single tasks, and bounded in
 memory elsewhere, :meth:`MAML._auto_chunk`) as soon as its query losses are known and frees that
 graph, then returns a scalar equal to the mean query loss whose gradient is the mean
-meta-gradient (:func:`~fewshot.models.functional.surrogate_loss`). The trainer's
+meta-gradient (:func:`~fewshot.models.inner_loop.surrogate_loss`). The trainer's
 ``loss.backward()`` and optimiser step therefore apply exactly the MAML update, while
 peak memory is that of one chunk rather than of the whole meta-batch.
-
-**Evaluation** (:meth:`MAML.adapt`) takes first-order steps from detached weights
-under ``torch.enable_grad()``: no second-order graph is built and nothing outlives an
-episode, so memory stays flat over a 600-episode suite. ``test_inner_steps`` (or
-``fewshot evaluate --inner-steps N``, via :meth:`MAML.set_test_options`) may differ
-from the training steps; steps beyond those with a learned rate reuse the last one.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..data.episodes import Episode
-from ..errors import ConfigError
-from ..models.backbones import feature_dim
-from ..params import Boolean, Integer, OneOf, Optional, Real, checked
-from ..models.functional import BATCH_NORM_MODES, FunctionalModule
-from ..models.inner_loop import sgd_step, surrogate_loss
-from ..models.task_batched import TaskBatched, Unbatchable
-from ..taskkind import task_kind
-from .base import Method, Predictor, register
+from ...data.episodes import Episode
+from ...errors import ConfigError
+from ...models.backbones import feature_dim
+from ...params import Boolean, Integer, OneOf, Optional, Real, checked
+from ...models.functional import BATCH_NORM_MODES, FunctionalModule
+from ...models.inner_loop import surrogate_loss
+from ...models.task_batched import TaskBatched, Unbatchable
+from ...taskkind import task_kind
+from ..base import Method, register
+from .adaptation import Adaptation
+from .batched import TaskBatching
+from .per_task import PerTask
 
 TASKS = ("classification", "regression")
 # The inner learning rate when none is given: Finn et al. (2017) use 0.4 for 5-way
@@ -80,7 +49,6 @@ TASKS = ("classification", "regression")
 DEFAULT_INNER_LR = {"classification": 0.4, "regression": 0.01}
 DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
-Forward = Callable[..., torch.Tensor]  # (params, x[, twice]) -> outputs
 POSITIVE = Real(low=0, open_low=True)
 #: What each of MAML's options may hold (its switches true or false, never 0 or 1).
 OPTIONS = {"way": Integer(low=1), "inner_steps": Integer(low=0), "inner_lr": Optional(POSITIVE),
@@ -107,21 +75,9 @@ def _feature_dim(backbone: nn.Module, image_shape: Sequence[int]) -> int:
     return int(out.shape[1])
 
 
-def _batched_sgd_step(params: dict, names: Sequence[str], grads: Sequence[torch.Tensor],
-                      lrs: Sequence[torch.Tensor | float]) -> dict[str, torch.Tensor]:
-    """:func:`~fewshot.models.functional.sgd_step` for task-stacked weights ``(T, ...)``:
-    a rate (scalar, or per element as Meta-SGD's) applies to every task alike."""
-    out = dict(params)
-    for name, grad, lr in zip(names, grads, lrs):
-        if torch.is_tensor(lr) and lr.dim() and lr.shape[0] != grad.shape[1]:
-            lr = lr[: grad.shape[1]]  # a head sliced to fewer ways: its per-element rates too
-        out[name] = params[name] - lr * grad
-    return out
-
-
 @register
-class MAML(Method):
-    """Model-Agnostic Meta-Learning (see the module docstring).
+class MAML(TaskBatching, PerTask, Adaptation, Method):
+    """Model-Agnostic Meta-Learning (see the docstring of the package fewshot.methods.maml).
 
     Options: ``way`` (rows of the head: the training way), ``inner_steps`` (training
     inner steps; 0 trains the plain joint model, the "pretrained" baseline of Finn et
@@ -230,20 +186,7 @@ class MAML(Method):
             raise ConfigError(f"{self.name} has no trainable parameters to adapt")
         return names
 
-    def _init_learned_rates(self) -> None:
-        self.step_lrs = None
-        if self.learn_inner_lr:
-            # One rate per inner step and parameter tensor (MAML++'s LSLR).
-            self.step_lrs = nn.Parameter(torch.full((max(self.inner_steps, 1), len(self._adapted)), self.inner_lr))
-
-    def _lrs(self, step: int, detach: bool, test: bool = False) -> list[torch.Tensor | float]:
-        """The inner learning rate of each adapted tensor at ``step`` (``test``: at test time)."""
-        if self.step_lrs is None:
-            lr = self._test_lr if test and self._test_lr is not None else self.inner_lr
-            return [lr] * len(self._adapted)
-        row = self.step_lrs[min(step, self.step_lrs.shape[0] - 1)]
-        row = row.detach() if detach else row
-        return list(row.unbind(0))
+    # -- test-time options ---------------------------------------------------------------
 
     def set_test_options(self, inner_steps: int | None = None, inner_lr: float | None = None, **options) -> None:
         """Test-time ``inner_steps`` and, for fixed rates, ``inner_lr``."""
@@ -257,174 +200,7 @@ class MAML(Method):
                 raise ConfigError(f"{self.name} learned its inner learning rates; a test-time inner_lr would replace them")
             self._test_lr = checked(self.name, "inner_lr", inner_lr, POSITIVE)
 
-    def _learns_rates(self) -> bool:
-        return self.step_lrs is not None
-
-    # -- the inner loop ------------------------------------------------------------------
-
-    def _task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_kind(self.task).loss(out, y)
-
-    def _task_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Each task's loss, ``(T,)``, from task-batched outputs ``(T, N, ...)`` and targets ``(T, N)``."""
-        return task_kind(self.task).task_losses(out, y)
-
-    def _start(self, way: int, detach: bool) -> dict[str, torch.Tensor]:
-        """The initial weights of the predictor for a ``way``-way task (the head sliced to ``way`` rows)."""
-        params = {n: p for n, p in self.named_parameters() if n.startswith(("backbone.", "head."))}
-        if self.head is not None:
-            rows = self.head.out_features
-            if way > rows:
-                raise ConfigError(f"{self.name} was trained for {rows}-way tasks; its head cannot adapt to {way} "
-                                  f"classes (train with --way {way}, or -o way={way})")
-            if way < rows:
-                params["head.weight"], params["head.bias"] = params["head.weight"][:way], params["head.bias"][:way]
-        if detach:
-            params = {n: p.detach() for n, p in params.items()}
-        return params
-
-    def _task_model(self, support_x: torch.Tensor, query_x: torch.Tensor | None, params: dict,
-                    detach: bool) -> tuple[Forward, torch.Tensor, torch.Tensor | None, dict]:
-        """What the inner loop runs: ``(forward(params, x), support input, query input,
-        adapted-start params)``. MAML runs the whole model on the images."""
-        return self._fmodel, support_x, query_x, params
-
-    # -- task batching -----------------------------------------------------------------
-
-    def _stages(self) -> list[tuple[str, nn.Module]]:
-        """The predictor as :class:`~fewshot.models.functional.TaskBatched` stages."""
-        return [("backbone.", self.backbone)] + ([("head.", self.head)] if self.head is not None else [])
-
-    def _batched_model(self) -> TaskBatched | None:
-        """The task-batched predictor, or None when the modules hold a layer it does not
-        know (``unbatched_reason`` then says which) or ``task_batching`` is off."""
-        if not self.task_batching:
-            return None
-        if self._batched is None and self.unbatched_reason is None:
-            batched = TaskBatched(self._stages(), self.batch_norm)
-            if batched.supported:
-                self._batched = batched
-            else:
-                self.unbatched_reason = batched.reason
-        return self._batched
-
-    def _batched_task_model(self, support_x: torch.Tensor, query_x: torch.Tensor | None, params: dict,
-                            detach: bool) -> tuple[Forward, torch.Tensor, torch.Tensor | None, dict]:
-        """:meth:`_task_model` for ``T`` tasks at once: inputs ``(T, N, ...)``, params ``(T, ...)``."""
-        return self._batched, support_x, query_x, params
-
-    def _chunks(self, episodes: Sequence[Episode]) -> list[list[Episode]]:
-        """Episodes in groups that run as one task-batched computation.
-
-        Tasks batch when their support and query sets have the same shapes (a
-        meta-batch always does); a group holds at most ``task_chunk`` tasks, by default
-        :meth:`_auto_chunk`. A group of one task runs the per-task loop.
-        """
-        groups: dict[tuple, list[Episode]] = {}
-        for ep in episodes:
-            key = (tuple(ep.support_x.shape), None if ep.query_x is None else tuple(ep.query_x.shape), ep.way,
-                   ep.support_x.dtype, ep.support_x.device)
-            groups.setdefault(key, []).append(ep)
-        chunks = []
-        for group in groups.values():
-            size = self.task_chunk or self._auto_chunk(group[0])
-            chunks += [group[i: i + size] for i in range(0, len(group), size)]
-        return chunks
-
-    def _auto_chunk(self, ep: Episode) -> int:
-        """How many tasks like ``ep`` run at once by default.
-
-        On a CPU, batching pays only while a chunk's activations stay in cache: laid
-        side by side, 32 Omniglot tasks with 15 queries per class ran 2x slower than
-        one by one (``benchmarks/results/maml_speed_chunks_v1.json``, with the earlier
-        channels-first layout). A chunk there holds at most 2^15 input values per
-        pass: 8 Omniglot 5-way tasks with one query per class, 2 20-way ones, and a
-        task with 15 queries per class runs alone (the per-task loop). On
-        other devices (a GPU, which batching is for) the bound is on the chunk's graph
-        (every inner step's activations live until its meta-gradient is taken): at
-        most 2^22 input values x inner steps, about 14 GB for Conv-4 (3.5 KB of saved
-        activations per input value and step, measured on CPU).
-        """
-        largest = max(ep.support_x.numel(), 0 if ep.query_x is None else ep.query_x.numel())
-        if ep.support_x.device.type == "cpu":
-            return max(1, (1 << 15) // max(1, largest))
-        values = ep.support_x.numel() + (0 if ep.query_x is None else ep.query_x.numel())
-        return max(1, (1 << 22) // max(1, values * max(1, self.inner_steps)))
-
-    @staticmethod
-    def _stack(params: dict, tasks: int) -> dict[str, torch.Tensor]:
-        """Every task starts from the same weights: ``(T, ...)`` views of one tensor."""
-        return {n: p.unsqueeze(0).expand(tasks, *p.shape) for n, p in params.items()}
-
-    # -- the inner loop ------------------------------------------------------------------
-
-    def _inner_loop(self, forward: Forward, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int,
-                    create_graph: bool, detach: bool, test: bool | None = None, batched: bool = False,
-                    first_step: int = 0) -> dict:
-        """``steps`` gradient steps on ``(x, y)`` from ``params``.
-
-        ``create_graph`` keeps the graph of the steps (second-order meta-gradient);
-        ``detach`` (evaluation) restarts every step from detached leaves, so no graph
-        outlives a step. ``test`` (default: ``detach``) applies a test-time ``inner_lr``.
-        With ``inner_momentum`` μ > 0 a step follows the velocity ``v ← μ v + g``
-        (``v = g`` at the first step), exactly as ``torch.optim.SGD(momentum=μ)``.
-        ``batched``: ``forward`` is task-batched, ``x`` is ``(T, N, ...)``, ``y``
-        ``(T, N)``, every params entry ``(T, ...)``; the step minimises the sum of the
-        tasks' losses, whose gradient with respect to task t's weights is task t's own.
-        ``first_step`` numbers the steps (their learned rates; MAML++'s per-step state).
-        """
-        names = self._adapted
-        test = detach if test is None else test
-        velocity = None
-        for step in range(first_step, first_step + steps):
-            if detach:
-                params = {n: (p.detach().requires_grad_(True) if n in names else p) for n, p in params.items()}
-            at_step = self._step_params(params, step)
-            out = forward(at_step, x, create_graph) if create_graph else forward(at_step, x)
-            loss = self._task_losses(out, y).sum() if batched else self._task_loss(out, y)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-                if self.inner_momentum:
-                    velocity = list(grads) if velocity is None else [
-                        v * self.inner_momentum + g for v, g in zip(velocity, grads)]
-                    grads = velocity
-                lrs = self._lrs(step, detach, test)
-                new = _batched_sgd_step(params, names, grads, lrs) if batched else sgd_step(params, names, grads, lrs)
-            params = new
-        if detach:
-            params = {n: p.detach() for n, p in params.items()}
-        return params
-
-    def _step_params(self, params: dict, step: int) -> dict:
-        """The weights a pass at inner step ``step`` runs with (MAML++ adds per-step BatchNorm weights)."""
-        return params
-
-    def _test_steps(self) -> int:
-        return self.inner_steps if self.test_inner_steps is None else self.test_inner_steps
-
-    # -- the interface -------------------------------------------------------------------
-
-    def _episode_loss(self, ep: Episode, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query loss (with its graph) and query outputs of one episode after the inner loop."""
-        start = self._start(ep.way, detach=False)
-        forward, sx, qx, params = self._task_model(ep.support_x, ep.query_x, start, detach=False)
-        fast = self._inner_loop(forward, params, sx, ep.support_y, self.inner_steps, create_graph, detach=False)
-        out = forward(self._step_params(fast, max(self.inner_steps - 1, 0)), qx)
-        return self._task_loss(out, ep.query_y), out
-
-    def _chunk_loss(self, chunk: Sequence[Episode], create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each task's query loss ``(T,)`` (with its graph) and query outputs ``(T, M, ...)``
-        after the inner loop, for the tasks of ``chunk`` at once."""
-        tasks = len(chunk)
-        start = self._stack(self._start(chunk[0].way, detach=False), tasks)
-        sy = torch.stack([ep.support_y for ep in chunk])
-        qy = torch.stack([ep.query_y for ep in chunk])
-        forward, sx, qx, params = self._batched_task_model(torch.stack([ep.support_x for ep in chunk]),
-                                                           torch.stack([ep.query_x for ep in chunk]), start,
-                                                           detach=False)
-        fast = self._inner_loop(forward, params, sx, sy, self.inner_steps, create_graph, detach=False, batched=True)
-        out = forward(self._step_params(fast, max(self.inner_steps - 1, 0)), qx)
-        return self._task_losses(out, qy), out
+    # -- meta-training -------------------------------------------------------------------
 
     def _meta_gradients(self, chunks: list[list[Episode]], meta: list[nn.Parameter], want_grad: bool,
                         create_graph: bool) -> tuple[list[torch.Tensor], list[float], list[torch.Tensor | None]]:
@@ -467,7 +243,7 @@ class MAML(Method):
         (``unbatched_reason``). Each chunk's meta-gradient is computed
         (``torch.autograd.grad``) right after its query losses and its graph freed; the
         returned scalar carries their mean to the trainer's ``backward()`` (see
-        :func:`~fewshot.models.functional.surrogate_loss`). Called under
+        :func:`~fewshot.models.inner_loop.surrogate_loss`). Called under
         ``torch.no_grad()``, it only measures the loss.
         """
         if not episodes:
@@ -498,43 +274,12 @@ class MAML(Method):
     def _summary(self, metrics: list[float]) -> dict[str, float]:
         return {task_kind(self.task).metric: sum(metrics) / len(metrics)}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
-        """``self._test_steps()`` first-order steps on the support set; a predictor of the query.
-
-        Runs under ``torch.enable_grad()`` (evaluation calls it under ``no_grad``) from
-        detached weights: nothing is kept between steps, or after the episode, but the
-        fast weights the predictor closes over.
-        """
-        self._check_input(support_x)
-        with torch.enable_grad():
-            start = self._start(way, detach=True)
-            forward, sx, _, params = self._task_model(support_x, None, start, detach=True)
-            fast = self._inner_loop(forward, params, sx, support_y, self._test_steps(), create_graph=False,
-                                    detach=True)
-        return self._predictor(fast)
-
     def _check_input(self, x: torch.Tensor) -> None:
         if self._guessed_shape is not None and tuple(x.shape[1:]) != self._guessed_shape:
             shape = "x".join(map(str, self._guessed_shape))
             raise ConfigError(f"{self.name} sized its head by a dry run of the backbone on {shape} input, but it is "
                               f"given {'x'.join(map(str, x.shape[1:]))} inputs; pass "
                               f"image_shape={tuple(x.shape[1:])} (or in_features=N) when you build it")
-
-    def _predictor(self, fast: dict) -> Predictor:
-        return AdaptedPredictor(self, fast)
-
-
-class AdaptedPredictor:
-    """``query_x -> outputs`` of a model with adapted weights ``weights`` (detached; for
-    ANIL the head's only). Runs without gradients."""
-
-    def __init__(self, method: MAML, weights: dict):
-        self.method, self.weights = method, weights
-
-    def __call__(self, query_x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            forward, _, qx, params = self.method._task_model(query_x[:0], query_x, self.weights, detach=True)
-            return forward(params, qx)
 
 
 @register
@@ -627,4 +372,4 @@ class ANIL(MAML):
         return fhead, sf, qf, head_params
 
 
-__all__ = ["ANIL", "AdaptedPredictor", "FOMAML", "MAML", "MetaSGD"]
+__all__ = ["ANIL", "DEFAULT_INNER_LR", "FOMAML", "MAML", "MetaSGD", "OPTIONS"]
