@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar, status
 
 from . import __version__, devices
 from .calibration import calibrate, calibration_sampler
@@ -323,8 +323,8 @@ class Trainer:
         if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
             self._check_memory(start_step)
         devices.reset_peak_memory(self.device)
-        with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
-                  disable=not progress or not self.dist.is_main, dynamic_ncols=True) as bar:
+        with progress_bar(config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
+                          enabled=progress and self.dist.is_main) as bar:
             exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
             for step in range(start_step, start_step if exhausted else config.episodes):
                 spent = cpu0 + time.process_time() - cpu
@@ -357,6 +357,7 @@ class Trainer:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
                 self._save_checkpoint()
             if self.kind.logits and not self.state.get("calibration"):
+                status("calibrating the confidence of the trained model", enabled=progress)
                 self.state["calibration"] = self._calibrate()
             self.folder.commit(self.state)
         self.dist.barrier()

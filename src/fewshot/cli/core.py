@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .output import print_json
-from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_quiet_flag, config_from_args, dataset_options, \
     one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
 
@@ -309,7 +309,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed); "
                    "on GPUs one process per GPU")
     add_device_flags(p, train=True)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -335,7 +335,7 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
     add_device_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -349,6 +349,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     add_data_flags(q, default_dataset=None)
     q.set_defaults(dataset=None)
     q.add_argument("--json", action="store_true", help="print JSON")
+    add_quiet_flag(q)
     q.set_defaults(func=cmd_data_info)
 
 
@@ -371,6 +372,7 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
                    "runs folder); replaced by the next demo")
     p.add_argument("--runs", help="runs folder (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     add_device_flags(p)
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_demo)
 
 
