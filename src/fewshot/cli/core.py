@@ -39,6 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
+    if result.finished_before and result.record_error is None:
+        recorded = f"recorded as run {result.run_id}" if result.run_id is not None else "not in the run store"
+        print(f"{run_dir} is already finished ({result.steps} steps; {recorded}): nothing to do")
+        return 0
     best = ("no validation split: kept the last weights" if result.best is None
             else f"best validation {trainer.kind.format(result.best, result.best_ci95)}")
     print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
