@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .output import print_json
+from .output import plain_text, print_json
 from .flags import add_data_flags, add_device_flags, add_episode_flags, add_quiet_flag, config_from_args, dataset_options, \
     one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
@@ -227,7 +227,7 @@ def describe_method(name: str) -> dict:
     from ..methods import METHODS
 
     cls = METHODS[name]  # an unknown name: one line with the closest known one
-    doc = inspect.getdoc(cls) or ""
+    doc = plain_text(inspect.getdoc(cls) or "")
     return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
             "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
             "test_mode": cls.test_mode, "options": _options(cls)}
