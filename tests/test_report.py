@@ -274,8 +274,25 @@ PROBE = """<!DOCTYPE html><html><body><pre id="result">pending</pre>
 document.getElementById("page").addEventListener("load", (event) => {
   let images;
   try {
+    // Each image as the browser decoded it: the share of its pixels that are coloured
+    // (not white, grey or black), i.e. its visible marks.
+    const marks = (im) => {
+      const canvas = document.createElement("canvas");
+      canvas.width = im.naturalWidth; canvas.height = im.naturalHeight;
+      const context = canvas.getContext("2d");
+      context.drawImage(im, 0, 0);
+      const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+      let coloured = 0;
+      for (let i = 0; i < data.length; i += 4) {
+        const mean = (data[i] + data[i + 1] + data[i + 2]) / 3;
+        if (Math.max(Math.abs(data[i] - mean), Math.abs(data[i + 1] - mean), Math.abs(data[i + 2] - mean)) > 30) {
+          coloured++;
+        }
+      }
+      return coloured / (data.length / 4);
+    };
     images = Array.from(event.target.contentDocument.images,
-                        im => [im.getAttribute("src"), im.complete, im.naturalWidth, im.naturalHeight]);
+                        im => [im.getAttribute("src"), im.complete, im.naturalWidth, im.naturalHeight, marks(im)]);
   } catch (e) { images = String(e); }
   document.getElementById("result").textContent = JSON.stringify(images);
 });
@@ -298,8 +315,9 @@ def test_page_shows_its_images_in_headless_chromium(evaluated, tmp_path):
     start = proc.stdout.index('<pre id="result">') + len('<pre id="result">')
     images = json.loads(proc.stdout[start: proc.stdout.index("</pre>", start)])
     assert sorted(src for src, *_ in images) == sorted(f"{name}.png" for name in FIGURES)
-    for src, complete, width, height in images:
+    for src, complete, width, height, marks in images:
         assert complete and width > 200 and height > 200, (src, width, height)
+        assert marks > 0.002, f"{src} shows no coloured marks in the browser: an empty figure"
 
 
 def test_accuracy_against_ticks_at_the_values_only_when_asked(monkeypatch, tmp_path):
@@ -313,3 +331,37 @@ def test_accuracy_against_ticks_at_the_values_only_when_asked(monkeypatch, tmp_p
     at_values, free = (list(fig.axes[0].get_xticks()) for fig in drawn)
     assert at_values == [0.37, 1.81, 2.93]
     assert free != at_values
+
+
+def _coloured_share(path: Path, box: tuple[float, float, float, float]) -> float:
+    """The share of coloured pixels in ``box`` (fractions left, top, right, bottom) of a PNG."""
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    pixels = np.asarray(image.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h))))
+    pixels = pixels.reshape(-1, 3).astype(int)
+    return float((np.abs(pixels - pixels.mean(axis=1, keepdims=True)).max(axis=1) > 30).mean())
+
+
+def test_a_regret_of_zero_everywhere_is_shown_and_said(tmp_path):
+    from fewshot import plots
+
+    out = plots.model_selection([60.0, 70.0, 65.0, 80.0], [61.0, 72.0, 60.0, 79.0], [0.0, 0.0], tmp_path / "m.png",
+                                tasks=["t1", "t2"])
+    # The regret panel (the right half) has marks: a dot per task (and a note saying why no bar shows).
+    assert _coloured_share(out, (0.55, 0.1, 1.0, 0.9)) > 0.0002  # bars of height 0 alone: 0
+
+
+def test_a_single_validation_is_explained_not_a_lone_dot(monkeypatch, tmp_path):
+    from fewshot import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    once = plots.Curve("protonet", [[10, 1.0, 60.0], [20, 0.8, 70.0]], [[20, 70.0, 3.0]])
+    twice = plots.Curve("protonet", [[10, 1.0, 60.0], [20, 0.8, 70.0]], [[10, 65.0, 3.0], [20, 70.0, 3.0]])
+    plots.learning_curves([once], tmp_path / "once.png")
+    plots.learning_curves([twice], tmp_path / "twice.png")
+    plots.learning_curves([plots.Curve("nothing")], tmp_path / "empty.png")
+    said = [" ".join(t.get_text() for t in ax.texts) for fig in drawn for ax in fig.axes]
+    assert "validated once (protonet: step 20)" in said[1] and "--val-every" in said[1]
+    assert said[3] == ""  # two validations are a curve: nothing to explain
+    assert said[4].startswith("no data because") and said[5].startswith("no data because")
