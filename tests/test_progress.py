@@ -3,13 +3,17 @@ log, nothing with --quiet or TQDM_DISABLE), warnings as one line, a finished run
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pty
+import re
 import select
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,8 @@ def _fewshot(args: list[str], tmp_path: Path, **env: str) -> subprocess.Complete
 def _fewshot_on_terminal(args: list[str], tmp_path: Path) -> str:
     """The CLI with stderr on a pseudo-terminal; what it wrote there."""
     leader, follower = pty.openpty()
+    # A terminal has a size (a bare pseudo-terminal has 0 columns, where tqdm draws nothing).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "fewshot", *args], env=_env(tmp_path), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=follower)
     os.close(follower)
@@ -110,7 +116,9 @@ def test_training_without_a_terminal_writes_no_bars(tmp_path):
 
 def test_training_on_a_terminal_draws_a_bar(tmp_path):
     shown = _fewshot_on_terminal([*TRAIN, "--out", "run"], tmp_path)
-    assert "\r" in shown and "training protonet" in shown
+    # A bar redraws its line: a carriage return not followed by a new line (the terminal
+    # writes "\r\n" for every "\n").
+    assert re.search("\r(?!\n)", shown) and "training protonet" in shown, shown
 
 
 def test_quiet_and_tqdm_disable_on_the_command_line(tmp_path):
