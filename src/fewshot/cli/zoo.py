@@ -150,11 +150,14 @@ def cmd_select_evaluate(args: argparse.Namespace) -> int:
 # -- fewshot select --support: rank the zoo for a user's task --------------------------------------------
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from ..progress import status
     from ..select.selection import select_models
 
     if not args.support:
         raise ConfigError("say which task: `fewshot select --support FOLDER` (one sub-folder of images per class), "
                           "or use `fewshot select build|evaluate|monitor`")
+    status(f"ranking the zoo for {args.support}: embedding its images with each model"
+           + (f", then adapting the top {args.verify}" if args.verify else ""))
     out = select_models(args.zoo, args.support, target=args.target, meta=args.meta, verify=args.verify,
                         query=args.query, runs=args.runs, data_root=args.data_root)
     meta_name, model_count = os.path.basename(out.pop("meta")), out.pop("models")
