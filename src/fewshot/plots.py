@@ -66,10 +66,10 @@ class Curve:
     color: str | None = None  # a matplotlib colour; default: by position
 
 
-def _note(ax, text: str) -> None:
+def _note(ax, text: str, y: float = 0.5) -> None:
     """Say in the panel itself why it shows little or nothing: never an unexplained empty panel."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, wrap=True,
-            bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "grey", "alpha": 0.9})
+    ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, wrap=True,
+            bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "darkorange", "alpha": 0.9})
 
 
 def learning_curves(curves: Sequence[Curve], path: str | Path, *, score_title: str | None = None) -> Path:
@@ -292,12 +292,12 @@ def model_selection(predicted: Sequence[float], true: Sequence[float], regret: S
     x = np.arange(len(regret))
     regret_ax.bar(x, regret, color="C3", alpha=0.8)
     # A zero regret is a bar of no height: a mark shows that the task is there.
-    regret_ax.plot(x, regret, "o", color="C3", markersize=4)
+    regret_ax.plot(x, regret, "o", color="C3", markersize=4 if regret.any() else 7)
     if not len(regret):
         _note(regret_ax, "no data because no task has\na selection to score")
     elif not regret.any():
         regret_ax.set_ylim(-0.5, 1.0)
-        _note(regret_ax, "regret 0 on every task:\nthe selected candidate was the best")
+        _note(regret_ax, "regret 0 on every task:\nthe selected candidate was the best", y=0.75)
     regret_ax.set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center",
                          fontsize=7)
     mean = float(regret.mean()) if len(regret) else math.nan
