@@ -67,14 +67,17 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    command_line = argv is None  # the process's own command line, not a call from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     if extras:  # reported against the command's own flags and help, not the top level's
         args.command_parser.unknown_flags(extras)
     args.argv = argv
-    # The command's manners, undone on return: main() also runs inside tests and notebooks.
+    # The command's manners, undone on return: main() also runs inside tests and notebooks,
+    # whose own warning handling (pytest.warns, a notebook's display) stays as it is.
     shown, quiet = warnings.showwarning, progress.is_quiet()
-    warnings.showwarning = show_warning
+    if command_line:
+        warnings.showwarning = show_warning
     progress.set_quiet(getattr(args, "quiet", False))
     try:
         code = args.func(args)
