@@ -269,37 +269,79 @@ def test_accuracy_axes_start_at_a_stated_origin(monkeypatch, tmp_path):
 
 
 PROBE = """<!DOCTYPE html><html><body><pre id="result">pending</pre>
-<iframe id="page" src="rep/index.html" width="1200" height="900"></iframe>
+<iframe id="page" src="REPORT/index.html" width="1200" height="900"></iframe>
 <script>
+// The share of an image's pixels, as the browser decoded it, that are coloured (not
+// white, grey or black): its visible marks.
+function marks(im) {
+  const canvas = document.createElement("canvas");
+  canvas.width = im.naturalWidth;
+  canvas.height = im.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(im, 0, 0);
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  let coloured = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const mean = (data[i] + data[i + 1] + data[i + 2]) / 3;
+    if (Math.max(Math.abs(data[i] - mean), Math.abs(data[i + 1] - mean), Math.abs(data[i + 2] - mean)) > 30) {
+      coloured++;
+    }
+  }
+  return coloured / Math.max(1, data.length / 4);
+}
 document.getElementById("page").addEventListener("load", (event) => {
-  let images;
+  let sections;
   try {
-    images = Array.from(event.target.contentDocument.images,
-                        im => [im.getAttribute("src"), im.complete, im.naturalWidth, im.naturalHeight]);
-  } catch (e) { images = String(e); }
-  document.getElementById("result").textContent = JSON.stringify(images);
+    // Each figure's section: its image (src, loaded, size, marks), or the text said instead.
+    sections = Array.from(event.target.contentDocument.querySelectorAll("h2[id]"), (h) => {
+      const next = h.nextElementSibling;
+      const im = next ? next.querySelector("img") : null;
+      if (im) {
+        return [h.id, "image", im.getAttribute("src"), im.complete, im.naturalWidth, im.naturalHeight, marks(im)];
+      }
+      return [h.id, "text", next ? next.textContent : ""];
+    });
+  } catch (e) { sections = String(e); }
+  document.getElementById("result").textContent = JSON.stringify(sections);
 });
 </script></body></html>
 """
+
+
+def _shown_in_chromium(browser: str, folder: Path, report: str) -> list:
+    """What headless Chromium shows of each figure of ``folder/report/index.html``."""
+    probe = folder / f"probe-{report}.html"
+    probe.write_text(PROBE.replace("REPORT", report))
+    # The probe page loads the report in a frame, waits for it (and so its images) to
+    # load, and writes what each section shows; --dump-dom prints the result.
+    proc = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--allow-file-access-from-files",
+                           f"--user-data-dir={folder / 'profile'}", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = proc.stdout.index('<pre id="result">') + len('<pre id="result">')
+    sections = json.loads(proc.stdout[start: proc.stdout.index("</pre>", start)])
+    assert isinstance(sections, list), sections  # a string: the probe's script failed
+    assert [s[0] for s in sections] == list(FIGURES)
+    return sections
 
 
 def test_page_shows_its_images_in_headless_chromium(evaluated, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium; CI installs it)")
-    build_report([evaluated], tmp_path / "rep", runs=evaluated)
-    # The probe page loads the report in a frame, waits for it (and so its images) to
-    # load, and writes what each <img> decoded to; --dump-dom prints the result.
-    (tmp_path / "probe.html").write_text(PROBE)
-    proc = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--allow-file-access-from-files",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                           (tmp_path / "probe.html").as_uri()], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    start = proc.stdout.index('<pre id="result">') + len('<pre id="result">')
-    images = json.loads(proc.stdout[start: proc.stdout.index("</pre>", start)])
-    assert sorted(src for src, *_ in images) == sorted(f"{name}.png" for name in FIGURES)
-    for src, complete, width, height in images:
-        assert complete and width > 200 and height > 200, (src, width, height)
+    build_report([evaluated], tmp_path / "full", runs=evaluated)
+    build_report([evaluated / "a"], tmp_path / "partial", runs=tmp_path / "empty-store")  # no evaluations
+    shown_by = {report: _shown_in_chromium(browser, tmp_path, report) for report in ("full", "partial")}
+    assert all(kind == "image" for _, kind, *_ in shown_by["full"])  # the runs give every figure data
+    assert any(kind == "text" for _, kind, *_ in shown_by["partial"])
+    for report, sections in shown_by.items():
+        for name, kind, *shown in sections:
+            if kind == "image":  # every figure drawn has visible marks...
+                src, complete, width, height, marks = shown
+                assert src == f"{name}.png" and complete and width > 200 and height > 200, (report, shown)
+                assert marks > 0.002, f"{report}/{src} shows no coloured marks in the browser: an empty figure"
+            else:  # ...or the page says why it has none
+                assert "no data because" in shown[0], (report, name, shown)
 
 
 def test_accuracy_against_ticks_at_the_values_only_when_asked(monkeypatch, tmp_path):
@@ -313,3 +355,37 @@ def test_accuracy_against_ticks_at_the_values_only_when_asked(monkeypatch, tmp_p
     at_values, free = (list(fig.axes[0].get_xticks()) for fig in drawn)
     assert at_values == [0.37, 1.81, 2.93]
     assert free != at_values
+
+
+def _coloured_share(path: Path, box: tuple[float, float, float, float]) -> float:
+    """The share of coloured pixels in ``box`` (fractions left, top, right, bottom) of a PNG."""
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    pixels = np.asarray(image.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h))))
+    pixels = pixels.reshape(-1, 3).astype(int)
+    return float((np.abs(pixels - pixels.mean(axis=1, keepdims=True)).max(axis=1) > 30).mean())
+
+
+def test_a_regret_of_zero_everywhere_is_shown_and_said(tmp_path):
+    from fewshot import plots
+
+    out = plots.model_selection([60.0, 70.0, 65.0, 80.0], [61.0, 72.0, 60.0, 79.0], [0.0, 0.0], tmp_path / "m.png",
+                                tasks=["t1", "t2"])
+    # The regret panel (the right half) has marks: a dot per task (and a note saying why no bar shows).
+    assert _coloured_share(out, (0.55, 0.1, 1.0, 0.9)) > 0.0002  # bars of height 0 alone: 0
+
+
+def test_a_single_validation_is_explained_not_a_lone_dot(monkeypatch, tmp_path):
+    from fewshot import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    once = plots.Curve("protonet", [[10, 1.0, 60.0], [20, 0.8, 70.0]], [[20, 70.0, 3.0]])
+    twice = plots.Curve("protonet", [[10, 1.0, 60.0], [20, 0.8, 70.0]], [[10, 65.0, 3.0], [20, 70.0, 3.0]])
+    plots.learning_curves([once], tmp_path / "once.png")
+    plots.learning_curves([twice], tmp_path / "twice.png")
+    plots.learning_curves([plots.Curve("nothing")], tmp_path / "empty.png")
+    said = [" ".join(t.get_text() for t in ax.texts) for fig in drawn for ax in fig.axes]
+    assert "validated once (protonet: step 20)" in said[1] and "--val-every" in said[1]
+    assert said[3] == ""  # two validations are a curve: nothing to explain
+    assert said[4].startswith("no data because") and said[5].startswith("no data because")

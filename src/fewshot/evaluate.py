@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from . import devices
 from .config import DEFAULT_PRECISION
@@ -162,7 +162,7 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     scores = np.empty(episodes, dtype=np.float64)
     start = time.perf_counter()
     try:
-        with tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False) as bar:
+        with progress_bar(episodes, desc=desc, unit="episode", enabled=progress, leave=False) as bar:
             for i, ep in enumerate(sampler.suite(episodes)):
                 with torch.no_grad(), devices.autocast(device, precision):
                     predictor = model.adapt(ep.support_x, ep.support_y, ep.way)
@@ -191,7 +191,7 @@ def _evaluate_returns(method: Method, sampler: Sampler, episodes: int, progress:
     per_step = []
     start = time.perf_counter()
     try:
-        with tqdm(total=episodes, desc=desc, unit="task", disable=not progress, leave=False) as bar:
+        with progress_bar(episodes, desc=desc, unit="task", enabled=progress, leave=False) as bar:
             for i, task in enumerate(sampler.suite(episodes)):
                 per_step.append(method.adapt_returns(task))
                 bar.update()

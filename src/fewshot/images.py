@@ -104,7 +104,9 @@ def _as_array(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype == object or x.dtype.kind not in "biuf":
             raise DataError(f"{what}: expected numbers, got an array of {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        # A read-only array (np.asarray of a PIL image, a memory map) is copied: torch cannot
+        # share it without a warning, and the tensor must not write through to the caller's data.
+        x = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else x.copy())
     x = x.detach().cpu()
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"{what}: expected pixel values (uint8 0-255 or float), got {x.dtype}")

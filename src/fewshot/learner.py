@@ -42,6 +42,7 @@ from .config import TrainConfig
 from .errors import ConfigError, DataError
 from .images import Preprocessing, to_tensor
 from .methods.base import Method
+from .progress import status
 from .runs import Run
 from .runs.exported import write_model
 from .taskkind import task_kind
@@ -94,6 +95,8 @@ class FewShotClassifier:
                             f"({classes[0]!r})")
         index = {c: i for i, c in enumerate(classes)}
         sy = torch.tensor([index[label] for label in labels], dtype=torch.int64)
+        if self.strategy:  # a transfer strategy trains a head, and maybe the backbone: seconds to minutes
+            status(f"fitting {self.strategy['name']} on {len(x)} support images")
         model = test_copy(self.method)
         with torch.no_grad():  # methods whose adaptation needs gradients enable them themselves
             self._predictor = model.adapt(x, sy, len(classes))
@@ -175,6 +178,7 @@ def _calibrate_on_run_data(method: Method, config: TrainConfig, episodes: int, d
 
     if episodes < 1:
         return {"temperature": 1.0, "fitted": False, "why": "calibration_episodes=0", "strategy": strategy}
+    status(f"calibrating probabilities on {episodes} episodes of {config.dataset}")
     try:
         data = load_dataset(config.dataset, data_root, **config.dataset_options)
         sampler, split = calibration_sampler(data, config)

@@ -66,6 +66,12 @@ class Curve:
     color: str | None = None  # a matplotlib colour; default: by position
 
 
+def _note(ax, text: str, y: float = 0.5) -> None:
+    """Say in the panel itself why it shows little or nothing: never an unexplained empty panel."""
+    ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, wrap=True,
+            bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "darkorange", "alpha": 0.9})
+
+
 def learning_curves(curves: Sequence[Curve], path: str | Path, *, score_title: str | None = None) -> Path:
     """Meta-training loss, and validation accuracy with its 95% interval as a band.
 
@@ -102,10 +108,17 @@ def learning_curves(curves: Sequence[Curve], path: str | Path, *, score_title: s
                ylabel=f"accuracy (%, {ACCURACY_AXIS})" if accuracy_only else " or ".join(sorted({c.metric for c in curves})))
     if accuracy_only:
         acc_ax.set_ylim(ACCURACY_ORIGIN, 100.0)
-    for ax in (loss_ax, acc_ax):
+    once = [f"{c.label}: step {int(np.asarray(c.val, dtype=float).reshape(-1, 3)[0, 0])}" for c in curves
+            if len(np.asarray(c.val, dtype=float).reshape(-1, 3)) == 1]
+    if once:  # a single validation is a dot, not a curve: say why
+        acc_ax.text(0.03, 0.03, "validated once (" + "; ".join(once) + "): a curve needs\n--val-every below --episodes",
+                    transform=acc_ax.transAxes, fontsize=7, va="bottom")
+    for ax, what in ((loss_ax, "loss"), (acc_ax, "score")):
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=7)
+        else:
+            _note(ax, f"no data because no run logged a training {what}")
     return _save(fig, path)
 
 
@@ -278,6 +291,13 @@ def model_selection(predicted: Sequence[float], true: Sequence[float], regret: S
         names = [str(i + 1) for i in range(len(regret))]  # long names go in the caller's table
     x = np.arange(len(regret))
     regret_ax.bar(x, regret, color="C3", alpha=0.8)
+    # A zero regret is a bar of no height: a mark shows that the task is there.
+    regret_ax.plot(x, regret, "o", color="C3", markersize=4 if regret.any() else 7)
+    if not len(regret):
+        _note(regret_ax, "no data because no task has\na selection to score")
+    elif not regret.any():
+        regret_ax.set_ylim(-0.5, 1.0)
+        _note(regret_ax, "regret 0 on every task:\nthe selected candidate was the best", y=0.75)
     regret_ax.set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center",
                          fontsize=7)
     mean = float(regret.mean()) if len(regret) else math.nan

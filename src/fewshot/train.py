@@ -43,7 +43,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__, devices
 from .calibration import calibrate, calibration_sampler
@@ -57,10 +56,11 @@ from .images import Preprocessing
 from .evaluate import evaluate
 from .methods import resolved_options
 from .memory import check_batch_data_fits, check_step_fits
+from .progress import bar as progress_bar, status
 from .runs import CUSTOM_BACKBONE, Run, build_model, describe_module, load_weights, model_tensors
 from .runs.checkpoint import optimizer_checkpoint, restore_optimizer
 from .runtime import Runtime, resolve_runtime
-from .store import record_run
+from .store import RunStore, record_run
 from .taskkind import kind_of_metric
 
 LOG_EVERY = 50
@@ -129,6 +129,9 @@ class TrainResult:
     #: Peak memory of the run in MB, and what was measured (:func:`fewshot.devices.peak_memory`).
     peak_memory_mb: float | None = None
     peak_memory_kind: str = ""
+    #: The run had finished before this call (a resume of a finished run): nothing was trained
+    #: and nothing new recorded; ``run_id`` is its existing record, if the store has one.
+    finished_before: bool = False
 
     @property
     def best(self) -> float | None:
@@ -291,6 +294,8 @@ class Trainer:
             self._restore()
             if self.dist.is_main:
                 self.folder.remove_leftovers()
+            if self.state["done"]:
+                return self._finished_before(record)
         elif resume:
             self.folder.check_resumable()
         elif self.dist.is_main:
@@ -323,8 +328,8 @@ class Trainer:
         if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
             self._check_memory(start_step)
         devices.reset_peak_memory(self.device)
-        with tqdm(total=config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
-                  disable=not progress or not self.dist.is_main, dynamic_ncols=True) as bar:
+        with progress_bar(config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
+                          enabled=progress and self.dist.is_main) as bar:
             exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
             for step in range(start_step, start_step if exhausted else config.episodes):
                 spent = cpu0 + time.process_time() - cpu
@@ -357,10 +362,31 @@ class Trainer:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
                 self._save_checkpoint()
             if self.kind.logits and not self.state.get("calibration"):
+                status("calibrating the confidence of the trained model", enabled=progress)
                 self.state["calibration"] = self._calibrate()
             self.folder.commit(self.state)
         self.dist.barrier()
         return self._finish(images_per_step, record and self.dist.is_main)
+
+    def _finished_before(self, record: bool) -> TrainResult:
+        """A resumed run that had already finished trains nothing more. It is recorded only
+        if the store has no record of it (the store failed when it finished: the remedy
+        that message gives is this resume)."""
+        recorded = self._record_id() if record and self.dist.is_main else None
+        _, shot, query = self.config.train_shape
+        result = self._finish(self.config.meta_batch * self.sampler.way * (shot + query),
+                              record and self.dist.is_main and recorded is None)
+        result.finished_before = True
+        result.run_id = recorded if recorded is not None else result.run_id
+        return result
+
+    def _record_id(self) -> int | None:
+        """The id of this run folder's ``train`` record in the store, or None."""
+        here = str(self.run_dir.resolve())
+        try:
+            return next((r["id"] for r in RunStore(self.runs).list("train") if r["run_dir"] == here), None)
+        except StoreError:
+            return None
 
     def _step(self, step: int, out_of_budget: bool) -> tuple[float, float, bool]:
         """One meta-update; returns the meta-batch's mean loss and accuracy and whether

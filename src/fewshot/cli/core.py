@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .output import print_json
-from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
+from .output import plain_text, print_json
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_quiet_flag, config_from_args, dataset_options, \
     one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
 
@@ -38,6 +38,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, run_dir, data_root=args.data_root, runs=args.runs)
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
+        return 0
+    if result.finished_before and result.record_error is None:
+        recorded = f"recorded as run {result.run_id}" if result.run_id is not None else "not in the run store"
+        print(f"{run_dir} is already finished ({result.steps} steps; {recorded}): nothing to do")
         return 0
     best = ("no validation split: kept the last weights" if result.best is None
             else f"best validation {trainer.kind.format(result.best, result.best_ci95)}")
@@ -223,7 +227,7 @@ def describe_method(name: str) -> dict:
     from ..methods import METHODS
 
     cls = METHODS[name]  # an unknown name: one line with the closest known one
-    doc = inspect.getdoc(cls) or ""
+    doc = plain_text(inspect.getdoc(cls) or "")
     return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
             "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
             "test_mode": cls.test_mode, "options": _options(cls)}
@@ -309,7 +313,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed); "
                    "on GPUs one process per GPU")
     add_device_flags(p, train=True)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -335,7 +339,7 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
     add_device_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -349,6 +353,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     add_data_flags(q, default_dataset=None)
     q.set_defaults(dataset=None)
     q.add_argument("--json", action="store_true", help="print JSON")
+    add_quiet_flag(q)
     q.set_defaults(func=cmd_data_info)
 
 
@@ -371,6 +376,7 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
                    "runs folder); replaced by the next demo")
     p.add_argument("--runs", help="runs folder (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     add_device_flags(p)
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_demo)
 
 

@@ -94,6 +94,16 @@ def parse_options(texts) -> dict[str, Any]:
 
 # -- shared flag groups ------------------------------------------------------------------
 
+def add_quiet_flag(p: argparse.ArgumentParser, also: str = "", *, nested: bool = False) -> None:
+    """``--quiet`` (every command that computes): no progress bars, progress lines or status
+    lines (:mod:`fewshot.progress`; the entry point applies it), and no device line;
+    ``also`` names what else the command leaves out. ``nested``: an action of a command
+    that has the flag too (``select build``), which keeps the command's value."""
+    p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS if nested else False,
+                   help="no progress bars, progress lines or status lines on stderr" + (f"; {also}" if also else ""))
+
+
+
 def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Sequence
 
-from .. import __version__
+from .. import __version__, progress
 from ..errors import FewShotError
 from . import core, model, tools, zoo
 from .flags import Parser, one_line
@@ -55,13 +56,29 @@ def _reader_went_away() -> int:
     return BROKEN_PIPE_STATUS
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as the command's one line, ``fewshot: warning: MESSAGE``: no source
+    file, line number or code line, which speak to a developer, not to the user."""
+    try:
+        print(f"fewshot: warning: {one_line(str(message))}", file=file or sys.stderr)
+    except OSError:  # stderr gone: a warning is not worth a traceback
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    command_line = argv is None  # the process's own command line, not a call from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
     if extras:  # reported against the command's own flags and help, not the top level's
         args.command_parser.unknown_flags(extras)
     args.argv = argv
+    # The command's manners, undone on return: main() also runs inside tests and notebooks,
+    # whose own warning handling (pytest.warns, a notebook's display) stays as it is.
+    shown, quiet = warnings.showwarning, progress.is_quiet()
+    if command_line:
+        warnings.showwarning = show_warning
+    progress.set_quiet(getattr(args, "quiet", False))
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
@@ -75,3 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = RESUME_HINTS.get(argv[0] if argv else "")
         print(f"fewshot: interrupted{'; ' + how if how else ''}", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+        progress.set_quiet(quiet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import add_quiet_flag
 from .output import print_json
 
 
@@ -53,6 +54,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    "method's own way; options with -o")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a strategy option")
     p.add_argument("--data-root", help="data root, to calibrate a run that has no stored temperature")
+    add_quiet_flag(p)
 
 
 def _export_flags(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,18 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from typing import Any, Callable
+
+
+_ROLE = re.compile(r":[a-z:]+:`~?(?:([^`<]*?)\s*<[^`>]*>|([^`]*))`")  # :class:`~a.B`, :doc:`text <target>`
+
+
+def plain_text(doc: str) -> str:
+    """A docstring's reST as plain text for the terminal: ``code`` as code, a cross-reference
+    (``:class:`~fewshot.learner.FewShotClassifier```) as its last name or its own text."""
+    doc = _ROLE.sub(lambda m: m[1] if m[1] is not None else m[2].rsplit(".", 1)[-1], doc)
+    return doc.replace("``", "")
 
 
 def finite(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .output import json_text
-from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, needs_tool, \
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_quiet_flag, config_from_args, needs_tool, \
     require_matplotlib, require_optuna, resolve_device, trainable_methods
 
 
@@ -60,6 +60,7 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
                    help="2-D projection of embeddings (default pca)")
     p.add_argument("--device", metavar="DEVICE", help="where embeddings are computed: auto (default), cpu, cuda, "
                    "cuda:N or mps")
+    add_quiet_flag(p)
     p.set_defaults(func=needs_tool(cmd_report, require_matplotlib))
 
 
@@ -91,7 +92,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="runs folder holding the run store and the study "
                    "(default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     add_device_flags(p, train=True)
-    p.add_argument("--quiet", action="store_true", help="no line per trial")
+    add_quiet_flag(p, also="no line per trial")
     p.set_defaults(func=needs_tool(cmd_tune, require_optuna))
 
 
@@ -106,6 +107,7 @@ def _advise_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--data-root", help="data root, to size the recorded runs' training sets (never downloads)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_advise)
 
 

@@ -22,7 +22,7 @@ import time
 
 from ..errors import ConfigError
 from .output import print_json
-from .flags import Parser, add_device_flags, parse_options, resolve_device, say_device
+from .flags import Parser, add_device_flags, add_quiet_flag, parse_options, resolve_device, say_device
 
 
 def _zoo_default() -> str:
@@ -150,11 +150,14 @@ def cmd_select_evaluate(args: argparse.Namespace) -> int:
 # -- fewshot select --support: rank the zoo for a user's task --------------------------------------------
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from ..progress import status
     from ..select.selection import select_models
 
     if not args.support:
         raise ConfigError("say which task: `fewshot select --support FOLDER` (one sub-folder of images per class), "
                           "or use `fewshot select build|evaluate|monitor`")
+    status(f"ranking the zoo for {args.support}: embedding its images with each model"
+           + (f", then adapting the top {args.verify}" if args.verify else ""))
     out = select_models(args.zoo, args.support, target=args.target, meta=args.meta, verify=args.verify,
                         query=args.query, runs=args.runs, data_root=args.data_root)
     meta_name, model_count = os.path.basename(out.pop("meta")), out.pop("models")
@@ -248,6 +251,7 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("-m", "--meta-option", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata field, e.g. objective=supervised")
     q.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    add_quiet_flag(q)
     q.set_defaults(func=cmd_zoo_add)
 
     q = zsub.add_parser("build", help="train the deliberately diverse zoo (resumable)",
@@ -264,7 +268,7 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     q.add_argument("--runs", help="runs folder holding the run store")
     add_device_flags(q)
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(q)
     q.set_defaults(func=cmd_zoo_build)
 
 
@@ -284,6 +288,7 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="runs folder holding the run store (verifications are recorded there)")
     p.add_argument("--data-root", help="data root (for the image cache)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_select)
     ssub = p.add_subparsers(dest="select_command", metavar="ACTION", parser_class=Parser)
 
@@ -302,7 +307,7 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
                    help="fine-tuning option of the ground truth, e.g. steps=50")
     q.add_argument("--data-root", default=SUPPRESS, help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     q.add_argument("--json", action="store_true", default=SUPPRESS, help="print JSON")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(q, nested=True)
     q.set_defaults(func=cmd_select_build)
 
     q = ssub.add_parser("evaluate", help="the meta-learner against every baseline, leave-one-group-out, with CIs")
@@ -312,6 +317,7 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     q.add_argument("--json", action="store_true", default=SUPPRESS, help="print JSON")
+    add_quiet_flag(q, nested=True)
     q.set_defaults(func=cmd_select_evaluate)
 
     q = ssub.add_parser("monitor", help="the meta-learner's error over the recorded verifications")
@@ -319,6 +325,7 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--all-zoos", action="store_true", help="verifications of every zoo, not only --zoo's")
     q.add_argument("--runs", default=SUPPRESS, help="runs folder holding the run store")
     q.add_argument("--json", action="store_true", default=SUPPRESS, help="print JSON")
+    add_quiet_flag(q, nested=True)
     q.set_defaults(func=cmd_select_monitor)
 
 

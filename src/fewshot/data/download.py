@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar
 
 from ..errors import DataError
 from ..io import atomic_path, require_folder
@@ -47,8 +47,8 @@ def download(url: str, dest: Path, md5: str | None = None, *, timeout: float = 6
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                                               disable=not progress, leave=False) as bar:
+            with open(tmp, "wb") as out, progress_bar(total, unit="B", unit_scale=True, desc=dest.name,
+                                                       enabled=progress) as bar:
                 received = 0
                 while block := response.read(1 << 20):
                     out.write(block)

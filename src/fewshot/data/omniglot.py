@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import track
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import load_tensors, parse_json, read_bounded, save_tensors
@@ -147,8 +147,8 @@ def _decoded(sources: list[Path], image_size: int, cache: Path):
     images, labels, names, sets = [], [], [], []
     for source in sources:
         entries = _image_entries(source)
-        for (set_name, alphabet, character), files in tqdm(entries.items(), desc=f"decoding {source.name}",
-                                                           unit="char", leave=False):
+        for (set_name, alphabet, character), files in track(entries.items(), desc=f"decoding {source.name}",
+                                                            unit="char"):
             class_id = len(names)
             names.append(f"{alphabet}/{character}")
             sets.append(set_name)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__, plots
 from ..errors import ConfigError
 from ..io import write_json
+from ..progress import status
 from . import content, folder, page
 from .content import ACCURACY_ORIGIN, FIGURES, Missing
 
@@ -80,6 +81,7 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
             return draw
 
         def embedding_map() -> Path:
+            status("embedding test images with each run's checkpoints, for the embedding map")
             rows = content.embedding_rows(infos, data_root, embed_split, projection, notes, datasets, device)
             data["embedding_map"] = [{"run": label, "panels": [p.title for p in panels]} for label, panels in rows]
             return plots.embedding_map(rows, built / "embedding_map.png",

@@ -105,7 +105,7 @@ def page(runs: Sequence[RunInfo], figures: dict, missing: dict[str, str], tables
             parts.append(f"<figure><img src=\"{_e(figures[name].name)}\" alt=\"{_e(TITLES[name])}\">"
                          f"<figcaption>{_e(caption)}</figcaption></figure>")
         else:
-            parts.append(f"<p class=missing>Not drawn: {_e(missing[name])}.</p>")
+            parts.append(f"<p class=missing>Not drawn: no data because {_e(missing[name])}.</p>")
         parts.append(tables.get(name, ""))
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")

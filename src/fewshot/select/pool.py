@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar
 
 from ..errors import ConfigError, FewShotError, TrainingError
 from ..models.pretrained import Pretrained
@@ -192,9 +192,8 @@ def build_meta_dataset(zoo: Zoo | str | Path, tasks: int = 100, *, path: str | P
 
     start, cpu0, children0 = time.perf_counter(), time.process_time(), _children_cpu()
     added = 0
-    with tqdm(total=len(specs) * len(names), initial=len(specs) * len(names) - pairs, unit="pair",
-              desc=f"meta-dataset ({workers} process{'es' if workers > 1 else ''})", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_bar(len(specs) * len(names), initial=len(specs) * len(names) - pairs, unit="pair",
+                      desc=f"meta-dataset ({workers} process{'es' if workers > 1 else ''})", enabled=progress) as bar:
         if workers == 1:
             # One thread, as each worker of a parallel build: the same work, comparable times.
             threads = torch.get_num_threads()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar
 
 from ..errors import ConfigError
 from ..runs import Run
@@ -196,8 +196,8 @@ def build_zoo(root: str | Path, specs: Sequence[ZooSpec] | str = "default", *, c
     zoo = Zoo(root, create=True)
     cache: dict = {}
     todo = [s for s in specs if s.name not in zoo]
-    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc="building the zoo", unit="model",
-              disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(len(specs), initial=len(specs) - len(todo), desc="building the zoo", unit="model",
+                      enabled=progress) as bar:
         for spec in todo:
             bar.set_postfix_str(spec.name)
             build_model(zoo, spec, cpu_minutes=cpu_minutes, max_steps=max_steps, data_root=data_root, runs=runs,
