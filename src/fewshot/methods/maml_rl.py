@@ -341,7 +341,11 @@ class MAMLRL(Method):
         """``(objective, kl)`` of a flat parameter vector for a TRPO meta-update on fixed
         rollouts (see the module docstring): the mean importance-weighted outer surrogate of
         the adapted policies, and the mean KL from the adapted policies at the current weights."""
+        last: list = [None, None]  # the point last adapted from and its adapted weights (objective, then KL)
+
         def adapted(vector: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            if last[0] is vector and not torch.is_grad_enabled():
+                return last[1]
             vector = vector if vector.requires_grad else vector.detach().requires_grad_(True)
             out = []
             with torch.enable_grad():  # the inner step differentiates, whatever the caller's mode
@@ -350,6 +354,7 @@ class MAMLRL(Method):
                     for batch in batches:
                         fast = self.inner_update(fast, batch, create_graph=not self.first_order)
                     out.append(fast)
+            last[:] = [vector, out]
             return out
 
         def flat_obs(batch: Rollouts) -> torch.Tensor:

@@ -94,10 +94,11 @@ def trpo_step(objective: Closure, kl: Closure, x0: torch.Tensor, max_kl: float =
     full = direction * (2 * max_kl / curvature) ** 0.5
     for k in range(max_backtracks):
         step = full * backtrack_ratio ** k
-        candidate = x0 + step
-        # The objective may need gradients inside (MAML's inner step): no_grad is not used.
-        after = float(objective(candidate.clone().requires_grad_(True)).detach())
-        divergence = float(kl(candidate).detach())
+        # One point for both closures (they may share work on it); it requires grad, since the
+        # objective may differentiate inside (MAML's inner step).
+        candidate = (x0 + step).requires_grad_(True)
+        with torch.no_grad():  # values only (a closure enables gradients where it needs them)
+            after, divergence = float(objective(candidate)), float(kl(candidate))
         if after < before and divergence <= max_kl:
             return TRPOStep(step, before, after, divergence, k, True)
     return TRPOStep(zero, before, before, 0.0, max_backtracks, False)
