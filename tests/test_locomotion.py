@@ -12,7 +12,8 @@ from fewshot.rl.locomotion import available
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
 
-def test_half_cheetah_families_run_a_few_steps_and_reward_the_task():
+def test_half_cheetah_families_run_a_few_steps_and_reward_the_task(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings log (MUJOCO_LOG.TXT) to the working folder
     from fewshot.methods import MAMLRL, RL2
     from fewshot.models import MLP
     from fewshot.rl import RLTask, sampler_class
