@@ -20,7 +20,7 @@ the trainer takes one step per batch: so the method computes the update itself a
 declares ``own_step`` (:mod:`fewshot.methods.base`), and the trainer applies it as given.
 PPO's Adam moments are buffers of the module, saved with every checkpoint, so a resumed
 run is the uninterrupted one. Split over processes (``--nproc``), each process's moments
-would follow its own share: train RL² in one process.
+would follow its own share, so RL² refuses to train in more than one process.
 
 **Evaluation** (:meth:`RL2.adapt_returns`): ``shot`` trials of the task from a zero
 hidden state; the mean return of each episode of the trial (episode 1, 2, ...). The
@@ -158,6 +158,10 @@ class RL2(Method):
         (of their first)."""
         if not episodes:
             raise ConfigError("rl2.loss needs at least one task")
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ConfigError("rl2 keeps PPO's optimiser state in the model, which processes would each change "
+                              "their own way: train it in one process (--nproc 1)")
         parts = self.sample_trials(episodes, episodes[0].shot, self.episodes_per_trial)
         trials = Trials(*(torch.cat([getattr(p, k) for p in parts], dim=1) for k in ("inputs", "actions", "rewards",
                                                                                       "mask")), parts[0].episodes)
