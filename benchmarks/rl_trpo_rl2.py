@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -129,8 +128,9 @@ def report(args) -> None:
         path = Path(args.runs) / f"{family}.json"
         if path.exists():
             families[family] = summarise(family, json.loads(path.read_text())["runs"])
-    command = " ".join(["python", "benchmarks/rl_trpo_rl2.py", *sys.argv[1:]])
-    results = {"command": f"OMP_NUM_THREADS=1 {command} (one process per --family, then --report-only)",
+    command = (f"OMP_NUM_THREADS=1 python benchmarks/rl_trpo_rl2.py --family F --minutes {args.minutes} --seeds "
+               f"{args.seeds} (one process per family F), then --report-only")
+    results = {"command": command, "note": args.note,
                "minutes": args.minutes, "seeds": args.seeds,
                "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread, a shared 2-core machine",
                "loadavg_at_report": [round(x, 2) for x in os.getloadavg()], "families": families,
@@ -138,7 +138,7 @@ def report(args) -> None:
     write_json(RESULTS / "rl_trpo_rl2.json", results)
     fmt = lambda c: f"{c['mean']:.3f} ± {c['ci95']:.3f}"  # noqa: E731
     lines = ["# Meta-RL at an equal small CPU budget: MAML-RL (Adam, TRPO) and RL²", "",
-             f"`{results['command']}`", "",
+             f"`{results['command']}`", "", *([args.note, ""] if args.note else []),
              f"Machine: {results['machine']}; {args.minutes} CPU-minutes of training per run, seeds averaged task "
              "by task, 95 % CIs over the test tasks (seed 0, test split). The 1-minute load average during the "
              "runs is listed (the machine is shared: CPU time, not wall time, is the budget).", ""]
@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--runs", default="runs/rl_trpo_rl2")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--note", default="", help="a remark printed with the results (e.g. how the runs ended)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.family and not args.report_only:
