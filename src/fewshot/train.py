@@ -235,6 +235,10 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
+        if self.method.own_step:  # the method computed its update (fewshot.methods.base): applied as given
+            if self.config.lr_schedule == "cosine":
+                raise ConfigError(f"{self.config.method} computes its own update here; a cosine lr schedule would scale it")
+            return torch.optim.SGD(params, lr=1.0)
         if self.config.optimizer == "rmsprop":
             return torch.optim.RMSprop(params, lr=self.config.lr, alpha=0.95, momentum=self.config.momentum,
                                        weight_decay=self.config.weight_decay)

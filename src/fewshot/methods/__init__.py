@@ -28,6 +28,7 @@ from .pretrain import Baseline, BaselinePlusPlus
 from .protonet import ProtoNet
 from .r2d2 import R2D2
 from .relation import RelationNet
+from .rl2 import RL2
 from .reptile import Reptile
 from .taskcond import TaskCondNet
 from .transfer import FineTune
@@ -86,5 +87,5 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
 
 
 __all__ = ["ANIL", "FOMAML", "MAML", "MANN", "METHODS", "Baseline", "BaselinePlusPlus", "FineTune", "MatchingNet",
-           "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RelationNet", "Reptile", "TaskCondNet",
+           "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RL2", "RelationNet", "Reptile", "TaskCondNet",
            "build_method", "class_means", "method_class", "method_options", "register", "resolved_options"]

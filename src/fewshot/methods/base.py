@@ -31,6 +31,11 @@ a method's nature from its name or by probing attributes:
     The method's own classifier over backbone features, where it has one (MAML's
     output layer, Baseline's class head), else ``None``.
 
+``own_step``
+    Whether the gradient :meth:`loss` hands back is the negated update the method
+    computed itself (TRPO's constrained step, Schulman et al. 2015, arXiv:1502.05477;
+    PPO's epochs), which the trainer then applies as given: plain SGD at rate 1.
+
 ``get_params()`` / ``_parameter_constraints``
     A method's options are its constructor's parameters, declared once: the signature
     gives their names and defaults, the class's ``_parameter_constraints`` (a dict of
@@ -82,6 +87,7 @@ class Method(nn.Module):
     test_mode: ClassVar[str] = "eval"
     learns_across_tasks: ClassVar[bool] = True
     needs_backbone: ClassVar[bool] = True
+    own_step: bool = False
     backbone: nn.Module | None
     head: nn.Module | None
     #: What each constructor option may hold (see the module docstring).

@@ -9,9 +9,19 @@ the inner gradients treated as constants (``first_order=True``, first-order MAML
 As in Finn et al., the dependence of the pre-update rollouts' distribution on θ is
 not differentiated (ProMP, Rothfuss et al., 2018, arXiv:1810.06784, adds that term).
 
-**Outer optimiser.** Finn et al. use TRPO; fewshot's one trainer applies its optimiser
-(Adam by default, ``--lr``) to the meta-gradient of the mean outer surrogate over the
-meta-batch: Adam on the policy-gradient objective, the documented simpler choice.
+**Outer optimiser** (``outer``). ``"adam"`` (the default): the one trainer applies its
+optimiser (Adam by default, ``--lr``) to the meta-gradient of the mean outer surrogate
+over the meta-batch. ``"trpo"``: Finn et al.'s choice, TRPO (Schulman et al., 2015,
+arXiv:1502.05477; :mod:`fewshot.rl.trpo`) on the meta-objective: the importance-weighted
+outer surrogate ``-mean π_θ'(a|s)/π_θ'old(a|s) A`` of the adapted policies, under the
+constraint that the mean KL between the adapted policies before and after the update,
+on the outer rollouts' states, is at most ``max_kl`` (0.01); both are functions of θ
+through the inner step on the fixed inner rollouts (second order unless
+``first_order``), so the Fisher-vector products differentiate through it, as the
+ProMP reference code does. The method computes the step itself and declares
+``own_step``: the trainer then applies the returned gradient (the negated step) with
+plain SGD at rate 1, so its ``--lr`` and optimiser do not act. Split over processes
+(``--nproc``), each process takes the TRPO step of its share and the steps are averaged.
 
 **Baselines on identical tasks.** ``inner_steps=0`` trains one policy jointly on all
 tasks (Finn et al.'s "pretrained" baseline); a policy that is not trained at all is the
@@ -45,13 +55,15 @@ from ..errors import ConfigError
 from ..params import Boolean, Integer, OneOf, Optional, Real
 from ..models.functional import FunctionalModule
 from ..models.inner_loop import sgd_step, surrogate_loss
-from ..rl.policies import log_prob, sample
+from ..rl.policies import kl_divergence, log_prob, sample
 from ..rl.rng import Generators
 from ..rl.rollouts import Rollouts, advantages, policy_gradient_loss, rollout
 from ..rl.tasks import RLTask
+from ..rl.trpo import trpo_step
 from .base import Method, register
 
 POLICIES = ("gaussian", "categorical")
+OUTER = ("adam", "trpo")
 
 
 def _check(name: str, value, integer: bool, strict: bool = False):
@@ -74,7 +86,8 @@ class MAMLRL(Method):
     (0.1, Finn et al.'s for 2D navigation), ``first_order``, ``test_inner_steps``
     (default: ``inner_steps``, at least 1), ``discount`` (0.99), ``baseline`` (the
     linear feature baseline, on), ``normalize_advantages`` (on, as rllab), ``init_std``
-    (1.0).
+    (1.0), ``outer`` (``adam`` / ``trpo``, see the module docstring) and ``max_kl``
+    (TRPO's trust region, 0.01 as Finn et al.).
     """
 
     name = "maml-rl"
@@ -86,12 +99,13 @@ class MAMLRL(Method):
         "policy": Optional(OneOf(*POLICIES)), "inner_steps": Integer(low=0), "inner_lr": Real(low=0, open_low=True),
         "first_order": Boolean(), "test_inner_steps": Optional(Integer(low=0)), "discount": Real(low=0, high=1),
         "baseline": Boolean(), "normalize_advantages": Boolean(), "init_std": Real(low=0, open_low=True),
-        "task": OneOf("reinforcement")}
+        "task": OneOf("reinforcement"), "outer": OneOf(*OUTER), "max_kl": Real(low=0, open_low=True)}
 
     def __init__(self, backbone: nn.Module, policy: str | None = None, inner_steps: int = 1, inner_lr: float = 0.1,
                  first_order: bool = False, test_inner_steps: int | None = None, discount: float = 0.99,
                  baseline: bool = True, normalize_advantages: bool = True, init_std: float = 1.0,
-                 task: str = "reinforcement", image_shape: Sequence[int] | None = None):
+                 task: str = "reinforcement", image_shape: Sequence[int] | None = None, outer: str = "adam",
+                 max_kl: float = 0.01):
         super().__init__(backbone)
         if task not in self.tasks:
             raise ConfigError(f"maml-rl learns policies on environment families, not {task} data; "
@@ -105,6 +119,9 @@ class MAMLRL(Method):
         self.test_inner_steps = None if test_inner_steps is None else int(test_inner_steps)
         self.discount, self.init_std = float(discount), float(init_std)
         self.first_order, self.baseline, self.normalize_advantages = first_order, baseline, normalize_advantages
+        self.outer, self.max_kl = outer, float(max_kl)
+        # TRPO's update is computed here, not by the trainer's optimiser (see fewshot.methods.base).
+        self.own_step = outer == "trpo"
         self.log_std = None
         if policy == "gaussian":
             shape = tuple(image_shape) if image_shape is not None else None
@@ -265,6 +282,8 @@ class MAMLRL(Method):
             raise ConfigError("maml-rl.loss needs at least one task")
         meta = [p for _, p in self.named_parameters()]
         want_grad = torch.is_grad_enabled()
+        if want_grad and self.own_step:
+            return self._trpo_loss(episodes, meta)
         total: list[torch.Tensor | None] = [None] * len(meta)
         values, after, before = [], [], []
         scale = 1.0 / len(episodes)
@@ -294,6 +313,92 @@ class MAMLRL(Method):
         if not want_grad:
             return value, metrics
         return surrogate_loss(value, meta, total), metrics
+
+    def sample_meta_batch(self, episodes: Sequence[RLTask]) -> tuple[list[list[Rollouts]], list[Rollouts]]:
+        """The rollouts of one meta-update: per task, the inner rollouts of each adaptation
+        step and the outer rollouts of the adapted policy (no graph kept)."""
+        generators = [task.generator() for task in episodes]
+        fast = [self.parameters_dict(detach=True)] * len(episodes)
+        inner: list[list[Rollouts]] = [[] for _ in episodes]
+        for _ in range(self.inner_steps):
+            batches = self.sample_tasks(fast, episodes, episodes[0].shot, generators)
+            for kept, batch in zip(inner, batches):
+                kept.append(batch)
+            fast = [{n: p.detach() for n, p in self.inner_update(
+                {n: p.detach().requires_grad_(True) for n, p in f.items()}, b, create_graph=False).items()}
+                for f, b in zip(fast, batches)]
+        return inner, self.sample_tasks(fast, episodes, episodes[0].query, generators)
+
+    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameter dictionary a flat vector (in ``named_parameters`` order) holds, as views."""
+        params, start = {}, 0
+        for name, p in self.named_parameters():
+            params[name] = vector[start:start + p.numel()].view_as(p)
+            start += p.numel()
+        return params
+
+    def trpo_closures(self, inner: Sequence[Sequence[Rollouts]], outer: Sequence[Rollouts]):
+        """``(objective, kl)`` of a flat parameter vector for a TRPO meta-update on fixed
+        rollouts (see the module docstring): the mean importance-weighted outer surrogate of
+        the adapted policies, and the mean KL from the adapted policies at the current weights."""
+        last: list = [None, None]  # the point last adapted from and its adapted weights (objective, then KL)
+
+        def adapted(vector: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            if last[0] is vector and not torch.is_grad_enabled():
+                return last[1]
+            vector = vector if vector.requires_grad else vector.detach().requires_grad_(True)
+            out = []
+            with torch.enable_grad():  # the inner step differentiates, whatever the caller's mode
+                for batches in inner:
+                    fast = self.unflatten(vector)
+                    for batch in batches:
+                        fast = self.inner_update(fast, batch, create_graph=not self.first_order)
+                    out.append(fast)
+            last[:] = [vector, out]
+            return out
+
+        def flat_obs(batch: Rollouts) -> torch.Tensor:
+            return batch.obs.reshape(batch.horizon * batch.size, *batch.obs.shape[2:])
+
+        x0 = torch.cat([p.detach().reshape(-1) for p in self.parameters()])
+        advs = [advantages(b, self.discount, self.baseline, self.normalize_advantages) for b in outer]
+        with torch.no_grad():
+            old = adapted(x0)
+            old_logp = [self.log_probs(f, b).detach() for f, b in zip(old, outer)]
+            old_out = [(self._policy_output(f, flat_obs(b)).detach(), None if f.get("log_std") is None
+                        else f["log_std"].detach()) for f, b in zip(old, outer)]
+        del old
+
+        def objective(vector: torch.Tensor) -> torch.Tensor:
+            total = 0.0
+            for fast, batch, adv, logp in zip(adapted(vector), outer, advs, old_logp):
+                ratio = (self.log_probs(fast, batch) - logp).exp()
+                total = total + policy_gradient_loss(ratio, adv, batch.mask)
+            return total / len(outer)
+
+        def kl(vector: torch.Tensor) -> torch.Tensor:
+            total = 0.0
+            for fast, batch, (out0, std0) in zip(adapted(vector), outer, old_out):
+                out = self._policy_output(fast, flat_obs(batch))
+                div = kl_divergence(self.policy, out0, std0, out, fast.get("log_std"))
+                mask = batch.mask.reshape(-1)
+                total = total + (div * mask).sum() / mask.sum().clamp_min(1)
+            return total / len(outer)
+
+        return objective, kl, x0
+
+    def _trpo_loss(self, episodes: Sequence[RLTask], meta: list[torch.Tensor]):
+        """TRPO's meta-update, handed to the trainer as the gradient ``-step`` (``own_step``)."""
+        inner, outer = self.sample_meta_batch(episodes)
+        objective, kl, x0 = self.trpo_closures(inner, outer)
+        result = trpo_step(objective, kl, x0, max_kl=self.max_kl)
+        value = torch.tensor(result.objective_before, dtype=x0.dtype)
+        metrics = {"return": float(np.mean([float(b.returns().mean()) for b in outer])),
+                   "return_before": float(np.mean([float(b[0].returns().mean()) for b in inner] if self.inner_steps
+                                                  else [float(b.returns().mean()) for b in outer])),
+                   "kl": result.kl, "backtracks": float(result.backtracks)}
+        step = self.unflatten(result.step)
+        return surrogate_loss(value, meta, [-step[n] for n, _ in self.named_parameters()]), metrics
 
     def adapt_returns(self, task: RLTask, steps: int | None = None, keep: bool = False):
         """Mean return of ``task.shot`` rollouts after 0, 1, ..., ``steps`` policy-gradient

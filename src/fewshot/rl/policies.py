@@ -39,6 +39,16 @@ def sample(kind: str, out: torch.Tensor, log_std: torch.Tensor | None, generator
     return (cdf < u).sum(-1).clamp_max(out.shape[-1] - 1)
 
 
+def kl_divergence(kind: str, old: torch.Tensor, old_log_std: torch.Tensor | None, out: torch.Tensor,
+                  log_std: torch.Tensor | None) -> torch.Tensor:
+    """``KL(π_old(·|s) || π(·|s))`` per row, from the two networks' outputs (TRPO's constraint)."""
+    if kind == "gaussian":
+        var, old_var = (2 * log_std).exp(), (2 * old_log_std).exp()
+        return (log_std - old_log_std + (old_var + (old - out) ** 2) / (2 * var) - 0.5).sum(-1)
+    old_logp = torch.log_softmax(old, dim=-1)
+    return (old_logp.exp() * (old_logp - torch.log_softmax(out, dim=-1))).sum(-1)
+
+
 def entropy(kind: str, out: torch.Tensor, log_std: torch.Tensor | None) -> torch.Tensor:
     """Entropy per row (a diagnostic)."""
     if kind == "gaussian":
@@ -47,4 +57,4 @@ def entropy(kind: str, out: torch.Tensor, log_std: torch.Tensor | None) -> torch
     return -(logp.exp() * logp).sum(-1)
 
 
-__all__ = ["KINDS", "entropy", "log_prob", "sample"]
+__all__ = ["KINDS", "entropy", "kl_divergence", "log_prob", "sample"]
