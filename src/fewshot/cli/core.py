@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .output import print_json
-from .flags import add_data_flags, add_device_flags, add_episode_flags, config_from_args, dataset_options, \
-    one_line, parse_options, runtime_from_args, say_device, trainable_methods
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_head_flag, config_from_args, \
+    dataset_options, head_from_args, one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -67,71 +67,112 @@ def _config(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_source, make_sampler
-    from ..errors import StoreError
-    from ..evaluate import evaluate, record_evaluation
+    from ..errors import DataError, StoreError
+    from ..evaluate import evaluate, evaluate_head, record_evaluation
+    from ..features import FeatureCache
     from ..methods import METHODS, build_method
-    from ..runs import Protocol, Run
+    from ..models.hub import is_hub_name
+    from ..runs import Protocol, Run, features_of
 
     target = args.target
+    head, image_shape, recorded = None, None, {}
     if target in METHODS and not METHODS[target].needs_backbone:
+        if args.head:
+            raise ConfigError(f"{target} has no backbone to give a head features; name a run folder, an exported "
+                              "model or hf:PATH")
         method = build_method(target, None, **parse_options(args.option))
         dataset_name, data_options, run_dir = args.dataset or "digits", {}, None
         method_name, protocol = target, Protocol.of()
     else:
-        run = Run(target)
-        loaded = run.load(args.weights)
-        config, method, state, protocol = loaded.config, loaded.method, loaded.state, run.protocol
-        test_options = parse_options(args.option)
-        if args.inner_steps is not None:
-            test_options["inner_steps"] = args.inner_steps
-        method_name = config.method
-        if args.adapt:
-            from ..methods.transfer import adapt_method
-
-            method = adapt_method(method, args.adapt, **test_options)
-            method_name = f"{config.method}+{args.adapt}"
+        # A head reads any trained model's features (a run, an export, hf:...); a method's own
+        # adapt needs a run folder, whose missing state is the message a wrong path gets.
+        opened = Run.open(target) if args.head or is_hub_name(target) else Run(target)
+        head = head_from_args(args, getattr(opened, "default_head", None))
+        if head is not None and (args.adapt or args.inner_steps is not None):
+            raise ConfigError("--head classifies with a head on the backbone's features, in place of the method's "
+                              "own adaptation: drop --adapt and --inner-steps")
+        loaded = opened.load(args.weights)
+        if head is not None:
+            backbone, preprocessing, label, folder = features_of(loaded)
+            method, method_name = None, f"{label}+{head.name}"
+            recorded = {"head": head.name, "head_options": head.get_params(), "backbone": str(target)}
+            if not args.head:
+                note(args, f"no --head given: classifying with {head.name} "
+                           f"({', '.join(f'{k}={v}' for k, v in head.get_params().items())}) on {target}'s features")
+        config = getattr(loaded, "config", None)
+        if config is None:  # a Hugging Face backbone: no data of its own, its preprocessing takes any images
+            if not args.dataset:
+                raise ConfigError(f"say which dataset to evaluate {target} on: --dataset D (`fewshot data list`)")
+            dataset_name, data_options, run_dir = args.dataset, {}, str(folder.resolve())
+            protocol = opened.protocol
         else:
-            method.set_test_options(**test_options)
-        dataset_name, data_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
-        if args.dataset and args.dataset != config.dataset:
-            dataset_name, data_options = args.dataset, {}
-            if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
-                data_options = {"channels": state["image_shape"][0], "image_size": state["image_shape"][-1]}
+            if head is None:
+                method = loaded.method
+                test_options = parse_options(args.option)
+                if args.inner_steps is not None:
+                    test_options["inner_steps"] = args.inner_steps
+                method_name = config.method
+                if args.adapt:
+                    from ..methods.transfer import adapt_method
+
+                    method = adapt_method(method, args.adapt, **test_options)
+                    method_name = f"{config.method}+{args.adapt}"
+                else:
+                    method.set_test_options(**test_options)
+            image_shape = list(loaded.image_shape)
+            dataset_name, data_options = config.dataset, config.dataset_options
+            run_dir = str(Path(target).resolve())
+            protocol = Protocol.of(config)
+            if args.dataset and args.dataset != config.dataset:
+                dataset_name, data_options = args.dataset, {}
+                if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
+                    data_options = {"channels": image_shape[0], "image_size": image_shape[-1]}
     data_options = dataset_options(args, data_options)  # recorded as used, so suites compare
     dataset = load_source(dataset_name, args.data_root, **data_options)
-    if run_dir is not None and dataset is not None and list(dataset.image_shape) != list(state["image_shape"]):
-        from ..errors import DataError
-
-        channels, size = state["image_shape"][0], state["image_shape"][-1]
+    if image_shape is not None and dataset is not None and list(dataset.image_shape) != image_shape:
+        channels, size = image_shape[0], image_shape[-1]
         fix = f"--image-size {size}" + (f" --channels {channels}" if dataset_name == "folder" else "")
-        raise DataError(f"{target} takes {'x'.join(map(str, state['image_shape']))} inputs, but {dataset_name} gives "
+        raise DataError(f"{target} takes {'x'.join(map(str, image_shape))} inputs, but {dataset_name} gives "
                         f"{'x'.join(map(str, dataset.image_shape))}; pass {fix}")
-    # The flags given, over the run's own protocol (an untrained method's: the defaults).
+    # The flags given, over the model's own protocol (an untrained method's: the defaults).
     protocol = protocol.given(way=args.way, shot=args.shot, query=args.query, seed=args.seed, episodes=args.episodes)
     seed = protocol.seed
     sampler = make_sampler(dataset_name, dataset, args.eval_split, protocol.way, protocol.shot, protocol.query,
                            seed=seed, within_groups=args.within_groups)
     runtime = runtime_from_args(args, kind=sampler, what=dataset_name)
     start_cpu = time.process_time()
-    result = evaluate(method, sampler, protocol.episodes, progress=not args.quiet, device=runtime.device,
-                      precision=runtime.precision)
+    if head is None:
+        result = evaluate(method, sampler, protocol.episodes, progress=not args.quiet, device=runtime.device,
+                          precision=runtime.precision)
+    else:
+        result = evaluate_head(head, backbone, sampler, protocol.episodes, preprocessing=preprocessing,
+                               cache=FeatureCache.from_env(), progress=not args.quiet, device=runtime.device,
+                               precision=runtime.precision)
+        if result.base_features:
+            note(args, f"{head.name} centres on the {result.base_features}")
     cpu = time.process_time() - start_cpu
     record_error = None
     try:
         record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split,
                           seed=seed, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
-                          config={"dataset_options": data_options, "weights": args.weights,
+                          config={"dataset_options": data_options, "weights": args.weights, **recorded,
                                   **({"within_groups": True} if args.within_groups else {})})
     except StoreError as e:  # the result is printed all the same
         record_error = str(e)
     if args.json:
         print_json({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
-                          **({"within_groups": True} if args.within_groups else {}),
-                          **result.to_dict(per_episode=args.per_episode)})
+                    **({"within_groups": True} if args.within_groups else {}),
+                    **result.to_dict(per_episode=args.per_episode)})
     else:
         print(result.summary() + ("; each episode within one group" if args.within_groups else ""))
     say_device(args, runtime)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
+
+
+def note(args: argparse.Namespace, message: str) -> None:
+    """A line on stderr saying what a command chose or used, unless ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        print(one_line(f"fewshot: {message}"), file=sys.stderr)
 
 
 def _recording_failed(error: str | None, how: str) -> int:
@@ -181,6 +222,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
+    transductive = False
     for r in rows:
         m = r["metrics"]
         if r["kind"] == "evaluate" and m.get("metric") == "return":
@@ -189,6 +231,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             result = f"mse {m['mse']:.3g} ± {m['ci95']:.2g} {m['shot']}s"
         elif r["kind"] == "evaluate":
             result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
+            if m.get("transductive"):  # its number depends on the queries per class: say how many
+                result += f" T{m['query']}q"
+                transductive = True
         elif m.get("val_mse") is not None:
             result = f"val mse {m['val_mse']:.3g} ({m['steps']} st)"
         elif m.get("val_accuracy") is not None:
@@ -198,6 +243,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
                       " ".join(f"{k}={v:.3g}" for k, v in m.items() if isinstance(v, (int, float)))[:24])
         print(f"{r['id']:4d}  {r['kind']:10s} {r['created'][:19]:19s} {r['method'] or '':10s} "
               f"{r['dataset'] or '':9s} {result:24s} {r['run_dir'] or ''}")
+    if transductive:
+        print("T<N>q: a transductive result: each episode's queries, N per class, were predicted together; "
+              "it is not comparable as it stands with an inductive one")
     return 0
 
 
@@ -314,7 +362,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm)")
+    p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm); with --head also "
+                   "an exported model or a Hugging Face backbone hf:<folder or hub id> (its default head: "
+                   "simpleshot)")
     add_data_flags(p, default_dataset=None)
     add_episode_flags(p, train=False)
     p.add_argument("--episodes", type=int, help="test episodes (default 600)")
@@ -329,8 +379,9 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt", metavar="STRATEGY",
                    help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
                         "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")
+    add_head_flag(p, "the run's backbone (or the Hugging Face model's)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="test-time method option, e.g. inner_steps=10")
+                   help="test-time method option, e.g. inner_steps=10; with --head, a head option, e.g. norm=L2N")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
