@@ -249,14 +249,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(cls) -> dict[str, dict]:
-    """A method's options (:func:`~fewshot.methods.method_options`) as ``{name: {"default",
-    "required", "type", "constraint"}}``: the constructor's signature and the class's
-    declared constraints (in words; None where it declares none)."""
-    from ..methods import method_options
+def _options(cls, signature_options=None) -> dict[str, dict]:
+    """A method's (or head's) options as ``{name: {"default", "required", "type",
+    "constraint"}}``: the constructor's signature (``signature_options``, default
+    :func:`~fewshot.methods.method_options`) and the class's declared constraints (in
+    words; None where it declares none)."""
+    if signature_options is None:
+        from ..methods import method_options as signature_options
 
     options = {}
-    for name, p in method_options(cls).items():
+    for name, p in signature_options(cls).items():
         annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
         constraint = cls._parameter_constraints.get(name)
         options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
@@ -305,6 +307,31 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print(f"  options (-o KEY=VALUE), with defaults (auto: the method chooses): {text}")
         else:
             print("  options: none")
+    return 0
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    """``fewshot heads [NAME]``: the test-time heads, whether each is transductive, their options."""
+    from ..heads import HEADS, head_options
+
+    names = [args.name] if args.name else HEADS.names()
+    described = []
+    for name in names:
+        cls = HEADS[name]  # an unknown name: the registry's one line, with the closest known one
+        doc = inspect.getdoc(cls) or ""
+        described.append({"name": name, "summary": " ".join(doc.split("\n\n")[0].split()),
+                          "transductive": cls.transductive, "uses_base_features": cls.uses_base_features,
+                          "options": _options(cls, head_options)})
+    if args.json:
+        print_json(described, default=str)
+        return 0
+    for d in described:
+        kind = "transductive (sees all queries of an episode at once)" if d["transductive"] else "inductive"
+        print(f"{d['name']}: {kind}")
+        print(f"  {d['summary'] if args.name else d['summary'].split('. ')[0].rstrip('.') + '.'}")
+        for k, o in d["options"].items():
+            default = "auto" if o["default"] is None else json.dumps(o["default"], default=str)
+            print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
     return 0
 
 
@@ -413,6 +440,12 @@ def _runs_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_runs)
 
 
+def _heads_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="one head (default: every one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_heads)
+
+
 def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", choices=["digits", "omniglot"], help="digits (offline default) or omniglot")
     p.add_argument("--data-root", help="data root for omniglot")
@@ -432,7 +465,7 @@ def _methods_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    """Add ``train``, ``evaluate``, ``methods``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
+    """Add ``train``, ``evaluate``, ``methods``, ``heads``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
     sub.add_parser("train", help="meta-train a method on episodes", build=_train_flags,
                    description="Meta-train METHOD on episodes of a dataset, validating on its val split "
                    "and keeping the best checkpoint. Settings: defaults < --config < flags.")
@@ -442,6 +475,9 @@ def register(sub) -> None:
     sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
                    build=_methods_flags, description="Every registered method: what it does, whether it is "
                    "meta-trained, and its options with their defaults, read from the method's constructor.")
+    sub.add_parser("heads", help="the test-time heads (evaluate --head H) and their options (-o KEY=VALUE)",
+                   build=_heads_flags, description="Every registered head on features: whether it is transductive, "
+                   "and its options with their defaults, read from the head's constructor.")
     sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
     sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
     sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",

@@ -41,7 +41,7 @@ from ..registry import Registry
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 #: Every head by name (filled by :func:`register_head` where each head is defined).
-HEADS: Registry[type["Head"]] = Registry("head", "choose one with --head NAME (options with -o KEY=VALUE)")
+HEADS: Registry[type["Head"]] = Registry("head", "`fewshot heads` describes them")
 
 
 class Head:
@@ -159,7 +159,7 @@ def build_head(name: str, **options) -> Head:
     """The head ``name`` with ``options``; an unknown name (the registry's message) or
     option, or a value an option cannot hold, is a one-line :class:`ConfigError`."""
     cls = HEADS[name]
-    check_known(f"head '{name}'", options, head_options(cls), how=" (`fewshot heads` gives their defaults)")
+    check_known(f"head '{name}'", options, head_options(cls), how=f" (`fewshot heads {name}` gives their defaults)")
     return cls(**options)
 
 
