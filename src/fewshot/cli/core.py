@@ -96,9 +96,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             backbone, preprocessing, label, folder = features_of(loaded)
             method, method_name = None, f"{label}+{head.name}"
             recorded = {"head": head.name, "head_options": head.get_params(), "backbone": str(target)}
-            if not args.head:
-                note(args, f"no --head given: classifying with {head.name} "
-                           f"({', '.join(f'{k}={v}' for k, v in head.get_params().items())}) on {target}'s features")
         config = getattr(loaded, "config", None)
         if config is None:  # a Hugging Face backbone: no data of its own, its preprocessing takes any images
             if not args.dataset:
@@ -145,6 +142,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(method, sampler, protocol.episodes, progress=not args.quiet, device=runtime.device,
                           precision=runtime.precision)
     else:
+        if not args.head:  # said once the evaluation is certain to start, so that an error stays one line
+            note(args, f"no --head given: classifying with {head.name} "
+                       f"({', '.join(f'{k}={v}' for k, v in head.get_params().items())}) on {target}'s features")
         result = evaluate_head(head, backbone, sampler, protocol.episodes, preprocessing=preprocessing,
                                cache=FeatureCache.from_env(), progress=not args.quiet, device=runtime.device,
                                precision=runtime.precision)
