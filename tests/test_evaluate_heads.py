@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fewshot
+from fewshot.advise import advise_from_records, collect_evidence
 from fewshot.cli import main
 from fewshot.config import TrainConfig
 from fewshot.data import EpisodeSampler
@@ -157,6 +158,12 @@ def test_a_transductive_head_on_a_trained_run_is_marked_everywhere(run_dir, tmp_
     assert listing[1].split()[3] == "protonet" and "T3q" not in listing[1]
     assert listing[2].split()[3] == "protonet+tim" and "4w2s T3q" in listing[2]
     assert listing[-1].startswith("T<N>q: a transductive result") and "not comparable" in listing[-1]
+
+    # Advice from the records names the head as a head and says the comparison is not like for like.
+    evidence = collect_evidence(RunStore(runs))
+    assert sorted(e.label for e in evidence) == ["protonet", "protonet+head tim"]
+    advice = advise_from_records(evidence[0].setting, evidence)
+    assert any("is transductive" in r and "not a like-for-like comparison" in r for r in advice.reasons)
 
     # The report's comparison of the two (one suite) says that it is not like for like.
     for r in rows:
