@@ -471,7 +471,8 @@ def register(sub) -> None:
                    "and keeping the best checkpoint. Settings: defaults < --config < flags.")
     sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes", build=_evaluate_flags,
                    description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
-                   "on a fixed, seeded suite of test episodes.")
+                   "on a fixed, seeded suite of test episodes; with --head, a test-time head on the features of a "
+                   "run, an exported model or a Hugging Face backbone (hf:PATH), each image embedded once.")
     sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
                    build=_methods_flags, description="Every registered method: what it does, whether it is "
                    "meta-trained, and its options with their defaults, read from the method's constructor.")
