@@ -20,6 +20,7 @@ from fewshot import registry
 from fewshot.data import DATASETS, TASK_FAMILIES, load_dataset, make_sampler
 from fewshot.data.tasks import backbone_defaults, check_family_options, input_shape, method_defaults
 from fewshot.errors import ConfigError
+from fewshot.heads import HEADS, build_head, head_options
 from fewshot.methods import METHODS, build_method, method_options
 from fewshot.models import MLP, BACKBONES, Conv4, build_backbone
 from fewshot.models.backbones import backbone_options
@@ -82,7 +83,8 @@ def test_every_registry_refuses_a_second_object_under_a_taken_name_and_suggests_
         register(MLP)
     for table, taken, typo, hint in [(BACKBONES, "conv4", "conv5", "conv4"), (DATASETS, "digits", "digit", "digits"),
                                      (TASK_FAMILIES, "sinusoid", "sinusoids", "sinusoid"),
-                                     (SCORES, "logme", "logm", "logme"), (METHODS, "protonet", "protnet", "protonet")]:
+                                     (SCORES, "logme", "logm", "logme"), (METHODS, "protonet", "protnet", "protonet"),
+                                     (HEADS, "simpleshot", "simpleshots", "simpleshot")]:
         with pytest.raises(ConfigError, match="already registered"):
             table.register(taken, object())
         with pytest.raises(ConfigError) as error:
@@ -94,6 +96,8 @@ def test_every_registry_refuses_a_second_object_under_a_taken_name_and_suggests_
         build_backbone("conv5", (1, 28, 28))
     with pytest.raises(ConfigError, match="unknown dataset 'digit' .did you mean 'digits'.."):
         load_dataset("digit")
+    with pytest.raises(ConfigError, match="unknown head 'tim2' .did you mean 'tim'..; choose one of: bdcspn, "):
+        build_head("tim2")
     with pytest.raises(ConfigError, match="unknown score 'logm' .did you mean 'logme'.."):
         compute_scores(np.zeros((4, 2)), np.array([0, 0, 1, 1]), names=["logm"])
 
@@ -217,6 +221,25 @@ def test_every_backbone_declares_its_options_once(name):
     with pytest.raises(ConfigError) as error:
         build_backbone(name, (1, 28, 28), no_such_option=1)
     assert "has no option 'no_such_option'" in one_line(error)
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_head_declares_its_options_once(name):
+    cls = HEADS[name]
+    options = head_options(cls)
+    check_declaration(name, options, cls._parameter_constraints)
+    head = build_head(name)
+    params = head.get_params()
+    assert set(params) == set(options) and params == {k: p.default for k, p in options.items()}
+    assert cls(**params).get_params() == params == head.options()  # get_params() round-trips
+    assert json.loads(json.dumps(params)) == params  # what a result records is JSON
+    for option in cls._parameter_constraints:
+        with pytest.raises(ConfigError) as error:
+            build_head(name, **{option: UNACCEPTABLE})
+        assert f"head '{name}' '{option}' must be " in one_line(error) and "got {1, 2}" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        build_head(name, no_such_option=1)
+    assert f"head '{name}' has no option 'no_such_option'" in one_line(error)
 
 
 @pytest.mark.parametrize("name", DATASETS.names())

@@ -95,6 +95,7 @@ class Evidence:
     episodes: int
     distance: float = math.nan
     per_episode: list[float] | None = field(default=None, repr=False)
+    transductive: bool = False
 
     @property
     def label(self) -> str:
@@ -194,6 +195,8 @@ def collect_evidence(store: RunStore, data_root: str | Path | None = None) -> li
         if not way or not shot:
             continue
         method, _, strategy = (r["method"] or "?").partition("+")
+        if m.get("head"):  # a test-time head on the model's features (evaluate --head), not a transfer strategy
+            strategy = f"head {m['head']}"
         config = _run_config(r["run_dir"], train_configs)
         classes = per_class = None
         cross = False
@@ -205,7 +208,7 @@ def collect_evidence(store: RunStore, data_root: str | Path | None = None) -> li
         out.append(Evidence(r["id"], method, strategy or None, r["dataset"], suite,
                             Setting(int(way), int(shot), classes, per_class, cross), float(accuracy),
                             float(m.get("ci95") or math.nan), int(m.get("episodes") or 0),
-                            per_episode=m.get("per_episode")))
+                            per_episode=m.get("per_episode"), transductive=bool(m.get("transductive"))))
     return out
 
 
@@ -250,6 +253,10 @@ def advise_from_records(setting: Setting, evidence: list[Evidence]) -> Advice | 
                            f"{winner.episodes} identical episodes ({verdict} difference)")
         else:
             reasons.append(f"{winner.label} beat {runner.label} by {winner.accuracy - runner.accuracy:+.1f} points")
+        if winner.transductive != runner.transductive:
+            which = winner.label if winner.transductive else runner.label
+            reasons.append(f"{which} is transductive (it predicts each episode's queries together), the other is "
+                           f"not: not a like-for-like comparison")
     compared = [s for s in best if len(best[s]) > 1 and any(e.label == winner.label for e in best[s])]
     if len(compared) > 1:
         wins = sum(best[s][0].label == winner.label for s in compared)

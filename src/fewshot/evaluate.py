@@ -20,12 +20,27 @@ every device. ``precision="bf16"``/``"fp16"`` runs adaptation and prediction und
 autocast (:mod:`fewshot.devices`); scores are computed in float32. Gradient-based
 adaptation (fine-tuning, MAML's inner loop) gets no loss scaling at test time, so
 prefer bf16 to fp16 for those.
+
+**Heads on features.** :func:`evaluate_head` runs the same suite with a test-time head
+(:mod:`fewshot.heads`) on a frozen backbone's features instead of a method's own
+``adapt``: the images of the split are embedded once (:func:`fewshot.features.embed`,
+content-keyed, so a feature cache makes a second evaluation free) and each episode
+indexes their features, exactly the images :meth:`EpisodeSampler.episode` would give.
+
+**Transductive results are marked.** A result is ``transductive`` when one query's
+prediction depends on the other queries of its episode: a transductive head (it is fitted
+on all queries at once), or a method that normalises the query batch with its own
+statistics (``test_mode == "train"`` with BatchNorm layers: MAML's convention). Such
+results depend on the queries per class (``query``, recorded with every result) and are
+not comparable with inductive ones as they stand; results, JSON, the run store and the
+report say which they are.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,12 +48,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from .progress import bar as progress_bar
 
 from . import devices
 from .config import DEFAULT_PRECISION
+from .data.base import to_float_images
+from .data.episodes import EpisodeSampler
 from .data.tasks import Sampler
 from .errors import ConfigError, TrainingError
+from .features import FeatureCache, embed
+from .heads import Head, run_head
 from .methods.base import Method
 from .metrics import confidence_interval
 from .params import MAX_EPISODES
@@ -64,6 +85,14 @@ class EvalResult:
     precision: str = DEFAULT_PRECISION
     #: Peak memory of the evaluation in MB (see :func:`fewshot.devices.peak_memory` for what is measured).
     peak_memory_mb: float | None = None
+    #: The test-time head on features (:func:`evaluate_head`) and its options; None: the method's own adapt.
+    head: str | None = None
+    head_options: dict | None = None
+    #: Whether a query's prediction depended on the episode's other queries (see the module docstring).
+    transductive: bool = False
+    #: What a head that centres on base-class features was given (``"train split, N images"``,
+    #: or the fallback it used); None for a head that takes none.
+    base_features: str | None = None
 
     @property
     def episodes(self) -> int:
@@ -110,7 +139,17 @@ class EvalResult:
             return (f"mse {self.value:.4g} ± {self.ci95:.2g} "
                     f"({self.episodes} episodes, {self.shot}-shot regression, {self.query} query points)")
         return (f"accuracy {self.accuracy:.1f} ± {self.ci95:.1f} % "
-                f"({self.episodes} episodes, {self.way}-way {self.shot}-shot)")
+                f"({self.episodes} episodes, {self.way}-way {self.shot}-shot){self.inference()}")
+
+    def inference(self) -> str:
+        """What the summary adds about the head and transduction ("" for an inductive method's own adapt)."""
+        parts = [f"head {self.head}"] if self.head else []
+        if self.transductive:
+            parts.append(f"transductive: each episode's {self.way * self.query} queries ({self.query} per class) "
+                         f"predicted together")
+        elif self.head:
+            parts.append("inductive")
+        return "; " + ", ".join(parts) if parts else ""
 
     def to_dict(self, per_episode: bool = False) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("scores", "per_step")}
@@ -135,10 +174,7 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     The query set is predicted without gradients; methods whose ``adapt`` needs
     gradients (fine-tuning, MAML) enable them inside ``adapt`` themselves.
     """
-    if episodes < 1:
-        raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
-    if episodes > MAX_EPISODES:  # checked before the scores array (and the suite) is allocated
-        raise ConfigError(f"evaluation runs at most {MAX_EPISODES:,} episodes, got {episodes:,}")
+    _check_count(episodes)
     kind = task_kind(sampler)
     if task_kind(method) is not kind:
         raise ConfigError(f"{method.name} was built for {method.task}, but these episodes are {kind.name} tasks")
@@ -156,6 +192,7 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     # method whose weights live on another device.
     model = copy.deepcopy(method) if method.test_mode == "train" or here != device else method
     model.to(device)
+    transductive = batch_statistics(model)
     was_training = method.training
     devices.reset_peak_memory(device)
     model.train(method.test_mode == "train")
@@ -181,7 +218,132 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     peak, _ = devices.peak_memory(device)
     return EvalResult(scores, sampler.way, sampler.shot, sampler.query, time.perf_counter() - start, metric,
                       device=str(device), precision=precision,
-                      peak_memory_mb=None if peak is None else round(peak / 2**20, 1))
+                      peak_memory_mb=None if peak is None else round(peak / 2**20, 1), transductive=transductive)
+
+
+def batch_statistics(method: Method) -> bool:
+    """Whether ``method`` normalises each test batch with its own statistics (``test_mode``
+    "train" and a BatchNorm layer), which makes its query predictions transductive."""
+    return method.test_mode == "train" and any(
+        isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in method.modules())
+
+
+class MethodFeatures(nn.Module):
+    """A trained method's feature extractor (:meth:`Method.features`) as a module for
+    :func:`evaluate_head`; evaluated in eval mode, so BatchNorm uses its running statistics."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.features(x)
+
+
+class StoredImages:
+    """The preprocessing of a dataset's images as its episodes give them (uint8 pixels to
+    floats in [0, 1], nothing else): what a run trained on the dataset takes."""
+
+    def to_dict(self) -> dict:
+        return {"stored_images": "uint8/255"}
+
+    def prepare(self, images) -> torch.Tensor:
+        return to_float_images(torch.stack(list(images)))
+
+
+def class_images(dataset, classes) -> np.ndarray:
+    """The dataset indices of every image of ``classes``, class by class."""
+    return np.concatenate([np.arange(dataset.class_offsets[c], dataset.class_offsets[c] + dataset.class_counts[c])
+                           for c in classes]).astype(np.int64)
+
+
+def evaluate_head(head: Head, backbone: nn.Module, sampler: EpisodeSampler, episodes: int = 600, *,
+                  preprocessing=None, base_split: str | None = "train", cache: FeatureCache | None = None,
+                  progress: bool = True, desc: str = "evaluating", device: str | torch.device | None = None,
+                  precision: str = DEFAULT_PRECISION, batch_size: int = 64) -> EvalResult:
+    """Accuracy of ``head`` on the features ``backbone`` gives, on episodes ``0 .. episodes-1``
+    of ``sampler``: the same suite (and CI) :func:`evaluate` scores a method on.
+
+    ``backbone`` maps prepared images to ``(n, d)`` features (a Hugging Face backbone,
+    or :class:`MethodFeatures` of a trained method); ``preprocessing`` prepares the
+    dataset's images for it (a Hugging Face model's own, or None: :class:`StoredImages`).
+    Every image of the sampler's classes is embedded once, on ``device`` in ``precision``
+    (``cache``: a :class:`~fewshot.features.FeatureCache` to reuse across calls; progress
+    on stderr), then each episode indexes the features. A head that centres on the
+    base classes (SimpleShot's CL2N) is given the mean feature of the dataset's
+    ``base_split`` when it has one (other than the evaluated split), else it centres on
+    each episode's support; ``base_features`` of the result says which. Heads work on
+    float32 features on ``device``.
+    """
+    if not isinstance(head, Head):
+        raise ConfigError(f"evaluate_head needs a head (fewshot.heads.build_head), got {type(head).__name__}")
+    if not isinstance(sampler, EpisodeSampler):
+        raise ConfigError("a head classifies images: evaluate it on a dataset's episodes (an EpisodeSampler), "
+                          f"not on {type(sampler).__name__} tasks")
+    _check_count(episodes)
+    device = devices.module_device(backbone) if device is None else devices.resolve(device)
+    devices.check_precision(precision, device)
+    preprocessing = StoredImages() if preprocessing is None else preprocessing
+    cache = FeatureCache(max_bytes=0) if cache is None else cache
+    here = devices.module_device(backbone)
+    backbone = backbone if here == device else copy.deepcopy(backbone).to(device)
+    dataset = sampler.dataset
+    start = time.perf_counter()
+    devices.reset_peak_memory(device)
+
+    def features_of(indices: np.ndarray, what: str) -> torch.Tensor:
+        if progress:
+            print(f"fewshot: embedding {len(indices)} images of {dataset.name} {what} once", file=sys.stderr)
+        with devices.autocast(device, precision):
+            images = list(dataset.images[torch.from_numpy(indices)])
+            return embed(backbone, images, preprocessing, cache=cache, batch_size=batch_size, progress=progress)
+
+    indices = class_images(dataset, sampler.classes)
+    features = features_of(indices, f"split '{sampler.split or 'all'}'").to(device)
+    if not torch.isfinite(features).all():
+        raise TrainingError("the backbone gave non-finite features (NaN or infinite); its weights are unusable")
+    row = np.full(len(dataset.images), -1, dtype=np.int64)
+    row[indices] = np.arange(len(indices))
+    base_note = None
+    if head.needs_base_features():
+        base_classes = dataset.splits.get(base_split) if base_split else None
+        if base_classes and set(base_classes).isdisjoint(sampler.classes.tolist()):
+            base = class_images(dataset, base_classes)
+            head.fit_base(features_of(base, f"split '{base_split}' (the base classes)").to(device))
+            base_note = f"mean feature of {dataset.name} split '{base_split}' ({len(base)} images)"
+        else:  # no base classes apart from the evaluated ones: SimpleShot's fallback
+            base_note = "each episode's support mean (no training split apart from the evaluated classes)"
+    way, shot = sampler.way, sampler.shot
+    support_y = torch.arange(way, device=device).repeat_interleave(shot)
+    query_y = torch.arange(way, device=device).repeat_interleave(sampler.query)
+    scores = np.empty(episodes, dtype=np.float64)
+    kind = task_kind(sampler)
+    with progress_bar(episodes, desc=desc, unit="episode", enabled=progress, leave=False) as bar:
+        for i in range(episodes):
+            _, index = sampler.indices(i)  # the images EpisodeSampler.episode(i) gathers, in its order
+            support = features[torch.from_numpy(row[index[:, :shot].ravel()]).to(device)]
+            query = features[torch.from_numpy(row[index[:, shot:].ravel()]).to(device)]
+            with torch.no_grad():
+                logits = run_head(head, support, support_y, way, query)
+            if not torch.isfinite(logits).all():
+                raise TrainingError(f"head '{head.name}' gave non-finite logits (NaN or infinite) on episode {i}; "
+                                    "change its options (-o) or the backbone")
+            scores[i] = kind.score(logits.float(), query_y)
+            bar.update()
+            if i % 20 == 19:
+                bar.set_postfix({"acc": format(scores[: i + 1].mean(), ".1f")})
+    peak, _ = devices.peak_memory(device)
+    return EvalResult(scores, way, shot, sampler.query, time.perf_counter() - start, kind.metric,
+                      device=str(device), precision=precision,
+                      peak_memory_mb=None if peak is None else round(peak / 2**20, 1), head=head.name,
+                      head_options=head.get_params(), transductive=head.transductive, base_features=base_note)
+
+
+def _check_count(episodes: int) -> None:
+    if episodes < 1:
+        raise ConfigError(f"evaluation needs at least one episode, got {episodes}")
+    if episodes > MAX_EPISODES:  # checked before the scores array (and the suite) is allocated
+        raise ConfigError(f"evaluation runs at most {MAX_EPISODES:,} episodes, got {episodes:,}")
 
 
 def _evaluate_returns(method: Method, sampler: Sampler, episodes: int, progress: bool, desc: str) -> EvalResult:

@@ -47,18 +47,18 @@ from torch import nn
 from . import __version__, devices
 from .calibration import calibrate, calibration_sampler
 from .config import TrainConfig
-from .data import IN_MEMORY, ClassDataset, load_dataset, load_source
+from .data import ClassDataset, load_dataset, load_source
 from .data.augment import augment_batch, augmentable
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
 from .distributed import from_environment
 from .errors import CheckpointError, ConfigError, DataError, StoreError, TrainingError
-from .images import Preprocessing
 from .evaluate import evaluate
 from .methods import resolved_options
 from .memory import check_batch_data_fits, check_step_fits
 from .progress import bar as progress_bar, status
-from .runs import CUSTOM_BACKBONE, Run, build_model, describe_module, load_weights, model_tensors
+from .runs import Run, build_model, load_weights, model_tensors
 from .runs.checkpoint import optimizer_checkpoint, restore_optimizer
+from .runs.inputs import describe_data, describe_inputs, preprocessing_of
 from .runtime import Runtime, resolve_runtime
 from .store import RunStore, record_run
 from .taskkind import kind_of_metric
@@ -66,43 +66,6 @@ from .taskkind import kind_of_metric
 LOG_EVERY = 50
 #: Episodes the temperature of probabilities is fitted on at the end of training.
 CALIBRATION_EPISODES = 100
-
-
-def describe_inputs(config: TrainConfig, dataset: ClassDataset | None, backbone: nn.Module | None) -> TrainConfig:
-    """``config`` saying what is really trained: the dataset passed in (loaded by name:
-    that name and its options; in memory: ``memory:NAME``, which cannot be loaded again
-    by name) and the backbone module passed in (``custom``, with its class recorded)."""
-    changes: dict = {}
-    if dataset is not None:
-        if dataset.origin is not None:
-            changes.update(dataset=dataset.origin["name"], dataset_options=dict(dataset.origin["options"]))
-        else:
-            changes.update(dataset=f"{IN_MEMORY}{dataset.name}", dataset_options={})
-    if backbone is not None:
-        changes.update(backbone=CUSTOM_BACKBONE, backbone_options=describe_module(backbone))
-    return dataclasses.replace(config, **changes) if changes else config
-
-
-def describe_data(config: TrainConfig, dataset: ClassDataset | None) -> dict:
-    """The record of what a run trained on (its state's ``data``)."""
-    if dataset is None:
-        return {"name": config.dataset, "generated": True}
-    return {"name": config.dataset, "in_memory": dataset.origin is None, "options": config.dataset_options,
-            "classes": dataset.num_classes, "images": int(len(dataset.images)),
-            "image_shape": list(dataset.image_shape),
-            "splits": {name: len(classes) for name, classes in dataset.splits.items()}}
-
-
-def preprocessing_of(dataset: ClassDataset) -> Preprocessing:
-    """What the model's inputs look like: uint8 images become [0, 1]; float arrays keep
-    their own range (recorded, so new inputs can be checked against it)."""
-    c, h, w = dataset.image_shape
-    if dataset.images.dtype == torch.uint8:
-        return Preprocessing(c, h, w)
-    lo, hi = float(dataset.images.min()), float(dataset.images.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return Preprocessing(c, h, w)
-    return Preprocessing(c, h, w, (lo, hi if hi > lo else lo + 1.0))
 
 
 @dataclass

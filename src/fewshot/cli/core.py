@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .output import plain_text, print_json
-from .flags import add_data_flags, add_device_flags, add_episode_flags, add_quiet_flag, config_from_args, dataset_options, \
-    one_line, parse_options, runtime_from_args, say_device, trainable_methods
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_head_flag, add_quiet_flag, \
+    config_from_args, dataset_options, head_from_args, one_line, parse_options, runtime_from_args, say_device, \
+    trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -71,71 +72,112 @@ def _config(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_source, make_sampler
-    from ..errors import StoreError
-    from ..evaluate import evaluate, record_evaluation
+    from ..errors import DataError, StoreError
+    from ..evaluate import evaluate, evaluate_head, record_evaluation
+    from ..features import FeatureCache
     from ..methods import METHODS, build_method
-    from ..runs import Protocol, Run
+    from ..models.hub import is_hub_name
+    from ..runs import Protocol, Run, features_of
 
     target = args.target
+    head, image_shape, recorded = None, None, {}
     if target in METHODS and not METHODS[target].needs_backbone:
+        if args.head:
+            raise ConfigError(f"{target} has no backbone to give a head features; name a run folder, an exported "
+                              "model or hf:PATH")
         method = build_method(target, None, **parse_options(args.option))
         dataset_name, data_options, run_dir = args.dataset or "digits", {}, None
         method_name, protocol = target, Protocol.of()
     else:
-        run = Run(target)
-        loaded = run.load(args.weights)
-        config, method, state, protocol = loaded.config, loaded.method, loaded.state, run.protocol
-        test_options = parse_options(args.option)
-        if args.inner_steps is not None:
-            test_options["inner_steps"] = args.inner_steps
-        method_name = config.method
-        if args.adapt:
-            from ..methods.transfer import adapt_method
-
-            method = adapt_method(method, args.adapt, **test_options)
-            method_name = f"{config.method}+{args.adapt}"
+        # A head reads any trained model's features (a run, an export, hf:...); a method's own
+        # adapt needs a run folder, whose missing state is the message a wrong path gets.
+        opened = Run.open(target) if args.head or is_hub_name(target) else Run(target)
+        head = head_from_args(args, getattr(opened, "default_head", None))
+        if head is not None and (args.adapt or args.inner_steps is not None):
+            raise ConfigError("--head classifies with a head on the backbone's features, in place of the method's "
+                              "own adaptation: drop --adapt and --inner-steps")
+        loaded = opened.load(args.weights)
+        if head is not None:
+            backbone, preprocessing, label, folder = features_of(loaded)
+            method, method_name = None, f"{label}+{head.name}"
+            recorded = {"head": head.name, "head_options": head.get_params(), "backbone": str(target)}
+        config = getattr(loaded, "config", None)
+        if config is None:  # a Hugging Face backbone: no data of its own, its preprocessing takes any images
+            if not args.dataset:
+                raise ConfigError(f"say which dataset to evaluate {target} on: --dataset D (`fewshot data list`)")
+            dataset_name, data_options, run_dir = args.dataset, {}, str(folder.resolve())
+            protocol = opened.protocol
         else:
-            method.set_test_options(**test_options)
-        dataset_name, data_options, run_dir = config.dataset, config.dataset_options, str(Path(target).resolve())
-        if args.dataset and args.dataset != config.dataset:
-            dataset_name, data_options = args.dataset, {}
-            if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
-                data_options = {"channels": state["image_shape"][0], "image_size": state["image_shape"][-1]}
+            if head is None:
+                method = loaded.method
+                test_options = parse_options(args.option)
+                if args.inner_steps is not None:
+                    test_options["inner_steps"] = args.inner_steps
+                method_name = config.method
+                if args.adapt:
+                    from ..methods.transfer import adapt_method
+
+                    method = adapt_method(method, args.adapt, **test_options)
+                    method_name = f"{config.method}+{args.adapt}"
+                else:
+                    method.set_test_options(**test_options)
+            image_shape = list(loaded.image_shape)
+            dataset_name, data_options = config.dataset, config.dataset_options
+            run_dir = str(Path(target).resolve())
+            protocol = Protocol.of(config)
+            if args.dataset and args.dataset != config.dataset:
+                dataset_name, data_options = args.dataset, {}
+                if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
+                    data_options = {"channels": image_shape[0], "image_size": image_shape[-1]}
     data_options = dataset_options(args, data_options)  # recorded as used, so suites compare
     dataset = load_source(dataset_name, args.data_root, **data_options)
-    if run_dir is not None and dataset is not None and list(dataset.image_shape) != list(state["image_shape"]):
-        from ..errors import DataError
-
-        channels, size = state["image_shape"][0], state["image_shape"][-1]
+    if image_shape is not None and dataset is not None and list(dataset.image_shape) != image_shape:
+        channels, size = image_shape[0], image_shape[-1]
         fix = f"--image-size {size}" + (f" --channels {channels}" if dataset_name == "folder" else "")
-        raise DataError(f"{target} takes {'x'.join(map(str, state['image_shape']))} inputs, but {dataset_name} gives "
+        raise DataError(f"{target} takes {'x'.join(map(str, image_shape))} inputs, but {dataset_name} gives "
                         f"{'x'.join(map(str, dataset.image_shape))}; pass {fix}")
-    # The flags given, over the run's own protocol (an untrained method's: the defaults).
+    # The flags given, over the model's own protocol (an untrained method's: the defaults).
     protocol = protocol.given(way=args.way, shot=args.shot, query=args.query, seed=args.seed, episodes=args.episodes)
     seed = protocol.seed
     sampler = make_sampler(dataset_name, dataset, args.eval_split, protocol.way, protocol.shot, protocol.query,
                            seed=seed, within_groups=args.within_groups)
     runtime = runtime_from_args(args, kind=sampler, what=dataset_name)
     start_cpu = time.process_time()
-    result = evaluate(method, sampler, protocol.episodes, progress=not args.quiet, device=runtime.device,
-                      precision=runtime.precision)
+    if head is None:
+        result = evaluate(method, sampler, protocol.episodes, progress=not args.quiet, device=runtime.device,
+                          precision=runtime.precision)
+    else:
+        if not args.head:  # said once the evaluation is certain to start, so that an error stays one line
+            note(args, f"no --head given: classifying with {head.name} "
+                       f"({', '.join(f'{k}={v}' for k, v in head.get_params().items())}) on {target}'s features")
+        result = evaluate_head(head, backbone, sampler, protocol.episodes, preprocessing=preprocessing,
+                               cache=FeatureCache.from_env(), progress=not args.quiet, device=runtime.device,
+                               precision=runtime.precision)
+        if result.base_features:
+            note(args, f"{head.name} centres on the {result.base_features}")
     cpu = time.process_time() - start_cpu
     record_error = None
     try:
         record_evaluation(result, method=method_name, dataset=dataset_name, split=args.eval_split,
                           seed=seed, run_dir=run_dir, cpu_seconds=cpu, runs=args.runs,
-                          config={"dataset_options": data_options, "weights": args.weights,
+                          config={"dataset_options": data_options, "weights": args.weights, **recorded,
                                   **({"within_groups": True} if args.within_groups else {})})
     except StoreError as e:  # the result is printed all the same
         record_error = str(e)
     if args.json:
         print_json({"method": method_name, "dataset": dataset_name, "split": args.eval_split,
-                          **({"within_groups": True} if args.within_groups else {}),
-                          **result.to_dict(per_episode=args.per_episode)})
+                    **({"within_groups": True} if args.within_groups else {}),
+                    **result.to_dict(per_episode=args.per_episode)})
     else:
         print(result.summary() + ("; each episode within one group" if args.within_groups else ""))
     say_device(args, runtime)
     return _recording_failed(record_error, "run the same `fewshot evaluate` with a writable --runs to record it")
+
+
+def note(args: argparse.Namespace, message: str) -> None:
+    """A line on stderr saying what a command chose or used, unless ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        print(one_line(f"fewshot: {message}"), file=sys.stderr)
 
 
 def _recording_failed(error: str | None, how: str) -> int:
@@ -185,6 +227,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     print(f"{'id':>4s}  {'kind':10s} {'created':19s} {'method':10s} {'dataset':9s} {'result':24s} run")
+    transductive = False
     for r in rows:
         m = r["metrics"]
         if r["kind"] == "evaluate" and m.get("metric") == "return":
@@ -193,6 +236,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             result = f"mse {m['mse']:.3g} ± {m['ci95']:.2g} {m['shot']}s"
         elif r["kind"] == "evaluate":
             result = f"{m['accuracy']:.1f} ± {m['ci95']:.1f} % {m['way']}w{m['shot']}s"
+            if m.get("transductive"):  # its number depends on the queries per class: say how many
+                result += f" T{m['query']}q"
+                transductive = True
         elif m.get("val_mse") is not None:
             result = f"val mse {m['val_mse']:.3g} ({m['steps']} st)"
         elif m.get("val_accuracy") is not None:
@@ -202,17 +248,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
                       " ".join(f"{k}={v:.3g}" for k, v in m.items() if isinstance(v, (int, float)))[:24])
         print(f"{r['id']:4d}  {r['kind']:10s} {r['created'][:19]:19s} {r['method'] or '':10s} "
               f"{r['dataset'] or '':9s} {result:24s} {r['run_dir'] or ''}")
+    if transductive:
+        print("T<N>q: a transductive result: each episode's queries, N per class, were predicted together; "
+              "it is not comparable as it stands with an inductive one")
     return 0
 
 
-def _options(cls) -> dict[str, dict]:
-    """A method's options (:func:`~fewshot.methods.method_options`) as ``{name: {"default",
-    "required", "type", "constraint"}}``: the constructor's signature and the class's
-    declared constraints (in words; None where it declares none)."""
-    from ..methods import method_options
+def _options(cls, signature_options=None) -> dict[str, dict]:
+    """A method's (or head's) options as ``{name: {"default", "required", "type",
+    "constraint"}}``: the constructor's signature (``signature_options``, default
+    :func:`~fewshot.methods.method_options`) and the class's declared constraints (in
+    words; None where it declares none)."""
+    if signature_options is None:
+        from ..methods import method_options as signature_options
 
     options = {}
-    for name, p in method_options(cls).items():
+    for name, p in signature_options(cls).items():
         annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
         constraint = cls._parameter_constraints.get(name)
         options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
@@ -261,6 +312,31 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print(f"  options (-o KEY=VALUE), with defaults (auto: the method chooses): {text}")
         else:
             print("  options: none")
+    return 0
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    """``fewshot heads [NAME]``: the test-time heads, whether each is transductive, their options."""
+    from ..heads import HEADS, head_options
+
+    names = [args.name] if args.name else HEADS.names()
+    described = []
+    for name in names:
+        cls = HEADS[name]  # an unknown name: the registry's one line, with the closest known one
+        doc = inspect.getdoc(cls) or ""
+        described.append({"name": name, "summary": " ".join(doc.split("\n\n")[0].split()),
+                          "transductive": cls.transductive, "uses_base_features": cls.uses_base_features,
+                          "options": _options(cls, head_options)})
+    if args.json:
+        print_json(described, default=str)
+        return 0
+    for d in described:
+        kind = "transductive (sees all queries of an episode at once)" if d["transductive"] else "inductive"
+        print(f"{d['name']}: {kind}")
+        print(f"  {d['summary'] if args.name else d['summary'].split('. ')[0].rstrip('.') + '.'}")
+        for k, o in d["options"].items():
+            default = "auto" if o["default"] is None else json.dumps(o["default"], default=str)
+            print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
     return 0
 
 
@@ -318,7 +394,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm)")
+    p.add_argument("target", help="run folder, or the name of an untrained method (pixel-ncm); with --head also "
+                   "an exported model or a Hugging Face backbone hf:<folder or hub id> (its default head: "
+                   "simpleshot)")
     add_data_flags(p, default_dataset=None)
     add_episode_flags(p, train=False)
     p.add_argument("--episodes", type=int, help="test episodes (default 600)")
@@ -333,8 +411,9 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt", metavar="STRATEGY",
                    help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
                         "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")
+    add_head_flag(p, "the run's backbone (or the Hugging Face model's)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="test-time method option, e.g. inner_steps=10")
+                   help="test-time method option, e.g. inner_steps=10; with --head, a head option, e.g. norm=L2N")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
@@ -367,6 +446,12 @@ def _runs_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_runs)
 
 
+def _heads_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="one head (default: every one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_heads)
+
+
 def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", choices=["digits", "omniglot"], help="digits (offline default) or omniglot")
     p.add_argument("--data-root", help="data root for omniglot")
@@ -387,16 +472,20 @@ def _methods_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    """Add ``train``, ``evaluate``, ``methods``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
+    """Add ``train``, ``evaluate``, ``methods``, ``heads``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
     sub.add_parser("train", help="meta-train a method on episodes", build=_train_flags,
                    description="Meta-train METHOD on episodes of a dataset, validating on its val split "
                    "and keeping the best checkpoint. Settings: defaults < --config < flags.")
     sub.add_parser("evaluate", help="accuracy ± 95%% CI on a fixed suite of test episodes", build=_evaluate_flags,
                    description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
-                   "on a fixed, seeded suite of test episodes.")
+                   "on a fixed, seeded suite of test episodes; with --head, a test-time head on the features of a "
+                   "run, an exported model or a Hugging Face backbone (hf:PATH), each image embedded once.")
     sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
                    build=_methods_flags, description="Every registered method: what it does, whether it is "
                    "meta-trained, and its options with their defaults, read from the method's constructor.")
+    sub.add_parser("heads", help="the test-time heads (evaluate --head H) and their options (-o KEY=VALUE)",
+                   build=_heads_flags, description="Every registered head on features: whether it is transductive, "
+                   "and its options with their defaults, read from the head's constructor.")
     sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
     sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
     sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",

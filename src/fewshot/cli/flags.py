@@ -197,6 +197,32 @@ def say_device(args: argparse.Namespace, runtime) -> None:
         print(f"fewshot: {runtime.say()}", file=sys.stderr)
 
 
+def add_head_flag(p: argparse.ArgumentParser, what: str = "the model's") -> None:
+    """``--head HEAD``: a test-time head on ``what`` features (:mod:`fewshot.heads`), its
+    options given with ``-o KEY=VALUE`` (the command's ``--option``). The names are not
+    argparse choices: an unknown one is the head registry's line, with the closest name.
+    Adding the flag imports the head registry (and torch), as ``train``'s method choices do."""
+    from ..heads import HEADS
+
+    inductive = ", ".join(n for n, h in HEADS.items() if not h.transductive)
+    transductive = ", ".join(n for n, h in HEADS.items() if h.transductive)
+    p.add_argument("--head", metavar="HEAD",
+                   help=f"classify with a test-time head on {what} features instead of the method's own "
+                        f"adaptation: {inductive} (inductive); {transductive} (transductive: they see all "
+                        "queries of an episode at once); options with -o KEY=VALUE (`fewshot heads` lists them)")
+
+
+def head_from_args(args: argparse.Namespace, default: str | None = None):
+    """The :class:`~fewshot.heads.Head` of ``--head`` (else ``default``; None when neither)
+    with the ``-o`` options; an unknown head or option, or a bad value, is one line."""
+    name = getattr(args, "head", None) or default
+    if name is None:
+        return None
+    from ..heads import build_head
+
+    return build_head(name, **parse_options(getattr(args, "option", None) or []))
+
+
 def trainable_methods() -> list[str]:
     """Names of the registered methods that learn across tasks, i.e. that ``fewshot train``
     trains (imports the registry, and so torch)."""

@@ -23,17 +23,20 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, read_bounded, write_failure
+from ..progress import bar as progress_bar
 from .download import cache_dir, data_root
 from .images import to_pixels
+
+if TYPE_CHECKING:
+    from .base import ClassDataset
 
 #: Where the split files are (tests point it elsewhere).
 SPLITS_DIR = Path(__file__).with_name("splits")
@@ -152,7 +155,7 @@ def _write(cache_file: Path, shape: tuple[int, ...], fill, desc: str) -> None:
                 buffer.flush()
                 buffer.madvise(mmap.MADV_DONTNEED)
 
-        with tqdm(total=shape[0], desc=desc, unit="img", leave=False) as bar:
+        with progress_bar(shape[0], desc=desc, unit="img", leave=False) as bar:
             fill(out, advance)  # on an error the map goes with the traceback, and the file with atomic_path
         buffer.flush()
         del out

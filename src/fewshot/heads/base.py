@@ -14,35 +14,42 @@ predictor ``query_features -> logits (m, way)``.
     The head can use features of the base (training) classes, given once through
     :meth:`Head.fit_base` (SimpleShot's centring on the base-class mean).
 
-Options are the constructor's keyword arguments; what each may hold is declared once in
-the class dict ``_parameter_constraints`` and checked by :func:`fewshot.params.validate`.
-Heads create tensors only on their inputs' device and in their dtype.
+Options are the methods' contract (:mod:`fewshot.methods.base`): the constructor's keyword
+arguments are the options (:func:`head_options`), what each may hold is declared once in
+the class dict ``_parameter_constraints`` and checked before the constructor runs, and
+:meth:`Head.get_params` gives them back, defaults filled in. A constructor keeps each
+option as the attribute of its name (scikit-learn's convention). Heads register where
+they are defined (:func:`register_head`, into :data:`HEADS`, a
+:class:`~fewshot.registry.Registry`). Heads create tensors only on their inputs' device
+and in their dtype.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError, did_you_mean
+from ..errors import ConfigError, DataError
 from ..methods.protonet import prototype_logits
 from ..params import Constraint, check_known, validate
+from ..registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 #: Every head by name (filled by :func:`register_head` where each head is defined).
-HEADS: dict[str, type["Head"]] = {}
+HEADS: Registry[type["Head"]] = Registry("head", "`fewshot heads` describes them")
 
 
 class Head:
     """Base class of every head (see the module docstring for the contract).
 
     A subclass sets ``name`` and ``transductive``, declares its options as keyword
-    arguments of ``__init__`` (passing them all to ``super().__init__``, which validates
-    them against ``_parameter_constraints`` and keeps them as attributes) and implements
+    arguments of ``__init__`` (keeping each as the attribute of its name; they are
+    checked against ``_parameter_constraints`` before its body runs) and implements
     :meth:`_fit`.
     """
 
@@ -51,15 +58,25 @@ class Head:
     uses_base_features: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
 
-    def __init__(self, **options):
-        validate(f"head '{self.name}'", options, self._parameter_constraints)
-        self._options = dict(options)
-        for key, value in options.items():
-            setattr(self, key, value)
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls, cls.__dict__["__init__"])
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments, defaults filled in (scikit-learn's ``get_params``), as
+        the attributes of their names hold them now: what a result records."""
+        attributes = vars(self)
+        return {k: attributes.get(k, v) for k, v in getattr(self, "_params", {}).items()}
 
     def options(self) -> dict:
-        """The options it was built with (JSON values), to record with a result."""
-        return dict(self._options)
+        """The same as :meth:`get_params` (the name the benchmarks use)."""
+        return self.get_params()
+
+    def needs_base_features(self) -> bool:
+        """Whether :meth:`fit_base` changes what this head does (its class uses base features;
+        a head with a ``norm`` option uses them only to centre, with ``CL2N``)."""
+        return self.uses_base_features and getattr(self, "norm", "CL2N") == "CL2N"
 
     def fit_base(self, base_features: torch.Tensor) -> "Head":
         """Take what the head needs from base-class features (``(n, d)``); the default needs nothing."""
@@ -77,7 +94,29 @@ class Head:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._options.items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+
+def _recording(cls: type[Head], init: Callable) -> Callable:
+    """``init`` that first checks its arguments against ``cls``'s declared constraints (one
+    line naming the head and the option) and then keeps them for :meth:`Head.get_params`."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"bad option for head '{type(self).name}': {e}") from None
+        bound.apply_defaults()
+        params = {name: value for name, value in list(bound.arguments.items())[1:]
+                  if signature.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                             inspect.Parameter.VAR_KEYWORD)}
+        validate(f"head '{type(self).name}'", params, cls._parameter_constraints)
+        init(self, *args, **kwargs)
+        self._params = params
+
+    return __init__
 
 
 def check_episode(head: Head, support: torch.Tensor, labels: torch.Tensor, way: int,
@@ -103,28 +142,24 @@ def check_episode(head: Head, support: torch.Tensor, labels: torch.Tensor, way: 
 
 
 def register_head(cls: type[Head]) -> type[Head]:
-    """Add a :class:`Head` subclass to :data:`HEADS` under its ``name`` (a decorator); a
-    taken name is refused."""
+    """Add a :class:`Head` subclass to :data:`HEADS` under its ``name`` (a decorator for the
+    class's definition); another class under a taken name is refused."""
     if not (isinstance(cls, type) and issubclass(cls, Head)):
         raise ConfigError(f"register_head() takes a Head subclass, got {cls!r}")
-    if cls.name in HEADS and HEADS[cls.name] is not cls:
-        raise ConfigError(f"a head named '{cls.name}' is already registered ({HEADS[cls.name].__qualname__})")
-    HEADS[cls.name] = cls
-    return cls
+    return HEADS.register(cls.name, cls)
 
 
 def head_options(cls: type[Head]) -> dict[str, inspect.Parameter]:
     """The options of head class ``cls`` (its constructor's keyword arguments) with their defaults."""
-    return {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+    return {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
 
 
 def build_head(name: str, **options) -> Head:
-    """The head ``name`` with ``options``; an unknown name or option is a one-line :class:`ConfigError`."""
-    if name not in HEADS:
-        raise ConfigError(f"unknown head '{name}'{did_you_mean(name, HEADS)}; choose one of: "
-                          f"{', '.join(sorted(HEADS))}")
+    """The head ``name`` with ``options``; an unknown name (the registry's message) or
+    option, or a value an option cannot hold, is a one-line :class:`ConfigError`."""
     cls = HEADS[name]
-    check_known(f"head '{name}'", options, head_options(cls))
+    check_known(f"head '{name}'", options, head_options(cls), how=f" (`fewshot heads {name}` gives their defaults)")
     return cls(**options)
 
 

@@ -61,7 +61,8 @@ class BDCSPN(Head):
     _parameter_constraints = {"temperature": Real(low=0, open_low=True), "top_z": Optional(Integer(low=1))}
 
     def __init__(self, temperature: float = 10.0, top_z: int | None = None):
-        super().__init__(temperature=temperature, top_z=top_z)
+        self.temperature = temperature
+        self.top_z = top_z
 
     def _fit(self, support, labels, way, query) -> Predictor:
         rectified, shift = rectify_prototypes(support, labels, way, query, float(self.temperature), self.top_z)

@@ -31,7 +31,10 @@ class TransductiveFinetune(Head):
                               "temperature": Real(low=0, open_low=True), "entropy_weight": Real(low=0)}
 
     def __init__(self, steps: int = 25, lr: float = 5e-5, temperature: float = 1.0, entropy_weight: float = 1.0):
-        super().__init__(steps=steps, lr=lr, temperature=temperature, entropy_weight=entropy_weight)
+        self.steps = steps
+        self.lr = lr
+        self.temperature = temperature
+        self.entropy_weight = entropy_weight
 
     def _fit(self, support, labels, way, query) -> Predictor:
         support, query = F.normalize(support.detach(), dim=1), F.normalize(query.detach(), dim=1)

@@ -67,7 +67,11 @@ class LaplacianShot(Head):
                               "rectify": Boolean(), "norm": OneOf(*NORMS)}
 
     def __init__(self, knn: int = 3, lam: float = 0.7, steps: int = 20, rectify: bool = True, norm: str = "CL2N"):
-        super().__init__(knn=knn, lam=lam, steps=steps, rectify=rectify, norm=norm)
+        self.knn = knn
+        self.lam = lam
+        self.steps = steps
+        self.rectify = rectify
+        self.norm = norm
         self.base_mean: torch.Tensor | None = None
 
     def fit_base(self, base_features: torch.Tensor) -> "LaplacianShot":

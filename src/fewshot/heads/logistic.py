@@ -22,7 +22,9 @@ class LogisticProbe(Head):
                               "max_iter": Integer(low=1, high=100_000)}
 
     def __init__(self, C: float = 1.0, normalize: bool = True, max_iter: int = 1000):
-        super().__init__(C=C, normalize=normalize, max_iter=max_iter)
+        self.C = C
+        self.normalize = normalize
+        self.max_iter = max_iter
 
     def _fit(self, support, labels, way, query) -> Predictor:
         transform = normalizer("L2N" if self.normalize else "UN", None)

@@ -54,7 +54,10 @@ class PTMAP(Head):
                               "alpha": Real(low=0, high=1, open_low=True), "steps": Integer(low=0, high=10_000)}
 
     def __init__(self, beta: float = 0.5, lam: float = 10.0, alpha: float = 0.2, steps: int = 20):
-        super().__init__(beta=beta, lam=lam, alpha=alpha, steps=steps)
+        self.beta = beta
+        self.lam = lam
+        self.alpha = alpha
+        self.steps = steps
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         x = power_transform(x, float(self.beta)) if self.beta != 1 else F.normalize(x, dim=1)

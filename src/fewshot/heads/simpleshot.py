@@ -27,7 +27,7 @@ class NearestCentroid(Head):
     _parameter_constraints = {"norm": OneOf(*NORMS)}
 
     def __init__(self, norm: str = "CL2N"):
-        super().__init__(norm=norm)
+        self.norm = norm
         self.base_mean: torch.Tensor | None = None
 
     def fit_base(self, base_features: torch.Tensor) -> "NearestCentroid":

@@ -36,8 +36,12 @@ class TIM(Head):
 
     def __init__(self, steps: int = 1000, lr: float = 1e-4, temperature: float = 15.0, ce_weight: float = 0.1,
                  marginal_weight: float = 1.0, conditional_weight: float = 0.1):
-        super().__init__(steps=steps, lr=lr, temperature=temperature, ce_weight=ce_weight,
-                         marginal_weight=marginal_weight, conditional_weight=conditional_weight)
+        self.steps = steps
+        self.lr = lr
+        self.temperature = temperature
+        self.ce_weight = ce_weight
+        self.marginal_weight = marginal_weight
+        self.conditional_weight = conditional_weight
 
     def _fit(self, support, labels, way, query) -> Predictor:
         support, query = F.normalize(support.detach(), dim=1), F.normalize(query.detach(), dim=1)

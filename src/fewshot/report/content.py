@@ -237,7 +237,9 @@ def learning_curves(runs: Sequence[RunInfo], colors: dict[str, str]) -> Learning
 
 def comparison(records: list[dict], colors: dict[str, str]) -> tuple[list[plots.Bars], list[dict]]:
     """Bars per suite (the suites with the most methods first, four at most) and a table
-    with paired differences to each suite's best method."""
+    with paired differences to each suite's best method. Each row says whether its result
+    is transductive (:mod:`fewshot.evaluate`), and ``mixed`` when it is compared with a
+    best result of the other kind."""
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_suite[r["suite"]].append(r)
@@ -249,17 +251,22 @@ def comparison(records: list[dict], colors: dict[str, str]) -> tuple[list[plots.
     for suite in suites:
         rows = sorted(by_suite[suite], key=lambda r: -r["metrics"]["accuracy"])
         title = rows[0]["suite_title"]
-        panels.append(plots.Bars(title, [r["label"] for r in rows], [r["metrics"]["accuracy"] for r in rows],
+        shown = [r["label"] + (" (transductive)" if r["metrics"].get("transductive") else "") for r in rows]
+        panels.append(plots.Bars(title, shown, [r["metrics"]["accuracy"] for r in rows],
                                  [r["metrics"]["ci95"] for r in rows], colors=[colors[r["label"]] for r in rows]))
         best = rows[0]["metrics"].get("per_episode")
         for r in rows:
             other = r["metrics"].get("per_episode")
             diff = (confidence_interval(np.subtract(other, best)) if r is not rows[0] and best and other
                     and len(best) == len(other) else None)
+            transductive = bool(r["metrics"].get("transductive"))
             table.append({"suite": title, "label": r["label"], "accuracy": r["metrics"]["accuracy"],
                           "ci95": r["metrics"]["ci95"], "episodes": r["metrics"].get("episodes"),
                           "paired_difference": diff, "best": r is rows[0], "record": r["id"],
-                          "color": colors[r["label"]]})
+                          "color": colors[r["label"]], "transductive": transductive,
+                          "query": r["metrics"].get("query"),
+                          # a transductive result against an inductive one is not like for like: say so
+                          "mixed": transductive != bool(rows[0]["metrics"].get("transductive"))})
     return panels, table
 
 

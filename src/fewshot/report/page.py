@@ -75,7 +75,11 @@ def comparison_table(table: list[dict]) -> str:
         diff = t["paired_difference"]
         diff_text = ("best" if t["best"] else f"{diff[0]:+.1f} ± {diff[1]:.1f} points" if diff
                      else "n/a (no per-episode accuracies)")
-        rows.append(f"<tr><td>{_e(t['suite'])}</td><td>{_e(t['label'])}</td>"
+        if t.get("mixed"):
+            diff_text += (" (transductive against inductive: not like for like)" if t.get("transductive")
+                          else " (inductive against transductive: not like for like)")
+        label = t["label"] + (f" (transductive, {t['query']} queries per class)" if t.get("transductive") else "")
+        rows.append(f"<tr><td>{_e(t['suite'])}</td><td>{_e(label)}</td>"
                     f"<td class=num>{t['accuracy']:.1f} ± {t['ci95']:.1f} %</td><td class=num>{t['episodes']}</td>"
                     f"<td class=num>{_e(diff_text)}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"

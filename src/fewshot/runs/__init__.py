@@ -4,7 +4,7 @@
   checked state, checkpoints and best weights, its own test protocol, and the
   crash-consistent writes the trainer makes through it. :meth:`Run.open` is the one
   door to every form a trained model takes: a run folder, an exported model
-  (:mod:`fewshot.runs.exported`), a Hugging Face folder (recognised).
+  (:mod:`fewshot.runs.exported`), a Hugging Face backbone ``hf:...`` (:mod:`fewshot.runs.hub`).
 * :mod:`fewshot.runs.model` builds the model a config describes and loads its weights;
   :mod:`fewshot.runs.checkpoint` is what a training checkpoint holds.
 * Here: a run as others use it, as a :class:`~fewshot.models.pretrained.Pretrained`
@@ -27,6 +27,7 @@ from ..models.pretrained import (FORMAT, VERSION, Pretrained, count_parameters, 
                                  load_pretrained, read_metadata, save_pretrained)
 from .exported import Exported
 from .folder import LEFTOVER, RUN_FILE, WHICH, Run, remove_unfinished_run
+from .hub import DEFAULT_HEAD, HubSource, features_of
 from .model import (CUSTOM_BACKBONE, Loaded, Protocol, build_model, conv4_depth, describe_module, load_weights,
                     model_tensors)
 
@@ -89,6 +90,6 @@ def finetune_from(path: str | Path, strategy: str = "finetune", which: str = "be
     return wrap(load_adaptable(path, which), strategy, **options)
 
 
-__all__ = ["CUSTOM_BACKBONE", "Exported", "LEFTOVER", "Loaded", "Protocol", "RUN_FILE", "Run", "WHICH", "build_model",
+__all__ = ["CUSTOM_BACKBONE", "DEFAULT_HEAD", "Exported", "HubSource", "features_of", "LEFTOVER", "Loaded", "Protocol", "RUN_FILE", "Run", "WHICH", "build_model",
            "conv4_depth", "describe_module", "finetune_from", "load_adaptable", "load_run", "load_weights",
            "model_tensors", "pretrained_from_run", "read_state", "remove_unfinished_run"]

@@ -22,7 +22,8 @@ trainer, crash-consistently:
   state named is replaced meanwhile, it reads the state again and loads the new file.
 
 :meth:`Run.open` reads any trained model: a run folder, an exported model
-(:mod:`fewshot.runs.exported`), or (recognised, not yet read) a Hugging Face model folder.
+(:mod:`fewshot.runs.exported`), or a Hugging Face backbone named ``hf:<folder or hub id>``
+(:mod:`fewshot.runs.hub`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..io import LOCK_NAME, FolderLock, load_tensors, read_json, save_tensors, write_json
+from ..models.hub import is_hub_name
 from .exported import Exported, folder_kind, is_model_file
+from .hub import HubSource
 from .model import Loaded, Protocol, build_model, load_weights
 from .state import named_files, state_problem
 
@@ -89,18 +92,22 @@ class Run:
         return (Path(path) / STATE).exists()
 
     @classmethod
-    def open(cls, path: str | Path) -> "Run | Exported":
-        """What ``path`` holds, to :meth:`load` from: a run folder (a :class:`Run`) or an
-        exported model (an :class:`~fewshot.runs.exported.Exported`). A Hugging Face
-        model folder is recognised and refused in one line saying what to do with it."""
+    def open(cls, path: str | Path) -> "Run | Exported | HubSource":
+        """What ``path`` holds, to :meth:`load` from: a run folder (a :class:`Run`), an
+        exported model (an :class:`~fewshot.runs.exported.Exported`), or, named
+        ``hf:<folder or hub id>``, a Hugging Face backbone (a
+        :class:`~fewshot.runs.hub.HubSource`). A Hugging Face model folder named without
+        the prefix is recognised and refused in one line saying how to name it."""
+        if is_hub_name(str(path)):
+            return HubSource(str(path))
         path = Path(path)
         if cls.is_run(path):
             return cls(path)
         if folder_kind(path) == "hub":
-            # The place for Hugging Face backbones as a model of their own; until then,
-            # they enter fewshot through a model zoo.
-            raise ConfigError(f"{path} is a Hugging Face model folder, not a fewshot run or exported model; add its "
-                              f"backbone to a model zoo (`fewshot zoo add NAME {path}`) and use it from there")
+            # Named as a path, it would be ambiguous with a fewshot export's config.json: the prefix says it.
+            raise ConfigError(f"{path} is a Hugging Face model folder, not a fewshot run or exported model; name it "
+                              f"hf:{path} (e.g. `fewshot evaluate hf:{path} --dataset D --head simpleshot`), or add "
+                              f"its backbone to a model zoo (`fewshot zoo add NAME {path}`)")
         if is_model_file(path):
             return Exported(path)
         raise ConfigError(f"{path} is neither a run folder (with {STATE}) nor an exported model "
