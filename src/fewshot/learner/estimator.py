@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError as SklearnNotFitted
+from sklearn.utils.multiclass import type_of_target
 
 from ..calibration import calibrate
 from ..config import TrainConfig
@@ -39,6 +40,11 @@ _SHARED_CACHE: Any = None
 
 class NotFittedError(ConfigError, SklearnNotFitted):
     """Predicting before ``fit``: scikit-learn's NotFittedError and fewshot's ConfigError."""
+
+
+class LabelError(DataError, ValueError):
+    """Labels a classifier cannot fit on (one class, continuous values): a DataError, and the
+    ValueError scikit-learn's tools expect."""
 
 
 class _Progress:
@@ -176,8 +182,11 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         labels = check_labels(y, len(support))
         classes = ordered(labels)
         if len(classes) < 2:
-            raise DataError(f"support labels: a few-shot task needs at least 2 classes, got {len(classes)} "
-                            f"({classes[0]!r})")
+            raise LabelError(f"support labels: a few-shot task needs at least 2 classes, got 1 class "
+                             f"({classes[0]!r})")
+        if all(isinstance(c, float) for c in classes) and type_of_target(np.asarray(classes)) == "continuous":
+            raise LabelError("support labels: Unknown label type: continuous values (a classifier needs class "
+                             "labels, not measurements); give names or whole numbers")
         index = {c: i for i, c in enumerate(classes)}
         self.support_labels_ = torch.tensor([index[label] for label in labels], dtype=torch.int64)
         self.support_ = support
@@ -437,4 +446,4 @@ def _calibrate_on_run_data(method: Method, config: TrainConfig, episodes: int, d
     return {**calibrate(method, sampler, episodes, split), "strategy": strategy}
 
 
-__all__ = ["CALIBRATION_EPISODES", "DEFAULT_HUB_HEAD", "FewShotClassifier", "NotFittedError", "load"]
+__all__ = ["CALIBRATION_EPISODES", "DEFAULT_HUB_HEAD", "FewShotClassifier", "LabelError", "NotFittedError", "load"]
