@@ -205,16 +205,12 @@ class TableAsImages(FewShotClassifier):
 EXPECTED_FAILED: dict[str, str] = {}
 
 
-def _hub_for_checks():
-    import tempfile
-
-    return tiny_resnet(tempfile.mkdtemp(prefix="fewshot-resnet-"))
-
-
-@parametrize_with_checks([TableAsImages(model=_hub_for_checks(), head="logistic")],
+# The model is named when the check runs (the module's tiny ResNet): test ids stay the same in
+# every pytest-xdist worker.
+@parametrize_with_checks([TableAsImages(model="hf:tiny-resnet", head="logistic")],
                          expected_failed_checks=lambda est: EXPECTED_FAILED)
-def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
+def test_sklearn_estimator_checks(estimator, check, hub):
+    check(estimator.set_params(model=hub))
 
 
 def test_tags_say_images_and_labels_are_checked(hub):
