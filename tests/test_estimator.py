@@ -222,3 +222,14 @@ def test_tags_say_images_and_labels_are_checked(hub):
         FewShotClassifier(model=hub).fit(sx, [0.5, 1.5, 2.5, 0.25, 1.25, 2.25])
     with pytest.raises(ValueError, match="at least 2 classes"):
         FewShotClassifier(model=hub).fit(sx, ["a"] * 6)
+
+
+def test_lp_ft_on_a_hub_backbone(hub, tmp_path):
+    sx, sy = images(3)
+    qx, qy = images(3, offset=50)
+    learner = fewshot.load(hub, strategy="lp-ft")  # fine-tunes the backbone per task (methods/transfer.py)
+    assert learner.fit(sx, sy).score(qx, qy) > 0.7
+    with pytest.raises(ConfigError, match="cannot be saved"):
+        learner.save(tmp_path / "x")
+    with pytest.raises(ConfigError, match="not both"):
+        fewshot.load(hub, strategy="lp-ft", head="logistic")

@@ -129,6 +129,10 @@ class FeatureEngine:
     def config(self):
         return self.base.config if self.base is not None else None
 
+    @property
+    def source(self) -> dict:
+        return self.base.source if self.base is not None else self.hub.get("source") or {}
+
     def prepare(self, X: Any, what: str, *, cache: Any = None, batch_size: int = 64, progress: Any = False
                 ) -> torch.Tensor:
         from ..features import embed

@@ -257,6 +257,11 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         return self._ready_engine().config
 
     @property
+    def source(self) -> dict:
+        """Where the weights came from (a run's data and steps, a Hugging Face model's name)."""
+        return self._ready_engine().source
+
+    @property
     def description_name(self) -> str:
         """What it is, in a few words (``protonet``, ``hf:... + head logistic``)."""
         return self._ready_engine().name
