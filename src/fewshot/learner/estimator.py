@@ -238,6 +238,14 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         """How :attr:`temperature` was fitted (or why it was not)."""
         return self._ready_engine().calibration
 
+    @calibration.setter
+    def calibration(self, value: dict) -> None:
+        """Set the temperature record (e.g. one fitted elsewhere); it is saved with the model."""
+        if not (isinstance(value, dict) and isinstance(value.get("temperature"), (int, float))
+                and value["temperature"] > 0):
+            raise ConfigError(f"calibration must be a dict with a positive 'temperature', got {value!r}")
+        self._ready_engine().calibration = value
+
     @property
     def temperature(self) -> float:
         return float(self.calibration["temperature"])
