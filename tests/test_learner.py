@@ -285,3 +285,27 @@ def test_predict_and_export_commands(proto_run, digits, tmp_path):
     assert again.stdout == text.stdout
     bad = fewshot_cli("predict", proto_run, "--support", tmp_path / "nowhere", "--query", query)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- a run's backbone with a feature head; a fitted model saved ------------------------------------
+
+def test_run_backbone_with_a_head_and_fitted_save(proto_run, digits, tmp_path):
+    sx, sy = task(digits)
+    qx, qy = task(digits, per_class=8, offset=10)
+    learner = fewshot.load(proto_run, head="simpleshot")
+    assert learner.fit(sx, sy).score(qx, qy) > 0.4
+    assert learner.support_.ndim == 2  # features of the run's backbone
+    expected = learner.predict_proba(qx)
+    learner.save(tmp_path / "head.safetensors")
+    back = fewshot.load(tmp_path / "head.safetensors")  # the saved head and support features
+    assert back.description_name.endswith("head simpleshot")
+    assert np.allclose(back.predict_proba(qx), expected, atol=1e-6)
+    # The run's own method, fitted and saved: the prepared support images come back with it.
+    own = fewshot.load(proto_run).fit(sx, sy)
+    own.save(tmp_path / "own")
+    again = fewshot.load(tmp_path / "own")
+    assert list(again.classes_) == list(own.classes_)
+    assert np.allclose(again.predict_proba(qx), own.predict_proba(qx), atol=1e-6)
+    # A head fits on features, not on the saved prepared images: that learner must be fitted again.
+    with pytest.raises(fewshot.NotFittedError, match="not fitted"):
+        fewshot.load(tmp_path / "own", head="logistic").predict(qx)

@@ -3,8 +3,9 @@
 Meta-learning, transfer learning and model selection, all judged by one evaluation
 protocol: fixed, seeded suites of N-way K-shot episodes, accuracy ± 95% CI.
 
-The public API is importable from here: ``fewshot.load`` (a run or an exported model
-as a scikit-learn-style classifier), ``fewshot.FewShotClassifier``, ``fewshot.Trainer``,
+The public API is importable from here: ``fewshot.load`` (a run, an exported model or
+a Hugging Face backbone ``hf:...`` with a feature head, as a scikit-learn classifier),
+``fewshot.FewShotClassifier`` (the scikit-learn estimator) and ``fewshot.NotFittedError``, ``fewshot.Trainer``,
 ``fewshot.TrainConfig``, ``fewshot.load_dataset``,
 ``fewshot.from_arrays``, ``fewshot.EpisodeSampler``, ``fewshot.image_folder`` and
 ``fewshot.image_files``, and the errors. Names that need torch are imported on first
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 # Names that need torch, imported (explicitly, on first access) from the module defining them.
 _LAZY = {
-    "load": "learner", "FewShotClassifier": "learner", "Trainer": "train", "TrainResult": "train",
+    "load": "learner", "FewShotClassifier": "learner", "NotFittedError": "learner", "Trainer": "train", "TrainResult": "train",
     "EvalResult": "evaluate", "load_run": "runs", "load_dataset": "data", "from_arrays": "data",
     "ClassDataset": "data", "EpisodeSampler": "data", "image_folder": "images", "image_files": "images",
     "build_method": "methods",
@@ -54,6 +55,6 @@ def __dir__():
 
 
 __all__ = ["CheckpointError", "ClassDataset", "ConfigError", "DataError", "EpisodeSampler", "EvalResult",
-           "FewShotClassifier", "FewShotError", "StoreError", "TrainConfig", "Trainer", "TrainResult", "TrainingError",
+           "FewShotClassifier", "FewShotError", "NotFittedError", "StoreError", "TrainConfig", "Trainer", "TrainResult", "TrainingError",
            "__version__", "build_method", "from_arrays", "image_files", "image_folder", "load",
            "load_dataset", "load_run"]

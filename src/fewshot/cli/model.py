@@ -4,35 +4,67 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_quiet_flag
+from .flags import add_device_flags, add_quiet_flag
 from .output import print_json
 
 
 def _learner(args: argparse.Namespace):
     from ..learner import load
-    from .flags import parse_options
+    from .flags import parse_options, runtime_from_args
 
     options = parse_options(args.option)
-    return load(args.model, which=args.weights, strategy=args.adapt, data_root=args.data_root, **options)
+    head_options = parse_options(args.head_option) if args.head_option else None
+    runtime_from_args(args)  # a device or precision this machine lacks: one line, before anything loads
+    return load(args.model, which=args.weights, strategy=args.adapt, data_root=args.data_root, head=args.head,
+                head_options=head_options, device=args.device, precision=args.precision,
+                verbose=0 if getattr(args, "quiet", False) else 1, **options)
+
+
+def _fit(learner, folder):
+    """Fit ``learner`` on a support folder (one sub-folder of images per class)."""
+    import sys
+    import time
+
+    from ..images import image_folder
+
+    support, labels = image_folder(folder)
+    start = time.monotonic()
+    learner.fit(support, labels)
+    if time.monotonic() - start > 2:
+        print(f"fitted {learner.description_name} on {len(support)} support images "
+              f"({time.monotonic() - start:.1f} s)", file=sys.stderr)
+    return learner
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     learner = _learner(args)
+    if args.support:
+        _fit(learner, args.support)
     out = learner.save(args.out)
     calibration = learner.calibration
     how = (f"temperature {learner.temperature:.3g} fitted on {calibration.get('episodes')} {calibration.get('split')} "
            "episodes" if calibration.get("fitted") else "probabilities not calibrated")
-    print(f"exported {learner.method.name} ({'x'.join(map(str, learner.preprocessing.image_shape))} inputs, {how}) "
-          f"-> {out}; use it with fewshot.load({str(out)!r}) or `fewshot predict {out} --support ... --query ...`")
+    shape = getattr(learner.preprocessing, "image_shape", None) or [getattr(learner.preprocessing, "channels", 3),
+                                                                     *learner.preprocessing.size]
+    fitted = (f", fitted on {len(learner.classes_)} classes: predicts without --support"
+              if getattr(learner, "classes_", None) is not None else "")
+    use = (f"`fewshot predict {out} --query ...`" if fitted else f"`fewshot predict {out} --support ... --query ...`")
+    print(f"exported {learner.description_name} ({'x'.join(map(str, shape))} inputs, {how}{fitted}) "
+          f"-> {out}; use it with fewshot.load({str(out)!r}) or {use}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..images import image_files, image_folder
+    from ..errors import ConfigError
+    from ..images import image_files
 
-    support, labels = image_folder(args.support)
     queries = image_files(args.query)
-    learner = _learner(args).fit(support, labels)
+    learner = _learner(args)
+    if args.support:
+        _fit(learner, args.support)
+    elif getattr(learner, "classes_", None) is None:
+        raise ConfigError(f"{args.model} is not a fitted model: give --support FOLDER (one sub-folder of images per "
+                          "class), or export a fitted one with `fewshot export MODEL --support FOLDER --out ...`")
     proba = learner.predict_proba(queries)
     best = proba.argmax(1)
     classes = learner.classes_.tolist()
@@ -54,11 +86,18 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    "method's own way; options with -o")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a strategy option")
     p.add_argument("--data-root", help="data root, to calibrate a run that has no stored temperature")
+    p.add_argument("--head", metavar="HEAD", help="a feature head on the backbone's frozen features: simpleshot, "
+                   "logistic, bdcspn, tim, ptmap, laplacianshot, transductive_finetune (default: a run's own method; "
+                   "logistic for hf:...; a saved model's own head)")
+    p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE", help="a head option")
+    add_device_flags(p)
     add_quiet_flag(p)
 
 
 def _export_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="RUN", help="a run folder (or an exported model, to re-export)")
+    p.add_argument("model", metavar="MODEL", help="a run folder, an exported model (to re-export) or hf:FOLDER_OR_ID")
+    p.add_argument("--support", metavar="FOLDER", help="fit on this folder (one sub-folder of images per class) "
+                   "and export the fitted model: it predicts without support images")
     p.add_argument("--out", required=True, help="FILE.safetensors (one file), or a folder (config.json + "
                    "model.safetensors); an existing one is replaced only if it is a fewshot export of the same form "
                    "(or an empty folder)")
@@ -67,9 +106,10 @@ def _export_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder or an exported model")
-    p.add_argument("--support", required=True, metavar="FOLDER",
-                   help="labelled examples: one sub-folder of images per class (its name is the label)")
+    p.add_argument("model", metavar="MODEL", help="a run folder, an exported model, or hf:FOLDER_OR_ID (a Hugging "
+                   "Face vision backbone)")
+    p.add_argument("--support", metavar="FOLDER", help="labelled examples: one sub-folder of images per class (its "
+                   "name is the label); optional for a fitted exported model")
     p.add_argument("--query", required=True, nargs="+", metavar="FOLDER_OR_FILE",
                    help="images to classify: files, or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="a JSON list of {path, label, probability, probabilities}")
@@ -84,7 +124,7 @@ def register(sub) -> None:
                    "probability calibration to one .safetensors file (or a config.json + model.safetensors "
                    "folder), loadable by fewshot.load without the run folder. Nothing is pickled.")
     sub.add_parser("predict", help="classify images into the classes of a support folder", build=_predict_flags,
-                   description="Fit a run or exported model on a support folder (one sub-folder of images per "
+                   description="Fit a run, exported model or hf: backbone (with --head) on a support folder (one sub-folder of images per "
                    "class) and print each query image's predicted class and its calibrated probability.")
 
 

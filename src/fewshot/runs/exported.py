@@ -75,12 +75,15 @@ def is_model_file(path: str | Path) -> bool:
     return path.is_file() and path.suffix == ".safetensors"
 
 
-def write_model(out: str | Path, description: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
-    """Write an exported model (see the module docstring for the two forms); returns ``out``."""
+def write_model(out: str | Path, description: dict[str, Any], weights: dict[str, torch.Tensor],
+                extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write an exported model (see the module docstring for the two forms); returns ``out``.
+    ``extra``: tensors stored under their own names beside the ``model.*`` weights (a fitted
+    learner's support set, ``fitted.*``), which :func:`read_model` leaves out of the weights."""
     out = Path(out)
     description = {"format": FORMAT, "format_version": FORMAT_VERSION, "fewshot_version": __version__, **description}
     text = json.dumps(description, sort_keys=True)
-    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors = {**{f"model.{k}": v for k, v in weights.items()}, **(extra or {})}
     if out.suffix == ".safetensors":
         _check_file_target(out)
         save_tensors(out, tensors, metadata={HEADER_KEY: text})
