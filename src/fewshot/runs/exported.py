@@ -33,7 +33,8 @@ from .. import __version__
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..io import atomic_folder, load_tensors, parse_json, read_bounded, save_tensors, write_json
-from .model import Loaded, build_model, load_weights, preprocessing_from
+from .model import Loaded, build_checked, preprocessing_from
+from .schema import check_description
 
 FORMAT = "fewshot-model"
 FORMAT_VERSION = 1
@@ -147,6 +148,7 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     if description.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has model format version {description.get('format_version')!r}; this fewshot "
                               f"reads version {FORMAT_VERSION}")
+    check_description(description, label)
     tensors = load_tensors(weights_file)
     weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
     return description, weights, weights_file
@@ -184,8 +186,7 @@ class Exported:
         description, weights, weights_file = read_model(self.path)
         config = TrainConfig.from_dict(description.get("config"))
         prep = preprocessing_from(description.get("preprocessing"), description.get("image_shape"))
-        method = build_model(config, prep.image_shape, backbone=backbone)
-        load_weights(method, weights, weights_file)
+        method = build_checked(config, prep.image_shape, weights, weights_file, backbone=backbone)
         return Loaded(config, method, list(prep.image_shape), description.get("preprocessing"),
                       description.get("calibration"), description.get("source") or {}, weights_file,
                       strategy=description.get("strategy") or None)
