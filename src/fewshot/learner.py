@@ -125,10 +125,11 @@ class FewShotClassifier:
 
     # -- shipping ----------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, card: str | None = None) -> Path:
         """Export to ``path`` (``.safetensors`` file, else a folder): see :mod:`fewshot.export`.
-        An existing ``path`` that is not an export of the same form is refused, untouched."""
-        return write_model(path, self.description(), self._base.state_dict())
+        An existing ``path`` that is not an export of the same form is refused, untouched.
+        ``card``: a model card, the folder's ``README.md`` (``fewshot export --format hf``)."""
+        return write_model(path, self.description(), self._base.state_dict(), card=card)
 
     def description(self) -> dict[str, Any]:
         """What an exported model records beside its weights."""
