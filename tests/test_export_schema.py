@@ -123,7 +123,7 @@ def peak_of_loading(path):
 
 
 # A Python with torch and fewshot imported takes a few hundred MB; building either crafted
-# network takes 9 GB or more (issue 34), so 1.5 GB separates failing fast from building.
+# network takes 2.4 GB or more (8192 x 8192 x 3 x 3 float32 weights; issue 34: 9 GB), so 1.5 GB separates failing fast from building.
 FAST = 1.5 * 2**30
 
 
@@ -137,7 +137,7 @@ def test_huge_inputs_claimed_by_an_export_fail_fast(folder):
 @pytest.mark.parametrize("depth, said", [(16, "cannot take 1x8x8 inputs"),  # found by the dry run, on meta
                                          (2, "does not match the model its description builds")])  # by the weights
 def test_a_huge_backbone_claimed_by_an_export_fails_fast(folder, depth, said):
-    edit(folder, lambda d: d["config"]["backbone_options"].update(width=4096, depth=depth))
+    edit(folder, lambda d: d["config"]["backbone_options"].update(width=8192, depth=depth))
     refused, peak = peak_of_loading(folder)
     assert refused.startswith("refused:") and said in refused, refused
     assert peak < FAST
@@ -148,7 +148,7 @@ def test_run_folders_are_checked_before_building(run, tmp_path):
 
     copy = shutil.copytree(run, tmp_path / "run")
     config = json.loads((copy / "config.json").read_text())
-    config["backbone_options"] = {"width": 4096, "depth": 2}
+    config["backbone_options"] = {"width": 8192, "depth": 2}
     (copy / "config.json").write_text(json.dumps(config))
     said, peak = peak_of_loading(copy)
     assert said.startswith("refused:") and "does not match" in said and peak < FAST
