@@ -80,6 +80,9 @@ def describe_inputs(config: TrainConfig, dataset: ClassDataset | None, backbone:
             changes.update(dataset=f"{IN_MEMORY}{dataset.name}", dataset_options={})
     if backbone is not None:
         changes.update(backbone=CUSTOM_BACKBONE, backbone_options=describe_module(backbone))
+    options = changes.get("dataset_options", config.dataset_options)
+    if isinstance(options.get("path"), str):  # a folder dataset: found again from any working directory
+        changes["dataset_options"] = {**options, "path": str(Path(options["path"]).expanduser().resolve())}
     return dataclasses.replace(config, **changes) if changes else config
 
 
@@ -197,8 +200,7 @@ class Trainer:
         if config.val_split in known:
             # A fixed validation suite: the same episodes at every validation; at fewer ways
             # than the test's when the split has fewer classes.
-            val_way = config.way if self.dataset is None else min(config.way,
-                                                                 len(self.dataset.split_classes(config.val_split)))
+            val_way = config.way if self.dataset is None else self._val_way(config)
             self.val_sampler = make_sampler(name, self.dataset, config.val_split, val_way, config.shot,
                                             config.query, seed=config.seed + 1, device=self.device)
         self.input_shape = input_shape(name, self.dataset)
@@ -229,6 +231,19 @@ class Trainer:
         if self.dataset is not None:
             self.state["preprocessing"] = preprocessing_of(self.dataset).to_dict()
         self.folder = Run(self.run_dir)  # the run folder: its files, locks and crash-consistent writes
+
+    def _val_way(self, config: TrainConfig) -> int:
+        """The way of validation episodes: the test way, or (said on screen) the classes the
+        validation split has; one class is refused: a 1-way episode scores 100 % always."""
+        have = len(self.dataset.split_classes(config.val_split))
+        if have < 2:
+            raise ConfigError(f"the '{config.val_split}' split has {have} class; validating {config.way}-way needs "
+                              f"{config.way}: hold out more classes (--val-ratio, or --val-classes) or pass "
+                              "--val-split none")
+        if have < config.way:
+            warnings.warn(f"validating {have}-way, not {config.way}-way: the '{config.val_split}' split has only "
+                          f"{have} classes (hold out more with --val-ratio, or test at --way {have})", stacklevel=3)
+        return min(config.way, have)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
