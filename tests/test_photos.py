@@ -123,7 +123,7 @@ def test_a_run_finds_its_folder_from_any_working_directory(tmp_path, monkeypatch
     done = subprocess.run([sys.executable, "-m", "fewshot", "evaluate", str(tmp_path / "run"), "--episodes", "3",
                            "--json"], capture_output=True, text=True, timeout=300, cwd=elsewhere, env=env)
     assert done.returncode == 0, done.stderr
-    assert 0 <= json.loads(done.stdout)["accuracy"] <= 1
+    assert 0 <= json.loads(done.stdout)["accuracy"] <= 100  # percent
 
 
 def test_a_validation_split_of_one_class_is_refused_with_the_fix(tmp_path):
