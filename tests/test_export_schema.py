@@ -169,3 +169,19 @@ def test_zoo_add_records_the_depth_a_run_chose_for_its_images(run, tmp_path):
     meta = zoo.metadata("digits-run")
     assert meta["architecture"] == "conv4" and meta["architecture_options"] == {"width": 8, "depth": 2}
     assert entry["feature_dim"] == zoo.load("digits-run").metadata["feature_dim"]
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda d: d["calibration"].pop("temperature"), "field 'calibration' lacks 'temperature'"),
+    (lambda d: d.update(strategy={"options": {}}), "field 'strategy' lacks 'name'"),
+    (lambda d: d["preprocessing"].update(channels=1024, height=1024, width=1024),
+     "field 'preprocessing' must describe inputs of"),
+    (lambda d: d["preprocessing"].update(height=0), "field 'preprocessing.height' must be an integer in [1, 1024]"),
+    (lambda d: d.update(strategy={"name": "finetune", "options": {"steps": 10**9}}),
+     "field 'strategy.options.steps' must be an integer in [0, 10000]"),
+])
+def test_required_fields_and_bounds(folder, change, said):
+    description = json.loads((folder / "config.json").read_text())
+    change(description)
+    with pytest.raises(CheckpointError, match=said.replace("[", r"\[").replace("]", r"\]")):
+        check_description(description, "config.json")

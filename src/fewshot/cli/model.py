@@ -29,7 +29,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     how = (f"temperature {learner.temperature:.3g} fitted on {calibration.get('episodes')} {calibration.get('split')} "
            "episodes" if calibration.get("fitted") else "probabilities not calibrated")
     print(f"exported {learner.method.name} ({'x'.join(map(str, learner.preprocessing.image_shape))} inputs, {how}) "
-          f"-> {out}; use it with fewshot.load({str(out)!r}) or `fewshot predict {out} --support ... --query ...`")
+          f"-> {out}; use it with fewshot.load({str(out)!r}) or `fewshot predict {out} --support ... --query ...`"
+          + (f"; with huggingface_hub: fewshot.runs.hfexport.FewShotHubModel.from_pretrained({str(out)!r})"
+             if card is not None else ""))
     return 0
 
 

@@ -24,9 +24,11 @@ MAX_CLASSES = 10_000
 
 @dataclass(frozen=True)
 class Record(Constraint):
-    """A JSON object whose named ``fields`` are checked in turn (others are free)."""
+    """A JSON object whose named ``fields`` are checked in turn (others are free); those
+    named in ``required`` must be there."""
 
     fields: Mapping[str, Constraint]
+    required: tuple[str, ...] = ()
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, dict) and all(isinstance(k, str) for k in value)
@@ -67,15 +69,19 @@ DESCRIPTION = Record({
     "config": Settings(),  # checked by TrainConfig itself
     "image_shape": Optional(Shape()),
     "preprocessing": Optional(Record({"channels": SIDE, "height": SIDE, "width": SIDE,
-                                      "value_range": Optional(ListOf(Real(), 2, 2))})),
+                                      "value_range": Optional(ListOf(Real(), 2, 2))},
+                                     required=("channels", "height", "width"))),
     "calibration": Optional(Record({"temperature": Real(low=0.0, open_low=True), "fitted": Optional(Boolean()),
-                                    "episodes": Optional(Integer(0)), "strategy": Optional(Settings())})),
-    "strategy": Optional(Record({"name": Text(), "options": Optional(Record({"steps": Optional(Integer(0, MAX_STEPS))}))})),
+                                    "episodes": Optional(Integer(0)), "strategy": Optional(Settings())},
+                                   required=("temperature",))),
+    "strategy": Optional(Record({"name": Text(), "options": Optional(Record({"steps": Optional(Integer(0, MAX_STEPS))}))},
+                                required=("name",))),
     "source": Optional(Settings()),
     # A head fitted on a task (``fit`` then ``save``): its tensors are ``head.*`` in the weights.
     "fitted": Optional(Record({"head": Text(), "head_options": Settings(),
-                               "classes": ListOf(Scalar(), 1, MAX_CLASSES)})),
-})
+                               "classes": ListOf(Scalar(), 1, MAX_CLASSES)},
+                              required=("head", "head_options", "classes"))),
+}, required=("format", "format_version", "config"))
 
 
 def problem(value: Any, constraint: Constraint, field: str = "") -> str | None:
@@ -87,6 +93,9 @@ def problem(value: Any, constraint: Constraint, field: str = "") -> str | None:
         where = f"field '{field}'" if field else "the description"
         return f"{where} must be {constraint.describe()}, got {_show(value)}"
     if isinstance(inner, Record):
+        missing = [name for name in inner.required if name not in value]
+        if missing:
+            return f"{'field ' + repr(field) if field else 'the description'} lacks '{missing[0]}'"
         for name, sub in inner.fields.items():
             if name in value:
                 found = problem(value[name], sub, f"{field}.{name}" if field else name)
@@ -99,6 +108,9 @@ def check_description(description: Any, label: str) -> dict[str, Any]:
     """``description`` if it fits :data:`DESCRIPTION`, else a one-line CheckpointError
     naming ``label`` (the file) and the field."""
     found = problem(description, DESCRIPTION)
+    prep = description.get("preprocessing") if found is None else None
+    if isinstance(prep, dict) and not Shape().accepts([prep["channels"], prep["height"], prep["width"]]):
+        found = f"field 'preprocessing' must describe inputs of {Shape().describe()}"
     if found:
         raise CheckpointError(f"{label}: {found}; the exported model is damaged or was edited: export it again")
     return description
