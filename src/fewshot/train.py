@@ -267,7 +267,9 @@ class Trainer:
 
     def _restore(self) -> None:
         state = self.folder.read_state()
-        self.folder.check_same_run(self.config)
+        # A run recorded before folder paths were made absolute names its folder relatively.
+        if not describe_inputs(self.folder.config, None, None).same_run(self.config):
+            self.folder.check_same_run(self.config)
         if state.get("checkpoint") is None:
             return  # killed before its first checkpoint: start over
         tensors, path = self.folder.weights_of(state, "last")  # CPU tensors whatever device wrote them

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from ..errors import CheckpointError
 from ..models.pretrained import MAX_IMAGE_SIDE, MAX_INPUT
-from ..params import MAX_STEPS, Boolean, Constraint, Integer, ListOf, Optional, Real, Settings, Text
+from ..params import Boolean, Constraint, Integer, ListOf, Optional, Real, Settings, Text
 
 #: The most classes a fitted head may name (a few-shot task has a handful; ImageNet 1,000).
 MAX_CLASSES = 10_000
@@ -74,8 +74,8 @@ DESCRIPTION = Record({
     "calibration": Optional(Record({"temperature": Real(low=0.0, open_low=True), "fitted": Optional(Boolean()),
                                     "episodes": Optional(Integer(0)), "strategy": Optional(Settings())},
                                    required=("temperature",))),
-    "strategy": Optional(Record({"name": Text(), "options": Optional(Record({"steps": Optional(Integer(0, MAX_STEPS))}))},
-                                required=("name",))),
+    # The strategy's options (steps bounded by MAX_STEPS, ...) are checked by the strategy itself.
+    "strategy": Optional(Record({"name": Text(), "options": Optional(Settings())}, required=("name",))),
     "source": Optional(Settings()),
     # A head fitted on a task (``fit`` then ``save``): its tensors are ``head.*`` in the weights.
     "fitted": Optional(Record({"head": Text(), "head_options": Settings(),
