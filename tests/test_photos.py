@@ -54,7 +54,7 @@ def test_exif_orientation_in_folder_datasets(tmp_path):
         rotated_jpeg(tmp_path / "photos" / label / "1.jpg")
     data = load_folder(tmp_path / "root", path=tmp_path / "photos", image_size=16, val_ratio=0, test_ratio=0)
     expected = decode_image(tmp_path / "photos" / "a" / "1.jpg", "L", 16, "x")
-    assert torch.equal(data.images[0, 0], torch.from_numpy(expected))
+    assert torch.equal(data.images[0, 0], torch.from_numpy(expected.copy()))
     # Turned upright the bright half is at the bottom, not on the right.
     assert data.images[0, 0, 12:].float().mean() > 200 and data.images[0, 0, :4].float().mean() < 50
 
