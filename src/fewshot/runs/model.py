@@ -134,11 +134,15 @@ def check_tensors(planned: Method, tensors: dict[str, torch.Tensor], path: Path)
     weights = {k.removeprefix("model."): torch.empty(v.shape, dtype=v.dtype, device="meta")
                for k, v in tensors.items() if k.startswith("model.")}
     try:
-        planned.load_state_dict(weights)  # names and shapes (a head sized by its checkpoint resizes first)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise CheckpointError(f"{path} does not match the model its description builds ({first})") from None
+        planned.load_state_dict(weights, strict=False)  # a head sized by its checkpoint resizes first
+    except RuntimeError:
+        pass  # shapes compared below; names are left to the real load
     for name, expected in planned.state_dict().items():
+        if name not in weights:
+            continue  # missing names: the real load says so
+        if tuple(weights[name].shape) != tuple(expected.shape):
+            raise CheckpointError(f"{path} does not match the model its description builds ({name}: "
+                                  f"{tuple(weights[name].shape)} in the file, {tuple(expected.shape)} in the model)")
         found = weights[name].dtype
         if expected.is_floating_point() != found.is_floating_point or (
                 not expected.is_floating_point() and found != expected.dtype):
