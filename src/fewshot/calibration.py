@@ -100,6 +100,19 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return min(max(t, T_RANGE[0]), T_RANGE[1])
 
 
+def degenerate(logits: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """Why no temperature can be fitted to these predictions, or None: with one class per
+    episode every prediction is certain, and when every prediction is right the
+    likelihood only grows as T goes to 0 (the fit would stop at the clamp, 1e-3, and say
+    nothing about new tasks)."""
+    if logits.ndim == 2 and logits.shape[1] < 2:
+        return "the validation episodes have one class each, so there is no confidence to calibrate"
+    if len(labels) and bool((logits.argmax(1) == labels).all()):
+        return (f"every one of the {len(labels)} validation predictions is correct, so the fit would only drive "
+                "the temperature to 0; calibrate on harder or more episodes")
+    return None
+
+
 def calibration_sampler(data: ClassDataset, config: Any) -> tuple[EpisodeSampler, str | None]:
     """The suite a run's temperature is fitted on: its validation split when the data has
     it, else its training split, at the run's test way (fewer if the split has fewer
@@ -113,6 +126,10 @@ def calibrate(method: Method, sampler: Any, episodes: int, split: str | None = N
     """Fit the temperature of ``method`` on ``episodes`` episodes of ``sampler``; returns
     what is recorded: ``temperature``, NLL and ECE before and after, and the suite."""
     logits, labels = episode_logits(method, sampler, episodes)
+    why = degenerate(logits, labels)
+    if why:
+        return {"temperature": 1.0, "fitted": False, "why": why, "split": split, "episodes": episodes,
+                "way": sampler.way, "shot": sampler.shot}
     t = fit_temperature(logits, labels)
     before, after = F.softmax(logits.double(), 1), F.softmax(logits.double() / t, 1)
     return {"temperature": t, "fitted": True, "split": split, "episodes": episodes, "way": sampler.way, "shot": sampler.shot,
@@ -123,4 +140,4 @@ def calibrate(method: Method, sampler: Any, episodes: int, split: str | None = N
             "method": "temperature scaling (Guo et al., 2017, arXiv:1706.04599)"}
 
 
-__all__ = ["calibrate", "calibration_sampler", "episode_logits", "expected_calibration_error", "fit_temperature", "test_copy"]
+__all__ = ["calibrate", "calibration_sampler", "degenerate", "episode_logits", "expected_calibration_error", "fit_temperature", "test_copy"]

@@ -163,8 +163,7 @@ class Trainer:
         if config.val_split in known:
             # A fixed validation suite: the same episodes at every validation; at fewer ways
             # than the test's when the split has fewer classes.
-            val_way = config.way if self.dataset is None else min(config.way,
-                                                                 len(self.dataset.split_classes(config.val_split)))
+            val_way = config.way if self.dataset is None else self._val_way(config)
             self.val_sampler = make_sampler(name, self.dataset, config.val_split, val_way, config.shot,
                                             config.query, seed=config.seed + 1, device=self.device)
         self.input_shape = input_shape(name, self.dataset)
@@ -196,6 +195,19 @@ class Trainer:
             self.state["preprocessing"] = preprocessing_of(self.dataset).to_dict()
         self.folder = Run(self.run_dir)  # the run folder: its files, locks and crash-consistent writes
 
+    def _val_way(self, config: TrainConfig) -> int:
+        """The way of validation episodes: the test way, or (said on screen) the classes the
+        validation split has; one class is refused: a 1-way episode scores 100 % always."""
+        have = len(self.dataset.split_classes(config.val_split))
+        if have < 2:
+            raise ConfigError(f"the '{config.val_split}' split has {have} class; validating {config.way}-way needs "
+                              f"{config.way}: hold out more classes (--val-ratio, or --val-classes) or pass "
+                              "--val-split none")
+        if have < config.way:
+            warnings.warn(f"validating {have}-way, not {config.way}-way: the '{config.val_split}' split has only "
+                          f"{have} classes (hold out more with --val-ratio, or test at --way {have})", stacklevel=3)
+        return min(config.way, have)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.method.parameters() if p.requires_grad]
         if self.method.own_step:  # the method computed its update (fewshot.methods.base): applied as given
@@ -222,7 +234,9 @@ class Trainer:
 
     def _restore(self) -> None:
         state = self.folder.read_state()
-        self.folder.check_same_run(self.config)
+        # A run recorded before folder paths were made absolute names its folder relatively.
+        if not describe_inputs(self.folder.config, None, None).same_run(self.config):
+            self.folder.check_same_run(self.config)
         if state.get("checkpoint") is None:
             return  # killed before its first checkpoint: start over
         tensors, path = self.folder.weights_of(state, "last")  # CPU tensors whatever device wrote them

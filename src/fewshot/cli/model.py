@@ -40,7 +40,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     learner = _learner(args)
     if args.support:
         _fit(learner, args.support)
-    out = learner.save(args.out)
+    card = None
+    if args.format == "hf":
+        from ..runs import Run
+        from ..runs.hfexport import model_card
+
+        state = Run(args.model).read_state() if Run.is_run(args.model) else None
+        card = model_card(learner.description(), state)
+    out = learner.save(args.out, card=card)
     calibration = learner.calibration
     how = (f"temperature {learner.temperature:.3g} fitted on {calibration.get('episodes')} {calibration.get('split')} "
            "episodes" if calibration.get("fitted") else "probabilities not calibrated")
@@ -50,7 +57,9 @@ def cmd_export(args: argparse.Namespace) -> int:
               if getattr(learner, "classes_", None) is not None else "")
     use = (f"`fewshot predict {out} --query ...`" if fitted else f"`fewshot predict {out} --support ... --query ...`")
     print(f"exported {learner.description_name} ({'x'.join(map(str, shape))} inputs, {how}{fitted}) "
-          f"-> {out}; use it with fewshot.load({str(out)!r}) or {use}")
+          f"-> {out}; use it with fewshot.load({str(out)!r}) or {use}"
+          + (f"; with huggingface_hub: fewshot.runs.hfexport.FewShotHubModel.from_pretrained({str(out)!r})"
+             if card is not None else ""))
     return 0
 
 
@@ -101,6 +110,9 @@ def _export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="FILE.safetensors (one file), or a folder (config.json + "
                    "model.safetensors); an existing one is replaced only if it is a fewshot export of the same form "
                    "(or an empty folder)")
+    p.add_argument("--format", choices=["fewshot", "hf"], default="fewshot",
+                   help="hf: the folder form plus a model card (README.md), loadable with huggingface_hub "
+                   "(fewshot.runs.hfexport.FewShotHubModel.from_pretrained)")
     _model_flags(p)
     p.set_defaults(func=cmd_export)
 

@@ -13,9 +13,11 @@ entries, are skipped). CSV paths are relative to the CSV's folder.
 Every image is converted to grayscale (``channels=1``) or RGB (``channels=3``) and
 resized to ``image_size`` × ``image_size`` (Lanczos; the aspect ratio is not kept, as
 in the usual mini-ImageNet pipelines). Unless given, both are inferred from the files'
-headers: one channel when every image is grey, else three; the most common side
-length (the longer side of each image), at most 84 (mini-ImageNet's size, to keep CPU
-training affordable), at least 4. What was inferred is recorded in ``info``.
+headers: one channel when every image is grey, else three; the side length all images
+share (their longer side), or for mixed sizes the median longer side taken down to one
+of :data:`MIXED_SIZES` (stable as images are added), at most 84 (mini-ImageNet's size, to keep
+CPU training affordable), at least 4. What was inferred, and how, is recorded in
+``info`` and said on screen.
 
 Splits divide the classes: ``train_classes`` / ``val_classes`` / ``test_classes``
 (lists, or comma-separated names) name them; otherwise ``val_ratio`` and
@@ -53,6 +55,9 @@ _MODES = {1: "L", 3: "RGB"}
 _GREY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 #: The largest inferred image side (mini-ImageNet's); larger images are downsampled to it.
 MAX_INFERRED_SIZE = 84
+#: The sides a folder of mixed sizes is resized to (its median side, taken down to one of
+#: these): Omniglot's 28, CIFAR-FS's 32, mini-ImageNet's 84 and the steps between.
+MIXED_SIZES = (4, 8, 16, 28, 32, 48, 64, 84)
 #: The largest CSV read, in bytes.
 MAX_CSV_BYTES = 64 << 20
 #: The longest field of a CSV row (a path, a label): Linux's PATH_MAX.
@@ -81,6 +86,9 @@ def load_folder(root: str | Path | None = None, *, path: str | Path | None = Non
             channels, inferred["channels"] = c, c
         if image_size is None:
             image_size, inferred["image_size"] = size, size
+            warnings.warn(f"{source}: images resized to {size}x{size} pixels, inferred from their longer sides "
+                          "(the shared side, or the median of mixed sizes taken down to one of "
+                          f"{', '.join(map(str, MIXED_SIZES))}); set --image-size to choose", stacklevel=2)
     channels, image_size = int(channels), int(image_size)
     names = list(classes)
     splits = _splits(names, train_classes, val_classes, test_classes, val_ratio, test_ratio, split_seed)
@@ -203,8 +211,22 @@ def _infer(classes: dict[str, list[Path]]) -> tuple[int, int]:
                     sides[max(image.size)] += 1
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
                 raise DataError(f"{f} is not a readable image ({e}); fix or remove it") from None
-    side = sides.most_common(1)[0][0]
-    return (1 if grey else 3), min(max(side, 4), MAX_INFERRED_SIZE)
+    return (1 if grey else 3), inferred_side(sides)
+
+
+def inferred_side(sides: Counter) -> int:
+    """The image side of a folder whose images' longer sides are counted in ``sides``: that
+    side when all share one; for mixed sizes their median, taken down to the nearest of the
+    field's usual sizes (:data:`MIXED_SIZES`), so a few images more or less do not change
+    it (the most common side did: adding 4 images to 200 turned 55 into 50, where this
+    keeps 48); within [4, :data:`MAX_INFERRED_SIZE`]."""
+    if len(sides) == 1:
+        side = next(iter(sides))
+    else:
+        ordered = sorted(sides.elements())
+        median = ordered[(len(ordered) - 1) // 2]
+        side = max((s for s in MIXED_SIZES if s <= median), default=MIXED_SIZES[0])
+    return min(max(side, 4), MAX_INFERRED_SIZE)
 
 
 def _palette_is_grey(image: Image.Image) -> bool:

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -56,11 +56,13 @@ def check_size(image: Image.Image, label: str) -> None:
 
 def to_pixels(image: Image.Image, mode: str, size: tuple[int, int], label: str) -> np.ndarray:
     """``image`` as uint8 pixels in Pillow ``mode`` (``"L"``: (h, w); ``"RGB"``: (h, w, 3)) of
-    ``size`` (width, height), resized with Lanczos: how training decodes every image, 16-bit,
+    ``size`` (width, height), turned as its EXIF orientation says, resized with Lanczos: how
+    training decodes every image (files and PIL images alike), 16-bit,
     32-bit and float ones scaled to 8 bits rather than clipped."""
     check_size(image, label)
     try:
-        image = _eight_bit(image, label).convert(mode)
+        # A photo as it is shown: a camera's EXIF orientation turns the stored pixels.
+        image = _eight_bit(ImageOps.exif_transpose(image), label).convert(mode)
         if image.size != tuple(size):
             image = image.resize(tuple(size), Image.Resampling.LANCZOS)
         return np.asarray(image, dtype=np.uint8)

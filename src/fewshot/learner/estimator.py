@@ -278,16 +278,17 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
 
     # -- shipping ----------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, card: str | None = None) -> Path:
         """Export to ``path`` (``.safetensors`` file, else a folder): see :mod:`fewshot.runs.exported`.
         Fitted, it keeps the classes and the support set as fitted on (features for a head), so the
         loaded model predicts without the support images. An existing ``path`` that is not an
-        export of the same form is refused, untouched."""
+        export of the same form is refused, untouched. ``card``: a model card, the folder's
+        ``README.md`` (``fewshot export --format hf``)."""
         engine = self._engine if getattr(self, "classes_", None) is not None else self._ready_engine()
         description, extra = self.description(), {}
         if description[LEARNER_KEY]["fitted"] is not None:
             extra = {"fitted.support": self.support_, "fitted.labels": self.support_labels_}
-        return write_model(path, description, engine.weights(), extra)
+        return write_model(path, description, engine.weights(), extra, card=card)
 
     def description(self) -> dict[str, Any]:
         """What an exported model records beside its weights."""

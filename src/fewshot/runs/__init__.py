@@ -48,18 +48,20 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
 def pretrained_from_run(run_dir: str | Path, path: str | Path | None = None, which: str = "best",
                         metadata: dict | None = None) -> Pretrained:
     """A trained run's backbone and head as a :class:`Pretrained` (saved to ``path`` if given),
-    its metadata filled from the run's config: architecture, source data, objective."""
-    config, method, state = load_run(run_dir, which)
-    image_shape = state.get("image_shape")
+    its metadata filled from the run's config: architecture, source data, objective.
+    ``run_dir`` may also be anything ``fewshot export`` wrote (:meth:`Run.open`)."""
+    loaded = Run.open(run_dir).load(which)
+    config, method, image_shape = loaded.config, loaded.method, loaded.image_shape
     source = {"dataset": config.dataset, "dataset_options": config.dataset_options, "split": config.train_split,
-              "run": str(Path(run_dir).resolve()), "steps": state.get("step"), "seed": config.seed}
+              "run": str(Path(run_dir).resolve()), "steps": loaded.source.get("steps"), "seed": config.seed}
     classes = method.source_classes()
     if classes is not None:
         source["num_classes"] = len(classes)
         if all(c >= 0 for c in classes):
             source["classes"] = classes
-    meta = {"architecture": config.backbone, "architecture_options": config.backbone_options,
-            "training": {"method_options": config.method_options, "episodes": config.episodes, "lr": config.lr,
+    # The architecture is described from the built network, not the config: a config's
+    # options leave out what was chosen for the data (Conv-4's depth for 8x8 digits).
+    meta = {"training": {"method_options": config.method_options, "episodes": config.episodes, "lr": config.lr,
                          "train_shape": list(config.train_shape)}, **(metadata or {})}
     backbone, head = method.backbone, method.head
     if backbone is None:

@@ -32,8 +32,9 @@ import torch
 from .. import __version__
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, FewShotError
-from ..io import atomic_folder, load_tensors, parse_json, read_bounded, save_tensors, write_json
-from .model import Loaded, build_model, load_weights, preprocessing_from
+from ..io import atomic_folder, atomic_path, load_tensors, parse_json, read_bounded, save_tensors, write_json
+from .model import Loaded, build_checked, preprocessing_from
+from .schema import check_description
 
 FORMAT = "fewshot-model"
 FORMAT_VERSION = 1
@@ -43,7 +44,9 @@ DESCRIPTION = "config.json"
 #: The most bytes of a description read: it is a few kilobytes of JSON.
 MAX_DESCRIPTION = 1 << 20
 #: The files of an exported model folder, and the temporaries of their writes.
-FOLDER_FILE = re.compile(r"^\.?(model\.safetensors|config\.json)(\.\w+\.tmp)?$")
+FOLDER_FILE = re.compile(r"^\.?(model\.safetensors|config\.json|README\.md)(\.\w+\.tmp)?$")
+#: The model card of a Hugging Face export (``fewshot export --format hf``).
+CARD = "README.md"
 
 
 def _peek(path: Path) -> Any:
@@ -76,15 +79,18 @@ def is_model_file(path: str | Path) -> bool:
 
 
 def write_model(out: str | Path, description: dict[str, Any], weights: dict[str, torch.Tensor],
-                extra: dict[str, torch.Tensor] | None = None) -> Path:
+                extra: dict[str, torch.Tensor] | None = None, *, card: str | None = None) -> Path:
     """Write an exported model (see the module docstring for the two forms); returns ``out``.
     ``extra``: tensors stored under their own names beside the ``model.*`` weights (a fitted
-    learner's support set, ``fitted.*``), which :func:`read_model` leaves out of the weights."""
+    learner's support set, ``fitted.*``), which :func:`read_model` leaves out of the weights.
+    ``card``: a model card (Markdown), written as the folder's ``README.md`` (folders only)."""
     out = Path(out)
     description = {"format": FORMAT, "format_version": FORMAT_VERSION, "fewshot_version": __version__, **description}
     text = json.dumps(description, sort_keys=True)
     tensors = {**{f"model.{k}": v for k, v in weights.items()}, **(extra or {})}
     if out.suffix == ".safetensors":
+        if card is not None:
+            raise ConfigError(f"{out}: a model card needs the folder form; give --out a folder name")
         _check_file_target(out)
         save_tensors(out, tensors, metadata={HEADER_KEY: text})
         return out
@@ -92,6 +98,9 @@ def write_model(out: str | Path, description: dict[str, Any], weights: dict[str,
     with atomic_folder(out, FOLDER_FILE) as staging:
         save_tensors(staging / WEIGHTS, tensors, metadata={HEADER_KEY: text})
         write_json(staging / DESCRIPTION, description)
+        if card is not None:
+            with atomic_path(staging / CARD) as tmp:
+                tmp.write_text(card, encoding="utf-8")
     return out
 
 
@@ -112,11 +121,20 @@ def _check_folder_target(out: Path) -> None:
         return
     # An old writer's leftover temporaries are fewshot's own (removed with the old folder).
     names = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and FOLDER_FILE.match(p.name)))
-    if names and not (names == sorted([WEIGHTS, DESCRIPTION]) and folder_kind(out) == "export"
+    if names and not (set(names) - {CARD} == {WEIGHTS, DESCRIPTION} and folder_kind(out) == "export"
                       and isinstance(described := _peek(out / DESCRIPTION), dict)
                       and described.get("format") == FORMAT):
         raise ConfigError(f"{out} holds files fewshot did not export ({names[0]}, ...); fewshot replaces only an "
                           "empty folder or its own export: choose a new or empty --out folder")
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is something fewshot exported: a model file whose header holds a
+    fewshot description, or an exported model folder (either format)."""
+    path = Path(path)
+    if path.is_dir():
+        return folder_kind(path) == "export"
+    return path.is_file() and path.suffix == ".safetensors" and _is_export_file(path)
 
 
 def _is_export_file(path: Path) -> bool:
@@ -150,6 +168,7 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     if description.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has model format version {description.get('format_version')!r}; this fewshot "
                               f"reads version {FORMAT_VERSION}")
+    check_description(description, label)
     tensors = load_tensors(weights_file)
     weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
     return description, weights, weights_file
@@ -187,12 +206,11 @@ class Exported:
         description, weights, weights_file = read_model(self.path)
         config = TrainConfig.from_dict(description.get("config"))
         prep = preprocessing_from(description.get("preprocessing"), description.get("image_shape"))
-        method = build_model(config, prep.image_shape, backbone=backbone)
-        load_weights(method, weights, weights_file)
+        method = build_checked(config, prep.image_shape, weights, weights_file, backbone=backbone)
         return Loaded(config, method, list(prep.image_shape), description.get("preprocessing"),
                       description.get("calibration"), description.get("source") or {}, weights_file,
                       strategy=description.get("strategy") or None)
 
 
-__all__ = ["DESCRIPTION", "Exported", "FORMAT", "FORMAT_VERSION", "WEIGHTS", "folder_kind", "is_model_file",
+__all__ = ["CARD", "DESCRIPTION", "Exported", "FORMAT", "FORMAT_VERSION", "WEIGHTS", "folder_kind", "is_export", "is_model_file",
            "read_model", "write_model"]

@@ -43,7 +43,7 @@ from ..io import LOCK_NAME, FolderLock, load_tensors, read_json, save_tensors, w
 from ..models.hub import is_hub_name
 from .exported import Exported, folder_kind, is_model_file
 from .hub import HubSource
-from .model import Loaded, Protocol, build_model, load_weights
+from .model import Loaded, Protocol, build_checked
 from .state import named_files, state_problem
 
 CONFIG = "config.json"
@@ -198,9 +198,8 @@ class Run:
         self.require()
         config = self.config
         state = self.read_state()
-        method = build_model(config, tuple(state["image_shape"]), backbone=backbone)
         state, tensors, path = self.read_weights(which, state)
-        load_weights(method, tensors, path)
+        method = build_checked(config, tuple(state["image_shape"]), tensors, path, backbone=backbone)
         source = {"run": str(self.path), "weights": which, "steps": state.get("step"), "data": state.get("data")}
         return Loaded(config, method, state["image_shape"], state.get("preprocessing"), state.get("calibration"),
                       source, path, state=state)

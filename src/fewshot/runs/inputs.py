@@ -5,6 +5,7 @@ them into a run's config and state; nothing here trains."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ def describe_inputs(config: TrainConfig, dataset: ClassDataset | None, backbone:
             changes.update(dataset=f"{IN_MEMORY}{dataset.name}", dataset_options={})
     if backbone is not None:
         changes.update(backbone=CUSTOM_BACKBONE, backbone_options=describe_module(backbone))
+    options = changes.get("dataset_options", config.dataset_options)
+    if isinstance(options.get("path"), str):  # a folder dataset: found again from any working directory
+        changes["dataset_options"] = {**options, "path": str(Path(options["path"]).expanduser().resolve())}
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -108,6 +108,49 @@ def load_weights(method: Method, tensors: dict[str, torch.Tensor], path: Path) -
                               "use other weights (--weights) or train again")
 
 
+def build_checked(config: TrainConfig, image_shape: tuple[int, ...], tensors: dict[str, torch.Tensor], path: Path,
+                  *, backbone: nn.Module | None = None) -> Method:
+    """The model ``config`` describes with the weights ``tensors`` (read from ``path``) loaded.
+
+    The model is first built on the ``meta`` device (no memory, no compute) and the
+    file's tensors are compared with it, names, shapes and dtypes (int8 tensors where
+    floats are expected are refused, never cast): a file whose description claims
+    inputs or a backbone its weights do not fit fails here, in one line, before the
+    real network is allocated (issue 34, cases 6 and 13). A user's own ``backbone``
+    already exists, so it is checked by loading alone.
+    """
+    if backbone is None:
+        with torch.device("meta"):
+            planned = build_model(config, image_shape)
+        check_tensors(planned, tensors, path)
+    method = build_model(config, image_shape, backbone=backbone)
+    load_weights(method, tensors, path)
+    return method
+
+
+def check_tensors(planned: Method, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse ``tensors`` whose names, shapes or dtypes do not fit ``planned`` (a model
+    on the ``meta`` device: loading into it allocates nothing)."""
+    weights = {k.removeprefix("model."): torch.empty(v.shape, dtype=v.dtype, device="meta")
+               for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        planned.load_state_dict(weights, strict=False)  # a head sized by its checkpoint resizes first
+    except RuntimeError:
+        pass  # shapes compared below; names are left to the real load
+    for name, expected in planned.state_dict().items():
+        if name not in weights:
+            continue  # missing names: the real load says so
+        if tuple(weights[name].shape) != tuple(expected.shape):
+            raise CheckpointError(f"{path} does not match the model its description builds ({name}: "
+                                  f"{tuple(weights[name].shape)} in the file, {tuple(expected.shape)} in the model)")
+        found = weights[name].dtype
+        if expected.is_floating_point() != found.is_floating_point or (
+                not expected.is_floating_point() and found != expected.dtype):
+            raise CheckpointError(f"{path}: tensor {name} is {str(found).removeprefix('torch.')} where the model "
+                                  f"holds {str(expected.dtype).removeprefix('torch.')}; the file is damaged or "
+                                  "was not written by fewshot")
+
+
 def model_tensors(method: Method) -> dict[str, torch.Tensor]:
     """The weights of ``method`` as a checkpoint or an exported model holds them (``model.*``)."""
     return {f"model.{k}": v for k, v in method.state_dict().items()}
@@ -173,4 +216,4 @@ class Loaded:
 
 
 __all__ = ["CUSTOM_BACKBONE", "Loaded", "Protocol", "TEST_EPISODES", "TEST_SEED", "build_model", "conv4_depth",
-           "describe_module", "load_weights", "model_tensors", "preprocessing_from"]
+           "build_checked", "check_tensors", "describe_module", "load_weights", "model_tensors", "preprocessing_from"]

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .schema import Shape
+
 
 def plain_name(name: Any) -> bool:
     """A file of the run folder, not a path elsewhere (nor a hidden temporary)."""
@@ -23,9 +25,8 @@ def state_problem(state: Any) -> str | None:
         return f"holds a JSON {type(state).__name__}, not an object"
     if not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool) or state["step"] < 0:
         return "has no valid 'step'"
-    if not (isinstance(state.get("image_shape"), list) and state["image_shape"]
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in state["image_shape"])):
-        return "has no valid 'image_shape'"
+    if not (isinstance(state.get("image_shape"), list) and Shape().accepts(state["image_shape"])):
+        return f"has no valid 'image_shape' (it must be {Shape().describe()})"
     if state.get("checkpoint") is not None and not plain_name(state["checkpoint"]):
         return "names no valid 'checkpoint' file"
     if state.get("best") is not None and not (isinstance(state["best"], dict) and plain_name(state["best"].get("file"))):

@@ -46,6 +46,7 @@ from ..methods import Method
 from ..models.pretrained import (Pretrained, check_image_shape, count_parameters, describe_architecture,
                                  known_architecture, load_pretrained, read_metadata, save_pretrained)
 from ..runs import Run, pretrained_from_run
+from ..runs.exported import is_export
 
 FORMAT = "fewshot-zoo"
 VERSION = 2  # 2: entries hash their metadata file too ("metadata_sha256")
@@ -223,7 +224,9 @@ class Zoo:
                                           f"height, width); a zoo model must say what images it takes")
                 load_checked(weights, None, None)
             except FewShotError as e:
-                raise type(e)(f"cannot add '{name}' to the zoo: {_one_line(e)}") from None
+                # Say the files by their names: the staging folder is no path of the user's.
+                said = _one_line(e).replace(f"{staging}{os.sep}", "").replace(str(staging), "the zoo")
+                raise type(e)(f"cannot add '{name}' to the zoo: {said}") from None
             entry = {
                 "file": f"{name}.safetensors", "sha256": sha256_file(weights), "metadata_sha256": sha256_file(sidecar),
                 "added": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -255,10 +258,10 @@ class Zoo:
             image_shape = check_image_shape(list(image_shape), "image_shape")
         if isinstance(source, (str, Path)):
             path = Path(source)
-            if path.is_dir():
-                if Run.is_run(path):
-                    pretrained_from_run(path, weights, metadata=extra)
-                elif (path / "config.json").exists():
+            if Run.is_run(path) or is_export(path):  # a run folder, or any form `fewshot export` writes
+                pretrained_from_run(path, weights, metadata=extra)
+            elif path.is_dir():
+                if (path / "config.json").exists():
                     # Offline, schema-checked, refused unless every backbone weight is in the files;
                     # a classifier's head is kept (LEEP and NCE read it).
                     hub = load_backbone(path, image_shape=image_shape)
