@@ -275,7 +275,7 @@ class Trainer:
             self._restore()
             if self.dist.is_main:
                 self.folder.remove_leftovers()
-            if self.state["done"]:
+            if self._finished():
                 return self._finished_before(record)
         elif resume:
             self.folder.check_resumable()
@@ -348,6 +348,13 @@ class Trainer:
             self.folder.commit(self.state)
         self.dist.barrier()
         return self._finish(images_per_step, record and self.dist.is_main)
+
+    def _finished(self) -> bool:
+        """Whether the restored run has nothing left to do: it ran to its end, and its
+        config (which a resume may extend, e.g. more episodes) asks for no more steps or CPU time."""
+        c, s = self.config, self.state
+        spent = c.cpu_minutes is not None and s["cpu_seconds"] >= 60 * c.cpu_minutes
+        return bool(s["done"]) and (s["step"] >= c.episodes or spent)
 
     def _finished_before(self, record: bool) -> TrainResult:
         """A resumed run that had already finished trains nothing more. It is recorded only

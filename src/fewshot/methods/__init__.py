@@ -87,5 +87,6 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
 
 
 __all__ = ["ANIL", "FOMAML", "MAML", "MANN", "METHODS", "Baseline", "BaselinePlusPlus", "FineTune", "MatchingNet",
-           "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RL2", "RelationNet", "Reptile", "TaskCondNet",
+           "MetaSGD", "Method", "PixelNearestMean", "Predictor", "ProtoNet", "RL2", "RelationNet", "Reptile",
+           "TaskCondNet",
            "build_method", "class_means", "method_class", "method_options", "register", "resolved_options"]
