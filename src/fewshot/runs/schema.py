@@ -81,7 +81,13 @@ DESCRIPTION = Record({
     "fitted": Optional(Record({"head": Text(), "head_options": Settings(),
                                "classes": ListOf(Scalar(), 1, MAX_CLASSES)},
                               required=("head", "head_options", "classes"))),
-}, required=("format", "format_version", "config"))
+    # A learner's backbone, head and fitted support set (fewshot.learner); a Hugging Face
+    # backbone's export has no training config, its ``learner.backbone`` describes it.
+    "learner": Optional(Settings()),
+}, required=("format", "format_version"))
+#: The same for a learner over a Hugging Face backbone: its preprocessing is the model's own
+#: image processor's recipe, checked by :mod:`fewshot.models.hub_config` when it is rebuilt.
+HUB_DESCRIPTION = Record({**DESCRIPTION.fields, "preprocessing": Optional(Settings())}, required=DESCRIPTION.required)
 
 
 def problem(value: Any, constraint: Constraint, field: str = "") -> str | None:
@@ -107,8 +113,12 @@ def problem(value: Any, constraint: Constraint, field: str = "") -> str | None:
 def check_description(description: Any, label: str) -> dict[str, Any]:
     """``description`` if it fits :data:`DESCRIPTION`, else a one-line CheckpointError
     naming ``label`` (the file) and the field."""
-    found = problem(description, DESCRIPTION)
-    prep = description.get("preprocessing") if found is None else None
+    learner = description.get("learner") if isinstance(description, dict) else None
+    hub = isinstance(learner, dict) and isinstance(learner.get("backbone"), dict)
+    found = problem(description, HUB_DESCRIPTION if hub else DESCRIPTION)
+    if found is None and "config" not in description and not hub:
+        found = "the description lacks 'config'"  # only a learner over a described backbone has none
+    prep = description.get("preprocessing") if found is None and not hub else None
     if isinstance(prep, dict) and not Shape().accepts([prep["channels"], prep["height"], prep["width"]]):
         found = f"field 'preprocessing' must describe inputs of {Shape().describe()}"
     if found:
@@ -121,4 +131,4 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["DESCRIPTION", "MAX_CLASSES", "Record", "Scalar", "Shape", "check_description", "problem"]
+__all__ = ["DESCRIPTION", "HUB_DESCRIPTION", "MAX_CLASSES", "Record", "Scalar", "Shape", "check_description", "problem"]
