@@ -12,10 +12,12 @@ and what it got::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError, did_you_mean
 
@@ -201,3 +203,33 @@ def check_known(owner: str, given, accepted, *, how: str = "") -> None:
         listing = ", ".join(accepted) if accepted else "none"
         raise ConfigError(f"{owner} has no option '{unknown[0]}'{did_you_mean(unknown[0], accepted)}; "
                           f"its options: {listing}{how}")
+
+
+def recording_init(cls: type, init: Callable, kind: str, owner: Callable[[Any], str]) -> Callable:
+    """``init`` of a class with declared options (a method, a head) that first checks its
+    arguments against ``cls._parameter_constraints`` (one line naming ``owner(self)`` and the
+    option) and then keeps them, defaults filled in, as ``self._params`` for ``get_params()``
+    (scikit-learn's shape). A subclass's constructor runs last, so what it was given is what
+    is kept. ``kind`` names the thing in a bad-signature error ("method", "head"); a
+    ``backbone`` argument is the module the options configure, not an option."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"bad option for {kind} '{type(self).name}': {e}") from None
+        bound.apply_defaults()
+        params: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            how = signature.parameters[name].kind
+            if how is inspect.Parameter.VAR_KEYWORD:
+                params.update(value)
+            elif how is not inspect.Parameter.VAR_POSITIONAL and name != "backbone":
+                params[name] = value
+        validate(owner(self), params, cls._parameter_constraints)
+        init(self, *args, **kwargs)
+        self._params = params
+
+    return __init__

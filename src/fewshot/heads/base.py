@@ -26,7 +26,6 @@ and in their dtype.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Any, Callable, ClassVar
 
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..methods.protonet import prototype_logits
-from ..params import Constraint, check_known, validate
+from ..params import Constraint, check_known, recording_init
 from ..registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -61,7 +60,7 @@ class Head:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _recording(cls, cls.__dict__["__init__"])
+            cls.__init__ = recording_init(cls, cls.__dict__["__init__"], "head", lambda h: f"head '{type(h).name}'")
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments, defaults filled in (scikit-learn's ``get_params``), as
@@ -95,28 +94,6 @@ class Head:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
-
-
-def _recording(cls: type[Head], init: Callable) -> Callable:
-    """``init`` that first checks its arguments against ``cls``'s declared constraints (one
-    line naming the head and the option) and then keeps them for :meth:`Head.get_params`."""
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        try:
-            bound = signature.bind(self, *args, **kwargs)
-        except TypeError as e:
-            raise ConfigError(f"bad option for head '{type(self).name}': {e}") from None
-        bound.apply_defaults()
-        params = {name: value for name, value in list(bound.arguments.items())[1:]
-                  if signature.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                             inspect.Parameter.VAR_KEYWORD)}
-        validate(f"head '{type(self).name}'", params, cls._parameter_constraints)
-        init(self, *args, **kwargs)
-        self._params = params
-
-    return __init__
 
 
 def check_episode(head: Head, support: torch.Tensor, labels: torch.Tensor, way: int,

@@ -49,8 +49,6 @@ A new method is one file in this package, a class decorated with :func:`register
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -60,7 +58,7 @@ from torch import nn
 from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..metrics import accuracy
-from ..params import Constraint, validate
+from ..params import Constraint, recording_init
 from ..registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -105,7 +103,7 @@ class Method(nn.Module):
         if cls.test_mode not in TEST_MODES:
             raise TypeError(f"{cls.__name__}.test_mode must be one of {TEST_MODES}, not {cls.test_mode!r}")
         if "__init__" in cls.__dict__:
-            cls.__init__ = _recording(cls, cls.__dict__["__init__"])
+            cls.__init__ = recording_init(cls, cls.__dict__["__init__"], "method", lambda m: type(m).name)
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's arguments but the backbone, defaults filled in (scikit-learn's
@@ -167,33 +165,6 @@ class Method(nn.Module):
         """
         if options:
             raise ConfigError(f"{self.name} takes no test-time option {', '.join(sorted(options))}")
-
-
-def _recording(cls: type[Method], init: Callable) -> Callable:
-    """``init`` that first checks its arguments against ``cls``'s declared constraints and
-    then keeps them for :meth:`Method.get_params`. A subclass's constructor runs last, so
-    what it was given is what is kept."""
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        try:
-            bound = signature.bind(self, *args, **kwargs)
-        except TypeError as e:
-            raise ConfigError(f"bad option for method '{type(self).name}': {e}") from None
-        bound.apply_defaults()
-        params: dict[str, Any] = {}
-        for name, value in list(bound.arguments.items())[1:]:
-            kind = signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                params.update(value)
-            elif kind is not inspect.Parameter.VAR_POSITIONAL and name != "backbone":
-                params[name] = value
-        validate(type(self).name, params, cls._parameter_constraints)
-        init(self, *args, **kwargs)
-        self._params = params
-
-    return __init__
 
 
 def register(cls: type[Method]) -> type[Method]:
