@@ -217,7 +217,7 @@ def main() -> None:
                 acc, ci = confidence_interval(scores)
                 diff, diff_ci = paired(scores, reference[dataset, way, backbone][:count])
                 rows.append({"dataset": dataset, "way": way, "shot": 1, "query": QUERY, "backbone": backbone,
-                             "head": label, "name": name, "options": head.options(),
+                             "head": label, "name": name, "options": head.get_params(),
                              "transductive": head.transductive, "episodes": count, "accuracy": acc, "ci95": ci,
                              "vs_nearest_centroid": diff, "vs_ci95": diff_ci, "cpu_seconds": seconds,
                              "per_episode": [round(float(a), 3) for a in scores]})
@@ -236,7 +236,7 @@ def main() -> None:
             acc, ci = confidence_interval(r.scores)
             diff, diff_ci = paired(r.scores, reference["omniglot", way, "protonet"])
             meta_rows.append({"dataset": "omniglot", "way": way, "shot": 1, "query": QUERY, "method": method,
-                              "options": models["omniglot", method].options(), "transductive": False,
+                              "options": models["omniglot", method].get_params(), "transductive": False,
                               "episodes": args.episodes, "accuracy": acc, "ci95": ci,
                               "vs_protonet_nearest_centroid": diff, "vs_ci95": diff_ci, "cpu_seconds": seconds,
                               "per_episode": [round(float(a), 3) for a in r.scores]})
