@@ -55,14 +55,13 @@ from ..errors import ConfigError
 from ..params import Boolean, Integer, OneOf, Optional, Real
 from ..models.functional import FunctionalModule
 from ..models.inner_loop import sgd_step, surrogate_loss
-from ..rl.policies import kl_divergence, log_prob, sample
+from ..rl.policies import POLICIES, check_policy_method, kl_divergence, log_prob, sample
 from ..rl.rng import Generators
 from ..rl.rollouts import Rollouts, advantages, policy_gradient_loss, rollout
 from ..rl.tasks import RLTask
 from ..rl.trpo import trpo_step
 from .base import Method, register
 
-POLICIES = ("gaussian", "categorical")
 OUTER = ("adam", "trpo")
 
 
@@ -107,12 +106,7 @@ class MAMLRL(Method):
                  task: str = "reinforcement", image_shape: Sequence[int] | None = None, outer: str = "adam",
                  max_kl: float = 0.01):
         super().__init__(backbone)
-        if task not in self.tasks:
-            raise ConfigError(f"maml-rl learns policies on environment families, not {task} data; "
-                              "train it with --env (see `fewshot data list`), e.g. --env navigation-2d")
-        if policy is None:
-            raise ConfigError(f"maml-rl needs a policy, one of {', '.join(POLICIES)} (training on an environment "
-                              "family sets it)")
+        check_policy_method("maml-rl", task, self.tasks, policy, "navigation-2d")
         if backbone is None:
             raise ConfigError("maml-rl needs a policy network module (e.g. fewshot.models.MLP)")
         self.policy, self.inner_steps, self.inner_lr = policy, int(inner_steps), float(inner_lr)

@@ -40,13 +40,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.inner_loop import surrogate_loss
 from ..params import Integer, OneOf, Optional, Real
-from ..rl.policies import entropy, log_prob
+from ..rl.policies import POLICIES, check_policy_method, entropy, log_prob
 from ..rl.recurrent import GRUPolicy, Trials, gae, trial_rollout
 from ..rl.rng import Generators
 from ..rl.tasks import RLTask
 from .base import Method, register
 
-POLICIES = ("gaussian", "categorical")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
@@ -72,12 +71,7 @@ class RL2(Method):
                  gae_lambda: float = 0.95, clip: float = 0.2, ppo_epochs: int = 4, ppo_lr: float = 1e-3,
                  value_coef: float = 0.5, entropy_coef: float = 0.0, max_grad_norm: float = 1.0,
                  init_std: float = 1.0, task: str = "reinforcement", image_shape: Sequence[int] | None = None):
-        if task not in self.tasks:
-            raise ConfigError(f"rl2 learns policies on environment families, not {task} data; train it with --env "
-                              "(see `fewshot data list`), e.g. --env bandit-5")
-        if policy is None:
-            raise ConfigError(f"rl2 needs a policy, one of {', '.join(POLICIES)} (training on an environment family "
-                              "sets it)")
+        check_policy_method("rl2", task, self.tasks, policy, "bandit-5")
         if backbone is None or image_shape is None:
             raise ConfigError("rl2 needs the family's policy network and observation shape (train it with --env)")
         shape = tuple(image_shape)

@@ -14,9 +14,24 @@ import math
 
 import torch
 
+from ..errors import ConfigError
 from .rng import Source, normal, uniform
 
 KINDS = {"continuous": "gaussian", "discrete": "categorical"}
+#: The policy distributions a meta-RL method can be built with.
+POLICIES = tuple(KINDS.values())
+
+
+def check_policy_method(method: str, task: str, tasks, policy: str | None, example: str) -> None:
+    """Refuse, in one line, a meta-RL method built for other data than environment families, or
+    without its policy distribution (which training on a family sets): the checks every
+    policy-learning method (maml-rl, rl2) makes first."""
+    if task not in tasks:
+        raise ConfigError(f"{method} learns policies on environment families, not {task} data; train it with "
+                          f"--env (see `fewshot data list`), e.g. --env {example}")
+    if policy is None:
+        raise ConfigError(f"{method} needs a policy, one of {', '.join(POLICIES)} (training on an environment "
+                          "family sets it)")
 
 
 def log_prob(kind: str, out: torch.Tensor, log_std: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
@@ -57,4 +72,4 @@ def entropy(kind: str, out: torch.Tensor, log_std: torch.Tensor | None) -> torch
     return -(logp.exp() * logp).sum(-1)
 
 
-__all__ = ["KINDS", "entropy", "kl_divergence", "log_prob", "sample"]
+__all__ = ["KINDS", "POLICIES", "check_policy_method", "entropy", "kl_divergence", "log_prob", "sample"]
