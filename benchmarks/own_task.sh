@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Your own task" section, run exactly as written there, in a fresh folder;
+# docs/own-task.md's worked example, run exactly as written there, in a fresh folder;
 # prints what a user sees and the accuracy of the predictions (the query images' folder
 # names are their true labels). Output: benchmarks/results/own_task.txt.
 #   bash benchmarks/own_task.sh > benchmarks/results/own_task.txt
