@@ -156,7 +156,7 @@ def test_the_dynamic_import_finder_finds_each_form():
     assert dynamic_imports("import os\nfrom . import data\nx = obj.util") == []
 
 
-#: The layers of the README's architecture section, bottom first: a module may import
+#: The layers of docs/architecture.md, bottom first: a module may import
 #: from its own layer and the layers below, never from one above.
 LAYERS = [
     ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.registry", "fewshot.metrics", "fewshot.config",
@@ -183,7 +183,7 @@ def layer_of(module: str) -> int | None:
 def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
     edges = graph()
     unplaced = sorted(m for m in edges if m != "fewshot" and layer_of(m) is None)
-    assert unplaced == [], "add these modules to LAYERS (and to the README's architecture section)"
+    assert unplaced == [], "add these modules to LAYERS (and to docs/architecture.md)"
     upward = sorted(f"{a} imports {b}" for a, targets in edges.items() if a != "fewshot"  # the package's face
                     for b in targets if b != "fewshot" and layer_of(b) > layer_of(a))
     assert upward == []
