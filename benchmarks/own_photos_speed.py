@@ -177,7 +177,8 @@ def write_markdown(results: dict, path: Path) -> None:
              f"One fresh process each (start and imports included), one thread, {task['support_images']} support + "
              f"{task['query_images']} query photos, a randomly initialised tiny HF ResNet ({task['parameters']:,} "
              "parameters, 8-16-32 channels, 64 x 64 inputs) saved with save_pretrained; CPU = user + system seconds "
-             "of the child process, median over the repeats (runs alternate). Produced by "
+             "of the child process, median over the repeats (runs alternate): with 100 query images, CPU seconds per 100 "
+             "query images, start-up included. Produced by "
              "`OMP_NUM_THREADS=1 python benchmarks/own_photos_speed.py --repeats N --label L`.", "",
              "| measurement | fewshot predict CPU-s | hand-written CPU-s | ratio | fewshot wall-s | hand-written wall-s "
              "| labels agree | load average |", "|---|---|---|---|---|---|---|---|"]
