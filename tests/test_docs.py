@@ -132,6 +132,16 @@ def test_front_page_figures_come_from_benchmark_results():
     right, total, mean = re.search(r"(\d+) of (\d+) query images right, at a mean predicted probability of "
                                    r"([\d.]+) %", " ".join(readme.split())).groups()
     assert f"measured: {right}/{total} query images right" in own and f"mean predicted probability {mean} %" in own
+    # The own-photos table: each row's figures are the benchmark's, row for row.
+    photos = (ROOT / "benchmarks/results/own_photos.md").read_text(encoding="utf-8")
+    measured = {tuple(re.findall(r"\d+\.\d ± \d+\.\d", line)[::2]) for line in photos.splitlines()}
+    shown = [tuple(re.findall(r"\d+\.\d ± \d+\.\d", line)) for line in readme.splitlines()
+             if re.match(r"\|.*\| \d+\.\d ± \d+\.\d % \| \d+\.\d ± \d+\.\d % \|$", line)]
+    assert len(shown) >= 4 and all(row in measured for row in shown), shown
+    speed = (ROOT / "benchmarks/results/own_photos_speed.md").read_text(encoding="utf-8")
+    ratio, fewshot_cpu, script_cpu = re.search(r"([\d.]+)× the CPU time .*?([\d.]+) against ([\d.]+) CPU-s",
+                                               " ".join(readme.split())).groups()
+    assert f"| {fewshot_cpu} | {script_cpu} | {ratio}x |" in speed
 
 
 # Import names whose distribution is called otherwise.
