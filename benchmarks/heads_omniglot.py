@@ -31,7 +31,9 @@ metric methods (about 21 CPU-minutes of training, 30 in all at 400 episodes).
     OMP_NUM_THREADS=1 FEWSHOT_DATA=/work/shared/data PYTHONPATH=src \\
         python benchmarks/heads_omniglot.py            # about 15 CPU-minutes (8 of training)
 
-Runs go under ``--runs`` and are reused when finished (delete them to retrain). Writes
+Runs go under ``--runs`` and are reused when finished (delete them to retrain);
+``--train-only RUN ...`` trains just those runs and stops, so that several one-thread
+processes can train them in parallel before the run that evaluates. Writes
 benchmarks/results/heads_omniglot.{json,md} (or under ``--results``).
 """
 
@@ -167,6 +169,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench/heads")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the existing JSON")
+    parser.add_argument("--train-only", nargs="+", metavar="RUN",
+                        help="only train these runs (e.g. omniglot-protonet digits-pretrain omniglot-r2d2) and stop")
     args = parser.parse_args()
     if args.report_only:
         out = read_json(Path(args.results) / "heads_omniglot.json")
@@ -190,18 +194,22 @@ def main() -> None:
     t = lap("loading data", t)
 
     # -- training ------------------------------------------------------------------------
+    jobs = {(dataset, backbone): config_for(method, dataset, args, num_classes=len(d.split_classes("train")))
+            for dataset, d in data.items() for backbone, method in (("protonet", "protonet"), ("pretrain", "baseline"))}
+    jobs.update({("omniglot", method): config_for(method, "omniglot", args) for method in META})
+    if args.train_only:  # train these runs and stop (several such processes train in parallel)
+        unknown = set(args.train_only) - {f"{dataset}-{name}" for dataset, name in jobs}
+        if unknown:
+            sys.exit(f"--train-only: no run {', '.join(sorted(unknown))}; the runs: "
+                     f"{', '.join(f'{dataset}-{name}' for dataset, name in jobs)}")
+        jobs = {k: v for k, v in jobs.items() if f"{k[0]}-{k[1]}" in args.train_only}
     models, training = {}, {}
-    for dataset, d in data.items():
-        for backbone, method in (("protonet", "protonet"), ("pretrain", "baseline")):
-            config = config_for(method, dataset, args, num_classes=len(d.split_classes("train")))
-            models[dataset, backbone], training[f"{dataset}/{backbone}"] = train(f"{dataset}-{backbone}", config,
-                                                                                 d, runs)
-            print(f"trained {dataset}/{backbone}: {training[f'{dataset}/{backbone}']['steps']} steps", flush=True)
-    for method in META:
-        models["omniglot", method], training[f"omniglot/{method}"] = train(
-            f"omniglot-{method}", config_for(method, "omniglot", args), data["omniglot"], runs)
-        print(f"trained omniglot/{method}: {training[f'omniglot/{method}']['steps']} steps", flush=True)
+    for (dataset, name), config in jobs.items():
+        models[dataset, name], training[f"{dataset}/{name}"] = train(f"{dataset}-{name}", config, data[dataset], runs)
+        print(f"trained {dataset}/{name}: {training[f'{dataset}/{name}']['steps']} steps", flush=True)
     t = lap("training", t)
+    if args.train_only:
+        return
 
     # -- heads on frozen features ----------------------------------------------------------
     suites = [("omniglot", 5), ("omniglot", 20), ("digits", 5)]
@@ -258,6 +266,7 @@ def main() -> None:
                        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                        "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
            "settings": vars(args), "cpu_seconds": time.process_time() - cpu0, "cpu_seconds_by_stage": cpu,
+           "training_cpu_seconds": sum(v["cpu_seconds"] for v in training.values()),
            "wall_seconds": time.perf_counter() - wall0, "training": training,
            "published_gains_mini_imagenet": {k: {"gain": g, "source": s} for k, (g, s) in PUBLISHED_GAINS.items()},
            "heads": rows, "meta_trained": meta_rows}
@@ -295,8 +304,10 @@ def markdown(out: dict, args) -> str:
     m = out["machine"]
     lines = ["# Test-time heads and meta-trained heads on Omniglot and digits (small CPU budget)", "",
              f"Command: `OMP_NUM_THREADS=1 FEWSHOT_DATA=... {out['command']}`  ",
-             f"{out['cpu_seconds'] / 60:.1f} CPU-minutes in all ({', '.join(f'{k} {v / 60:.1f}' for k, v in out['cpu_seconds_by_stage'].items())}), "
-             f"{out['wall_seconds'] / 60:.1f} wall-minutes; one torch thread on a {m['cores']}-core machine, "
+             f"{out['cpu_seconds'] / 60:.1f} CPU-minutes in this process ({', '.join(f'{k} {v / 60:.1f}' for k, v in out['cpu_seconds_by_stage'].items())}); "
+             f"the training runs' own count {out.get('training_cpu_seconds', 0) / 60:.1f} CPU-minutes (trained here or "
+             f"by earlier `--train-only` processes, reused here); {out['wall_seconds'] / 60:.1f} wall-minutes; "
+             f"one torch thread on a {m['cores']}-core machine, "
              f"load average {m['loadavg_start'][0]:.1f} at the start and {m['loadavg_end'][0]:.1f} at the end "
              "(shared with other jobs).", "",
              f"Episodes: `make_sampler(dataset, 'test', way, 1, {QUERY}, seed=0)`, the first {args.episodes} "
