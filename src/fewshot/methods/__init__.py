@@ -17,6 +17,7 @@ from ..params import check_known
 from .base import METHODS, Method, Predictor, class_means, register
 # Each method registers itself where it is defined (@register): importing it is what adds it.
 from .baselines import PixelNearestMean
+from .dn4 import DN4
 from .feat import FEAT
 from .mann import MANN
 from .maml import ANIL, FOMAML, MAML, MetaSGD

@@ -63,11 +63,12 @@ LOSSES = ("mse", "ce")
 AGGREGATES = ("sum", "mean")
 
 
-def _without_pooling(encoder: nn.Sequential, blocks: int) -> None:
-    """Replace every max-pool in the last ``blocks`` pooling children of ``encoder`` by identity."""
+def without_pooling(encoder: nn.Sequential, blocks: int, method: str = "relationnet") -> None:
+    """Replace every max-pool in the last ``blocks`` pooling children of ``encoder`` by identity
+    (also DN4's feature maps); ``method`` names the method in the error."""
     pooled = [child for child in encoder if any(isinstance(m, nn.MaxPool2d) for m in child.modules())]
     if blocks > len(pooled):
-        raise ConfigError(f"relationnet unpooled_blocks={blocks} but the backbone has {len(pooled)} pooling blocks")
+        raise ConfigError(f"{method} unpooled_blocks={blocks} but the backbone has {len(pooled)} pooling blocks")
     for child in pooled[len(pooled) - blocks:]:
         for parent in list(child.modules()):
             for name, module in parent.named_children():
@@ -158,7 +159,7 @@ class RelationNet(Method):
                                   "use relation='mlp' for flat features")
             # The backbone without its Flatten: feature maps for the convolutional relation module.
             self.backbone = nn.Sequential(*children[:-1])
-            _without_pooling(self.backbone, unpooled_blocks)
+            without_pooling(self.backbone, unpooled_blocks)
             channels, h, w = self._dry_run(image_shape)
             self.relation = ConvRelation(channels, (h, w), self.hidden, width=channels)
         else:
