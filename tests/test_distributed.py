@@ -31,3 +31,29 @@ def test_two_processes_match_one(tmp_path):
     # The logged loss is the mean over the whole meta-batch in both cases.
     for (s1, l1, a1), (s2, l2, a2) in zip(single_state["history"]["train"], double_state["history"]["train"]):
         assert s1 == s2 and abs(l1 - l2) < 1e-5 and abs(a1 - a2) < 1e-6
+
+
+def _train_rl(run_dir, outer, *extra):
+    env = {**os.environ, "FEWSHOT_RUNS": str(run_dir.parent / "store"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "fewshot", "train", "maml-rl", "--env", "navigation-2d", "--meta-batch", "4",
+           "--rollouts", "5", "--backbone-option", "hidden=[16]", "--lr", "0.01", "--episodes", "4",
+           "--val-split", "none", "-o", f"outer={outer}", "--out", str(run_dir), "--quiet", *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    return load_tensors(run_dir / state["checkpoint"]), state
+
+
+def test_maml_rl_two_processes_match_one(tmp_path):
+    # Each task's rollouts depend only on its seed and the policy (fewshot.rl.rng), so
+    # the tasks a process rolls out alone are those the single process rolls out together,
+    # up to the rounding of the batched policy; the summed meta-gradients are the mean's.
+    single, single_state = _train_rl(tmp_path / "single", "adam")
+    double, double_state = _train_rl(tmp_path / "double", "adam", "--nproc", "2")
+    assert double_state["step"] == single_state["step"] == 4
+    for key, value in single.items():
+        if key.startswith(("model.", "optim.")):
+            assert torch.allclose(double[key], value, rtol=1e-4, atol=1e-5), (key, (double[key] - value).abs().max())
+    for (s1, l1, r1), (s2, l2, r2) in zip(single_state["history"]["train"], double_state["history"]["train"]):
+        assert s1 == s2 and abs(l1 - l2) < 1e-4 and abs(r1 - r2) < 1e-3
+

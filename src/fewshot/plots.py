@@ -176,11 +176,12 @@ class Series:
 
 
 def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str, title: str,
-                     ticks_at_values: bool = True) -> Path:
+                     ticks_at_values: bool = True, ylabel: str | None = None) -> Path:
     """Accuracy ± 95% CI of each method against ``x`` (e.g. shots per class, or ways).
 
     ``ticks_at_values`` puts a tick at every x that occurs (right for a few shots or
     ways); ``False`` leaves the ticks to matplotlib (a continuous x such as CPU time).
+    ``ylabel`` names another score (e.g. a return): its axis is not accuracy's.
     """
     if not series:
         raise ConfigError(f"'{title}' needs at least one series of results")
@@ -195,8 +196,9 @@ def accuracy_against(series: Sequence[Series], path: str | Path, *, xlabel: str,
     if ticks_at_values:
         xs = sorted({float(v) for s in series for v in s.x})
         ax.set_xticks(xs, [f"{v:g}" for v in xs])
-    ax.set(title=title, xlabel=xlabel, ylabel=f"accuracy (%, {ACCURACY_AXIS}), error bar: 95% CI")
-    ax.set_ylim(ACCURACY_ORIGIN, 100.0)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel or f"accuracy (%, {ACCURACY_AXIS}), error bar: 95% CI")
+    if ylabel is None:
+        ax.set_ylim(ACCURACY_ORIGIN, 100.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -131,7 +131,8 @@ REGRESSION = TaskKind(
 REINFORCEMENT = TaskKind(
     "reinforcement", "the return of a policy adapted to an environment from K rollouts", "return",
     higher_is_better=True, value_format=".4g", ci_format=".2g", rollouts=True, host_only=True,
-    default_backbone="mlp", train_example="fewshot train maml-rl --env {name}")
+    default_backbone="mlp", train_example="fewshot train maml-rl --env {name}",
+    panels=("learning_curves", "return_vs_steps"))
 
 #: Every kind by name.
 KINDS: dict[str, TaskKind] = {k.name: k for k in (CLASSIFICATION, REGRESSION, REINFORCEMENT)}

@@ -37,14 +37,13 @@ import dataclasses
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__, devices
+from . import __version__, budget, devices
 from .calibration import calibrate, calibration_sampler
 from .config import TrainConfig
 from .data import ClassDataset, load_dataset, load_source
@@ -59,47 +58,13 @@ from .progress import bar as progress_bar, status
 from .runs import Run, build_model, load_weights, model_tensors
 from .runs.checkpoint import optimizer_checkpoint, restore_optimizer
 from .runs.inputs import describe_data, describe_inputs, preprocessing_of
+from .runs.result import TrainResult
 from .runtime import Runtime, resolve_runtime
 from .store import RunStore, record_run
-from .taskkind import kind_of_metric
 
 LOG_EVERY = 50
 #: Episodes the temperature of probabilities is fitted on at the end of training.
 CALIBRATION_EPISODES = 100
-
-
-@dataclass
-class TrainResult:
-    """What a training run gave. ``best_accuracy`` (classification), ``best_mse``
-    (regression) or ``best_return`` (reinforcement) is the best validation score, in the
-    run's ``metric``: the field its task kind names (:attr:`~fewshot.taskkind.TaskKind.best_key`,
-    read with :attr:`best`)."""
-
-    run_dir: Path
-    steps: int
-    best_accuracy: float | None
-    best_ci95: float | None
-    seconds: float
-    cpu_seconds: float
-    images_per_second: float
-    run_id: int | None = None
-    metric: str = "accuracy"
-    best_mse: float | None = None
-    best_return: float | None = None  # reinforcement (fewshot.rl): mean return after adaptation
-    #: Why the finished run could not be recorded in the run store (None: it was, or was not asked to be).
-    record_error: str | None = None
-    device: str = "cpu"
-    #: Peak memory of the run in MB, and what was measured (:func:`fewshot.devices.peak_memory`).
-    peak_memory_mb: float | None = None
-    peak_memory_kind: str = ""
-    #: The run had finished before this call (a resume of a finished run): nothing was trained
-    #: and nothing new recorded; ``run_id`` is its existing record, if the store has one.
-    finished_before: bool = False
-
-    @property
-    def best(self) -> float | None:
-        """The best validation score, whichever the metric."""
-        return getattr(self, kind_of_metric(self.metric).best_key)
 
 
 class Trainer:
@@ -306,15 +271,20 @@ class Trainer:
         seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
         log = self.state["log"]
         self.method.train()
+        # The process CPU time at which the budget is spent: checked inside a step too (fewshot.budget).
+        deadline = None if config.cpu_minutes is None else cpu + 60 * config.cpu_minutes - cpu0
         if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
-            self._check_memory(start_step)
+            self._check_memory(start_step, deadline if self.dist.is_main else None)
         devices.reset_peak_memory(self.device)
         with progress_bar(config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
                           enabled=progress and self.dist.is_main) as bar:
             exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
             for step in range(start_step, start_step if exhausted else config.episodes):
-                spent = cpu0 + time.process_time() - cpu
-                loss, acc, out_of_budget = self._step(step, config.cpu_minutes is not None and spent >= 60 * config.cpu_minutes)
+                outcome = self._step(step, deadline is not None and time.process_time() >= deadline, deadline)
+                if outcome is None:  # the budget ran out inside the step: nothing of it was applied
+                    self._stop_in_step(progress, seconds0 + time.perf_counter() - wall, cpu0 + time.process_time() - cpu)
+                    break
+                loss, acc, out_of_budget = outcome
                 log["loss"] += loss
                 log["accuracy"] += acc
                 log["count"] += 1
@@ -349,6 +319,16 @@ class Trainer:
         self.dist.barrier()
         return self._finish(images_per_step, record and self.dist.is_main)
 
+    def _stop_in_step(self, progress: bool, seconds: float, cpu_seconds: float) -> None:
+        """End a run whose budget ran out inside a step: the last completed step's weights,
+        validated (unless they were) and checkpointed."""
+        if self.dist.is_main:
+            val, best = self.state["history"]["val"][-1:], self.state["best"] or {}
+            if self.state["step"] not in ([v[0] for v in val] if self.val_sampler is not None else [best.get("step")]):
+                self._validate(progress)
+            self.state.update(seconds=seconds, cpu_seconds=cpu_seconds)
+            self._save_checkpoint()
+
     def _finished(self) -> bool:
         """Whether the restored run has nothing left to do: it ran to its end, and its
         config (which a resume may extend, e.g. more episodes) asks for no more steps or CPU time."""
@@ -376,28 +356,42 @@ class Trainer:
         except StoreError:
             return None
 
-    def _step(self, step: int, out_of_budget: bool) -> tuple[float, float, bool]:
+    def _step(self, step: int, out_of_budget: bool, deadline: float | None) -> tuple[float, float, bool] | None:
         """One meta-update; returns the meta-batch's mean loss and accuracy and whether
-        (on the main process's clock) the CPU budget is spent, agreed by every process."""
+        (on the main process's clock) the CPU budget is spent, agreed by every process; or
+        None, nothing applied and the RNG as before, when the main process's budget ran out
+        inside the step (its ``deadline``, :mod:`fewshot.budget`; the others run their share out)."""
         # Training episodes only, seeded by the step: a resumed run changes them as the first did.
         episodes = augment_batch(self.sampler.batch(step, self.config.meta_batch), self.config.augment,
                                  self.config.seed, step)
         mine = episodes[self.dist.rank :: self.dist.world_size]
         self.optimizer.zero_grad(set_to_none=True)
-        # Float64 statistics, kept on the host: they are four numbers (MPS has no float64).
-        stats = torch.zeros(4, dtype=torch.float64)
+        deadline = deadline if self.dist.is_main else None
+        rng = devices.rng_tensors(self.device) if deadline is not None else None
+        # Float64 statistics, kept on the host: they are five numbers (MPS has no float64).
+        stats = torch.zeros(5, dtype=torch.float64)
         if mine:
-            with self.runtime.autocast():
-                loss, metrics = self.method.loss(mine)
-            # This process's share of the mean over the whole meta-batch.
-            share = loss.float() * (len(mine) / len(episodes))
-            (self.scaler.scale(share) if self.scaler is not None else share).backward()
-            stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get(self.metric, math.nan) * len(mine), len(mine)])
+            try:
+                with self.runtime.autocast(), budget.cpu_deadline(deadline):
+                    loss, metrics = self.method.loss(mine)
+            except budget.OutOfBudget:
+                stats[4] = 1.0
+            else:
+                # This process's share of the mean over the whole meta-batch.
+                share = loss.float() * (len(mine) / len(episodes))
+                (self.scaler.scale(share) if self.scaler is not None else share).backward()
+                stats[:3] = torch.tensor([loss.item() * len(mine), metrics.get(self.metric, math.nan) * len(mine),
+                                          len(mine)])
         stats[3] = float(out_of_budget and self.dist.is_main)
         if self.dist.active:
             # Summed before the scaler looks for overflow, so every process skips the same steps.
             self.dist.all_reduce_gradients(self.method.parameters())
             self.dist.all_reduce_(stats)
+        if stats[4] > 0:  # abandoned by the main process: every process drops the step
+            self.optimizer.zero_grad(set_to_none=True)
+            if rng is not None:
+                devices.restore_rng(rng, self.device)
+            return None
         mean_loss = float(stats[0] / stats[2])
         if not math.isfinite(mean_loss):
             raise TrainingError(f"training loss became {mean_loss} at step {step}; lower --lr and train again"
@@ -413,9 +407,10 @@ class Trainer:
             self.scheduler.step()
         return mean_loss, float(stats[1] / stats[2]), bool(stats[3] > 0)
 
-    def _check_memory(self, step: int) -> None:
+    def _check_memory(self, step: int, deadline: float | None) -> None:
         """Fail before training if this process's share of a meta-batch cannot fit (see
-        :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict.
+        :func:`fewshot.memory.check_step_fits`); every process agrees on the verdict. A dry
+        run the CPU budget (``deadline``) cuts short passes: the first step then stops at once.
         Reinforcement runs are not checked: their rollouts and small policies live on the host."""
         if self.kind.host_only:
             return
@@ -424,9 +419,13 @@ class Trainer:
         if problem is None:
             episodes = self.sampler.batch(step, self.config.meta_batch)
             mine = episodes[self.dist.rank :: self.dist.world_size]
-            problem = check_step_fits(self.method, mine, self.device, self.config.precision,
-                                      optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
-                                      meta_batch=self.config.meta_batch)
+            try:
+                with budget.cpu_deadline(deadline):
+                    problem = check_step_fits(self.method, mine, self.device, self.config.precision,
+                                              optimizer_slots={"adam": 2, "rmsprop": 2}.get(self.config.optimizer, 1),
+                                              meta_batch=self.config.meta_batch)
+            except budget.OutOfBudget:
+                problem = None
         verdict = torch.tensor([0.0 if problem is None else 1.0])
         self.dist.all_reduce_(verdict)
         if problem is not None:

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import budget
 from ..errors import ConfigError
 from ..params import Boolean, Integer, OneOf, Optional, Real
 from ..models.functional import FunctionalModule
@@ -287,6 +288,7 @@ class MAMLRL(Method):
             # All tasks' rollouts step together; each task adapts from the shared weights.
             fast = [self.parameters_dict()] * len(episodes)
             for step in range(self.inner_steps):
+                budget.check()  # the trainer's CPU budget, between inner steps (fewshot.budget)
                 batches = self.sample_tasks(fast, episodes, episodes[0].shot, generators)
                 if step == 0:
                     before = [float(b.returns().mean()) for b in batches]
@@ -315,6 +317,7 @@ class MAMLRL(Method):
         fast = [self.parameters_dict(detach=True)] * len(episodes)
         inner: list[list[Rollouts]] = [[] for _ in episodes]
         for _ in range(self.inner_steps):
+            budget.check()
             batches = self.sample_tasks(fast, episodes, episodes[0].shot, generators)
             for kept, batch in zip(inner, batches):
                 kept.append(batch)

@@ -11,7 +11,7 @@ from .. import __version__, plots
 from ..errors import ConfigError
 from ..io import write_json
 from ..progress import status
-from . import content, folder, page
+from . import adaptation, content, folder, page
 from .content import ACCURACY_ORIGIN, FIGURES, Missing
 
 
@@ -80,6 +80,13 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
                                               title="accuracy against ways (classes per task)")
             return draw
 
+        def return_vs_steps() -> Path:
+            series = adaptation.returns_against_steps(store, infos, colors)
+            data["return_vs_steps"] = [{"label": s.label, "color": s.color, "steps": list(s.x),
+                                        "return": list(s.accuracy), "ci95": list(s.ci95)} for s in series]
+            return plots.accuracy_against(series, built / "return_vs_steps.png", xlabel="adaptation steps",
+                                          title="return against adaptation steps", ylabel="return, error bar: 95% CI")
+
         def embedding_map() -> Path:
             status("embedding test images with each run's checkpoints, for the embedding map")
             rows = content.embedding_rows(infos, data_root, embed_split, projection, notes, datasets, device)
@@ -95,6 +102,7 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
 
         steps = {"learning_curves": learning_curves, "comparison": comparison,
                  "accuracy_vs_shots": against("shot"), "accuracy_vs_ways": against("way"),
+                 "return_vs_steps": return_vs_steps,
                  "embedding_map": embedding_map, "model_selection": model_selection}
         for name in FIGURES:
             try:
@@ -115,7 +123,8 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
             "figures": {k: v.name for k, v in figures.items()}, "missing": missing, "notes": notes,
             "comparison": data.get("comparison", []), "model_selection": data.get("model_selection"),
             "learning_curves": data.get("learning_curves"), "accuracy_vs_shots": data.get("accuracy_vs_shots"),
-            "accuracy_vs_ways": data.get("accuracy_vs_ways"), "embedding_map": data.get("embedding_map"),
+            "accuracy_vs_ways": data.get("accuracy_vs_ways"), "return_vs_steps": data.get("return_vs_steps"),
+            "embedding_map": data.get("embedding_map"),
             "version": __version__}))
         folder.publish(built, out)
     finally:

@@ -32,8 +32,8 @@ from ..metrics import confidence_interval
 from ..io import read_json
 from ..taskkind import CLASSIFICATION, KINDS
 
-FIGURES = ("learning_curves", "comparison", "accuracy_vs_shots", "accuracy_vs_ways", "embedding_map",
-           "model_selection")
+FIGURES = ("learning_curves", "comparison", "accuracy_vs_shots", "accuracy_vs_ways", "return_vs_steps",
+           "embedding_map", "model_selection")
 ACCURACY_ORIGIN = plots.ACCURACY_ORIGIN
 #: The metrics of the task kinds the comparison panels show (regression and reinforcement suites are left out).
 COMPARED = {k.metric for k in KINDS.values() if "comparison" in k.panels}

@@ -20,6 +20,8 @@ CAPTIONS = {
                   "confidence intervals.",
     "accuracy_vs_shots": "Accuracy against the number of labelled examples per class (K), ± 95% CI.",
     "accuracy_vs_ways": "Accuracy against the number of classes per task (N), ± 95% CI.",
+    "return_vs_steps": "Reinforcement runs: mean return on the evaluated tasks after 0, 1, ... adaptation steps "
+                       "(MAML-RL: policy-gradient steps; RL²: episodes of a trial after the first), ± 95% CI.",
     "embedding_map": "Query examples of one fixed test episode (coloured by class), embedded by the backbone at "
                      "each checkpoint the run keeps and projected to 2-D; a run without validation has no best "
                      "checkpoint, only its last. The silhouette (on the full embedding, -1 to 1) says how well the "
@@ -29,6 +31,7 @@ CAPTIONS = {
 }
 TITLES = {"learning_curves": "Learning curves", "comparison": "Methods on identical episodes",
           "accuracy_vs_shots": "Accuracy against shots", "accuracy_vs_ways": "Accuracy against ways",
+          "return_vs_steps": "Return against adaptation steps",
           "embedding_map": "Embedding map across checkpoints", "model_selection": "Model selection"}
 AXES_NOTE = (f"Every accuracy axis starts at {ACCURACY_ORIGIN:g} % and ends at 100 %; a method keeps one colour "
              "in every figure.")

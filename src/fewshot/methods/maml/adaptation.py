@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ... import budget
 from ...errors import ConfigError
 from ...models.inner_loop import sgd_step
 
@@ -91,11 +92,14 @@ class Adaptation:
         ``(T, N)``, every params entry ``(T, ...)``; the step minimises the sum of the
         tasks' losses, whose gradient with respect to task t's weights is task t's own.
         ``first_step`` numbers the steps (their learned rates; MAML++'s per-step state).
+        Before each step the CPU budget of a training step is checked
+        (:func:`fewshot.budget.check`: :class:`~fewshot.budget.OutOfBudget` once spent).
         """
         names = self._adapted
         test = detach if test is None else test
         velocity = None
         for step in range(first_step, first_step + steps):
+            budget.check()
             if detach:
                 params = {n: (p.detach().requires_grad_(True) if n in names else p) for n, p in params.items()}
             at_step = self._step_params(params, step)

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ...budget import OutOfBudget
 from ...data.episodes import Episode
 from ...errors import ConfigError
 from ...models.backbones import feature_dim
@@ -244,7 +245,9 @@ class MAML(TaskBatching, PerTask, Adaptation, Method):
         (``torch.autograd.grad``) right after its query losses and its graph freed; the
         returned scalar carries their mean to the trainer's ``backward()`` (see
         :func:`~fewshot.models.inner_loop.surrogate_loss`). Called under
-        ``torch.no_grad()``, it only measures the loss.
+        ``torch.no_grad()``, it only measures the loss. Inside a training step's CPU
+        deadline (:mod:`fewshot.budget`), the inner loops raise
+        :class:`~fewshot.budget.OutOfBudget` once the budget is spent.
         """
         if not episodes:
             raise ConfigError(f"{self.name}.loss needs at least one episode")
@@ -254,14 +257,19 @@ class MAML(TaskBatching, PerTask, Adaptation, Method):
         create_graph = want_grad and self._create_graph()
         batched = self._batched_model() is not None
         try:
-            values, metrics, total = self._meta_gradients(
-                self._chunks(episodes) if batched else [[ep] for ep in episodes], meta, want_grad, create_graph)
-        except Unbatchable as e:
-            # A use of a layer the static check could not see (a Linear on 3-d input):
-            # this model runs the per-task loop from now on, starting with this batch.
-            self._batched, self.unbatched_reason = None, str(e)
+            try:
+                values, metrics, total = self._meta_gradients(
+                    self._chunks(episodes) if batched else [[ep] for ep in episodes], meta, want_grad, create_graph)
+            except Unbatchable as e:
+                # A use of a layer the static check could not see (a Linear on 3-d input):
+                # this model runs the per-task loop from now on, starting with this batch.
+                self._batched, self.unbatched_reason = None, str(e)
+                self._restart()
+                values, metrics, total = self._meta_gradients([[ep] for ep in episodes], meta, want_grad,
+                                                              create_graph)
+        except OutOfBudget:  # the trainer abandons this meta-iteration: nothing of it is kept
             self._restart()
-            values, metrics, total = self._meta_gradients([[ep] for ep in episodes], meta, want_grad, create_graph)
+            raise
         value = torch.cat(values).mean()
         summary = self._summary(metrics)
         if not want_grad:
