@@ -71,6 +71,14 @@ def test_evaluate_domains_cli_prints_one_table_and_records_each_domain(tmp_path,
     assert kinds == ["train"] + ["evaluate"] * 5
     assert main(["evaluate", out, "--domains", "digits:blurry", "--runs", runs, "--quiet"]) == 2
     assert "unknown style 'blurry'" in capsys.readouterr().err
+    # The report's domain x method panel: the suite tested on the most domains.
+    from fewshot.report import build_report
+
+    build_report([out], tmp_path / "report", runs=runs)
+    panel = json.loads((tmp_path / "report" / "report.json").read_text())["domains"]
+    assert panel["domains"] == ["digits", "digits:blur", "digits:invert"] and panel["methods"] == ["protonet"]
+    assert panel["cells"]["protonet"]["digits:invert"]["accuracy"] == pytest.approx(table["results"][1]["accuracy"])
+    assert "Across domains" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_a_table_built_from_results_renders_missing_cells():
