@@ -88,6 +88,8 @@ def test_a_domain_name_loads_the_restyled_dataset_once(monkeypatch):
 def test_bad_domain_names_are_one_line_errors():
     with pytest.raises(ConfigError, match="unknown style 'blurr'.*blur"):
         load_dataset("digits:blurr")
+    with pytest.raises(ConfigError, match="at most 8"):
+        load_dataset("digits" + ":blur" * 9)
     with pytest.raises(ConfigError, match="unknown dataset"):
         load_dataset("nodata:blur")
     with pytest.raises(ConfigError, match="positive number"):

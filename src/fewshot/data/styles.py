@@ -58,6 +58,8 @@ STYLE_STREAM = 0x7374796C  # "styl"
 CHUNK = 4096
 #: Restyled domains kept in memory.
 CACHE_SIZE = 4
+#: Styles one domain may chain (each is a pass over every image).
+MAX_STYLES = 8
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ def _colour_jitter(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 def split_domain(name: str) -> tuple[str, tuple[str, ...]]:
     """``"omniglot:blur:noise"`` as ``("omniglot", ("blur", "noise"))``; each style checked."""
     base, *styles = name.split(STYLE_SEPARATOR)
+    if len(styles) > MAX_STYLES:
+        raise ConfigError(f"domain '{name[:80]}' chains {len(styles)} styles; at most {MAX_STYLES}")
     for s in styles:
         STYLES[s]  # an unknown style: one line with the closest name
     if not base or not styles:
@@ -207,5 +211,5 @@ def styled(name: str, styles: tuple[str, ...], key: dict, load: Callable[[], Cla
     return dataset
 
 
-__all__ = ["CACHE_SIZE", "CHUNK", "STYLES", "STYLE_SEPARATOR", "STYLE_STREAM", "Style", "gaussian_blur", "restyle",
+__all__ = ["CACHE_SIZE", "CHUNK", "MAX_STYLES", "STYLES", "STYLE_SEPARATOR", "STYLE_STREAM", "Style", "gaussian_blur", "restyle",
            "split_domain", "style", "styled"]
