@@ -165,7 +165,7 @@ LAYERS = [
     ("fewshot.models", "fewshot.features"),
     ("fewshot.methods", "fewshot.heads"),
     ("fewshot.store",),
-    ("fewshot.evaluate",),
+    ("fewshot.evaluate", "fewshot.crossdomain"),
     ("fewshot.runs",),
     ("fewshot.train", "fewshot.distributed", "fewshot.memory", "fewshot.calibration"),
     ("fewshot.learner", "fewshot.export", "fewshot.select", "fewshot.report", "fewshot.plots", "fewshot.tune",

@@ -163,7 +163,8 @@ class TrainConfig:
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {config_file} must hold a JSON object of settings")
         dataset = overrides.get("dataset") or values.get("dataset") or cls.dataset
-        recipe = RECIPES.get(dataset, {}) if isinstance(dataset, str) else {}
+        # A styled domain (digits:blur, fewshot.data.styles) trains with its dataset's recipe.
+        recipe = RECIPES.get(dataset.split(":")[0], {}) if isinstance(dataset, str) and "," not in dataset else {}
         for key, value in recipe.items():
             values[key] = {**value, **values[key]} if isinstance(values.get(key), dict) else values.get(key, value)
         for key, value in overrides.items():

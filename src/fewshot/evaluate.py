@@ -62,6 +62,7 @@ from .features import FeatureCache, embed
 from .heads import Head, run_head
 from .methods.base import Method
 from .metrics import confidence_interval
+from .models.feature_transform import transforms_off
 from .params import MAX_EPISODES
 from .store import record_run
 from .taskkind import TaskKind, kind_of_metric, task_kind
@@ -199,7 +200,9 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
     scores = np.empty(episodes, dtype=np.float64)
     start = time.perf_counter()
     try:
-        with progress_bar(episodes, desc=desc, unit="episode", enabled=progress, leave=False) as bar:
+        # Feature-wise transformation layers are meta-training noise: off at test time, in any mode.
+        with transforms_off(model), progress_bar(episodes, desc=desc, unit="episode", enabled=progress,
+                                                 leave=False) as bar:
             for i, ep in enumerate(sampler.suite(episodes)):
                 with torch.no_grad(), devices.autocast(device, precision):
                     predictor = model.adapt(ep.support_x, ep.support_y, ep.way)
@@ -224,6 +227,8 @@ def evaluate(method: Method, sampler: Sampler, episodes: int = 600, *, progress:
 def batch_statistics(method: Method) -> bool:
     """Whether ``method`` normalises each test batch with its own statistics (``test_mode``
     "train" and a BatchNorm layer), which makes its query predictions transductive."""
+    if getattr(method, "transductive", False):  # e.g. test-time BatchNorm from support and queries
+        return True
     return method.test_mode == "train" and any(
         isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in method.modules())
 

@@ -79,6 +79,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..models.hub import is_hub_name
     from ..runs import Protocol, Run, features_of
 
+    if args.domains:  # the cross-domain protocol: fewshot.crossdomain
+        from .domains import cmd_evaluate_domains
+        return cmd_evaluate_domains(args)
     target = args.target
     head, image_shape, recorded = None, None, {}
     if target in METHODS and not METHODS[target].needs_backbone:
@@ -414,6 +417,8 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     add_head_flag(p, "the run's backbone (or the Hugging Face model's)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="test-time method option, e.g. inner_steps=10; with --head, a head option, e.g. norm=L2N")
+    p.add_argument("--domains", nargs="+", metavar="DOMAIN", help="also test on each of these domains (a dataset or "
+                   "DATASET:STYLE, e.g. digits omniglot:blur): one table, in-domain first, the same seeded suites")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")

@@ -18,6 +18,7 @@ from .base import DATASETS, IN_MEMORY, ClassDataset, from_arrays, to_float_image
 from .cifar import load_cifar10, load_cifar_fs, load_fc100
 from .cub import load_cub
 from .digits import load_digits_dataset
+from .domains import MultiDomainSampler, is_multi_domain, leave_one_out, load_domains
 from .download import data_root
 from .episodes import Episode, EpisodeSampler
 from .folder import load_folder
@@ -25,6 +26,7 @@ from .miniimagenet import load_mini_imagenet
 from .mnist import load_mnist
 from .omniglot import load_omniglot
 from .sinusoid import SinusoidSampler, SinusoidTask
+from .styles import STYLE_SEPARATOR, STYLES, split_domain, styled
 from .tieredimagenet import load_tiered_imagenet
 from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampler, task_kind
 
@@ -32,7 +34,9 @@ from .tasks import TASK_FAMILIES, check_family_options, is_generated, make_sampl
 def load_dataset(name: str, root=None, **options) -> ClassDataset:
     """Load a dataset by name; ``options`` go to its loader (e.g. ``image_size=28``).
 
-    Options a loader does not take are rejected with the list of those it does.
+    Options a loader does not take are rejected with the list of those it does. ``name`` may
+    be a domain (:mod:`fewshot.data.styles`: ``omniglot:blur``, the dataset restyled) or several
+    (:mod:`fewshot.data.domains`: ``omniglot,omniglot:blur``, each domain loaded with ``options``).
     """
     if name in TASK_FAMILIES:
         how = task_kind(name).train_example.format(name=name)
@@ -42,6 +46,17 @@ def load_dataset(name: str, root=None, **options) -> ClassDataset:
                           "which fewshot cannot load by name; evaluate the run in Python with that dataset "
                           "(evaluate(load_run(RUN)[1], EpisodeSampler(data, 'test', ...))), or name a dataset "
                           "fewshot can load (--dataset)")
+    if is_multi_domain(name):
+        dataset = load_domains(name, lambda domain: load_dataset(domain, root, **options))
+        dataset.origin = {"name": name, "options": {k: v for k, v in options.items() if v is not None}}
+        return dataset
+    if STYLE_SEPARATOR in name:
+        base, styles = split_domain(name)
+        given = {k: v for k, v in options.items() if v is not None}
+        dataset = styled(name, styles, {"dataset": base, "options": given, "root": str(data_root(root))},
+                         lambda: load_dataset(base, root, **given))
+        dataset.origin = {"name": name, "options": given}
+        return dataset
     loader = DATASETS[name]
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     given = {k: v for k, v in options.items() if v is not None}
@@ -77,5 +92,6 @@ def _check_option_types(name: str, loader: Callable, options: dict) -> None:
             raise ConfigError(f"dataset '{name}' option {key} must be {kind.__name__}, got {value!r}")
 
 
-__all__ = ["IN_MEMORY", "ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "SinusoidSampler", "SinusoidTask", "TASK_FAMILIES",
-           "data_root", "from_arrays", "is_generated", "load_dataset", "load_source", "make_sampler", "to_float_images"]
+__all__ = ["IN_MEMORY", "ClassDataset", "DATASETS", "Episode", "EpisodeSampler", "MultiDomainSampler", "STYLES",
+           "SinusoidSampler", "SinusoidTask", "TASK_FAMILIES",
+           "data_root", "from_arrays", "is_generated", "leave_one_out", "load_dataset", "load_source", "make_sampler", "to_float_images"]

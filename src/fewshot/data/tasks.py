@@ -21,12 +21,13 @@ from ..config import MAX_SEED
 from ..errors import ConfigError
 from ..taskkind import CLASSIFICATION, TaskKind, task_kind as kind_named
 from .base import ClassDataset
+from .domains import MultiDomainSampler
 from .episodes import EpisodeSampler
 from ..registry import Registry
 from ..rl.tasks import ENV_FAMILIES, EnvTaskSampler, sampler_class
 from .sinusoid import SinusoidSampler
 
-Sampler = Union[EpisodeSampler, SinusoidSampler, EnvTaskSampler]
+Sampler = Union[EpisodeSampler, MultiDomainSampler, SinusoidSampler, EnvTaskSampler]
 
 #: Generated task families: name -> sampler class (``(shot, query, seed, split)``).
 #: Environment families (:mod:`fewshot.rl`) are generated families of kind
@@ -125,6 +126,8 @@ def make_sampler(name: str, data: ClassDataset | None, split: str | None, way: i
         return family(shot, query, seed, split=split, device=device)
     if data is None:
         raise ConfigError(f"dataset '{name}' must be loaded to sample episodes from it")
+    if data.info.get("domains"):  # several domains (fewshot.data.domains): each episode from one of them
+        return MultiDomainSampler(data, split, way, shot, query, seed=seed, device=device, within_groups=within_groups)
     return EpisodeSampler(data, split, way, shot, query, seed=seed, device=device, within_groups=within_groups)
 
 

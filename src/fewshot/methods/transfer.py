@@ -77,6 +77,7 @@ from ..models.pretrained import Pretrained
 from ..params import STEPS, Boolean, Integer, OneOf, Optional, Real, validate
 from .base import Method, Predictor
 from .strategies import STRATEGIES
+from .testtime_bn import BN_ADAPTATIONS, with_test_time_bn
 
 HEADS = ("reinit", "probe", "keep")
 PROBES = ("logistic", "torch")
@@ -469,8 +470,12 @@ def adapt_method(method: Method, strategy: str, **options: Any) -> Method:
     if strategy in (None, "", "default", "none"):
         method.set_test_options(**options)
         return method
+    if strategy in BN_ADAPTATIONS:  # test-time BatchNorm statistics (fewshot.methods.testtime_bn)
+        method.set_test_options(**options)
+        return with_test_time_bn(method, strategy)
     if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown adaptation strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown adaptation strategy '{strategy}'; choose one of: "
+                          f"{', '.join([*STRATEGIES, *BN_ADAPTATIONS])}")
     return wrap(method, strategy, **options)
 
 

@@ -11,7 +11,7 @@ from .. import __version__, plots
 from ..errors import ConfigError
 from ..io import write_json
 from ..progress import status
-from . import adaptation, content, folder, page
+from . import adaptation, content, domains, folder, page
 from .content import ACCURACY_ORIGIN, FIGURES, Missing
 
 
@@ -112,6 +112,9 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
         tables = {}
         if "comparison" in figures:
             tables["comparison"] = page.comparison_table(data["comparison"])
+        data["domains"] = domains.domain_panel(records)  # fewshot evaluate RUN --domains: a table under the bars
+        if data["domains"] is not None:
+            tables["comparison"] = tables.get("comparison", "") + domains.domain_table(data["domains"])
         if "model_selection" in figures:
             tables["model_selection"] = page.selection_table(data["model_selection"])
         (built / "index.html").write_text(page.page(infos, figures, missing, tables, notes, store.path, LOG_EVERY),
@@ -124,7 +127,7 @@ def build_report(targets: Sequence[str | Path], out: str | Path, *, runs: str | 
             "comparison": data.get("comparison", []), "model_selection": data.get("model_selection"),
             "learning_curves": data.get("learning_curves"), "accuracy_vs_shots": data.get("accuracy_vs_shots"),
             "accuracy_vs_ways": data.get("accuracy_vs_ways"), "return_vs_steps": data.get("return_vs_steps"),
-            "embedding_map": data.get("embedding_map"),
+            "embedding_map": data.get("embedding_map"), "domains": data.get("domains"),
             "version": __version__}))
         folder.publish(built, out)
     finally:

@@ -1,0 +1,196 @@
+"""Cross-domain few-shot: which method adapts best to which shift, at a small CPU budget.
+
+Shifts (the cross-domain protocol of :mod:`fewshot.crossdomain`; the same seeded 5-way
+1-shot suites of 15 queries per class on each target domain, test split):
+
+* Omniglot -> digits (scikit-learn's, upsampled to 28x28; test classes 5-9),
+* Omniglot -> each style of Omniglot (:mod:`fewshot.data.styles`: invert, blur, noise,
+  elastic, thicken, low-contrast; the Omniglot test classes, restyled),
+* digits -> Omniglot (trained on the 20 rotated digit classes 0-4, 28x28).
+
+Models, each trained by the one trainer for ``--minutes`` CPU-minutes (one thread; no
+validation: the last weights), Conv-4 of width 32:
+
+* ``protonet`` (Snell et al., arXiv:1703.05175) and ``fomaml`` (first-order MAML, Finn et
+  al., arXiv:1703.03400; 1 inner step in training and at test) on the source;
+* ``protonet-ft``: ProtoNet with feature-wise transformation layers (``conv4-ft``; Tseng et
+  al., arXiv:2001.08735, fixed hyper-parameters 0.3 / 0.5, no learning-to-learn);
+* ``protonet-multi``: ProtoNet meta-trained on several source domains,
+  ``omniglot@2,omniglot:elastic,omniglot:thicken`` (half the episodes plain Omniglot, a
+  quarter each style): elastic and thicken are *seen* domains for it (marked), the other
+  styles and digits unseen;
+* test-time adaptations of the ``protonet`` run: ``+support-bn`` (BatchNorm statistics from
+  the support set, inductive), ``+transductive-bn`` (from support and query images:
+  transductive, marked), ``+finetune`` (the whole backbone and a new head, 25 full-batch SGD
+  steps, half the library's default, for the CPU budget; :mod:`fewshot.methods.transfer`) and
+  ``+surgical`` (Lee et al., arXiv:2210.11466: only the first block fine-tuned, the layer
+  choice for input-level shifts; 25 steps).
+
+Paired differences: every model minus ``protonet`` per domain (identical episodes), mean ±
+95 % CI. Writes benchmarks/results/cross_domain.{json,md}.
+
+    FEWSHOT_DATA=/work/shared/data OMP_NUM_THREADS=1 python benchmarks/cross_domain.py --minutes 1.5
+
+``--quick``: a few CPU seconds per model and 5 episodes, under /tmp, to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot.config import TrainConfig
+from fewshot.crossdomain import evaluate_domains
+from fewshot.io import write_json
+from fewshot.methods.transfer import adapt_method
+from fewshot.runs import load_run
+from fewshot.train import Trainer
+
+RESULTS = Path(__file__).parent / "results"
+STYLES = ["invert", "blur", "noise", "elastic", "thicken", "low-contrast"]
+MULTI = "omniglot@2,omniglot:elastic,omniglot:thicken"
+SEEN_BY_MULTI = {"omniglot:elastic", "omniglot:thicken"}
+BACKBONE = {"width": 32}
+FT_STEPS = 25
+
+
+def train(name: str, out: Path, minutes: float, **settings) -> tuple[Path, dict]:
+    """Train (or reuse, when finished) run ``name``: ``minutes`` CPU-minutes, no validation."""
+    config = TrainConfig.from_dict({**TrainConfig.for_dataset(settings.pop("dataset")).to_dict(),
+                                    "episodes": 200000, "val_split": None, "cpu_minutes": minutes,
+                                    "checkpoint_every": 1000, "backbone_options": BACKBONE, **settings})
+    run = out / name
+    trainer = Trainer(config, run, runs=out / "store")
+    result = trainer.run(resume=run.exists(), progress=False)
+    info = {"steps": result.steps, "cpu_seconds": round(result.cpu_seconds, 1), "dataset": config.dataset,
+            "dataset_options": config.dataset_options, "method": config.method, "backbone": config.backbone,
+            "method_options": config.method_options}
+    print(f"trained {name}: {info}", flush=True)
+    return run, info
+
+
+def table(models: dict, domains: list[str], source: str, source_options: dict, episodes: int, root) -> dict:
+    start = time.process_time()
+    result = evaluate_domains(models, domains, image_shape=(1, 28, 28), source=source, source_options=source_options,
+                              episodes=episodes, seed=0, data_root=root)
+    cpu = time.process_time() - start
+    print(result.render(), flush=True)
+    out = result.to_dict()
+    reference = next(iter(models))
+    out["vs_reference"] = {m: {d: result.paired(m, reference, d) for d in result.domains}
+                           for m in result.models if m != reference}
+    out["reference"] = reference
+    out["best_significant"] = {}
+    for d in result.domains:
+        ranked = sorted(result.models, key=lambda m: -result.results[m][d].value)
+        diff, ci = result.paired(ranked[0], ranked[1], d)
+        out["best_significant"][d] = {"best": ranked[0], "second": ranked[1], "difference": diff, "ci95": ci,
+                                      "significant": diff - ci > 0}
+    out["cpu_seconds"] = round(cpu, 1)
+    out["text"] = result.render()
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Cross-domain few-shot (fewshot.crossdomain)", "",
+             f"Command: `{report['command']}`", "",
+             f"Machine: {report['machine']}; torch {report['torch']}; one thread; load average at start "
+             f"{report['load_start']}, at end {report['load_end']}. Total CPU {report['cpu_minutes_total']:.1f} "
+             "CPU-minutes.", "",
+             "Training (each model: CPU budget, no validation, last weights; Conv-4 width 32):", "",
+             "| run | method | backbone | dataset | steps | CPU-s |", "|---|---|---|---|---|---|"]
+    for name, t in report["training"].items():
+        lines.append(f"| {name} | {t['method']} | {t['backbone']} | {t['dataset']} | {t['steps']} | {t['cpu_seconds']} |")
+    for key, title in (("omniglot", "Omniglot -> digits and Omniglot -> styles"), ("digits", "digits -> Omniglot")):
+        t = report["tables"][key]
+        suite = t["suite"]
+        lines += ["", f"## {title}", "",
+                  f"{suite['way']}-way {suite['shot']}-shot, {suite['query']} queries per class, {suite['episodes']} "
+                  f"episodes (seed {suite['seed']}) per domain, test split; accuracy % ± 95% CI; the same episodes "
+                  f"for every model on a domain. Evaluation: {t['cpu_seconds']} CPU-s.", ""]
+        lines.append("| model | " + " | ".join(t["domains"]) + " |")
+        lines.append("|---|" + "---|" * len(t["domains"]))
+        cells = {(r["model"], r["domain"]): r for r in t["results"]}
+        for m in t["models"]:
+            row = []
+            for d in t["domains"]:
+                r = cells[(m, d)]
+                mark = (" (in)" if r["in_domain"] else "") + (" (T)" if r["transductive"] else "") + \
+                    (" (seen)" if m == "protonet-multi" and d in SEEN_BY_MULTI else "")
+                row.append(f"{r['accuracy']:.1f} ± {r['ci95']:.1f}{mark}")
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines += ["", f"Paired difference from `{t['reference']}` (same episodes), mean ± 95% CI:", "",
+                  "| model | " + " | ".join(t["domains"]) + " |", "|---|" + "---|" * len(t["domains"])]
+        for m, by in t["vs_reference"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{a:+.1f} ± {c:.1f}" for a, c in by.values()) + " |")
+        lines += ["", "Best per domain (against the runner-up, paired):", ""]
+        for d, b in t["best_significant"].items():
+            verdict = "significantly" if b["significant"] else "not significantly"
+            lines.append(f"- {d}: **{b['best']}**, {verdict} ahead of {b['second']} "
+                         f"({b['difference']:+.1f} ± {b['ci95']:.1f})")
+    lines += ["", "(in): the training domain; (T): transductive (query statistics); (seen): a source domain of "
+              "protonet-multi."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=1.5, help="CPU-minutes of training per model")
+    parser.add_argument("--episodes", type=int, default=100, help="test episodes per domain")
+    parser.add_argument("--out", default="runs/cross_domain", help="folder of the runs")
+    parser.add_argument("--results", default=str(RESULTS), help="where cross_domain.{json,md} go")
+    parser.add_argument("--quick", action="store_true", help="check the script: seconds of training, 5 episodes")
+    args = parser.parse_args()
+    if args.quick:
+        args.minutes, args.episodes, args.out, args.results = 0.05, 5, "/tmp/cross-domain-check", "/tmp/cross-domain-check"
+    torch.set_num_threads(1)
+    root, out = os.environ.get("FEWSHOT_DATA"), Path(args.out)
+    load_start, cpu0 = os.getloadavg(), time.process_time()
+    training, runs = {}, {}
+    omniglot = {"dataset": "omniglot"}
+    digits = {"dataset": "digits", "dataset_options": {"image_size": 28, "rotations": True}}
+    for name, settings in {
+        "protonet": {**omniglot, "method": "protonet"},
+        "fomaml": {**omniglot, "method": "fomaml"},
+        "protonet-ft": {**omniglot, "method": "protonet", "backbone": "conv4-ft"},
+        "protonet-multi": {"dataset": MULTI, "method": "protonet"},
+        "digits-protonet": {**digits, "method": "protonet"},
+        "digits-fomaml": {**digits, "method": "fomaml"},
+    }.items():
+        runs[name], training[name] = train(name, out, args.minutes, **settings)
+
+    def method(name: str, adapt: str | None = None, **options):
+        m = load_run(runs[name], "last")[1]
+        return m if adapt is None else adapt_method(m, adapt, **options)
+
+    tables = {}
+    models = {"protonet": method("protonet"), "protonet+support-bn": method("protonet", "support-bn"),
+              "protonet+transductive-bn": method("protonet", "transductive-bn"),
+              "protonet+finetune": method("protonet", "finetune", steps=FT_STEPS),
+              "protonet+surgical": method("protonet", "surgical", block=0, steps=FT_STEPS),
+              "fomaml": method("fomaml"), "protonet-ft": method("protonet-ft"),
+              "protonet-multi": method("protonet-multi")}
+    tables["omniglot"] = table(models, ["digits", *[f"omniglot:{s}" for s in STYLES]], "omniglot", {}, args.episodes, root)
+    models = {"protonet": method("digits-protonet"), "protonet+support-bn": method("digits-protonet", "support-bn"),
+              "protonet+finetune": method("digits-protonet", "finetune", steps=FT_STEPS), "fomaml": method("digits-fomaml")}
+    tables["digits"] = table(models, ["omniglot"], "digits", digits["dataset_options"], args.episodes, root)
+    report = {"command": f"FEWSHOT_DATA=... OMP_NUM_THREADS=1 python benchmarks/cross_domain.py --minutes {args.minutes} "
+                         f"--episodes {args.episodes}",
+              "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores (shared)".strip(),
+              "torch": torch.__version__, "load_start": [round(x, 1) for x in load_start],
+              "load_end": [round(x, 1) for x in os.getloadavg()],
+              "cpu_minutes_total": (time.process_time() - cpu0) / 60, "training": training, "tables": tables}
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / "cross_domain.json", report)
+    (results / "cross_domain.md").write_text(markdown(report))
+    print(f"wrote {results / 'cross_domain.json'} and .md; {report['cpu_minutes_total']:.1f} CPU-minutes", flush=True)
+
+
+if __name__ == "__main__":
+    main()

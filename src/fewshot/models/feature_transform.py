@@ -1,0 +1,124 @@
+"""Feature-wise transformation layers (Tseng, Lee, Huang and Yang, "Cross-Domain Few-Shot
+Classification via Learned Feature-Wise Transformation", ICLR 2020, arXiv:2001.08735).
+
+After each BatchNorm layer of the backbone, an FT layer scales and shifts every channel of
+the normalised feature map by random amounts during meta-training,
+``y = gamma * x + beta``, ``gamma ~ N(1, softplus(theta_gamma))``, ``beta ~ N(0, softplus(theta_beta))``
+drawn per channel once per forward pass (shared by the batch, as in the authors' code):
+the model meets feature distributions of domains it has not seen. At test time the layer is
+the identity.
+
+**What is implemented: fixed hyper-parameters.** ``theta_gamma`` and ``theta_beta`` are
+fixed, at the paper's values 0.3 and 0.5 (their "FT" rows), stored as buffers, never trained.
+The paper's learning-to-learn of the hyper-parameters (LFT: an update on a pseudo-seen
+domain with the FT layers on, the loss of the updated model on a pseudo-unseen domain with
+them off, differentiated through the update) is *not* implemented here.
+
+**When they act.** An FT layer transforms only when its module is in training mode *and*
+the layers are enabled; :func:`fewshot.evaluate.evaluate` disables them for the whole of an
+evaluation (:func:`transforms_off`), so a method that keeps training mode at test time
+(MAML's test-time BatchNorm) or fine-tunes at test time gets no noise either. The noise comes
+from torch's global generator, which the trainer seeds and checkpoints: a resumed run draws
+the same transformations.
+
+``conv4-ft`` (``--backbone conv4-ft``) is Conv-4 with an FT layer after each BatchNorm;
+:func:`add_feature_transforms` puts them into any backbone built of ``nn.Sequential`` blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..params import Integer, Real
+from .backbones import BACKBONES, Conv4
+
+#: The paper's hyper-parameters (before the softplus): theta_gamma 0.3, theta_beta 0.5.
+THETA_GAMMA, THETA_BETA = 0.3, 0.5
+
+
+class FeatureWiseTransform(nn.Module):
+    """One FT layer over ``channels`` channels (see the module docstring)."""
+
+    def __init__(self, channels: int, theta_gamma: float = THETA_GAMMA, theta_beta: float = THETA_BETA):
+        super().__init__()
+        self.channels = int(channels)
+        self.register_buffer("theta_gamma", torch.full((1, channels, 1, 1), float(theta_gamma)))
+        self.register_buffer("theta_beta", torch.full((1, channels, 1, 1), float(theta_beta)))
+        self.enabled = True
+
+    def active(self) -> bool:
+        return self.training and self.enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active():
+            return x
+        shape = (1, self.channels, 1, 1)
+        gamma = 1 + torch.randn(shape, device=x.device, dtype=x.dtype) * F.softplus(self.theta_gamma).to(x.dtype)
+        beta = torch.randn(shape, device=x.device, dtype=x.dtype) * F.softplus(self.theta_beta).to(x.dtype)
+        return gamma * x + beta
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, theta_gamma={float(self.theta_gamma.flatten()[0]):g}, " \
+               f"theta_beta={float(self.theta_beta.flatten()[0]):g}"
+
+
+def add_feature_transforms(backbone: nn.Module, theta_gamma: float = THETA_GAMMA,
+                           theta_beta: float = THETA_BETA) -> nn.Module:
+    """``backbone`` with an FT layer inserted after every ``BatchNorm2d`` that sits in an
+    ``nn.Sequential`` (in place; returned). Returns the number inserted as ``backbone.ft_layers``."""
+    count = 0
+    for module in list(backbone.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in reversed(range(len(module))):
+            if isinstance(module[i], nn.BatchNorm2d):
+                module.insert(i + 1, FeatureWiseTransform(module[i].num_features, theta_gamma, theta_beta))
+                count += 1
+    backbone.ft_layers = count
+    return backbone
+
+
+@contextlib.contextmanager
+def transforms_off(module: nn.Module) -> Iterator[None]:
+    """Every FT layer of ``module`` the identity inside the block (evaluation), as it was after."""
+    layers = [m for m in module.modules() if isinstance(m, FeatureWiseTransform)]
+    before = [m.enabled for m in layers]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m, was in zip(layers, before):
+            m.enabled = was
+
+
+@BACKBONES.register("conv4-ft")
+class Conv4FT(Conv4):
+    """Conv-4 with a feature-wise transformation layer after each BatchNorm (Tseng et al.,
+    arXiv:2001.08735; fixed hyper-parameters, see :mod:`fewshot.models.feature_transform`).
+    Its weights are Conv-4's: the FT layers add no trainable parameter."""
+
+    _parameter_constraints = {**Conv4._parameter_constraints, "theta_gamma": Real(low=-20, high=20),
+                              "theta_beta": Real(low=-20, high=20), "depth": Integer(low=1, high=16)}
+
+    def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4, theta_gamma: float = THETA_GAMMA,
+                 theta_beta: float = THETA_BETA):
+        super().__init__(in_channels, width, depth)
+        add_feature_transforms(self, theta_gamma, theta_beta)
+        self.theta_gamma, self.theta_beta = float(theta_gamma), float(theta_beta)
+        self.to(memory_format=torch.channels_last)
+
+
+def noise_scales(theta_gamma: float = THETA_GAMMA, theta_beta: float = THETA_BETA) -> tuple[float, float]:
+    """The standard deviations of gamma and beta: ``softplus(theta)`` (0.854 and 0.974 at the defaults)."""
+    return math.log1p(math.exp(theta_gamma)), math.log1p(math.exp(theta_beta))
+
+
+__all__ = ["Conv4FT", "FeatureWiseTransform", "THETA_BETA", "THETA_GAMMA", "add_feature_transforms", "noise_scales",
+           "transforms_off"]
