@@ -16,7 +16,7 @@ function here:
   maximum: regret is measured against every model of the zoo;
 * regret and accuracies are in the units of ``true`` (points when accuracies are in %);
 * a task whose candidates all have the same true accuracy has no ranking to recover: its
-  Kendall τ and weighted τ are NaN and left out of their means; a predictor that gives
+  Kendall τ and weighted τ's are NaN and left out of their means; a predictor that gives
   every candidate the same score ranks nothing, so its τ on that task is 0.
 """
 
@@ -69,20 +69,41 @@ def kendall_tau(true: np.ndarray, predicted: np.ndarray) -> float:
     return float(stats.kendalltau(true, predicted).statistic)
 
 
-def weighted_tau(true: np.ndarray, predicted: np.ndarray) -> float:
-    """Weighted τ (Vigna, 2015; ``scipy.stats.weightedtau``) of one task's scored models.
+WEIGHTINGS = ("both", "true", "predicted")
 
-    Swaps are weighted by the hyperbolic weigher 1/(r + 1) of the rank r given by the
-    predictions (``rank=None`` with the predictions first: the predicted best has rank 0,
-    true accuracies break ties), so errors among the models a user would pick count most.
+
+def weighted_tau(true: np.ndarray, predicted: np.ndarray, weigh_by: str = "both") -> float:
+    """Weighted τ (Vigna, 2015, "A weighted correlation index for rankings with ties",
+    arXiv:1404.3325; ``scipy.stats.weightedtau``) of one task's scored models.
+
+    Swaps are weighted by the hyperbolic weigher 1/(r + 1) of a rank r (rank 0 = the best),
+    so errors among the top models count most. Which ranking gives r is what the papers differ on:
+
+    * ``"both"``: scipy's default (``rank=True``), the mean of the two weighted τ's with r
+      from each ranking; what LogME (arXiv:2102.11005) and SFDA (arXiv:2207.09785) report;
+    * ``"true"``: r from the true accuracies (predictions break ties), as Model Spider
+      (arXiv:2306.03900) computes it: ``weightedtau(true, predicted, rank=None)``;
+      swaps among the truly best models count most;
+    * ``"predicted"``: r from the predictions (true accuracies break ties): swaps among the
+      models a user would pick count most.
     """
+    if weigh_by not in WEIGHTINGS:
+        raise DataError(f"unknown weighting '{weigh_by}'; choose one of: {', '.join(WEIGHTINGS)}")
     scored = ~np.isnan(predicted)
     true, predicted = true[scored], predicted[scored]
     if len(true) < 2 or _constant(true):
         return math.nan
     if _constant(predicted):
         return 0.0
-    return float(stats.weightedtau(predicted, true, rank=None).statistic)
+    if weigh_by == "both":
+        return float(stats.weightedtau(true, predicted).statistic)
+    first, second = (true, predicted) if weigh_by == "true" else (predicted, true)
+    return float(stats.weightedtau(first, second, rank=None).statistic)
+
+
+def weighted_tau_true(true: np.ndarray, predicted: np.ndarray) -> float:
+    """Model Spider's weighted τ: :func:`weighted_tau` weighted by the true ranking."""
+    return weighted_tau(true, predicted, "true")
 
 
 def top1_regret(true: np.ndarray, predicted: np.ndarray, tiebreak: np.ndarray | None = None) -> float:
@@ -109,6 +130,7 @@ def best_in_top3(true: np.ndarray, predicted: np.ndarray, tiebreak: np.ndarray |
 PER_TASK = {
     "kendall_tau": kendall_tau,
     "weighted_tau": weighted_tau,
+    "weighted_tau_true": weighted_tau_true,
     "top1_regret": top1_regret,
     "relative_top1": relative_top1,
     "best_in_top3": best_in_top3,
@@ -151,7 +173,8 @@ def selection_report(true: np.ndarray, predicted: np.ndarray, *, accuracy_predic
                      resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
     """Every selection metric over tasks: ``{metric: {"mean", "low", "high"}}`` (95% bootstrap CI).
 
-    Metrics: ``kendall_tau``, ``weighted_tau``, ``top1_regret``, ``relative_top1``,
+    Metrics: ``kendall_tau``, ``weighted_tau`` (scipy's default), ``weighted_tau_true``
+    (Model Spider's, see :func:`weighted_tau`), ``top1_regret``, ``relative_top1``,
     ``best_in_top3``, ``applies`` (the fraction of tasks where the selector scores at least
     one model), and, when ``accuracy_predictions`` (the predictions are accuracies in
     the units of ``true``), ``mse`` (mean over tasks of the mean squared error over models)
