@@ -148,11 +148,14 @@ def per_task(true: np.ndarray, predicted: np.ndarray, *, seed: int = 0) -> dict[
 
 
 def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, seed: int = 0,
-                 transform=None) -> dict[str, float]:
+                 transform=None, clusters=None) -> dict[str, float]:
     """Mean over tasks and its 95% percentile-bootstrap interval (tasks resampled with replacement).
 
-    NaN values (tasks where the metric is undefined) are left out of every mean. ``transform``
-    maps each mean (e.g. ``math.sqrt`` to turn mean squared error into RMSE).
+    ``clusters`` (one label per value, e.g. each task's group) resamples whole clusters
+    instead: a cluster bootstrap (Davison and Hinkley, 1997, §3.8), right when tasks of a
+    cluster are not independent; with few clusters its interval is coarse but not
+    falsely narrow. NaN values (tasks where the metric is undefined) are left out of every
+    mean. ``transform`` maps each mean (e.g. ``math.sqrt`` to turn mean squared error into RMSE).
     """
     values = np.asarray(values, dtype=np.float64)
     transform = transform or (lambda v: v)
@@ -160,9 +163,19 @@ def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, seed: int = 0,
     if not defined.any():
         return {"mean": math.nan, "low": math.nan, "high": math.nan}
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(resamples, len(values)))
-    sums = np.where(defined, values, 0.0)[idx].sum(1)
-    counts = defined[idx].sum(1)
+    if clusters is None:
+        idx = rng.integers(0, len(values), size=(resamples, len(values)))
+        sums = np.where(defined, values, 0.0)[idx].sum(1)
+        counts = defined[idx].sum(1)
+    else:
+        labels = np.asarray(list(clusters), dtype=object)
+        if labels.shape != values.shape:
+            raise DataError(f"clusters must give one label per value: {labels.shape} for {values.shape}")
+        _, code = np.unique(labels.astype(str), return_inverse=True)
+        cluster_sums = np.bincount(code, weights=np.where(defined, values, 0.0))
+        cluster_counts = np.bincount(code, weights=defined.astype(np.float64))
+        idx = rng.integers(0, len(cluster_sums), size=(resamples, len(cluster_sums)))
+        sums, counts = cluster_sums[idx].sum(1), cluster_counts[idx].sum(1)
     means = sums[counts > 0] / counts[counts > 0]
     low, high = np.percentile(means, [2.5, 97.5])
     return {"mean": float(transform(values[defined].mean())), "low": float(transform(low)),
@@ -170,7 +183,7 @@ def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, seed: int = 0,
 
 
 def selection_report(true: np.ndarray, predicted: np.ndarray, *, accuracy_predictions: bool,
-                     resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
+                     resamples: int = 2000, seed: int = 0, clusters=None) -> dict[str, dict[str, float]]:
     """Every selection metric over tasks: ``{metric: {"mean", "low", "high"}}`` (95% bootstrap CI).
 
     Metrics: ``kendall_tau``, ``weighted_tau`` (scipy's default), ``weighted_tau_true``
@@ -179,31 +192,36 @@ def selection_report(true: np.ndarray, predicted: np.ndarray, *, accuracy_predic
     one model), and, when ``accuracy_predictions`` (the predictions are accuracies in
     the units of ``true``), ``mse`` (mean over tasks of the mean squared error over models)
     and ``rmse`` (its square root, bootstrapped the same way). All metrics are resampled with
-    the same task indices, from ``numpy.random.default_rng(seed)``.
+    the same task indices, from ``numpy.random.default_rng(seed)``; ``clusters`` (each
+    task's group) resamples whole groups instead (:func:`bootstrap_ci`).
     """
     true, predicted = _check(true, predicted)
     metrics = per_task(true, predicted, seed=seed)
-    report = {name: bootstrap_ci(v, resamples=resamples, seed=seed) for name, v in metrics.items()}
-    report["applies"] = bootstrap_ci((~np.isnan(predicted)).any(1).astype(np.float64), resamples=resamples,
-                                     seed=seed)
+    boot = {"resamples": resamples, "seed": seed, "clusters": clusters}
+    report = {name: bootstrap_ci(v, **boot) for name, v in metrics.items()}
+    report["applies"] = bootstrap_ci((~np.isnan(predicted)).any(1).astype(np.float64), **boot)
     if accuracy_predictions:
         if not np.isfinite(predicted).all():
             raise DataError("accuracy predictions must be finite to compute their MSE")
         mse = ((predicted - true) ** 2).mean(1)
-        report["mse"] = bootstrap_ci(mse, resamples=resamples, seed=seed)
-        report["rmse"] = bootstrap_ci(mse, resamples=resamples, seed=seed, transform=math.sqrt)
+        report["mse"] = bootstrap_ci(mse, **boot)
+        report["rmse"] = bootstrap_ci(mse, **boot, transform=math.sqrt)
     return report
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired_difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
+                      clusters=None) -> dict[str, float]:
     """Mean over tasks of ``a - b`` (e.g. a selector's regret minus a baseline's on the same
     task) with its 95 % percentile-bootstrap interval, over the tasks where both are
     defined; ``tasks`` says how many. Pairing removes the variation between tasks, which
-    is most of it, so it resolves differences the two marginal intervals cannot."""
+    is most of it, so it resolves differences the two marginal intervals cannot. ``clusters``
+    (each task's group) resamples whole groups (:func:`bootstrap_ci`)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise DataError(f"paired values need the same tasks: shapes {a.shape} and {b.shape}")
     both = ~(np.isnan(a) | np.isnan(b))
     if not both.any():
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "tasks": 0}
-    return {**bootstrap_ci(a[both] - b[both], resamples=resamples, seed=seed), "tasks": int(both.sum())}
+    kept = None if clusters is None else np.asarray(list(clusters), dtype=object)[both]
+    return {**bootstrap_ci(a[both] - b[both], resamples=resamples, seed=seed, clusters=kept),
+            "tasks": int(both.sum())}
