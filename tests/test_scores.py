@@ -115,7 +115,9 @@ def test_few_shot_support_sets_with_more_dimensions_than_examples(shot):
     if shot == 1:
         for name in ("loo_proto", "knn_loo", "sfda"):
             assert scores[name] is None and "1-shot" in reasons[name]
-        assert set(reasons) == {"loo_proto", "knn_loo", "sfda"}
+        for name in ("nleep", "parc"):
+            assert scores[name] is None and "2 examples per class" in reasons[name]
+        assert set(reasons) == {"loo_proto", "knn_loo", "sfda", "nleep", "parc"}
     else:
         assert not reasons and scores["loo_proto"] == 1.0 and scores["knn_loo"] == 1.0
 

@@ -45,13 +45,15 @@ def _interval(m: dict | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def evaluation_table(report: dict[str, dict]) -> list[str]:
-    """Markdown table of :func:`~fewshot.select.comparison.compare`'s report (95% bootstrap CIs)."""
+    """Markdown table of :func:`~fewshot.select.comparison.compare`'s report (95% bootstrap CIs);
+    weighted τ as scipy's default, then as Model Spider's (weighted by the true ranking)."""
     lines = ["| selector | top-1 regret (points) | relative top-1 | best in top-3 | Kendall τ | weighted τ "
-             "| RMSE (points) |", "|---|---|---|---|---|---|---|"]
+             "| weighted τ (true ranking) | RMSE (points) |", "|---|---|---|---|---|---|---|---|"]
     for name, r in report.items():
         lines.append(f"| {name} | {_interval(r.get('top1_regret'))} | {_interval(r.get('relative_top1'), digits=3)} | "
                      f"{_interval(r.get('best_in_top3'))} | {_interval(r.get('kendall_tau'))} | "
-                     f"{_interval(r.get('weighted_tau'))} | {_interval(r.get('rmse'))} |")
+                     f"{_interval(r.get('weighted_tau'))} | {_interval(r.get('weighted_tau_true'))} | "
+                     f"{_interval(r.get('rmse'))} |")
     return lines
 
 

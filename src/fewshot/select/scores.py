@@ -76,7 +76,8 @@ def _source_probs(source_probs, score: str, n: int | None = None) -> np.ndarray:
     return p
 
 
-def _check(features, labels, source_probs=None) -> tuple[np.ndarray, np.ndarray, int]:
+def check_task(features, labels, source_probs=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validated float64 features, labels as codes 0..C-1, and C (raises :class:`DataError`)."""
     x = _features(features)
     y, n_classes = _labels(labels, len(x))
     if source_probs is not None:
@@ -481,7 +482,7 @@ def compute_scores(features, labels, source_probs=None, *, names=None,
     """
     names = list(SCORES) if names is None else list(names)
     scores = [SCORES[name] for name in names]  # an unknown name: one line naming the known ones
-    x, y, _ = _check(features, labels, source_probs)
+    x, y, _ = check_task(features, labels, source_probs)
     out: dict[str, float | None] = {}
     for name, score in zip(names, scores):
         try:
