@@ -95,6 +95,9 @@ class TrainResult:
     #: The run had finished before this call (a resume of a finished run): nothing was trained
     #: and nothing new recorded; ``run_id`` is its existing record, if the store has one.
     finished_before: bool = False
+    #: The run stopped at ``pause_at_cpu_minutes`` (:meth:`Trainer.run`): checkpointed, not
+    #: finished, not recorded; resuming it continues the same run.
+    paused: bool = False
 
     @property
     def best(self) -> float | None:
@@ -256,16 +259,32 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self, *, resume: bool = False, progress: bool = True, record: bool = True) -> TrainResult:
+    def run(self, *, resume: bool = False, progress: bool = True, record: bool = True,
+            pause_at_cpu_minutes: float | None = None) -> TrainResult:
         """Train (or, with ``resume``, continue) the run; the main process holds an
-        exclusive lock on the run folder throughout, so a second writer is refused."""
+        exclusive lock on the run folder throughout, so a second writer is refused.
+
+        ``pause_at_cpu_minutes`` stops the run, checkpointed but unfinished (no validation,
+        no calibration, no record: ``result.paused``), once it has spent that many
+        CPU-minutes in all, counted across resumes like ``config.cpu_minutes``. Resuming it
+        continues the same run: the checkpoint at the pause is one an uninterrupted run
+        could have written, so a run paused at a list of CPU-time marks and copied at each
+        is a run checkpointed at those marks (``benchmarks/budget_curves.py``)."""
+        if pause_at_cpu_minutes is not None:
+            if isinstance(pause_at_cpu_minutes, bool) or not (isinstance(pause_at_cpu_minutes, (int, float))
+                                                              and 0 < pause_at_cpu_minutes < math.inf):
+                raise ConfigError(f"pause_at_cpu_minutes must be a finite number > 0, got {pause_at_cpu_minutes!r}")
+            if self.dist.active:  # the pause is decided on this process's clock alone
+                raise ConfigError("pause_at_cpu_minutes works in one process; pause a distributed run with "
+                                  "config.cpu_minutes instead")
         made_dir = self.folder.lock(resume) if self.dist.is_main else False
         try:
-            return self._run(resume, progress, record, made_dir)
+            return self._run(resume, progress, record, made_dir, pause_at_cpu_minutes)
         finally:
             self.folder.unlock()
 
-    def _run(self, resume: bool, progress: bool, record: bool, made_dir: bool) -> TrainResult:
+    def _run(self, resume: bool, progress: bool, record: bool, made_dir: bool,
+             pause: float | None = None) -> TrainResult:
         config = self.config
         exists = Run.is_run(self.run_dir)
         self.dist.barrier()  # every process looks before the main one creates anything
@@ -288,7 +307,7 @@ class Trainer:
                 raise
         self.dist.barrier()  # every process has read the state before the main one writes again
         try:
-            return self._train(progress, record)
+            return self._train(progress, record, pause)
         except BaseException:
             # A new run that failed before its first checkpoint has nothing to resume
             # from: it is removed, so the same command can simply be run again. Any other
@@ -297,7 +316,7 @@ class Trainer:
                 self.folder.clean_up(new=not exists, made_dir=made_dir)
             raise
 
-    def _train(self, progress: bool, record: bool) -> TrainResult:
+    def _train(self, progress: bool, record: bool, pause: float | None = None) -> TrainResult:
         config = self.config
         _, shot, query = config.train_shape
         images_per_step = config.meta_batch * self.sampler.way * (shot + query)
@@ -306,13 +325,15 @@ class Trainer:
         seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
         log = self.state["log"]
         self.method.train()
-        if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
+        paused = pause is not None and cpu0 >= 60 * pause
+        if start_step < config.episodes and not paused and not (config.cpu_minutes is not None
+                                                                and cpu0 >= 60 * config.cpu_minutes):
             self._check_memory(start_step)
         devices.reset_peak_memory(self.device)
         with progress_bar(config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
                           enabled=progress and self.dist.is_main) as bar:
             exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
-            for step in range(start_step, start_step if exhausted else config.episodes):
+            for step in range(start_step, start_step if exhausted or paused else config.episodes):
                 spent = cpu0 + time.process_time() - cpu
                 loss, acc, out_of_budget = self._step(step, config.cpu_minutes is not None and spent >= 60 * config.cpu_minutes)
                 log["loss"] += loss
@@ -333,11 +354,17 @@ class Trainer:
                     self._validate(progress)
                 self.state["seconds"] = seconds0 + time.perf_counter() - wall
                 self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
-                if (validate or (step + 1) % config.checkpoint_every == 0) and self.dist.is_main:
+                # Paused after this step's bookkeeping, before any validation it did not ask for.
+                paused = pause is not None and not validate and self.state["cpu_seconds"] >= 60 * pause
+                if (validate or paused or (step + 1) % config.checkpoint_every == 0) and self.dist.is_main:
                     self._save_checkpoint()
                 bar.update()
-                if out_of_budget:
+                if out_of_budget or paused:
                     break
+        if paused:  # checkpointed in the loop, or (a resume already past the mark) before this call
+            result = self._finish(images_per_step, False)
+            result.paused = True
+            return result
         self.state["done"] = True
         if self.dist.is_main:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
