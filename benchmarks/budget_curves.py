@@ -331,6 +331,9 @@ def main() -> None:
                         help="CPU-minutes at which each Omniglot run is checkpointed and evaluated")
     parser.add_argument("--digits-marks", nargs="+", type=float, default=None, help="the same on digits "
                         "(default: --marks)")
+    parser.add_argument("--cap", nargs="+", default=[], metavar="VARIANT=MINUTES",
+                        help="train these variants only to the marks up to MINUTES (a pre-training source "
+                        "keeps its mark at --pretrain-minutes)")
     parser.add_argument("--pretrain-minutes", type=float, default=None,
                         help="pre-training CPU-minutes of pretrain+protonet (default: the first mark)")
     parser.add_argument("--episodes", type=int, default=600, help="test episodes per suite")
@@ -352,6 +355,12 @@ def main() -> None:
     if min(args.marks + (args.digits_marks or [])) <= 0 or min(args.episodes, wide) < 2 or min(args.jobs, args.query) < 1:
         parser.error("marks must be > 0, --episodes and --wide-episodes at least 2, --jobs and --query at least 1")
     episodes = {s: args.episodes if SUITES[s][1] <= 5 else wide for s in args.suites}
+    try:
+        cap = {v: float(m) for v, m in (c.split("=", 1) for c in args.cap)}
+    except ValueError:
+        parser.error(f"--cap takes VARIANT=MINUTES, got {args.cap}")
+    if set(cap) - set(VARIANTS):
+        parser.error(f"--cap names unknown variants {sorted(set(cap) - set(VARIANTS))}")
     torch.set_num_threads(1)
     cpu0, wall0, load_start = time.process_time(), time.perf_counter(), os.getloadavg()
     runs = Path(args.runs)
@@ -364,7 +373,10 @@ def main() -> None:
         for v in args.variants:
             if v == "protonet-60w" and d == "digits":
                 continue  # digits has 20 training classes: no 60-way episodes
-            jobs.append((d, v, marks[d] if v not in PRETRAINED else sorted(set(marks[d]) | {pretrain[d]}),
+            own = {m for m in marks[d] if m <= cap.get(v, float("inf"))}
+            if v in PRETRAINED or v in PRETRAINED.values():  # the pre-trained source's mark, from both sides
+                own.add(pretrain[d])
+            jobs.append((d, v, sorted(own),
                          str(runs), pretrain[d], [(s, args.query) for s in args.suites if SUITES[s][0] == d],
                          episodes))
             if v in PRETRAINED and PRETRAINED[v] not in args.variants:

@@ -91,10 +91,34 @@ def ingredients(args) -> dict[str, dict]:
     return {name: {**PLAIN, **change} for name, change in rows.items()}
 
 
+def settings_of(name: str, args) -> dict:
+    """A row's training settings: one ingredient (``+shift``), or several joined
+    (``+40w1s3q+shift+val5``: each one's changes to the plain run, dataset options merged)."""
+    single = ingredients(args)
+    if name in single:
+        return single[name]
+    parts = ["+" + p for p in name.split("+")[1:]]
+    if name[:1] != "+" or not parts or any(p not in single or p == "plain" for p in parts):
+        raise ValueError(name)
+    settings = dict(PLAIN)
+    for part in parts:
+        change = {k: v for k, v in single[part].items() if PLAIN.get(k) != v}
+        options = {**settings["dataset_options"], **change.pop("dataset_options", {})}
+        settings.update(change, dataset_options=options)
+    return settings
+
+
+def known(name: str, args) -> bool:
+    try:
+        return name == "recipe" or bool(settings_of(name, args))
+    except ValueError:
+        return False
+
+
 def config_of(name: str, args) -> TrainConfig:
     if name == "recipe":
         return TrainConfig.from_dict({**read_json(RECIPE), "cpu_minutes": args.minutes})
-    return TrainConfig.from_dict({**ingredients(args)[name], "cpu_minutes": args.minutes})
+    return TrainConfig.from_dict({**settings_of(name, args), "cpu_minutes": args.minutes})
 
 
 def suite_data(image_size: int, held_out_rotations: bool):
@@ -205,16 +229,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each")
     parser.add_argument("--runs", default="runs/bench/recognizer_ablation")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--name", default="recognizer_ablation", help="file stem of the results")
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the existing JSON")
     args = parser.parse_args()
     results = Path(args.results)
     if args.report_only:
-        (results / "recognizer_ablation.md").write_text(markdown(read_json(results / "recognizer_ablation.json")))
+        (results / f"{args.name}.md").write_text(markdown(read_json(results / f"{args.name}.json")))
         return
     names = args.rows or [*ingredients(args), "recipe"]
-    unknown = sorted(set(names) - {*ingredients(args), "recipe"})
+    unknown = sorted(n for n in names if not known(n, args))
     if unknown or "plain" not in names or args.minutes <= 0 or min(args.episodes, args.jobs, args.query) < 1:
-        parser.error(f"rows must include 'plain' and be among {', '.join([*ingredients(args), 'recipe'])}; "
+        parser.error(f"rows must include 'plain' and be among {', '.join([*ingredients(args), 'recipe'])} "
+                     "or ingredients joined ('+40w1s3q+shift'); "
                      "--minutes > 0; --episodes, --query and --jobs at least 1" + (f" (unknown: {unknown})" if unknown
                                                                                   else ""))
     torch.set_num_threads(1)
@@ -237,9 +263,9 @@ def main() -> None:
            "settings": {k: v for k, v in vars(args).items()}, "recipe": str(RECIPE.relative_to(RECIPE.parents[1])),
            "cpu_seconds": time.process_time() - cpu0 + worker_cpu, "wall_seconds": time.perf_counter() - wall0,
            "training": training, "rows": rows}
-    write_json(results / "recognizer_ablation.json", out)
-    (results / "recognizer_ablation.md").write_text(markdown(out))
-    print(f"wrote {results / 'recognizer_ablation.md'}", flush=True)
+    write_json(results / f"{args.name}.json", out)
+    (results / f"{args.name}.md").write_text(markdown(out))
+    print(f"wrote {results / (args.name + '.md')}", flush=True)
 
 
 if __name__ == "__main__":
