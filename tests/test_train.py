@@ -123,3 +123,49 @@ def test_cpu_budget_stops_training_validated_and_checkpointed(tmp_path, digits8)
     assert state["checkpoint"] == f"checkpoint-{result.steps:07d}.safetensors" and state["best"]["step"] == result.steps
     again = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path).run(resume=True, progress=False)
     assert again.steps == result.steps  # a spent budget trains no further on resume
+
+
+def test_pausing_at_cpu_marks_checkpoints_a_run_that_resumes_as_one(tmp_path, digits8):
+    config = TrainConfig(episodes=100000, cpu_minutes=0.03, **TINY)
+    trainer = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path)
+    first = trainer.run(progress=False, pause_at_cpu_minutes=0.01)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    # Paused: checkpointed at the step it stopped, not finished, not validated, not recorded.
+    assert first.paused and 0 < first.steps < 100000 and first.run_id is None
+    assert 0.6 <= state["cpu_seconds"] < 1.8 and not state["done"] and state["best"] is None
+    assert state["checkpoint"] == f"checkpoint-{first.steps:07d}.safetensors"
+    # A resume paused at a mark already passed trains nothing.
+    same = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path).run(
+        resume=True, progress=False, pause_at_cpu_minutes=0.005)
+    assert same.paused and same.steps == first.steps
+    second = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path).run(
+        resume=True, progress=False, pause_at_cpu_minutes=0.02)
+    assert second.paused and second.steps > first.steps
+    last = Trainer(config, tmp_path / "run", dataset=digits8, runs=tmp_path).run(resume=True, progress=False)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert not last.paused and last.steps > second.steps and state["done"] and last.cpu_seconds >= 1.8
+    assert state["best"]["step"] == last.steps and last.run_id == 1  # finished as a --cpu-minutes run finishes
+
+
+def test_a_paused_run_resumes_exactly_as_an_uninterrupted_one(tmp_path, digits8):
+    config = TrainConfig(episodes=300, **TINY)
+    Trainer(config, tmp_path / "whole", dataset=digits8, runs=tmp_path).run(progress=False)
+    paused = Trainer(config, tmp_path / "paused", dataset=digits8, runs=tmp_path).run(
+        progress=False, pause_at_cpu_minutes=0.002)
+    assert paused.paused and 0 < paused.steps < 300, "the pause must fall mid-run for this test to mean anything"
+    Trainer(config, tmp_path / "paused", dataset=digits8, runs=tmp_path).run(resume=True, progress=False)
+    got, got_state = _final_weights(tmp_path / "paused")
+    want, want_state = _final_weights(tmp_path / "whole")
+    assert got_state["step"] == want_state["step"] == 300
+    for key in want:
+        if key != "rng.torch":
+            assert torch.equal(got[key], want[key]), key
+    assert got_state["history"]["train"] == want_state["history"]["train"]
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_a_bad_pause_is_refused_before_anything_is_written(tmp_path, digits8, bad):
+    with pytest.raises(ConfigError, match="pause_at_cpu_minutes"):
+        Trainer(TrainConfig(episodes=5, **TINY), tmp_path / "run", dataset=digits8).run(
+            progress=False, pause_at_cpu_minutes=bad)
+    assert not (tmp_path / "run").exists()

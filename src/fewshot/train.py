@@ -45,7 +45,7 @@ from torch import nn
 
 from . import __version__, budget, devices
 from .calibration import calibrate, calibration_sampler
-from .config import TrainConfig
+from .config import CONSTRAINTS, TrainConfig
 from .data import ClassDataset, load_dataset, load_source
 from .data.augment import augment_batch, augmentable
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
@@ -54,6 +54,7 @@ from .errors import CheckpointError, ConfigError, DataError, StoreError, Trainin
 from .evaluate import evaluate
 from .methods import resolved_options
 from .memory import check_batch_data_fits, check_step_fits
+from .params import validate
 from .progress import bar as progress_bar, status
 from .runs import Run, build_model, load_weights, model_tensors
 from .runs.checkpoint import optimizer_checkpoint, restore_optimizer
@@ -221,16 +222,23 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self, *, resume: bool = False, progress: bool = True, record: bool = True) -> TrainResult:
+    def run(self, *, resume: bool = False, progress: bool = True, record: bool = True,
+            pause_at_cpu_minutes: float | None = None) -> TrainResult:
         """Train (or, with ``resume``, continue) the run; the main process holds an
-        exclusive lock on the run folder throughout, so a second writer is refused."""
+        exclusive lock on the run folder throughout, so a second writer is refused.
+        ``pause_at_cpu_minutes`` stops it at that CPU time (counted across resumes), checkpointed, not
+        finished, validated or recorded (``result.paused``): a resume continues the same run."""
+        validate("Trainer.run", {"pause_at_cpu_minutes": pause_at_cpu_minutes},
+                 {"pause_at_cpu_minutes": CONSTRAINTS["cpu_minutes"]})
+        if pause_at_cpu_minutes is not None and self.dist.active:  # decided on this process's clock alone
+            raise ConfigError("pause_at_cpu_minutes works in one process; stop a distributed run with cpu_minutes")
         made_dir = self.folder.lock(resume) if self.dist.is_main else False
         try:
-            return self._run(resume, progress, record, made_dir)
+            return self._run(resume, progress, record, made_dir, pause_at_cpu_minutes)
         finally:
             self.folder.unlock()
 
-    def _run(self, resume: bool, progress: bool, record: bool, made_dir: bool) -> TrainResult:
+    def _run(self, resume: bool, progress: bool, record: bool, made_dir: bool, pause: float | None) -> TrainResult:
         config = self.config
         exists = Run.is_run(self.run_dir)
         self.dist.barrier()  # every process looks before the main one creates anything
@@ -253,7 +261,7 @@ class Trainer:
                 raise
         self.dist.barrier()  # every process has read the state before the main one writes again
         try:
-            return self._train(progress, record)
+            return self._train(progress, record, pause)
         except BaseException:
             # A new run that failed before its first checkpoint has nothing to resume
             # from: it is removed, so the same command can simply be run again. Any other
@@ -262,10 +270,8 @@ class Trainer:
                 self.folder.clean_up(new=not exists, made_dir=made_dir)
             raise
 
-    def _train(self, progress: bool, record: bool) -> TrainResult:
+    def _train(self, progress: bool, record: bool, pause: float | None) -> TrainResult:
         config = self.config
-        _, shot, query = config.train_shape
-        images_per_step = config.meta_batch * self.sampler.way * (shot + query)
         start_step = self.state["step"]
         wall, cpu = time.perf_counter(), time.process_time()
         seconds0, cpu0 = self.state["seconds"], self.state["cpu_seconds"]
@@ -273,13 +279,14 @@ class Trainer:
         self.method.train()
         # The process CPU time at which the budget is spent: checked inside a step too (fewshot.budget).
         deadline = None if config.cpu_minutes is None else cpu + 60 * config.cpu_minutes - cpu0
-        if start_step < config.episodes and not (config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes):
+        exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
+        paused = pause is not None and cpu0 >= 60 * pause
+        if start_step < config.episodes and not (exhausted or paused):
             self._check_memory(start_step, deadline if self.dist.is_main else None)
         devices.reset_peak_memory(self.device)
         with progress_bar(config.episodes, initial=start_step, desc=f"training {config.method}", unit="step",
                           enabled=progress and self.dist.is_main) as bar:
-            exhausted = config.cpu_minutes is not None and cpu0 >= 60 * config.cpu_minutes
-            for step in range(start_step, start_step if exhausted else config.episodes):
+            for step in range(start_step, start_step if exhausted or paused else config.episodes):
                 outcome = self._step(step, deadline is not None and time.process_time() >= deadline, deadline)
                 if outcome is None:  # the budget ran out inside the step: nothing of it was applied
                     self._stop_in_step(progress, seconds0 + time.perf_counter() - wall, cpu0 + time.process_time() - cpu)
@@ -303,11 +310,14 @@ class Trainer:
                     self._validate(progress)
                 self.state["seconds"] = seconds0 + time.perf_counter() - wall
                 self.state["cpu_seconds"] = cpu0 + time.process_time() - cpu
-                if (validate or (step + 1) % config.checkpoint_every == 0) and self.dist.is_main:
+                paused = pause is not None and not validate and self.state["cpu_seconds"] >= 60 * pause
+                if (validate or paused or (step + 1) % config.checkpoint_every == 0) and self.dist.is_main:
                     self._save_checkpoint()
                 bar.update()
-                if out_of_budget:
+                if out_of_budget or paused:
                     break
+        if paused:  # checkpointed in the loop, or (a resume already past the mark) before this call
+            return dataclasses.replace(self._finish(False), paused=True)
         self.state["done"] = True
         if self.dist.is_main:
             if self.state["step"] == start_step and self.state["checkpoint"] is None:
@@ -317,7 +327,7 @@ class Trainer:
                 self.state["calibration"] = self._calibrate()
             self.folder.commit(self.state)
         self.dist.barrier()
-        return self._finish(images_per_step, record and self.dist.is_main)
+        return self._finish(record and self.dist.is_main)
 
     def _stop_in_step(self, progress: bool, seconds: float, cpu_seconds: float) -> None:
         """End a run whose budget ran out inside a step: the last completed step's weights,
@@ -341,12 +351,9 @@ class Trainer:
         if the store has no record of it (the store failed when it finished: the remedy
         that message gives is this resume)."""
         recorded = self._record_id() if record and self.dist.is_main else None
-        _, shot, query = self.config.train_shape
-        result = self._finish(self.config.meta_batch * self.sampler.way * (shot + query),
-                              record and self.dist.is_main and recorded is None)
-        result.finished_before = True
-        result.run_id = recorded if recorded is not None else result.run_id
-        return result
+        result = self._finish(record and self.dist.is_main and recorded is None)
+        return dataclasses.replace(result, finished_before=True,
+                                   run_id=recorded if recorded is not None else result.run_id)
 
     def _record_id(self) -> int | None:
         """The id of this run folder's ``train`` record in the store, or None."""
@@ -448,8 +455,7 @@ class Trainer:
         if result is None or best is None or result.better_than(best.get(self.metric)):
             name = self.folder.write_best(step, model_tensors(self.method))
             # Recorded in the state by the checkpoint that always follows a validation.
-            self.state["best"] = {"step": step, "file": name,
-                                  self.metric: result.value if result else None,
+            self.state["best"] = {"step": step, "file": name, self.metric: result.value if result else None,
                                   "ci95": result.ci95 if result else None}
 
     def _calibrate(self) -> dict:
@@ -465,7 +471,8 @@ class Trainer:
             load_weights(model, tensors, path)
             return calibrate(model, sampler, min(self.config.val_episodes, CALIBRATION_EPISODES), split)
 
-    def _finish(self, images_per_step: int, record: bool) -> TrainResult:
+    def _finish(self, record: bool) -> TrainResult:
+        images_per_step = self.config.meta_batch * self.sampler.way * sum(self.config.train_shape[1:])
         best = self.state["best"] or {}
         steps = self.state["step"]
         seconds, cpu_seconds = self.state["seconds"], self.state["cpu_seconds"]
@@ -473,22 +480,19 @@ class Trainer:
         scores = {"best_accuracy": None, self.kind.best_key: best.get(self.metric)}  # the kind's field holds it
         result = TrainResult(self.run_dir, steps, best_ci95=best.get("ci95"), seconds=seconds, cpu_seconds=cpu_seconds,
                              images_per_second=images_per_step * steps / seconds if seconds > 0 else math.nan,
-                             metric=self.metric, **scores,
-                             device=str(self.device), peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
-                             peak_memory_kind=peak_kind)
+                             metric=self.metric, **scores, device=str(self.device), peak_memory_kind=peak_kind,
+                             peak_memory_mb=None if peak is None else round(peak / 2**20, 1))
         if record:
             c = self.config
             metrics = {"steps": steps, f"val_{self.metric}": best.get(self.metric), "val_ci95": result.best_ci95,
-                       "metric": self.metric, "best_step": best.get("step"),
-                       "images_per_second": result.images_per_second,
+                       "metric": self.metric, "best_step": best.get("step"), "images_per_second": result.images_per_second,
                        "final_loss": (self.state["history"]["train"] or [[0, math.nan]])[-1][1],
                        "device": devices.describe(self.device), "precision": c.precision,
                        "peak_memory_mb": result.peak_memory_mb, "peak_memory_kind": peak_kind}
             try:
                 result.run_id = record_run("train", runs=self.runs, config=c.to_dict(), metrics=metrics,
                                            method=c.method, dataset=c.dataset, split=c.train_split, seed=c.seed,
-                                           run_dir=str(self.run_dir.resolve()), seconds=seconds,
-                                           cpu_seconds=cpu_seconds)
+                                           run_dir=str(self.run_dir.resolve()), seconds=seconds, cpu_seconds=cpu_seconds)
             except StoreError as e:  # the trained run is safe in its folder; only its record is missing
                 result.record_error = str(e)
         return result

@@ -36,6 +36,9 @@ class TrainResult:
     #: The run had finished before this call (a resume of a finished run): nothing was trained
     #: and nothing new recorded; ``run_id`` is its existing record, if the store has one.
     finished_before: bool = False
+    #: The run stopped at ``Trainer.run(pause_at_cpu_minutes=)``: checkpointed, not finished,
+    #: validated or recorded; resuming it continues the same run.
+    paused: bool = False
 
     @property
     def best(self) -> float | None:
