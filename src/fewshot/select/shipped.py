@@ -153,7 +153,7 @@ def load_shipped(path: str | Path | None = None) -> ShippedSelector:
     targets, trained_on = header.get("targets"), header.get("trained_on")
     if not isinstance(targets, dict) or not targets or not set(targets) <= set(TARGETS):
         raise CheckpointError(f"{path}: its targets must be some of {', '.join(TARGETS)}; {remedy}")
-    if not (isinstance(trained_on, dict) and isinstance(trained_on.get("tasks"), int)
+    if not (isinstance(trained_on, dict) and all(isinstance(trained_on.get(k), int) for k in ("rows", "tasks"))
             and all(isinstance(trained_on.get(k), list) for k in ("models", "groups"))):
         raise CheckpointError(f"{path}: it does not say what it was trained on; {remedy}")
     learners, intervals, ranges = {}, {}, {}
