@@ -154,9 +154,13 @@ def test_select_ranks_a_zoo_with_a_hugging_face_folder_with_the_shipped_learner(
     assert "fewshot select build" in text and "resnet" in text and "conv" in text
     assert not (zoo.root / "meta.sqlite").exists()  # nothing was built
 
-    assert main(["select", "--zoo", str(zoo.root), "--support", str(tmp_path / "support"), "--json"]) == 0
+    assert main(["select", "--zoo", str(zoo.root), "--support", str(tmp_path / "support"), "--verify", "1",
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["meta_learner"]["source"] == "shipped" and out["finetune_all_cpu_seconds_estimate"] is None
+    # Verification works as with a built meta-learner: the top model adapted for real, recorded.
+    assert 0 <= out["ranking"][0]["measured_accuracy"] <= 100 and out["monitor"]["verifications"] == 1
+    assert out["meta_rows"] == load_shipped().trained_on["rows"]
     shipped = load_shipped()
     learner, interval = shipped.learner("finetune"), shipped.intervals["finetune"]
     # Every feature the shipped learner reads is there for the Hugging Face model, its

@@ -140,7 +140,7 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
            "ranking": ranking}
     if verify:
         _verify(zoo, ranking[:verify], x, y, classes, target=target, query=query, support=support,
-                meta_rows=len(rows), runs=runs, data_root=data_root)
+                meta_rows=out["meta_rows"], runs=runs, data_root=data_root)
         out["monitor"] = running_error(verification_history(RunStore(runs), str(zoo.root.resolve())))
     return out
 

@@ -45,6 +45,9 @@ def export_trees(estimator) -> tuple[str, dict[str, np.ndarray]]:
         raise ConfigError(f"cannot store a {type(estimator).__name__} as trees")
     if estimator.n_trees_per_iteration_ != 1:
         raise ConfigError("only one tree per boosting iteration can be stored")
+    # scikit-learn keeps the fitted trees in private attributes (``_predictors``,
+    # ``_baseline_prediction``); tests/test_select_shipped.py checks the arrays still
+    # predict exactly as the model does, so a change there fails loudly, not silently.
     nodes = [iteration[0].nodes for iteration in estimator._predictors]
     if any(n["is_categorical"].any() for n in nodes):
         raise ConfigError("trees with categorical splits cannot be stored")
