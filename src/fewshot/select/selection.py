@@ -1,8 +1,9 @@
 """Rank a zoo's models for a user's task, and verify the ranking by adapting the top models.
 
 What ``fewshot select --support FOLDER [--verify K]`` does, as a library: the
-meta-learner (fitted on the zoo's meta-dataset, else the one shipped with fewshot) predicts each model's query accuracy
-after adaptation from the task's support set; verification measures the top models for
+meta-learner (fitted on the zoo's meta-dataset, else the one shipped with fewshot,
+:mod:`.shipped`) predicts each model's query accuracy after adaptation from the task's
+support set; verification measures the top models for
 real (on a query folder, else by cross-validation on the support set) and records the
 prediction's error in the run store, so the meta-learner's error can be followed over
 time (:func:`verification_history`, :func:`running_error`).
