@@ -160,7 +160,8 @@ def cmd_select(args: argparse.Namespace) -> int:
            + (f", then adapting the top {args.verify}" if args.verify else ""))
     out = select_models(args.zoo, args.support, target=args.target, meta=args.meta, verify=args.verify,
                         query=args.query, runs=args.runs, data_root=args.data_root)
-    meta_name, model_count = os.path.basename(out.pop("meta")), out.pop("models")
+    model_count, learner, _ = out.pop("models"), out["meta_learner"], out.pop("meta")
+    shipped = learner["source"] == "shipped"
     ranking, way, target = out["ranking"], out["way"], out["target"]
     verified = [e for e in ranking if "measured_accuracy" in e]
     if args.json:
@@ -168,9 +169,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         return 0
     shots = out["shots"]
     shot_text = f"{min(shots)}" if min(shots) == max(shots) else f"{min(shots)}-{max(shots)}"
-    print(f"{way}-way task, {shot_text} images per class, from {args.support}: {model_count} models ranked by the "
-          f"meta-learner (fitted on {out['meta_rows']} rows of {meta_name}; predicted query accuracy after "
-          f"{target}, ± its held-out RMSE for that model, and a calibrated interval)")
+    print(f"{way}-way task, {shot_text} images per class, from {args.support}: {model_count} models ranked by "
+          f"{learner['description']}; predicted query accuracy after {target}, ± its held-out RMSE "
+          f"{'for models it never saw' if shipped else 'for that model'}, and a calibrated interval")
+    if shipped:
+        print(f"(no meta-dataset of this zoo: `fewshot select build --zoo {args.zoo}` fits a meta-learner on "
+              f"your own models)")
     coverage = next((e["coverage"] for e in ranking if e.get("interval")), None)
     interval_head = f"{coverage:.0%} interval" if coverage is not None else "interval"
     print(f"{'rank':>4s}  {'model':32s} {'predicted':>10s} {'±':>6s} {interval_head:>15s}"
@@ -181,8 +185,13 @@ def cmd_select(args: argparse.Namespace) -> int:
         unc = f"{e['uncertainty']:.1f}" if e["uncertainty"] is not None else "?"
         interval = f"{e['interval'][0]:.1f}-{e['interval'][1]:.1f}%" if e.get("interval") else "?"
         print(f"{e['rank']:4d}  {e['model']:32s} {e['predicted_accuracy']:9.1f}% {unc:>6s} {interval:>15s}{measured}")
-    print(f"selection took {out['selection_cpu_seconds']:.1f} CPU-s (meta-learner fit included); fine-tuning every "
-          f"model on a task of the meta-dataset took {out['finetune_all_cpu_seconds_estimate']:.1f} CPU-s on average")
+    outside = [f"{e['model']} ({', '.join(e['outside_training'])})" for e in ranking if e.get("outside_training")]
+    if outside:
+        print("beyond what the shipped meta-learner was trained on (its predictions extrapolate there): "
+              + "; ".join(outside))
+    print(f"selection took {out['selection_cpu_seconds']:.1f} CPU-s"
+          + ("" if shipped else f" (meta-learner fit included); fine-tuning every model on a task of the "
+             f"meta-dataset took {out['finetune_all_cpu_seconds_estimate']:.1f} CPU-s on average"))
     if verified:
         m = out["monitor"]
         print(f"verified the top {len(verified)} by {verified[0]['protocol']}; the meta-learner's error so far "
@@ -284,7 +293,8 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
                                                      "cross-validation on the support set)")
     p.add_argument("--target", choices=TARGETS, default="finetune", help="what accuracy to predict: after "
                                                                          "fine-tuning (default) or a linear probe")
-    p.add_argument("--meta", help="the meta-dataset file (default: ZOO/meta.sqlite)")
+    p.add_argument("--meta", help="the meta-dataset file (default: ZOO/meta.sqlite; without one, the meta-learner "
+                                  "shipped with fewshot ranks)")
     p.add_argument("--runs", help="runs folder holding the run store (verifications are recorded there)")
     p.add_argument("--data-root", help="data root (for the image cache)")
     p.add_argument("--json", action="store_true", help="print JSON")

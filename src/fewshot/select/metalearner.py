@@ -16,8 +16,9 @@ from typing import Sequence
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-from ..errors import ConfigError, DataError
-from .table import Row, check_rows, feature_columns, feature_matrix, relative_scores, task_index
+from ..errors import CheckpointError, ConfigError, DataError
+from .trees import Trees, export_trees
+from .table import FEATURE_PREFIXES, Row, check_rows, feature_columns, feature_matrix, relative_scores, task_index
 
 OBJECTIVES = ("regression", "ranking")
 
@@ -46,7 +47,9 @@ class MetaLearner:
     fits the regression model, so :meth:`predict_accuracy` gives accuracies to show beside
     the ranking (with :mod:`.uncertainty`'s calibrated intervals).
 
-    ``features`` selects columns (see :func:`feature_columns`).
+    ``features`` selects columns (see :func:`feature_columns`). A fitted learner is data:
+    :meth:`state` gives its settings, columns and trees (:mod:`.trees`), :meth:`from_state`
+    rebuilds it from them, predicting exactly as the fitted one.
     """
 
     objective: str = "ranking"
@@ -163,6 +166,74 @@ class MetaLearner:
         own = x[:, ~task]
         return np.hstack([x[first][:, task], own[first] - own[second], own[first], own[second]])
 
+
+    # -- the fitted learner as data ------------------------------------------------------------
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(info, arrays)``: the settings and columns as JSON-able values and the trees'
+        arrays, named ``model.*``, ``level.*`` (absent when the level is one number) and
+        ``ranker.*``; :meth:`from_state` rebuilds the learner from them."""
+        if not hasattr(self, "model_"):
+            raise ConfigError("fit the meta-learner before storing it")
+        info = {"objective": self.objective, "max_iter": self.max_iter, "learning_rate": self.learning_rate,
+                "seed": self.seed, "features": None if self.features is None else list(self.features),
+                "base_columns": list(self.base_columns_), "known": [bool(k) for k in self.known_],
+                "level": self.level_ if isinstance(self.level_, float) else None, "trees": {}}
+        arrays = {}
+        parts = {"model": self.model_, "level": self.level_, "ranker": getattr(self, "ranker_", None)}
+        for part, estimator in parts.items():
+            if estimator is None or isinstance(estimator, float):
+                continue
+            info["trees"][part], trees = export_trees(estimator)
+            arrays.update({f"{part}.{name}": a for name, a in trees.items()})
+        if self.objective == "ranking":
+            info["pair_columns"] = [bool(k) for k in self.pair_columns_]
+        return info, arrays
+
+    @classmethod
+    def from_state(cls, info: dict, arrays: dict[str, np.ndarray], what: str = "the meta-learner") -> "MetaLearner":
+        """The learner :meth:`state` described; anything inconsistent is a one-line CheckpointError."""
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{what}: its description is not a JSON object")
+
+        def need(key, kind, check=lambda v: True):
+            value = info.get(key)
+            if type(value) not in kind or not check(value):
+                raise CheckpointError(f"{what}: its {key} is missing or invalid ({str(value)[:60]!r})")
+            return value
+
+        base = need("base_columns", (list,), lambda v: all(isinstance(c, str) and c.startswith(FEATURE_PREFIXES)
+                                                            for c in v))
+        features = need("features", (list, type(None)), lambda v: v is None or all(isinstance(f, str) for f in v))
+        learner = cls(need("objective", (str,), lambda v: v in OBJECTIVES), features=features and tuple(features),
+                      max_iter=need("max_iter", (int,)),
+                      learning_rate=float(need("learning_rate", (int, float))), seed=need("seed", (int,)))
+        _, names = relative_scores(np.empty((0, len(base))), base, np.empty(0, dtype=int))
+        known = need("known", (list,), lambda v: len(v) == len(names) and all(isinstance(k, bool) for k in v))
+        learner.base_columns_, learner.known_ = base, np.array(known, dtype=bool)
+        learner.columns_ = [c for c, k in zip(names, known) if k]
+        task = learner._task_columns()
+        trees = need("trees", (dict,))
+
+        def load(part, n_features):
+            kind = trees.get(part)
+            return Trees(kind, {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{part}.")},
+                         n_features, f"{what}, {part} trees")
+
+        learner.model_ = load("model", len(learner.columns_))
+        level = info.get("level")
+        if "level" in trees:
+            learner.level_ = load("level", int(task.sum()))
+        elif isinstance(level, (int, float)) and not isinstance(level, bool) and np.isfinite(level):
+            learner.level_ = float(level)
+        else:
+            raise CheckpointError(f"{what}: it has neither level trees nor a finite level")
+        if learner.objective == "ranking":
+            pair = need("pair_columns", (list,), lambda v: len(v) == task.sum() + 3 * (~task).sum()
+                        and all(isinstance(k, bool) for k in v))
+            learner.pair_columns_ = np.array(pair, dtype=bool)
+            learner.ranker_ = load("ranker", int(learner.pair_columns_.sum()))
+        return learner
 
 
 __all__ = ["OBJECTIVES", "MetaLearner"]

@@ -1,8 +1,9 @@
 """Rank a zoo's models for a user's task, and verify the ranking by adapting the top models.
 
 What ``fewshot select --support FOLDER [--verify K]`` does, as a library: the
-meta-learner (fitted on the zoo's meta-dataset) predicts each model's query accuracy
-after adaptation from the task's support set; verification measures the top models for
+meta-learner (fitted on the zoo's meta-dataset, else the one shipped with fewshot,
+:mod:`.shipped`) predicts each model's query accuracy after adaptation from the task's
+support set; verification measures the top models for
 real (on a query folder, else by cross-validation on the support set) and records the
 prediction's error in the run store, so the meta-learner's error can be followed over
 time (:func:`verification_history`, :func:`running_error`).
@@ -20,8 +21,9 @@ from .index import Zoo
 from .measure import cross_validated_accuracy, measure
 from .metafeatures import describe_candidates
 from .metalearner import MetaLearner
-from .metastore import complete, open_meta
+from .metastore import complete, default_meta_path, open_meta
 from .metrics import tiebreak_keys
+from .shipped import load_shipped
 from .uncertainty import prediction_intervals
 
 VERIFY_KIND = "select-verify"  # the run-store kind of a verification record
@@ -63,7 +65,12 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
 
     The ranking meta-learner orders the models (ties broken at random, seeded); beside each
     stands its predicted accuracy and a calibrated 90 % interval from the held-out errors
-    of that prediction on the meta-dataset (:mod:`.uncertainty`).
+    of that prediction on the meta-dataset (:mod:`.uncertainty`). The meta-learner is fitted
+    on the zoo's own meta-dataset (``meta``, default ``ZOO/meta.sqlite``, which ``fewshot
+    select build`` makes); when there is none and none is named, the shipped one ranks
+    (:mod:`.shipped`): one interval for every model (its errors on models and task groups
+    it never saw), and each entry's ``outside_training`` names the meta-features outside
+    the ranges it was trained on. ``meta_learner`` says which learner ranked.
 
     Returns a dict: the task (``way``, ``images``, ``shots``), ``ranking`` (rank, model,
     ``rank_score`` (its mean chance of beating each other model), predicted accuracy, its
@@ -79,27 +86,44 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
     if verify is not None and verify < 0:
         raise ConfigError(f"--verify takes a number of models, at least 0; got {verify}")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
-    store = open_meta(zoo, meta)
     models = zoo.names()
-    rows = complete(store.rows(target), models)
-    if not rows:
-        raise ConfigError(f"the meta-dataset {store.path} has no complete task yet; run `fewshot select build "
-                          f"--zoo {zoo.root}` first")
+    # No meta-dataset of this zoo (and none named): the shipped meta-learner ranks it.
+    shipped = load_shipped() if meta is None and not default_meta_path(zoo).exists() else None
+    if shipped is not None:
+        learner, rows, store = shipped.learner(target), [], None
+    else:
+        store = open_meta(zoo, meta)
+        rows = complete(store.rows(target), models)
+        if not rows:
+            raise ConfigError(f"the meta-dataset {store.path} has no complete task yet; run `fewshot select build "
+                              f"--zoo {zoo.root}` first")
     x, y, classes = load_task_folder(support, zoo, data_root)
     way = len(classes)
     shots = np.bincount(y.numpy(), minlength=way)
 
     start = time.process_time()
     candidates, costs = describe_candidates(zoo, x, y, models, task="user-task", group="user")
-    learner = MetaLearner("ranking", seed=0).fit(rows)
+    if shipped is None:
+        learner = MetaLearner("ranking", seed=0).fit(rows)
     score = learner.predict(candidates)
     predicted = learner.predict_accuracy(candidates)
     select_cpu = time.process_time() - start
-    # The ranking learner's accuracies are those of the regression learner (the same trees),
-    # so that learner's held-out errors calibrate them.
-    key = f"{target}/{len(rows)}/{','.join(models)}"
-    errors = prediction_intervals(store, rows, lambda: MetaLearner("regression", seed=0), key)
-    finetune_all = sum(r["cpu_ft"] for r in store.records(models)) / max(len({r["task"] for r in rows}), 1)
+    if shipped is not None:
+        # One interval for every model: the shipped learner's errors on models it never saw.
+        errors = {m: shipped.intervals[target] for m in models}
+        outside = dict(zip(models, shipped.outside(candidates, target)))
+        finetune_all = None
+        learner_info = {"source": "shipped", "description": shipped.describe(), "file": str(shipped.path),
+                        "trained_on": shipped.trained_on}
+    else:
+        # The ranking learner's accuracies are those of the regression learner (the same trees),
+        # so that learner's held-out errors calibrate them.
+        key = f"{target}/{len(rows)}/{','.join(models)}"
+        errors = prediction_intervals(store, rows, lambda: MetaLearner("regression", seed=0), key)
+        outside = {}
+        finetune_all = sum(r["cpu_ft"] for r in store.records(models)) / max(len({r["task"] for r in rows}), 1)
+        learner_info = {"source": "built", "description": f"the meta-learner fitted on {len(rows)} rows of "
+                        f"{store.path.name}", "file": str(store.path)}
     order = np.lexsort((tiebreak_keys(score.shape), -score))
     ranking = []
     for i, j in enumerate(order):
@@ -108,14 +132,16 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
                     if e else None)
         ranking.append({"rank": i + 1, "model": models[j], "rank_score": float(score[j]), "predicted_accuracy": acc,
                         "uncertainty": e["rmse"] if e else None, "interval": interval,
-                        "coverage": e["coverage"] if e else None, "selection_cpu_seconds": costs[models[j]]})
+                        "coverage": e["coverage"] if e else None, "selection_cpu_seconds": costs[models[j]],
+                        **({"outside_training": outside[models[j]]} if shipped is not None else {})})
     out = {"support": str(support), "way": way, "images": int(len(y)), "shots": [int(s) for s in shots],
-           "target": target, "meta_rows": len(rows), "meta": str(store.path), "models": len(models),
+           "target": target, "meta_rows": len(rows) if shipped is None else shipped.trained_on["rows"],
+           "meta": learner_info["file"], "meta_learner": learner_info, "models": len(models),
            "selection_cpu_seconds": select_cpu, "finetune_all_cpu_seconds_estimate": finetune_all,
            "ranking": ranking}
     if verify:
         _verify(zoo, ranking[:verify], x, y, classes, target=target, query=query, support=support,
-                meta_rows=len(rows), runs=runs, data_root=data_root)
+                meta_rows=out["meta_rows"], runs=runs, data_root=data_root)
         out["monitor"] = running_error(verification_history(RunStore(runs), str(zoo.root.resolve())))
     return out
 
