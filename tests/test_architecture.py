@@ -160,7 +160,7 @@ def test_the_dynamic_import_finder_finds_each_form():
 #: from its own layer and the layers below, never from one above.
 LAYERS = [
     ("fewshot.errors", "fewshot.io", "fewshot.params", "fewshot.registry", "fewshot.metrics", "fewshot.config",
-     "fewshot.devices", "fewshot.taskkind", "fewshot.runtime", "fewshot.progress"),
+     "fewshot.devices", "fewshot.taskkind", "fewshot.runtime", "fewshot.progress", "fewshot.budget"),
     ("fewshot.data", "fewshot.rl", "fewshot.images"),
     ("fewshot.models", "fewshot.features"),
     ("fewshot.methods", "fewshot.heads"),

@@ -230,3 +230,12 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
                "-m", "fewshot", *argv]
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
     return subprocess.call(command, env=env)
+
+
+def check_split(method, nproc: int) -> None:
+    """Refuse ``nproc`` > 1 processes for a method whose update is not the sum of its tasks'
+    gradients (``own_step``: TRPO's KL-bounded step, PPO's epochs): processes holding parts
+    of the meta-batch would each compute another update, and their sum is neither."""
+    if nproc > 1 and method.own_step:
+        raise ConfigError(f"{method.name} here computes one constrained update (TRPO, PPO) from the whole "
+                          "meta-batch, which processes holding parts of it would not reproduce; drop --nproc")
