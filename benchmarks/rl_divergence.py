@@ -18,7 +18,7 @@ retraces that with the method's own loss and Adam (no trainer: it records, every
 ``--lr`` may list several rates (each trained from the same initialisation and the
 same meta-batches). Writes benchmarks/results/rl_divergence.{json,md}.
 
-    OMP_NUM_THREADS=1 python benchmarks/rl_divergence.py --lr 0.01 0.003 --iterations 300
+    OMP_NUM_THREADS=1 python benchmarks/rl_divergence.py --lr 0.01 0.003 --iterations 400 --every 20
 """
 
 from __future__ import annotations
