@@ -22,15 +22,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train import Trainer
 
     if args.nproc is not None:
-        from ..data.tasks import TASK_FAMILIES, input_shape
-        from ..distributed import check_nproc, check_split
-        from ..runs import build_model
+        from ..distributed import check_nproc
 
         # Checked before any process starts: a bad count or config is one line, not one per process.
-        config = _config(args)
-        check_nproc(args.nproc, config.meta_batch)
-        if config.dataset in TASK_FAMILIES:  # built in a moment (no data to load); the trainer checks every run
-            check_split(build_model(config, input_shape(config.dataset, None)), args.nproc)
+        check_nproc(args.nproc, _config(args))
     if args.nproc is not None and args.nproc > 1:
         from ..distributed import launch
 
