@@ -14,6 +14,8 @@ validated every 10 steps on 20 fixed val tasks (best weights kept):
 * ``maml-rl``: MAML-RL (Finn et al., 2017, arXiv:1703.03400), one policy-gradient inner
   step of size 0.1 on 20 rollouts, second-order meta-gradient, Adam outer (rate 0.01),
   meta-batch 10;
+* ``maml-rl-trpo``: the same with Finn et al.'s TRPO meta-update instead of Adam (KL
+  bound 0.01, conjugate gradient and line search; :mod:`fewshot.rl.trpo`);
 * ``pretrained``: the same policy trained jointly on all tasks (``inner_steps=0``);
 * ``rl2``: RL² (Duan et al., 2016, arXiv:1611.02779), a GRU trained with PPO, trials of
   2 episodes;
@@ -55,6 +57,7 @@ RESULTS = Path(__file__).parent / "results"
 ENV = "navigation-2d"
 ROLLOUTS, TASKS, STEPS = 20, 100, 3
 METHODS = {"maml-rl": ("maml-rl", {"inner_lr": 0.1}), "pretrained": ("maml-rl", {"inner_lr": 0.1, "inner_steps": 0}),
+           "maml-rl-trpo": ("maml-rl", {"inner_lr": 0.1, "outer": "trpo"}),
            "rl2": ("rl2", {"episodes_per_trial": 2, "ppo_lr": 3e-3})}
 #: Two-sided 95 % Student t quantiles by degrees of freedom (seeds - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

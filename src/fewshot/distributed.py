@@ -210,11 +210,15 @@ def from_environment(device: torch.device | None = None) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), device if backend == "nccl" else torch.device("cpu"))
 
 
-def check_nproc(nproc: int, meta_batch: int) -> None:
+def check_nproc(nproc: int, config) -> None:
     """Refuse, before any process starts, a process count that is not 1 to the number of
-    devices (GPUs, else CPU cores), or that leaves processes without a task of the meta-batch."""
-    from .errors import ConfigError
+    devices (GPUs, else CPU cores), that leaves processes without a task of the meta-batch,
+    or that :func:`check_split` refuses for the method of ``config`` (a TrainConfig): checked
+    here for a task family's run, whose method is built in a moment; the trainer checks every run."""
+    from .data.tasks import TASK_FAMILIES, input_shape
+    from .runs import build_model
 
+    meta_batch = config.meta_batch
     limit = torch.cuda.device_count() or os.cpu_count() or 1
     if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= limit:
         raise ConfigError(f"--nproc must be from 1 to {limit} (this machine's "
@@ -222,6 +226,8 @@ def check_nproc(nproc: int, meta_batch: int) -> None:
     if meta_batch < nproc:
         raise ConfigError(f"--meta-batch {meta_batch} gives {nproc} processes nothing to do; use a meta-batch of "
                           f"at least {nproc} (each process takes every {nproc}th task)")
+    if nproc > 1 and config.dataset in TASK_FAMILIES:
+        check_split(build_model(config, input_shape(config.dataset, None)), nproc)
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
@@ -230,3 +236,12 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
                "-m", "fewshot", *argv]
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
     return subprocess.call(command, env=env)
+
+
+def check_split(method, nproc: int) -> None:
+    """Refuse ``nproc`` > 1 processes for a method whose update is not the sum of its tasks'
+    gradients (``own_step``: TRPO's KL-bounded step, PPO's epochs): processes holding parts
+    of the meta-batch would each compute another update, and their sum is neither."""
+    if nproc > 1 and method.own_step:
+        raise ConfigError(f"{method.name} here computes one constrained update (TRPO, PPO) from the whole "
+                          "meta-batch, which processes holding parts of it would not reproduce; drop --nproc")

@@ -49,7 +49,7 @@ from .config import CONSTRAINTS, TrainConfig
 from .data import ClassDataset, load_dataset, load_source
 from .data.augment import augment_batch, augmentable
 from .data.tasks import input_shape, is_generated, make_sampler, splits, task_kind
-from .distributed import from_environment
+from .distributed import check_split, from_environment
 from .errors import CheckpointError, ConfigError, DataError, StoreError, TrainingError
 from .evaluate import evaluate
 from .methods import resolved_options
@@ -144,6 +144,7 @@ class Trainer:
         if config.meta_batch < self.dist.world_size:
             raise ConfigError(f"--meta-batch {config.meta_batch} gives {self.dist.world_size} processes nothing to do; "
                               f"use a meta-batch of at least {self.dist.world_size}")
+        check_split(self.method, self.dist.world_size)
         self.dist.broadcast_parameters(self.method)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step or 10**12, config.lr_gamma)

@@ -25,7 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ..distributed import check_nproc
 
         # Checked before any process starts: a bad count or config is one line, not one per process.
-        check_nproc(args.nproc, _config(args).meta_batch)
+        check_nproc(args.nproc, _config(args))
     if args.nproc is not None and args.nproc > 1:
         from ..distributed import launch
 
