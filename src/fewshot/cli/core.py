@@ -484,7 +484,8 @@ def _heads_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", choices=["digits", "omniglot"], help="digits (offline default) or omniglot")
+    # Not argparse choices: --dataset names a dataset everywhere; the demo refuses others in one line.
+    p.add_argument("--dataset", default="digits", help="digits (offline default) or omniglot")
     p.add_argument("--data-root", help="data root for omniglot")
     p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
