@@ -124,7 +124,8 @@ def test_the_check_fails_on_a_missing_an_undocumented_or_a_misshapen_document():
     assert doc.problems({"a": 1, "c": 3}) == ["undocumented key 'c'"]
     assert doc.problems([{"a": 1}]) == ["an object, not list"]
     listing = Document("d", {"a": "one"}, many=True)
-    assert listing.problems([{"a": 1}, {"a": 2}]) == [] and listing.problems({"a": 1}) == ["a list of objects, not dict"]
+    assert listing.problems([{"a": 1}, {"a": 2}]) == []
+    assert listing.problems({"a": 1}) == ["a list of objects, not dict"]
     assert listing.problems([{"a": 1}, {}]) == ["missing key 'a'"]
 
 

@@ -8,6 +8,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +18,14 @@ from fewshot.cli.words import DEPRECATED, FLAGS, KINDS, problems
 from fewshot.errors import ConfigError
 
 
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
 def _cli(*args, cwd=None, **env):
+    # PYTHONPATH absolute: the command may run in another folder (cwd) and must import this copy.
     return subprocess.run([sys.executable, "-m", "fewshot", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+                          timeout=120, cwd=cwd, env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1",
+                                                     **env})
 
 
 def test_every_flag_of_every_command_has_one_declared_meaning():

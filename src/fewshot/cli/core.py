@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .output import plain_text, print_json
+from . import catalog
+from .output import print_json
 from .flags import add_data_flags, add_device_flags, add_episode_flags, add_head_flag, add_json_flag, \
-    add_max_steps_flag, add_quiet_flag, config_from_args, dataset_options, head_from_args, one_line, parse_options, runtime_from_args, say_device, \
-    trainable_methods
+    add_max_steps_flag, add_quiet_flag, config_from_args, dataset_options, head_from_args, one_line, parse_options, \
+    runtime_from_args, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -267,92 +267,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(cls, signature_options=None) -> dict[str, dict]:
-    """A method's (or head's) options as ``{name: {"default", "required", "type",
-    "constraint"}}``: the constructor's signature (``signature_options``, default
-    :func:`~fewshot.methods.method_options`) and the class's declared constraints (in
-    words; None where it declares none)."""
-    if signature_options is None:
-        from ..methods import method_options as signature_options
-
-    options = {}
-    for name, p in signature_options(cls).items():
-        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
-        constraint = cls._parameter_constraints.get(name)
-        options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
-                         "required": p.default is inspect.Parameter.empty,
-                         "type": None if p.annotation is inspect.Parameter.empty else annotation,
-                         "constraint": constraint.describe() if constraint is not None else None}
-    return options
-
-
-def describe_method(name: str) -> dict:
-    """What ``fewshot methods`` says of one registered method."""
-    from ..methods import METHODS
-
-    cls = METHODS[name]  # an unknown name: one line with the closest known one
-    doc = plain_text(inspect.getdoc(cls) or "")
-    return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
-            "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
-            "test_mode": cls.test_mode, "options": _options(cls)}
-
-
-def cmd_methods(args: argparse.Namespace) -> int:
-    from ..methods import METHODS
-
-    names = [args.name] if args.name else METHODS.names()
-    described = [describe_method(n) for n in names]
-    if args.json:
-        print_json(described, default=str)
-        return 0
-    for d in described:
-        kind = ("meta-trained (`fewshot train`)" if d["learns_across_tasks"] else
-                "needs no training (`fewshot evaluate NAME`)" if not d["needs_backbone"] else
-                "adapts a trained backbone")
-        print(f"{d['name']}: {kind}; {' and '.join(d['tasks'])}")
-        summary = d["summary"] if args.name else d["summary"].split(". ")[0].rstrip(".") + "."
-        print(f"  {summary}")
-        if d["options"] and args.name:  # one method: each option, its default and what it may hold
-            print("  options (-o KEY=VALUE; auto: the method chooses):")
-            for k, o in d["options"].items():
-                default = ("(required)" if o["required"] else "auto" if o["default"] is None
-                           else json.dumps(o["default"], default=str))
-                print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
-        elif d["options"]:
-            text = "  ".join(f"{k}=" + ("(required)" if o["required"] else "auto" if o["default"] is None
-                                        else json.dumps(o["default"], default=str))
-                             for k, o in d["options"].items())
-            print(f"  options (-o KEY=VALUE), with defaults (auto: the method chooses): {text}")
-        else:
-            print("  options: none")
-    return 0
-
-
-def cmd_heads(args: argparse.Namespace) -> int:
-    """``fewshot heads [NAME]``: the test-time heads, whether each is transductive, their options."""
-    from ..heads import HEADS, head_options
-
-    names = [args.name] if args.name else HEADS.names()
-    described = []
-    for name in names:
-        cls = HEADS[name]  # an unknown name: the registry's one line, with the closest known one
-        doc = inspect.getdoc(cls) or ""
-        described.append({"name": name, "summary": " ".join(doc.split("\n\n")[0].split()),
-                          "transductive": cls.transductive, "uses_base_features": cls.uses_base_features,
-                          "options": _options(cls, head_options)})
-    if args.json:
-        print_json(described, default=str)
-        return 0
-    for d in described:
-        kind = "transductive (sees all queries of an episode at once)" if d["transductive"] else "inductive"
-        print(f"{d['name']}: {kind}")
-        print(f"  {d['summary'] if args.name else d['summary'].split('. ')[0].rstrip('.') + '.'}")
-        for k, o in d["options"].items():
-            default = "auto" if o["default"] is None else json.dumps(o["default"], default=str)
-            print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
@@ -477,12 +391,6 @@ def _runs_flags(p: argparse.ArgumentParser) -> None:
     q.set_defaults(func=cmd_runs_show)
 
 
-def _heads_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="one head (default: every one)")
-    add_json_flag(p)
-    p.set_defaults(func=cmd_heads)
-
-
 def _demo_flags(p: argparse.ArgumentParser) -> None:
     # Not argparse choices: --dataset names a dataset everywhere; the demo refuses others in one line.
     p.add_argument("--dataset", default="digits", help="digits (offline default) or omniglot")
@@ -498,12 +406,6 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _methods_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="one method (default: every one)")
-    add_json_flag(p)
-    p.set_defaults(func=cmd_methods)
-
-
 def register(sub) -> None:
     """Add ``train``, ``evaluate``, ``methods``, ``heads``, ``data``, ``runs`` and ``demo`` to the sub-command parsers ``sub``."""
     sub.add_parser("train", help="meta-train a method on episodes", build=_train_flags,
@@ -513,12 +415,7 @@ def register(sub) -> None:
                    description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
                    "on a fixed, seeded suite of test episodes; with --head, a test-time head on the features of a "
                    "run, an exported model or a Hugging Face backbone (hf:PATH), each image embedded once.")
-    sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
-                   build=_methods_flags, description="Every registered method: what it does, whether it is "
-                   "meta-trained, and its options with their defaults, read from the method's constructor.")
-    sub.add_parser("heads", help="the test-time heads (evaluate --head H) and their options (-o KEY=VALUE)",
-                   build=_heads_flags, description="Every registered head on features: whether it is transductive, "
-                   "and its options with their defaults, read from the head's constructor.")
+    catalog.register(sub)  # methods, heads
     sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
     sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
     sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",
