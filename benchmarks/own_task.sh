@@ -31,8 +31,8 @@ start=$(date +%s)
 echo '$ fewshot train protonet --dataset digits --out runs/digits --quiet'
 $PYTHON -m fewshot train protonet --dataset digits --out runs/digits --quiet
 echo "  (train: $(( $(date +%s) - start )) s wall)"
-echo '$ fewshot predict runs/digits --support my_task/support --query my_task/query | head -4'
-$PYTHON -m fewshot predict runs/digits --support my_task/support --query my_task/query | head -4
+echo '$ fewshot predict runs/digits --support my_task/support --queries my_task/query | head -4'
+$PYTHON -m fewshot predict runs/digits --support my_task/support --queries my_task/query | head -4
 echo '$ fewshot export runs/digits --out digits.safetensors'
 $PYTHON -m fewshot export runs/digits --out digits.safetensors
 
@@ -51,7 +51,7 @@ $PYTHON use_model.py
 $PYTHON - <<'PY'
 import json, subprocess, sys
 rows = json.loads(subprocess.run([sys.executable, "-m", "fewshot", "predict", "digits.safetensors", "--support",
-                                  "my_task/support", "--query", "my_task/query", "--json"],
+                                  "my_task/support", "--queries", "my_task/query", "--json"],
                                  capture_output=True, text=True, check=True).stdout)
 right = [r["label"] == r["path"].split("/")[-2] for r in rows]
 confidence = sum(r["probability"] for r in rows) / len(rows)

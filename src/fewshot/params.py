@@ -12,12 +12,14 @@ and what it got::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import numbers
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ConfigError, did_you_mean
 
@@ -164,14 +166,68 @@ def _range(low: float | None, high: float | None, *, closed_low: bool = True, cl
 
 #: Steps of an inner loop or of fine-tuning that a configuration may name (``inner_steps``,
 #: ``test_inner_steps``, a transfer strategy's ``steps``): MAML uses 1-10, fine-tuning
-#: 50-500; an exported model naming 10**9 would make ``predict`` run for ever.
+#: 50-500; an exported model naming 10**9 would make ``predict`` run for ever. The default
+#: bound: a user who means more raises it (:func:`max_steps`).
 MAX_STEPS = 10_000
+#: The environment variable that raises (or lowers) :data:`MAX_STEPS` for a process and the
+#: processes it starts (data workers, distributed ranks); the CLI's ``--max-steps N`` sets it.
+MAX_STEPS_ENV = "FEWSHOT_MAX_STEPS"
 #: Episodes of one evaluation or validation (600 is the usual suite; 10**12 asked 7 TiB).
 MAX_EPISODES = 10**6
 #: Examples, points or rollouts per task of a generated sampler (rollouts are held for
 #: the whole adaptation: 10**7 rollouts of 2D navigation asked for 80 GB).
 MAX_PER_TASK = 10_000
-STEPS = Integer(low=0, high=MAX_STEPS)
+
+
+def max_steps() -> int:
+    """The bound on step counts in force: ``$FEWSHOT_MAX_STEPS`` if set, else :data:`MAX_STEPS`.
+
+    Read at each check, so that a command line that raises it (``--max-steps``, through
+    :func:`steps_allowed`) raises it for everything the command loads, files included."""
+    text = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not text:
+        return MAX_STEPS
+    try:
+        bound = int(text) if len(text) <= 20 else -1  # no 4,300-digit parse
+    except ValueError:
+        bound = -1
+    if bound < 1:
+        raise ConfigError(f"${MAX_STEPS_ENV} must be a positive integer (the bound on step counts), got {text!r}")
+    return bound
+
+
+@contextlib.contextmanager
+def steps_allowed(bound: int | None) -> Iterator[None]:
+    """Within the block, step counts up to ``bound`` are accepted (None: the bound in force);
+    for this process and the ones it starts, as ``$FEWSHOT_MAX_STEPS`` says."""
+    if bound is None:
+        yield
+        return
+    if not Integer(low=1).accepts(bound):
+        raise ConfigError(f"--max-steps must be a positive integer (the bound on step counts), got {bound!r}")
+    saved = os.environ.get(MAX_STEPS_ENV)
+    os.environ[MAX_STEPS_ENV] = str(bound)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(MAX_STEPS_ENV, None)
+        else:
+            os.environ[MAX_STEPS_ENV] = saved
+
+
+class StepCount(Constraint):
+    """A step count (an integer ≥ 0) up to the bound in force (:func:`max_steps`); a refusal
+    says how to raise the bound."""
+
+    def accepts(self, value: Any) -> bool:
+        return Integer(low=0, high=max_steps()).accepts(value)
+
+    def describe(self) -> str:
+        return f"an integer in [0, {max_steps()}] (raise the bound with --max-steps N or ${MAX_STEPS_ENV})"
+
+
+STEPS = StepCount()
 EPISODES = Integer(low=1, high=MAX_EPISODES)
 
 #: The counts of a generated task sampler (sinusoids, environment families): examples

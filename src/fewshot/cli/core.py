@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .output import plain_text, print_json
-from .flags import add_data_flags, add_device_flags, add_episode_flags, add_head_flag, add_quiet_flag, \
-    config_from_args, dataset_options, head_from_args, one_line, parse_options, runtime_from_args, say_device, \
-    trainable_methods
+from . import catalog
+from .output import print_json
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_head_flag, add_json_flag, \
+    add_max_steps_flag, add_quiet_flag, config_from_args, dataset_options, head_from_args, one_line, parse_options, \
+    runtime_from_args, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -40,14 +40,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=bool(args.resume), progress=not args.quiet)
     if not trainer.dist.is_main:
         return 0
-    if result.finished_before and result.record_error is None:
+    if args.json:
+        print_json({"method": config.method, "dataset": config.dataset, "run_dir": str(run_dir),
+                    "run_id": result.run_id, "steps": result.steps, "metric": result.metric, "best": result.best,
+                    "best_ci95": result.best_ci95, "seconds": result.seconds, "cpu_seconds": result.cpu_seconds,
+                    "images_per_second": result.images_per_second, "device": result.device,
+                    "peak_memory_mb": result.peak_memory_mb, "finished_before": result.finished_before})
+    elif result.finished_before and result.record_error is None:
         recorded = f"recorded as run {result.run_id}" if result.run_id is not None else "not in the run store"
         print(f"{run_dir} is already finished ({result.steps} steps; {recorded}): nothing to do")
         return 0
-    best = ("no validation split: kept the last weights" if result.best is None
-            else f"best validation {trainer.kind.format(result.best, result.best_ci95)}")
-    print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
-          f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
+    else:
+        best = ("no validation split: kept the last weights" if result.best is None
+                else f"best validation {trainer.kind.format(result.best, result.best_ci95)}")
+        print(f"trained {config.method} for {result.steps} steps in {result.seconds:.0f} s "
+              f"({result.images_per_second:.0f} images/s); {best}; run {result.run_id} -> {run_dir}")
     say_device(args, trainer.runtime)
     return _recording_failed(result.record_error, f"the run is complete in {run_dir}; record it with "
                                                   f"`fewshot train --resume {run_dir}` and a writable --runs")
@@ -194,9 +201,14 @@ def _recording_failed(error: str | None, how: str) -> int:
 def cmd_data_list(args: argparse.Namespace) -> int:
     from ..data import DATASETS, TASK_FAMILIES
 
-    for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items()):
-        doc = (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]
-        print(f"{name:14s} {doc}")
+    rows = [{"name": name, "kind": "dataset" if name in DATASETS else "task family",
+             "summary": (inspect.getdoc(sys.modules[loader.__module__]) or "").splitlines()[0]}
+            for name, loader in sorted({**DATASETS, **TASK_FAMILIES}.items())]
+    if args.json:
+        print_json(rows)
+        return 0
+    for row in rows:
+        print(f"{row['name']:14s} {row['summary']}")
     return 0
 
 
@@ -216,16 +228,17 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from ..store import RunStore
+
+    print_json(RunStore(args.runs).get(args.id), indent=2)  # JSON with or without --json: a record is one
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from ..store import RunStore
 
-    store = RunStore(args.runs)
-    if args.action == "show":
-        if args.id is None:
-            raise ConfigError("say which run: `fewshot runs show ID`")
-        print_json(store.get(args.id), indent=2)
-        return 0
-    rows = store.list(kind=args.kind, method=args.method)
+    rows = RunStore(args.runs).list(kind=args.kind, method=args.method)
     if args.json:
         print_json(rows)
         return 0
@@ -257,98 +270,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(cls, signature_options=None) -> dict[str, dict]:
-    """A method's (or head's) options as ``{name: {"default", "required", "type",
-    "constraint"}}``: the constructor's signature (``signature_options``, default
-    :func:`~fewshot.methods.method_options`) and the class's declared constraints (in
-    words; None where it declares none)."""
-    if signature_options is None:
-        from ..methods import method_options as signature_options
-
-    options = {}
-    for name, p in signature_options(cls).items():
-        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", None)
-        constraint = cls._parameter_constraints.get(name)
-        options[name] = {"default": None if p.default is inspect.Parameter.empty else p.default,
-                         "required": p.default is inspect.Parameter.empty,
-                         "type": None if p.annotation is inspect.Parameter.empty else annotation,
-                         "constraint": constraint.describe() if constraint is not None else None}
-    return options
-
-
-def describe_method(name: str) -> dict:
-    """What ``fewshot methods`` says of one registered method."""
-    from ..methods import METHODS
-
-    cls = METHODS[name]  # an unknown name: one line with the closest known one
-    doc = plain_text(inspect.getdoc(cls) or "")
-    return {"name": name, "summary": " ".join(doc.split("\n\n")[0].split()), "tasks": list(cls.tasks),
-            "learns_across_tasks": cls.learns_across_tasks, "needs_backbone": cls.needs_backbone,
-            "test_mode": cls.test_mode, "options": _options(cls)}
-
-
-def cmd_methods(args: argparse.Namespace) -> int:
-    from ..methods import METHODS
-
-    names = [args.name] if args.name else METHODS.names()
-    described = [describe_method(n) for n in names]
-    if args.json:
-        print_json(described, default=str)
-        return 0
-    for d in described:
-        kind = ("meta-trained (`fewshot train`)" if d["learns_across_tasks"] else
-                "needs no training (`fewshot evaluate NAME`)" if not d["needs_backbone"] else
-                "adapts a trained backbone")
-        print(f"{d['name']}: {kind}; {' and '.join(d['tasks'])}")
-        summary = d["summary"] if args.name else d["summary"].split(". ")[0].rstrip(".") + "."
-        print(f"  {summary}")
-        if d["options"] and args.name:  # one method: each option, its default and what it may hold
-            print("  options (-o KEY=VALUE; auto: the method chooses):")
-            for k, o in d["options"].items():
-                default = ("(required)" if o["required"] else "auto" if o["default"] is None
-                           else json.dumps(o["default"], default=str))
-                print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
-        elif d["options"]:
-            text = "  ".join(f"{k}=" + ("(required)" if o["required"] else "auto" if o["default"] is None
-                                        else json.dumps(o["default"], default=str))
-                             for k, o in d["options"].items())
-            print(f"  options (-o KEY=VALUE), with defaults (auto: the method chooses): {text}")
-        else:
-            print("  options: none")
-    return 0
-
-
-def cmd_heads(args: argparse.Namespace) -> int:
-    """``fewshot heads [NAME]``: the test-time heads, whether each is transductive, their options."""
-    from ..heads import HEADS, head_options
-
-    names = [args.name] if args.name else HEADS.names()
-    described = []
-    for name in names:
-        cls = HEADS[name]  # an unknown name: the registry's one line, with the closest known one
-        doc = inspect.getdoc(cls) or ""
-        described.append({"name": name, "summary": " ".join(doc.split("\n\n")[0].split()),
-                          "transductive": cls.transductive, "uses_base_features": cls.uses_base_features,
-                          "options": _options(cls, head_options)})
-    if args.json:
-        print_json(described, default=str)
-        return 0
-    for d in described:
-        kind = "transductive (sees all queries of an episode at once)" if d["transductive"] else "inductive"
-        print(f"{d['name']}: {kind}")
-        print(f"  {d['summary'] if args.name else d['summary'].split('. ')[0].rstrip('.') + '.'}")
-        for k, o in d["options"].items():
-            default = "auto" if o["default"] is None else json.dumps(o["default"], default=str)
-            print(f"    {k} = {default}" + (f"  ({o['constraint']})" if o["constraint"] else ""))
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     runtime = runtime_from_args(args)
-    run_demo(args.dataset, data_root=args.data_root, runs=args.runs, out=args.out, episodes=args.episodes,
-             quick=args.quick, device=str(runtime.device), precision=runtime.precision)
+    result = run_demo(args.dataset, data_root=args.data_root, runs=args.runs, out=args.out, episodes=args.episodes,
+                      quick=args.quick, device=str(runtime.device), precision=runtime.precision)
+    if args.json:
+        print_json({"dataset": args.dataset, "device": str(runtime.device), **result})
     say_device(args, runtime)
     return 0
 
@@ -368,7 +297,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. distance=cosine (`fewshot methods` lists them)")
     g.add_argument("--distance", choices=["euclidean", "cosine"], help="protonet, taskcond: distance to prototypes")
-    g.add_argument("--inner-steps", type=int, help="MAML family: inner-loop steps")
+    g.add_argument("--inner-steps", type=int, metavar="K", help="MAML family: inner-loop steps")
     g.add_argument("--inner-lr", type=float, help="MAML family: inner-loop learning rate")
     g.add_argument("--rollouts", type=int, help="maml-rl: rollouts per adaptation step and for the outer objective "
                    "(sets --shot and --query)")
@@ -391,7 +320,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--nproc", type=int, help="split each meta-batch over this many processes (torch.distributed); "
                    "on GPUs one process per GPU")
+    add_max_steps_flag(p)
     add_device_flags(p, train=True)
+    add_json_flag(p)
     add_quiet_flag(p)
     p.set_defaults(func=cmd_train)
 
@@ -408,18 +339,21 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
                    help="draw each episode's classes from one group of the dataset (omniglot: one alphabet, "
                         "Lake et al.'s within-alphabet episodes)")
     p.add_argument("--weights", choices=["best", "last"], default="best", help="which checkpoint (default best)")
-    p.add_argument("--inner-steps", type=int, help="MAML family: test-time inner steps")
-    p.add_argument("--adapt-steps", dest="inner_steps", type=int,
+    p.add_argument("--inner-steps", type=int, metavar="K", help="MAML family: test-time inner steps")
+    p.add_argument("--adapt-steps", dest="inner_steps", type=int, metavar="K",
                    help="maml-rl: report the return after 0..K policy-gradient steps (the same as --inner-steps)")
     p.add_argument("--adapt", metavar="STRATEGY",
                    help="adapt the run's backbone with a transfer strategy: linear-probe, finetune, freeze-k, "
                         "discriminative, gradual-unfreeze, lp-ft, surgical (options with -o, e.g. -o cv=true)")
-    add_head_flag(p, "the run's backbone (or the Hugging Face model's)")
+    add_head_flag(p, "the run's backbone (or the Hugging Face model's)", default="simpleshot for an exported model "
+                  "or hf:...")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="test-time method option, e.g. inner_steps=10; with --head, a head option, e.g. norm=L2N")
+                   help="test-time option of the method (e.g. inner_steps=10) or of its --adapt strategy; with "
+                        "--head, a head option (e.g. norm=L2N)")
     p.add_argument("--domains", nargs="+", metavar="DOMAIN", help="also test on each of these domains (a dataset or "
                    "DATASET:STYLE, e.g. digits omniglot:blur): one table, in-domain first, the same seeded suites")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_max_steps_flag(p)
+    add_json_flag(p)
     p.add_argument("--per-episode", action="store_true", help="with --json: include per-episode accuracies")
     p.add_argument("--runs", help="runs folder holding the run store")
     add_device_flags(p)
@@ -431,34 +365,41 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
     dsub.required = True
     q = dsub.add_parser("list", help="the datasets fewshot knows")
+    add_json_flag(q)
     q.set_defaults(func=cmd_data_list)
     q = dsub.add_parser("info", help="classes and images per split")
     q.add_argument("name", help="dataset name")
     add_data_flags(q, default_dataset=None)
     q.set_defaults(dataset=None)
-    q.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(q)
     add_quiet_flag(q)
     q.set_defaults(func=cmd_data_info)
 
 
-def _runs_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    p.add_argument("id", nargs="?", type=int, help="run id, with show")
-    p.add_argument("--kind", help="only runs of this kind (train, evaluate, tune-trial, ...)")
-    p.add_argument("--method", help="only runs of this method")
-    p.add_argument("--runs", help="runs folder holding the run store")
-    p.add_argument("--json", action="store_true", help="print JSON")
+def _runs_list_flags(p: argparse.ArgumentParser, nested: bool = False) -> None:
+    # `fewshot runs` lists as `fewshot runs list` does; the nested copies set nothing unless given.
+    keep = argparse.SUPPRESS if nested else None
+    p.add_argument("--kind", default=keep, help="only runs of this kind (train, evaluate, tune-trial, ...)")
+    p.add_argument("--method", default=keep, help="only runs of this method")
+    p.add_argument("--runs", default=keep, help="runs folder holding the run store")
+    add_json_flag(p, nested=nested)
     p.set_defaults(func=cmd_runs)
 
 
-def _heads_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="one head (default: every one)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_heads)
+def _runs_flags(p: argparse.ArgumentParser) -> None:
+    _runs_list_flags(p)
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=type(p))
+    _runs_list_flags(rsub.add_parser("list", help="the recorded runs, one a line (the default)"), nested=True)
+    q = rsub.add_parser("show", help="one recorded run, as JSON")
+    q.add_argument("id", type=int, help="run id (the first column of `fewshot runs`)")
+    q.add_argument("--runs", default=argparse.SUPPRESS, help="runs folder holding the run store")
+    add_json_flag(q, nested=True)
+    q.set_defaults(func=cmd_runs_show)
 
 
 def _demo_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", choices=["digits", "omniglot"], help="digits (offline default) or omniglot")
+    # Not argparse choices: --dataset names a dataset everywhere; the demo refuses others in one line.
+    p.add_argument("--dataset", default="digits", help="digits (offline default) or omniglot")
     p.add_argument("--data-root", help="data root for omniglot")
     p.add_argument("--episodes", type=int, help="meta-training steps (default: the dataset's preset)")
     p.add_argument("--quick", action="store_true", help="a tiny run, to check the set-up")
@@ -466,14 +407,9 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
                    "runs folder); replaced by the next demo")
     p.add_argument("--runs", help="runs folder (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     add_device_flags(p)
+    add_json_flag(p)
     add_quiet_flag(p)
     p.set_defaults(func=cmd_demo)
-
-
-def _methods_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", help="one method (default: every one)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_methods)
 
 
 def register(sub) -> None:
@@ -485,12 +421,7 @@ def register(sub) -> None:
                    description="Evaluate a trained run (or a method that needs no training, e.g. pixel-ncm) "
                    "on a fixed, seeded suite of test episodes; with --head, a test-time head on the features of a "
                    "run, an exported model or a Hugging Face backbone (hf:PATH), each image embedded once.")
-    sub.add_parser("methods", help="the methods and their options (-o KEY=VALUE), with defaults",
-                   build=_methods_flags, description="Every registered method: what it does, whether it is "
-                   "meta-trained, and its options with their defaults, read from the method's constructor.")
-    sub.add_parser("heads", help="the test-time heads (evaluate --head H) and their options (-o KEY=VALUE)",
-                   build=_heads_flags, description="Every registered head on features: whether it is transductive, "
-                   "and its options with their defaults, read from the head's constructor.")
+    catalog.register(sub)  # methods, heads
     sub.add_parser("data", help="datasets: list them, describe one", build=_data_flags)
     sub.add_parser("runs", help="list recorded runs, or show one", build=_runs_flags)
     sub.add_parser("demo", help="the main job: ProtoNet against a pixel baseline on the same episodes",

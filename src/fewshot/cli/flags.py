@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from typing import Any, Callable
 
 from ..config import PRECISIONS
@@ -92,7 +93,42 @@ def parse_options(texts) -> dict[str, Any]:
     return dict(parse_option(t) for t in texts)
 
 
+def deprecated(p: argparse.ArgumentParser, *olds: str, use: str, **kwargs: Any) -> None:
+    """Old spellings ``olds`` of the flag ``use``, kept working for a while: each does what
+    ``use`` does (give the same ``dest`` and kind in ``kwargs``), is hidden from the help, and
+    warns once per process, ``fewshot: warning: --query is deprecated, use --queries``
+    (:mod:`fewshot.cli.words` lists them)."""
+    action = p.add_argument(*olds, help=argparse.SUPPRESS, **kwargs)
+    base = type(action)
+
+    def warn_then_act(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated, use {use}", FutureWarning, stacklevel=2)
+        base.__call__(self, parser, namespace, values, option_string)
+
+    # The same action (store, append, ...) with a warning first; ``replacement`` names the new flag.
+    action.__class__ = type("Deprecated", (base,), {"__call__": warn_then_act, "replacement": use})
+
+
 # -- shared flag groups ------------------------------------------------------------------
+
+def add_json_flag(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--json`` (every command): the result as one JSON document on stdout, with the keys
+    :mod:`fewshot.cli.schemas` documents; progress and status stay on stderr. ``nested``: as
+    in :func:`add_quiet_flag`."""
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if nested else False,
+                   help="print the result as one JSON document on stdout (progress stays on stderr)")
+
+
+def add_max_steps_flag(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--max-steps N`` (every command that adapts or trains with step counts): the bound on
+    inner-loop and fine-tuning steps (:func:`fewshot.params.max_steps`), which the entry point
+    raises for the command."""
+    from ..params import MAX_STEPS, MAX_STEPS_ENV
+
+    p.add_argument("--max-steps", type=int, metavar="N", default=argparse.SUPPRESS if nested else None,
+                   help=f"allow inner-loop and fine-tuning step counts (flags, options, files) up to N "
+                        f"(default ${MAX_STEPS_ENV}, else {MAX_STEPS})")
+
 
 def add_quiet_flag(p: argparse.ArgumentParser, also: str = "", *, nested: bool = False) -> None:
     """``--quiet`` (every command that computes): no progress bars, progress lines or status
@@ -110,7 +146,9 @@ def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -
     g.add_argument("--env", dest="dataset", default=argparse.SUPPRESS,
                    help="environment family, for maml-rl (the same as --dataset; see `fewshot data list`)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
-    g.add_argument("--split", dest="split_scheme", help="split scheme, for datasets with several (omniglot: vinyals, background)")
+    g.add_argument("--split-scheme", metavar="SCHEME",
+                   help="split scheme, for datasets with several (omniglot: vinyals, background)")
+    deprecated(g, "--split", use="--split-scheme", dest="split_scheme", metavar="SCHEME")
     g.add_argument("--path", help="folder dataset: a folder with one sub-folder of images per class, or a CSV "
                    "of path,label rows")
     g.add_argument("--image-size", type=int, help="resize images to this many pixels a side (folder: inferred)")
@@ -197,11 +235,12 @@ def say_device(args: argparse.Namespace, runtime) -> None:
         print(f"fewshot: {runtime.say()}", file=sys.stderr)
 
 
-def add_head_flag(p: argparse.ArgumentParser, what: str = "the model's") -> None:
-    """``--head HEAD``: a test-time head on ``what`` features (:mod:`fewshot.heads`), its
-    options given with ``-o KEY=VALUE`` (the command's ``--option``). The names are not
-    argparse choices: an unknown one is the head registry's line, with the closest name.
-    Adding the flag imports the head registry (and torch), as ``train``'s method choices do."""
+def add_head_flag(p: argparse.ArgumentParser, what: str = "the model's", default: str = "") -> None:
+    """``--head HEAD``: a test-time head on ``what`` features (:mod:`fewshot.heads`), and
+    ``--head-option KEY=VALUE`` for its options; ``default`` says which head is used without
+    the flag. The names are not argparse choices: an unknown one is the head registry's line,
+    with the closest name. Adding the flag imports the head registry (and torch), as
+    ``train``'s method choices do."""
     from ..heads import HEADS
 
     inductive = ", ".join(n for n, h in HEADS.items() if not h.transductive)
@@ -209,18 +248,29 @@ def add_head_flag(p: argparse.ArgumentParser, what: str = "the model's") -> None
     p.add_argument("--head", metavar="HEAD",
                    help=f"classify with a test-time head on {what} features instead of the method's own "
                         f"adaptation: {inductive} (inductive); {transductive} (transductive: they see all "
-                        "queries of an episode at once); options with -o KEY=VALUE (`fewshot heads` lists them)")
+                        "queries of an episode at once); options with --head-option KEY=VALUE (`fewshot heads` "
+                        "lists them)" + (f"; default: {default}" if default else ""))
+    p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of --head, e.g. norm=L2N")
 
 
 def head_from_args(args: argparse.Namespace, default: str | None = None):
     """The :class:`~fewshot.heads.Head` of ``--head`` (else ``default``; None when neither)
-    with the ``-o`` options; an unknown head or option, or a bad value, is one line."""
+    with the ``--head-option`` options; an unknown head or option, or a bad value, is one line.
+    Head options given with ``-o`` (the old spelling) still work, with a warning."""
     name = getattr(args, "head", None) or default
     if name is None:
         return None
     from ..heads import build_head
 
-    return build_head(name, **parse_options(getattr(args, "option", None) or []))
+    options, method_options = getattr(args, "head_option", None) or [], getattr(args, "option", None) or []
+    if options and method_options:
+        raise ConfigError("a head replaces the method's own adaptation, which -o configures: give the head's "
+                          "options with --head-option and drop -o")
+    if method_options:
+        warnings.warn("-o/--option for a head is deprecated, use --head-option", FutureWarning, stacklevel=2)
+        options = method_options
+    return build_head(name, **parse_options(options))
 
 
 def trainable_methods() -> list[str]:

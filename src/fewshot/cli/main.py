@@ -11,15 +11,18 @@ imports made) only when that command runs, so ``fewshot --help`` is fast.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .. import __version__, progress
 from ..errors import FewShotError
+from ..params import steps_allowed
 from . import core, model, tools, zoo
 from .flags import Parser, one_line
+from .output import json_mode
 
 # What was interrupted decides how to continue; each long command resumes by design.
 RESUME_HINTS = {"train": "`fewshot train --resume RUN_DIR` continues the run",
@@ -39,6 +42,23 @@ def build_parser() -> Parser:
     zoo.register(sub)  # zoo, select
     tools.register(sub)  # report, tune, advise
     return parser
+
+
+def commands(parser: argparse.ArgumentParser | None = None) -> Iterator[tuple[str, Parser]]:
+    """Every command, as ``("zoo add", its parser)``: each parser (the top level's included)
+    whose arguments name a function to run, with every flag built. The one list of commands
+    the documented JSON keys and flag words are checked against."""
+    def walk(p, path):
+        if isinstance(p, Parser):
+            p.ensure_built()
+        if p.get_default("func") is not None:
+            yield " ".join(path), p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, (*path, name))
+
+    yield from walk(parser or build_parser(), ())
 
 
 #: The exit status of a command whose reader closed the pipe (128 + SIGPIPE).
@@ -69,18 +89,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     command_line = argv is None  # the process's own command line, not a call from Python
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, extras = parser.parse_known_args(argv)
-    if extras:  # reported against the command's own flags and help, not the top level's
-        args.command_parser.unknown_flags(extras)
-    args.argv = argv
     # The command's manners, undone on return: main() also runs inside tests and notebooks,
     # whose own warning handling (pytest.warns, a notebook's display) stays as it is.
+    # Set before parsing, which warns of deprecated flags.
     shown, quiet = warnings.showwarning, progress.is_quiet()
     if command_line:
         warnings.showwarning = show_warning
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # reported against the command's own flags and help, not the top level's
+            args.command_parser.unknown_flags(extras)
+    except BaseException:
+        warnings.showwarning = shown
+        raise
+    args.argv = argv
     progress.set_quiet(getattr(args, "quiet", False))
     try:
-        code = args.func(args)
+        # --json: the document alone on stdout (output.json_mode); --max-steps: the step bound raised.
+        with json_mode(getattr(args, "json", False)), steps_allowed(getattr(args, "max_steps", None)):
+            code = args.func(args)
         sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
         return code
     except BrokenPipeError:

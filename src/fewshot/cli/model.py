@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_device_flags, add_quiet_flag
+from .flags import add_device_flags, add_head_flag, add_json_flag, add_max_steps_flag, add_quiet_flag, deprecated
 from .output import print_json
 
 
@@ -55,7 +55,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                                      *learner.preprocessing.size]
     fitted = (f", fitted on {len(learner.classes_)} classes: predicts without --support"
               if getattr(learner, "classes_", None) is not None else "")
-    use = (f"`fewshot predict {out} --query ...`" if fitted else f"`fewshot predict {out} --support ... --query ...`")
+    if args.json:
+        print_json({"model": learner.description_name, "out": str(out), "format": args.format,
+                    "image_shape": list(shape), "calibration": {"fitted": bool(calibration.get("fitted")),
+                                                                "temperature": learner.temperature,
+                                                                "episodes": calibration.get("episodes"),
+                                                                "split": calibration.get("split")},
+                    "classes": ([str(c) for c in learner.classes_.tolist()]
+                                if getattr(learner, "classes_", None) is not None else None)})
+        return 0
+    use = (f"`fewshot predict {out} --queries ...`" if fitted
+           else f"`fewshot predict {out} --support ... --queries ...`")
     print(f"exported {learner.description_name} ({'x'.join(map(str, shape))} inputs, {how}{fitted}) "
           f"-> {out}; use it with fewshot.load({str(out)!r}) or {use}"
           + (f"; with huggingface_hub: fewshot.runs.hfexport.FewShotHubModel.from_pretrained({str(out)!r})"
@@ -67,7 +77,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..images import image_files
 
-    queries = image_files(args.query)
+    if not args.queries:
+        raise ConfigError("say which images to classify: --queries FOLDER_OR_FILE ... (files, or folders searched "
+                          "recursively)")
+    queries = image_files(args.queries)
     learner = _learner(args)
     if args.support:
         _fit(learner, args.support)
@@ -95,11 +108,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    "method's own way; options with -o")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a strategy option")
     p.add_argument("--data-root", help="data root, to calibrate a run that has no stored temperature")
-    p.add_argument("--head", metavar="HEAD", help="a feature head on the backbone's frozen features: simpleshot, "
-                   "logistic, bdcspn, tim, ptmap, laplacianshot, transductive_finetune (default: a run's own method; "
-                   "logistic for hf:...; a saved model's own head)")
-    p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE", help="a head option")
+    add_head_flag(p, "the backbone's frozen", default="a run's own method; logistic for hf:...; a saved model's "
+                  "own head")
+    add_max_steps_flag(p)
     add_device_flags(p)
+    add_json_flag(p)
     add_quiet_flag(p)
 
 
@@ -122,9 +135,9 @@ def _predict_flags(p: argparse.ArgumentParser) -> None:
                    "Face vision backbone)")
     p.add_argument("--support", metavar="FOLDER", help="labelled examples: one sub-folder of images per class (its "
                    "name is the label); optional for a fitted exported model")
-    p.add_argument("--query", required=True, nargs="+", metavar="FOLDER_OR_FILE",
+    p.add_argument("--queries", nargs="+", metavar="FOLDER_OR_FILE",
                    help="images to classify: files, or folders (searched recursively)")
-    p.add_argument("--json", action="store_true", help="a JSON list of {path, label, probability, probabilities}")
+    deprecated(p, "--query", use="--queries", dest="queries", nargs="+", metavar="FOLDER_OR_FILE")
     _model_flags(p)
     p.set_defaults(func=cmd_predict)
 

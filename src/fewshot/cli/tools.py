@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .output import json_text
-from .flags import add_data_flags, add_device_flags, add_episode_flags, add_quiet_flag, config_from_args, needs_tool, \
-    require_matplotlib, require_optuna, resolve_device, trainable_methods
+from .output import print_json
+from .flags import add_data_flags, add_device_flags, add_episode_flags, add_json_flag, add_max_steps_flag, \
+    add_quiet_flag, config_from_args, needs_tool, require_matplotlib, require_optuna, resolve_device, trainable_methods
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -14,6 +14,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = build_report(args.targets, args.out, runs=args.runs, selection=args.selection, data_root=args.data_root,
                           embed_split=args.embed_split, projection=args.projection, device=resolve_device(args))
+    if args.json:
+        print_json({"path": str(report.path), "figures": {name: str(path) for name, path in report.figures.items()},
+                    "missing": dict(report.missing)})
+        return 0
     print(f"report: {len(report.figures)} figure(s) -> {report.path}")
     for name, why in report.missing.items():
         print(f"  not drawn: {name}: {why}")
@@ -28,6 +32,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tune(base, space, args.out, trials=args.trials, runs=args.runs, data_root=args.data_root,
                   sampler_seed=args.sampler_seed, log=None if args.quiet else print)
     best = result.best
+    if args.json:
+        print_json({"study": result.study, "best": best, "trials": result.trials,
+                    "config_path": str(result.config_path), "summary_path": str(result.summary_path)})
+        return 0
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
     print(f"best: trial {best['number']}: {params}: validation {best['val_accuracy']:.1f} ± "
           f"{best['val_ci95']:.1f} % -> {result.config_path} (train it: fewshot train --config "
@@ -41,7 +49,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     setting = Setting(args.way, args.shot, args.classes, args.images_per_class, args.cross_domain)
     advice = advise(setting, None if args.rules else RunStore(args.runs), data_root=args.data_root)
-    print(json_text(advice.to_dict(), indent=2) if args.json else advice.text())
+    if args.json:
+        print_json(advice.to_dict(), indent=2)
+    else:
+        print(advice.text())
     return 0
 
 
@@ -60,6 +71,7 @@ def _report_flags(p: argparse.ArgumentParser) -> None:
                    help="2-D projection of embeddings (default pca)")
     p.add_argument("--device", metavar="DEVICE", help="where embeddings are computed: auto (default), cpu, cuda, "
                    "cuda:N or mps")
+    add_json_flag(p)
     add_quiet_flag(p)
     p.set_defaults(func=needs_tool(cmd_report, require_matplotlib))
 
@@ -91,7 +103,9 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", help="split to score trials on (default val)")
     p.add_argument("--runs", help="runs folder holding the run store and the study "
                    "(default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
+    add_max_steps_flag(p)
     add_device_flags(p, train=True)
+    add_json_flag(p)
     add_quiet_flag(p, also="no line per trial")
     p.set_defaults(func=needs_tool(cmd_tune, require_optuna))
 
@@ -106,7 +120,7 @@ def _advise_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", action="store_true", help="ignore the records: the documented rules only")
     p.add_argument("--runs", help="runs folder holding the run store (default $FEWSHOT_RUNS, else ~/.local/share/fewshot)")
     p.add_argument("--data-root", help="data root, to size the recorded runs' training sets (never downloads)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_json_flag(p)
     add_quiet_flag(p)
     p.set_defaults(func=cmd_advise)
 

@@ -10,8 +10,10 @@
     fewshot select --support FOLDER [--verify K] [--json]         # rank the zoo for your task
     fewshot select monitor                                        # the meta-learner's error over time
 
-Every command takes ``--zoo DIR`` (default ``$FEWSHOT_ZOO``, else ``./zoo``). The work is
-done by the library (:mod:`fewshot.select`); this module parses and prints.
+Every command takes ``--zoo DIR`` (default ``$FEWSHOT_ZOO``, else ``zoo`` in the runs folder,
+``$FEWSHOT_RUNS`` or ``~/.local/share/fewshot``, where the run store is: no command makes a
+folder in the current one). The work is done by the library (:mod:`fewshot.select`); this
+module parses and prints.
 """
 
 from __future__ import annotations
@@ -22,18 +24,42 @@ import time
 
 from ..errors import ConfigError
 from .output import print_json
-from .flags import Parser, add_device_flags, add_quiet_flag, parse_options, resolve_device, say_device
+from .flags import Parser, add_device_flags, add_json_flag, add_max_steps_flag, add_quiet_flag, deprecated, \
+    parse_options, resolve_device, say_device
 
 
 def _zoo_default() -> str:
-    return os.environ.get("FEWSHOT_ZOO") or "zoo"
+    """``$FEWSHOT_ZOO``, else ``zoo`` in the runs folder. A zoo in ``./zoo`` (the old default)
+    is still found there while the new place holds none, with a warning."""
+    import warnings
+
+    from ..select.index import INDEX
+    from ..store import runs_folder
+
+    if os.environ.get("FEWSHOT_ZOO"):
+        return os.environ["FEWSHOT_ZOO"]
+    default = runs_folder() / "zoo"
+    if not default.exists() and os.path.isfile(os.path.join("zoo", INDEX)):
+        warnings.warn(f"./zoo is no longer the default zoo, use --zoo zoo (or move it to {default})", FutureWarning,
+                      stacklevel=2)
+        return "zoo"
+    return str(default)
+
+
+def _zoo(args: argparse.Namespace) -> str:
+    """The zoo folder of ``--zoo``, else the default; decided once per command."""
+    if args.zoo is None:
+        args.zoo = _zoo_default()
+    return args.zoo
 
 
 def _add_zoo_flag(p: argparse.ArgumentParser, nested: bool = False) -> None:
     # Under `fewshot select ACTION` the flag exists twice (before and after ACTION); the
-    # nested copy sets nothing unless given, so `select --zoo Z build` keeps Z.
-    p.add_argument("--zoo", default=argparse.SUPPRESS if nested else _zoo_default(),
-                   help="the zoo folder (default: $FEWSHOT_ZOO, else ./zoo)")
+    # nested copy sets nothing unless given, so `select --zoo Z build` keeps Z. The default
+    # is decided when the command runs (_zoo_default), not when its parser is built.
+    p.add_argument("--zoo", default=argparse.SUPPRESS if nested else None,
+                   help="the zoo folder (default: $FEWSHOT_ZOO, else zoo in the runs folder: $FEWSHOT_RUNS/zoo, "
+                        "else ~/.local/share/fewshot/zoo)")
 
 
 def _fmt_int(value) -> str:
@@ -45,7 +71,7 @@ def _fmt_int(value) -> str:
 def cmd_zoo_list(args: argparse.Namespace) -> int:
     from ..select.index import Zoo
 
-    zoo = Zoo(args.zoo)
+    zoo = Zoo(_zoo(args))
     if args.check:
         for name in zoo.names():
             zoo.check(name)
@@ -66,12 +92,15 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 def cmd_zoo_add(args: argparse.Namespace) -> int:
     from ..select.index import Zoo
 
-    metadata = parse_options(args.meta_option)
+    metadata = parse_options(args.metadata_option)
     if args.bn:
         metadata["bn"] = args.bn
-    zoo = Zoo(args.zoo, create=True)
+    zoo = Zoo(_zoo(args), create=True)
     entry = zoo.add(args.name, args.source, metadata=metadata, metadata_file=args.metadata,
                     image_shape=args.image_shape, overwrite=args.overwrite)
+    if args.json:
+        print_json({"zoo": str(zoo.root), **entry})
+        return 0
     print(f"added {entry['name']} to {zoo.root}: {entry['architecture']}, {_fmt_int(entry['parameters'])} parameters, "
           f"{_fmt_int(entry['feature_dim'])} features, objective {entry['objective']}, source {entry['source']}")
     return 0
@@ -82,13 +111,18 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
     specs = PRESETS.get(args.preset, [])
     start = time.process_time()
-    print(f"building the '{args.preset}' zoo in {args.zoo}: {len(specs)} models, at most "
-          f"{args.cpu_minutes:g} CPU-minute(s) each" + (f" and {args.steps} steps" if args.steps else ""), flush=True)
+    print(f"building the '{args.preset}' zoo in {_zoo(args)}: {len(specs)} models, at most "
+          f"{args.cpu_minutes:g} CPU-minute(s) each" + (f" and {args.episodes} steps" if args.episodes else ""),
+          flush=True)
     device = resolve_device(args)
-    zoo = build_zoo(args.zoo, args.preset, cpu_minutes=args.cpu_minutes, max_steps=args.steps, only=args.only,
+    zoo = build_zoo(_zoo(args), args.preset, cpu_minutes=args.cpu_minutes, max_steps=args.episodes, only=args.only,
                     data_root=args.data_root, runs=args.runs, seed=args.seed, progress=not args.quiet,
                     device=str(device), precision=args.precision)
     say_device(args, device)
+    if args.json:
+        print_json({"zoo": str(zoo.root), "preset": args.preset, "models": zoo.names(),
+                    "cpu_seconds": time.process_time() - start})
+        return 0
     print(f"the zoo {zoo.root} holds {len(zoo)} model(s); this build took {time.process_time() - start:.0f} CPU-s "
           f"(`fewshot zoo list --zoo {zoo.root}` describes them)")
     return 0
@@ -100,7 +134,7 @@ def cmd_select_build(args: argparse.Namespace) -> int:
     from ..select.pool import build_meta_dataset
 
     finetune = parse_options(args.option)
-    result = build_meta_dataset(args.zoo, args.tasks, path=args.meta, sources=args.sources, seed=args.seed,
+    result = build_meta_dataset(_zoo(args), args.tasks, path=args.meta, sources=args.sources, seed=args.seed,
                                 workers=args.workers, finetune=finetune, data_root=args.data_root,
                                 progress=not args.quiet)
     if args.json:
@@ -117,7 +151,7 @@ def _rows(args: argparse.Namespace):
     from ..select.index import Zoo
     from ..select.metastore import complete, open_meta
 
-    zoo = Zoo(args.zoo)
+    zoo = Zoo(_zoo(args))
     store = open_meta(zoo, args.meta)
     models = zoo.names()
     rows = complete(store.rows(args.target), models)
@@ -158,8 +192,8 @@ def cmd_select(args: argparse.Namespace) -> int:
                           "or use `fewshot select build|evaluate|monitor`")
     status(f"ranking the zoo for {args.support}: embedding its images with each model"
            + (f", then adapting the top {args.verify}" if args.verify else ""))
-    out = select_models(args.zoo, args.support, target=args.target, meta=args.meta, verify=args.verify,
-                        query=args.query, runs=args.runs, data_root=args.data_root)
+    out = select_models(_zoo(args), args.support, target=args.target, meta=args.meta, verify=args.verify,
+                        query=args.queries, runs=args.runs, data_root=args.data_root)
     model_count, learner, _ = out.pop("models"), out["meta_learner"], out.pop("meta")
     shipped = learner["source"] == "shipped"
     ranking, way, target = out["ranking"], out["way"], out["target"]
@@ -206,7 +240,7 @@ def cmd_select_monitor(args: argparse.Namespace) -> int:
     from ..select.selection import running_error, verification_history
     from ..store import RunStore
 
-    zoo_root = str(Zoo(args.zoo).root.resolve()) if not args.all_zoos else None
+    zoo_root = str(Zoo(_zoo(args)).root.resolve()) if not args.all_zoos else None
     history = verification_history(RunStore(args.runs), zoo_root)
     table = []
     for i, r in enumerate(history):
@@ -242,7 +276,7 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
     q = zsub.add_parser("list", help="the zoo's models and their metadata")
     _add_zoo_flag(q)
     q.add_argument("--check", action="store_true", help="load every model and check it against its metadata")
-    q.add_argument("--json", action="store_true", help="print JSON")
+    add_json_flag(q)
     q.set_defaults(func=cmd_zoo_list)
 
     q = zsub.add_parser("add", help="add a model: a run folder or a .safetensors file",
@@ -257,9 +291,12 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--image-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="input images the model takes")
     q.add_argument("--bn", choices=["eval", "batch"],
                    help="BatchNorm on new tasks: running statistics (eval) or each batch's own (batch)")
-    q.add_argument("-m", "--meta-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="metadata field, e.g. objective=supervised")
+    q.add_argument("--metadata-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a metadata field, over --metadata's, e.g. objective=supervised")
+    deprecated(q, "-m", "--meta-option", use="--metadata-option", dest="metadata_option", action="append",
+               metavar="KEY=VALUE")
     q.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    add_json_flag(q)
     add_quiet_flag(q)
     q.set_defaults(func=cmd_zoo_add)
 
@@ -271,12 +308,14 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="default: 13 models on Omniglot alphabet groups and digits; tiny: 4 models on 8x8 digits")
     q.add_argument("--cpu-minutes", type=float, default=1.0, help="CPU budget of each model (default 1)")
-    q.add_argument("--steps", type=int, help="at most this many training steps per model")
+    q.add_argument("--episodes", type=int, help="at most this many meta-training steps per model")
+    deprecated(q, "--steps", use="--episodes", dest="episodes", type=int)
     q.add_argument("--only", nargs="+", metavar="NAME", help="build only these models of the preset")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     q.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     q.add_argument("--runs", help="runs folder holding the run store")
     add_device_flags(q)
+    add_json_flag(q)
     add_quiet_flag(q)
     q.set_defaults(func=cmd_zoo_build)
 
@@ -289,15 +328,17 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     _add_zoo_flag(p)
     p.add_argument("--support", metavar="FOLDER", help="your task's labelled images: one sub-folder per class")
     p.add_argument("--verify", type=int, metavar="K", help="adapt the top K models for real and report their accuracy")
-    p.add_argument("--query", metavar="FOLDER", help="with --verify: labelled test images (default: "
-                                                     "cross-validation on the support set)")
+    p.add_argument("--queries", metavar="FOLDER", help="with --verify: labelled test images, one sub-folder per "
+                                                       "class (default: cross-validation on the support set)")
+    deprecated(p, "--query", use="--queries", dest="queries", metavar="FOLDER")
     p.add_argument("--target", choices=TARGETS, default="finetune", help="what accuracy to predict: after "
                                                                          "fine-tuning (default) or a linear probe")
     p.add_argument("--meta", help="the meta-dataset file (default: ZOO/meta.sqlite; without one, the meta-learner "
                                   "shipped with fewshot ranks)")
     p.add_argument("--runs", help="runs folder holding the run store (verifications are recorded there)")
     p.add_argument("--data-root", help="data root (for the image cache)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_max_steps_flag(p)
+    add_json_flag(p)
     add_quiet_flag(p)
     p.set_defaults(func=cmd_select)
     ssub = p.add_subparsers(dest="select_command", metavar="ACTION", parser_class=Parser)
@@ -312,11 +353,12 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
                    help="where tasks come from (default: all)")
     q.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     q.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="fine-tuning option of the ground truth, e.g. steps=50")
     q.add_argument("--data-root", default=SUPPRESS, help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
-    q.add_argument("--json", action="store_true", default=SUPPRESS, help="print JSON")
+    add_max_steps_flag(q, nested=True)
+    add_json_flag(q, nested=True)
     add_quiet_flag(q, nested=True)
     q.set_defaults(func=cmd_select_build)
 
@@ -324,9 +366,9 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     _add_zoo_flag(q, nested=True)
     q.add_argument("--meta", default=SUPPRESS, help="the meta-dataset file (default: ZOO/meta.sqlite)")
     q.add_argument("--target", choices=TARGETS, default=SUPPRESS, help="ground truth (default finetune)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     q.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    q.add_argument("--json", action="store_true", default=SUPPRESS, help="print JSON")
+    add_json_flag(q, nested=True)
     add_quiet_flag(q, nested=True)
     q.set_defaults(func=cmd_select_evaluate)
 
@@ -334,7 +376,7 @@ def _select_flags(p: argparse.ArgumentParser) -> None:
     _add_zoo_flag(q, nested=True)
     q.add_argument("--all-zoos", action="store_true", help="verifications of every zoo, not only --zoo's")
     q.add_argument("--runs", default=SUPPRESS, help="runs folder holding the run store")
-    q.add_argument("--json", action="store_true", default=SUPPRESS, help="print JSON")
+    add_json_flag(q, nested=True)
     add_quiet_flag(q, nested=True)
     q.set_defaults(func=cmd_select_monitor)
 
