@@ -1,5 +1,5 @@
 """Test-time heads on frozen Conv-4 features, and the meta-trained heads (R2-D2, MetaOptNet,
-FEAT), on Omniglot and digits at a small CPU budget, on identical seeded episode suites.
+FEAT, DN4), on Omniglot and digits at a small CPU budget, on identical seeded episode suites.
 
 Backbones (one Conv-4 each, trained by the one trainer within ``--minutes`` CPU-minutes
 (``--digits-minutes`` on digits), Adam 1e-3, no validation, last weights):
@@ -22,18 +22,22 @@ PT-MAP (Sinkhorn iterations, a few tenths of a CPU-second) on the first ``--ptma
 Each row reports accuracy ± 95 % CI and the paired difference against plain nearest
 centroid (SimpleShot UN: ProtoNet's own rule) on the same episodes, with its 95 % CI.
 
-R2-D2, MetaOptNet and FEAT are meta-trained exactly like the ProtoNet backbone (5-way
+R2-D2, MetaOptNet, FEAT and DN4 are meta-trained exactly like the ProtoNet backbone (5-way
 1-shot, same CPU budget) and tested by their own adaptation on the two Omniglot suites,
 paired against nearest centroid on the ProtoNet backbone (ProtoNet's own rule), so they
-compare with ProtoNet at equal budget. ``--minutes 4`` is the README's budget for the other
-metric methods (about 21 CPU-minutes of training, 30 in all at 400 episodes).
+compare with ProtoNet at equal budget. The default, 1.25 CPU-minutes per Omniglot model, is
+what a loaded shared machine allowed; ``--minutes 4`` is the README's budget for the other
+metric methods (about 25 CPU-minutes of training instead of 8.5).
 
     OMP_NUM_THREADS=1 FEWSHOT_DATA=/work/shared/data PYTHONPATH=src \\
-        python benchmarks/heads_omniglot.py            # about 15 CPU-minutes (8 of training)
+        python benchmarks/heads_omniglot.py            # about 18 CPU-minutes (8.5 of training)
 
 Runs go under ``--runs`` and are reused when finished (delete them to retrain);
 ``--train-only RUN ...`` trains just those runs and stops, so that several one-thread
-processes can train them in parallel before the run that evaluates. Writes
+processes can train them in parallel before the run that evaluates; likewise
+``--parts-only PART ...`` evaluates just those parts (one backbone's heads on one suite, or
+one meta-trained method on one suite) into ``RUNS/parts``, which the final run reuses when
+they were computed with the same settings on the same trained models. Writes
 benchmarks/results/heads_omniglot.{json,md} (or under ``--results``).
 """
 
@@ -75,7 +79,7 @@ HEADS = {
     "transductive_finetune": ("transductive_finetune", {}),
 }
 REFERENCE = "nearest centroid (simpleshot UN)"
-META = ("r2d2", "metaoptnet", "feat")
+META = ("r2d2", "metaoptnet", "feat", "dn4")
 
 # What the papers report on mini-ImageNet, 1-shot, as the gain (points) of the head over
 # nearest centroid / its inductive baseline on the same backbone. Approximate, transcribed
@@ -93,6 +97,7 @@ PUBLISHED_GAINS = {
     "feat": ("about +2.5 over ProtoNet with Conv-4", "Ye et al. 2020, arXiv:1812.03664, Table 2"),
     "metaoptnet": ("about +3 over ProtoNet with ResNet-12", "Lee et al. 2019, arXiv:1904.03758, Table 1"),
     "r2d2": ("a few points over ProtoNet (their 4-conv)", "Bertinetto et al. 2019, arXiv:1805.08136, Table 1"),
+    "dn4": ("about +2 over ProtoNet with Conv-4 (49.4 -> 51.2)", "Li et al. 2019, arXiv:1903.12290, Table 2"),
 }
 
 
@@ -157,6 +162,80 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return confidence_interval(np.asarray(a) - np.asarray(b))
 
 
+SUITES = [("omniglot", 5), ("omniglot", 20), ("digits", 5)]
+BACKBONES = ("protonet", "pretrain")
+
+
+def parts() -> dict[str, tuple[str, int, str]]:
+    """The evaluation's independent parts, name -> (dataset, way, model): the heads on one
+    backbone on one suite, or one meta-trained method on one Omniglot suite."""
+    out = {f"{d}-{w}way-{b}": (d, w, b) for d, w in SUITES for b in BACKBONES}
+    out.update({f"omniglot-{w}way-{m}": ("omniglot", w, m) for w in (5, 20) for m in META})
+    return out
+
+
+def heads_part(dataset: str, way: int, backbone: str, model, data, args) -> list[dict]:
+    """Every head on the frozen features of one backbone on one suite's episodes."""
+    model.eval()
+    sampler = make_sampler(dataset, data, "test", way, 1, QUERY, seed=0)
+    base = base_features(model, data, dataset, args.base_images)
+    feats = episode_features(model, sampler, args.episodes)
+    rows, reference = [], None
+    for label, (name, options) in HEADS.items():
+        head = build_head(name, **options)
+        if head.uses_base_features:
+            head.fit_base(base)
+        count = episode_count(name, args)
+        start = time.process_time()
+        scores = np.array([100.0 * float((run_head(head, s, y, w, q).argmax(1) == qy).float().mean())
+                           for s, y, w, q, qy in feats[:count]])
+        seconds = time.process_time() - start
+        reference = scores if label == REFERENCE else reference
+        acc, ci = confidence_interval(scores)
+        diff, diff_ci = paired(scores, reference[:count])
+        rows.append({"dataset": dataset, "way": way, "shot": 1, "query": QUERY, "backbone": backbone,
+                     "head": label, "name": name, "options": head.get_params(),
+                     "transductive": head.transductive, "episodes": count, "accuracy": acc, "ci95": ci,
+                     "vs_nearest_centroid": diff, "vs_ci95": diff_ci, "cpu_seconds": seconds,
+                     "per_episode": [round(float(a), 3) for a in scores]})
+        print(f"{dataset} {way}-way {backbone:8s} {label:34s} {acc:5.1f} ± {ci:.1f}  Δ {diff:+.1f} ± "
+              f"{diff_ci:.1f}  ({count} episodes, {seconds:.1f} CPU-s)", flush=True)
+    return rows
+
+
+def meta_part(way: int, method: str, model, data, args) -> list[dict]:
+    """One meta-trained method, by its own adaptation, on one Omniglot suite (paired at the merge)."""
+    sampler = make_sampler("omniglot", data, "test", way, 1, QUERY, seed=0)
+    r = evaluate(model, sampler, args.episodes, progress=False)
+    acc, ci = confidence_interval(r.scores)
+    print(f"omniglot {way}-way {method:10s} {acc:5.1f} ± {ci:.1f}", flush=True)
+    return [{"dataset": "omniglot", "way": way, "shot": 1, "query": QUERY, "method": method,
+             "options": model.get_params(), "transductive": False, "episodes": args.episodes,
+             "accuracy": acc, "ci95": ci, "per_episode": [round(float(a), 3) for a in r.scores]}]
+
+
+def evaluate_part(name: str, models, training, data, args, folder: Path) -> dict:
+    """One part's rows, computed or reused: a part is reused when it was computed with the same
+    evaluation settings on the same trained models (so parallel processes can compute parts)."""
+    dataset, way, model = parts()[name]
+    key = {"episodes": args.episodes, "tim_episodes": args.tim_episodes, "ptmap_episodes": args.ptmap_episodes,
+           "base_images": args.base_images, "model": training[f"{dataset}/{model}"]}
+    path = folder / f"{name}.json"
+    if path.is_file():
+        saved = read_json(path)
+        if saved["key"] == key:
+            return saved
+    start = time.process_time()
+    if model in META:
+        rows = meta_part(way, model, models[dataset, model], data[dataset], args)
+    else:
+        rows = heads_part(dataset, way, model, models[dataset, model], data[dataset], args)
+    out = {"part": name, "key": key, "cpu_seconds": time.process_time() - start, "rows": rows}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=1.25, help="CPU-minutes of training per Omniglot model")
@@ -171,6 +250,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the existing JSON")
     parser.add_argument("--train-only", nargs="+", metavar="RUN",
                         help="only train these runs (e.g. omniglot-protonet digits-pretrain omniglot-r2d2) and stop")
+    parser.add_argument("--parts-only", nargs="+", metavar="PART",
+                        help="only evaluate these parts (e.g. omniglot-20way-protonet omniglot-5way-r2d2; "
+                             "training their model if needed) into RUNS/parts and stop")
     args = parser.parse_args()
     if args.report_only:
         out = read_json(Path(args.results) / "heads_omniglot.json")
@@ -180,7 +262,6 @@ def main() -> None:
     torch.manual_seed(0)
     cpu0, wall0, load_start = time.process_time(), time.perf_counter(), os.getloadavg()
     runs, results_dir = Path(args.runs), Path(args.results)
-    results_dir.mkdir(parents=True, exist_ok=True)
     cpu: dict[str, float] = {}
 
     def lap(stage: str, since: float) -> float:
@@ -197,12 +278,16 @@ def main() -> None:
     jobs = {(dataset, backbone): config_for(method, dataset, args, num_classes=len(d.split_classes("train")))
             for dataset, d in data.items() for backbone, method in (("protonet", "protonet"), ("pretrain", "baseline"))}
     jobs.update({("omniglot", method): config_for(method, "omniglot", args) for method in META})
-    if args.train_only:  # train these runs and stop (several such processes train in parallel)
-        unknown = set(args.train_only) - {f"{dataset}-{name}" for dataset, name in jobs}
+    wanted = parts() if not args.parts_only else {p: parts()[p] for p in args.parts_only if p in parts()}
+    for flag, names, known in (("--train-only", args.train_only, {f"{d}-{n}" for d, n in jobs}),
+                               ("--parts-only", args.parts_only, set(parts()))):
+        unknown = set(names or ()) - known
         if unknown:
-            sys.exit(f"--train-only: no run {', '.join(sorted(unknown))}; the runs: "
-                     f"{', '.join(f'{dataset}-{name}' for dataset, name in jobs)}")
+            sys.exit(f"{flag}: no {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
+    if args.train_only:  # train these runs and stop (several such processes train in parallel)
         jobs = {k: v for k, v in jobs.items() if f"{k[0]}-{k[1]}" in args.train_only}
+    elif args.parts_only:  # just the models these parts need
+        jobs = {k: v for k, v in jobs.items() if k in {(d, m) for d, _, m in wanted.values()}}
     models, training = {}, {}
     for (dataset, name), config in jobs.items():
         models[dataset, name], training[f"{dataset}/{name}"] = train(f"{dataset}-{name}", config, data[dataset], runs)
@@ -211,55 +296,22 @@ def main() -> None:
     if args.train_only:
         return
 
-    # -- heads on frozen features ----------------------------------------------------------
-    suites = [("omniglot", 5), ("omniglot", 20), ("digits", 5)]
-    rows, reference = [], {}
-    for dataset, way in suites:
-        sampler = make_sampler(dataset, data[dataset], "test", way, 1, QUERY, seed=0)
-        for backbone in ("protonet", "pretrain"):
-            model = models[dataset, backbone].eval()
-            base = base_features(model, data[dataset], dataset, args.base_images)
-            feats = episode_features(model, sampler, args.episodes)
-            t = lap("features", t)
-            for label, (name, options) in HEADS.items():
-                head = build_head(name, **options)
-                if head.uses_base_features:
-                    head.fit_base(base)
-                count = episode_count(name, args)
-                start = time.process_time()
-                scores = np.array([100.0 * float((run_head(head, s, y, w, q).argmax(1) == qy).float().mean())
-                                   for s, y, w, q, qy in feats[:count]])
-                seconds = time.process_time() - start
-                if label == REFERENCE:
-                    reference[dataset, way, backbone] = scores
-                acc, ci = confidence_interval(scores)
-                diff, diff_ci = paired(scores, reference[dataset, way, backbone][:count])
-                rows.append({"dataset": dataset, "way": way, "shot": 1, "query": QUERY, "backbone": backbone,
-                             "head": label, "name": name, "options": head.get_params(),
-                             "transductive": head.transductive, "episodes": count, "accuracy": acc, "ci95": ci,
-                             "vs_nearest_centroid": diff, "vs_ci95": diff_ci, "cpu_seconds": seconds,
-                             "per_episode": [round(float(a), 3) for a in scores]})
-                print(f"{dataset} {way}-way {backbone:8s} {label:34s} {acc:5.1f} ± {ci:.1f}  Δ {diff:+.1f} ± "
-                      f"{diff_ci:.1f}  ({count} episodes, {seconds:.1f} CPU-s)", flush=True)
-            t = lap("heads", t)
-
-    # -- meta-trained heads ------------------------------------------------------------------
+    # -- evaluation, part by part (reused from RUNS/parts when computed there already) ----------
+    done = {name: evaluate_part(name, models, training, data, args, runs / "parts") for name in wanted}
+    t = lap("evaluation", t)
+    if args.parts_only:
+        return
+    rows = [r for name, (_, _, m) in parts().items() if m not in META for r in done[name]["rows"]]
+    reference = {(r["dataset"], r["way"], r["backbone"]): np.array(r["per_episode"])
+                 for r in rows if r["head"] == REFERENCE}
     meta_rows = []
-    for way in (5, 20):
-        sampler = make_sampler("omniglot", data["omniglot"], "test", way, 1, QUERY, seed=0)
-        for method in META:
-            start = time.process_time()
-            r = evaluate(models["omniglot", method], sampler, args.episodes, progress=False)
-            seconds = time.process_time() - start
-            acc, ci = confidence_interval(r.scores)
-            diff, diff_ci = paired(r.scores, reference["omniglot", way, "protonet"])
-            meta_rows.append({"dataset": "omniglot", "way": way, "shot": 1, "query": QUERY, "method": method,
-                              "options": models["omniglot", method].get_params(), "transductive": False,
-                              "episodes": args.episodes, "accuracy": acc, "ci95": ci,
-                              "vs_protonet_nearest_centroid": diff, "vs_ci95": diff_ci, "cpu_seconds": seconds,
-                              "per_episode": [round(float(a), 3) for a in r.scores]})
-            print(f"omniglot {way}-way {method:10s} {acc:5.1f} ± {ci:.1f}  Δ {diff:+.1f} ± {diff_ci:.1f}", flush=True)
-    t = lap("meta-trained methods", t)
+    for name, (_, way, method) in parts().items():
+        if method in META:
+            for r in done[name]["rows"]:
+                diff, diff_ci = paired(r["per_episode"], reference["omniglot", way, "protonet"][:r["episodes"]])
+                meta_rows.append({**r, "vs_protonet_nearest_centroid": diff, "vs_ci95": diff_ci,
+                                  "cpu_seconds": done[name]["cpu_seconds"]})
+                print(f"omniglot {way}-way {method:10s} Δ {diff:+.1f} ± {diff_ci:.1f}", flush=True)
 
     out = {"benchmark": "heads_omniglot", "command": " ".join(["python", *sys.argv]),
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -267,9 +319,11 @@ def main() -> None:
                        "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
            "settings": vars(args), "cpu_seconds": time.process_time() - cpu0, "cpu_seconds_by_stage": cpu,
            "training_cpu_seconds": sum(v["cpu_seconds"] for v in training.values()),
+           "evaluation_cpu_seconds": sum(p["cpu_seconds"] for p in done.values()),
            "wall_seconds": time.perf_counter() - wall0, "training": training,
            "published_gains_mini_imagenet": {k: {"gain": g, "source": s} for k, (g, s) in PUBLISHED_GAINS.items()},
            "heads": rows, "meta_trained": meta_rows}
+    results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "heads_omniglot.json", out)
     (results_dir / "heads_omniglot.md").write_text(markdown(out, args))
     print(f"wrote {results_dir / 'heads_omniglot.md'}", flush=True)
@@ -305,8 +359,9 @@ def markdown(out: dict, args) -> str:
     lines = ["# Test-time heads and meta-trained heads on Omniglot and digits (small CPU budget)", "",
              f"Command: `OMP_NUM_THREADS=1 FEWSHOT_DATA=... {out['command']}`  ",
              f"{out['cpu_seconds'] / 60:.1f} CPU-minutes in this process ({', '.join(f'{k} {v / 60:.1f}' for k, v in out['cpu_seconds_by_stage'].items())}); "
-             f"the training runs' own count {out.get('training_cpu_seconds', 0) / 60:.1f} CPU-minutes (trained here or "
-             f"by earlier `--train-only` processes, reused here); {out['wall_seconds'] / 60:.1f} wall-minutes; "
+             f"the training runs' own count {out.get('training_cpu_seconds', 0) / 60:.1f} CPU-minutes and the evaluation "
+             f"parts' {out.get('evaluation_cpu_seconds', 0) / 60:.1f} (computed here or by earlier `--train-only` / "
+             f"`--parts-only` processes, reused here); {out['wall_seconds'] / 60:.1f} wall-minutes in this process; "
              f"one torch thread on a {m['cores']}-core machine, "
              f"load average {m['loadavg_start'][0]:.1f} at the start and {m['loadavg_end'][0]:.1f} at the end "
              "(shared with other jobs).", "",
