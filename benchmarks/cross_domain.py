@@ -126,6 +126,13 @@ def cells(models: dict, domains: list[str], source: str, source_options: dict, e
                             {"split": "test", "way": 5, "shot": 1, "query": 15, "episodes": episodes, "seed": 0})
 
 
+def winner(result: CrossDomainTable, domain: str, models: list[str]) -> dict:
+    """The best of ``models`` on ``domain`` and whether its paired lead over the runner-up is significant."""
+    ranked = sorted(models, key=lambda m: -result.results[m][domain].value)
+    diff, ci = result.paired(ranked[0], ranked[1], domain)
+    return {"best": ranked[0], "second": ranked[1], "difference": diff, "ci95": ci, "significant": diff - ci > 0}
+
+
 def table(result: CrossDomainTable) -> dict:
     print(result.render(), flush=True)
     out = result.to_dict()
@@ -133,16 +140,20 @@ def table(result: CrossDomainTable) -> dict:
     out["vs_reference"] = {m: {d: result.paired(m, reference, d) for d in result.domains}
                            for m in result.models if m != reference}
     out["reference"] = reference
-    out["best_significant"] = {}
+    out["best_significant"], out["best_inductive"] = {}, {}
     for d in result.domains:
-        ranked = sorted(result.models, key=lambda m: -result.results[m][d].value)
-        diff, ci = result.paired(ranked[0], ranked[1], d)
-        out["best_significant"][d] = {"best": ranked[0], "second": ranked[1], "difference": diff, "ci95": ci,
-                                      "significant": diff - ci > 0}
+        out["best_significant"][d] = winner(result, d, result.models)
+        out["best_inductive"][d] = winner(result, d, [m for m in result.models if not result.results[m][d].transductive])
     # the cells' seconds are CPU seconds of one thread (see cells)
     out["cpu_seconds"] = round(sum(r.seconds for by in result.results.values() for r in by.values()), 1)
     out["text"] = result.render()
     return out
+
+
+def leader(b: dict, domain: str) -> str:
+    seen = " (a seen domain for it)" if b["best"] == "protonet-multi" and domain in SEEN_BY_MULTI else ""
+    verdict = "significantly" if b["significant"] else "not significantly"
+    return f"**{b['best']}**{seen}, {verdict} ahead of {b['second']} ({b['difference']:+.1f} ± {b['ci95']:.1f})"
 
 
 def markdown(report: dict) -> str:
@@ -177,11 +188,13 @@ def markdown(report: dict) -> str:
                   "| model | " + " | ".join(t["domains"]) + " |", "|---|" + "---|" * len(t["domains"])]
         for m, by in t["vs_reference"].items():
             lines.append(f"| {m} | " + " | ".join(f"{a:+.1f} ± {c:.1f}" for a, c in by.values()) + " |")
-        lines += ["", "Best per domain (against the runner-up, paired):", ""]
+        lines += ["", "Best per domain, against the runner-up (paired); then the best inductive one where a "
+                  "transductive model leads:", ""]
         for d, b in t["best_significant"].items():
-            verdict = "significantly" if b["significant"] else "not significantly"
-            lines.append(f"- {d}: **{b['best']}**, {verdict} ahead of {b['second']} "
-                         f"({b['difference']:+.1f} ± {b['ci95']:.1f})")
+            line = f"- {d}: {leader(b, d)}"
+            if b["best"] != t["best_inductive"][d]["best"]:
+                line += f"; inductive: {leader(t['best_inductive'][d], d)}"
+            lines.append(line)
     lines += ["", "(in): the training domain; (T): transductive (query statistics); (seen): a source domain of "
               "protonet-multi."]
     return "\n".join(lines) + "\n"
@@ -195,6 +208,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS), help="where cross_domain.{json,md} go")
     parser.add_argument("--part", type=part, help="K/N: evaluate every N-th domain column from the K-th, keeping "
                         "the scores for the full command, then stop (N processes in parallel, K = 1..N)")
+    parser.add_argument("--columns", nargs="+", help="TABLE/DOMAIN ...: evaluate these domain columns (e.g. "
+                        "digits/omniglot), keeping the scores for the full command, then stop")
     parser.add_argument("--only", nargs="+", help="train only these runs, then stop (the full command reuses them)")
     parser.add_argument("--quick", action="store_true", help="check the script: seconds of training, 5 episodes")
     args = parser.parse_args()
@@ -259,23 +274,39 @@ def main() -> None:
     omniglot_domains = ["digits", *[f"omniglot:{s}" for s in STYLES]]
     work = [("omniglot", omniglot_models, "omniglot", {}, omniglot_domains),
             ("digits", digits_models, "digits", digits["dataset_options"], ["omniglot"])]
-    if args.part:  # fill the cells of every N-th domain only (a parallel process), then stop
-        k, n = args.part
-        columns = [(t, d) for t, _, source, _, domains in work for d in [source, *domains]][k - 1::n]
+    if args.part or args.columns:  # fill the cells of some domain columns only (a parallel process), then stop
+        every = [(t, d) for t, _, source, _, domains in work for d in [source, *domains]]
+        if args.columns:
+            columns = [tuple(c.split("/", 1)) for c in args.columns]
+            if not set(columns) <= set(every):
+                raise SystemExit(f"--columns takes TABLE/DOMAIN of: {' '.join('/'.join(c) for c in every)}")
+            k, n = "+".join(args.columns).replace("/", "~").replace(":", "~"), 0
+        else:
+            k, n = args.part
+            columns = every[k - 1::n]
         for key, models, source, options, domains in work:
             mine = [d for t, d in columns if t == key]
             if mine:
                 cells(models, [d for d in mine if d != source], source, options, args.episodes, root, cache / key,
                       with_source=source in mine)
-        write_json(cache / f"cpu-part-{k}-of-{n}.json", {"cpu_seconds": round(time.process_time() - cpu0, 1)})
+        write_json(cache / (f"cpu-part-{k}-of-{n}.json" if n else f"cpu-columns-{k}.json"),
+                   {"cpu_seconds": round(time.process_time() - cpu0, 1)})
         return
     tables = {key: table(cells(models, domains, source, options, args.episodes, root, cache / key))
               for key, models, source, options, domains in work}
     # CPU: the trainer's own count for each run, plus every evaluating process (--part ones and this one)
     parts = {p.stem: read_json(p)["cpu_seconds"] for p in cache.glob("cpu-*.json")}
     train_cpu = sum(t["cpu_seconds"] for t in training.values())
-    report = {"command": f"FEWSHOT_DATA=... OMP_NUM_THREADS=1 python benchmarks/cross_domain.py --minutes {args.minutes} "
-                         f"--episodes {args.episodes}",
+    command = f"FEWSHOT_DATA=... OMP_NUM_THREADS=1 python benchmarks/cross_domain.py --minutes {args.minutes} " \
+              f"--episodes {args.episodes}"
+    # how the cells were filled, when other processes filled them first (--part, --columns)
+    counts = sorted({int(p.stem.rsplit("-", 1)[-1]) for p in cache.glob("cpu-part-*-of-*.json")})
+    helpers = sorted(p.stem[len("cpu-columns-"):].replace("~", "/", 1) for p in cache.glob("cpu-columns-*.json"))
+    first = ([f"--part K/{counts[-1]} (K = 1..{counts[-1]})"] if counts else []) + \
+        [f"--columns {h.replace('+', ' ')}" for h in helpers]
+    if first:
+        command = f"{command} " + " and ".join(first) + f" in parallel, then {command}"
+    report = {"command": command,
               "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores (shared)".strip(),
               "torch": torch.__version__, "load_start": [round(x, 1) for x in load_start],
               "load_end": [round(x, 1) for x in os.getloadavg()],
