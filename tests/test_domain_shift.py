@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from fewshot import train as trainer_module
 from fewshot.data import EpisodeSampler, load_dataset
 from fewshot.errors import ConfigError
 from fewshot.evaluate import evaluate
@@ -83,6 +86,62 @@ def test_ft_layers_are_the_identity_at_test_time_whatever_the_mode(digits):
     second = evaluate(maml, sampler, 4, progress=False)
     assert np.array_equal(first.scores, second.scores)
     assert all(m.enabled for m in maml.modules() if isinstance(m, FeatureWiseTransform))
+
+
+def test_ft_layers_transform_only_in_meta_training_steps_never_in_validation(tmp_path):
+    """Through the one trainer: every training step's forward passes go through active FT
+    layers (the transformation is in the graph the optimiser differentiates); every
+    validation pass (evaluate) meets them as the identity."""
+    from fewshot.config import TrainConfig
+    from fewshot.train import Trainer
+
+    config = TrainConfig(dataset="digits", dataset_options={"image_size": 16}, method="protonet", backbone="conv4-ft",
+                         backbone_options={"width": 8, "depth": 3}, episodes=4, val_every=2, val_episodes=3, way=3,
+                         query=2, val_split="test")
+    trainer = Trainer(config, tmp_path / "ft")
+    layers = [m for m in trainer.method.modules() if isinstance(m, FeatureWiseTransform)]
+    assert len(layers) == 3
+    seen = {"train": [], "val": []}
+    validating = [False]
+    real_evaluate = trainer_module.evaluate
+
+    def watched(*args, **kwargs):  # the trainer's validation
+        validating[0] = True
+        try:
+            return real_evaluate(*args, **kwargs)
+        finally:
+            validating[0] = False
+
+    def hook(module, inputs, output):
+        seen["val" if validating[0] else "train"].append((module.active(), output.requires_grad))
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(trainer_module, "evaluate", watched)
+            assert trainer.run(progress=False, record=False).steps == 4
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["train"] and all(active and grad for active, grad in seen["train"])
+    assert seen["val"] and not any(active for active, _ in seen["val"])
+
+
+def test_an_ft_backbone_adapts_at_test_time_exactly_as_its_plain_twin(digits):
+    """Fine-tuning and MAML take gradients at test time, in train mode: the FT layers must give
+    them nothing, so a conv4-ft model scores exactly as Conv-4 with the same weights."""
+    torch.manual_seed(0)
+    ft = build_backbone("conv4-ft", (1, 16, 16), width=8, depth=3)
+    plain = build_backbone("conv4", (1, 16, 16), width=8, depth=3)
+    plain.load_state_dict({k: v for k, v in ft.state_dict().items() if "theta" not in k})
+    sampler = EpisodeSampler(digits, "test", 5, 1, 3, seed=0)
+    for make in (lambda b: build_method("maml", b, way=5, inner_steps=2, image_shape=(1, 16, 16)),
+                 lambda b: adapt_method(build_method("protonet", b), "finetune", steps=3)):
+        scores = []
+        for backbone in (ft, plain):
+            torch.manual_seed(7)
+            scores.append(evaluate(make(copy.deepcopy(backbone)), sampler, 3, progress=False).scores)
+        assert np.array_equal(*scores)
 
 
 def _protonet(digits):
