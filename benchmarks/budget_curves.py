@@ -264,6 +264,29 @@ def figures(rows: list[dict], results: Path) -> list[str]:
     return paths
 
 
+def best_figure(best: list[dict], results: Path, stem: str) -> str | None:
+    """One figure: the best accuracy at each mark, a line per suite, its label naming the
+    winner at each mark (the method to use at that budget)."""
+    series = []
+    for i, suite in enumerate(dict.fromkeys(b["suite"] for b in best)):
+        mine = [b for b in best if b["suite"] == suite]
+        runs = []  # consecutive marks with the same winner, as [variant, first mark, last mark]
+        for b in mine:
+            if runs and runs[-1][0] == b["variant"]:
+                runs[-1][2] = b["mark"]
+            else:
+                runs.append([b["variant"], b["mark"], b["mark"]])
+        winners = ", ".join(f"{v} {a:g}" + (f"-{z:g}" if z != a else "") for v, a, z in runs)
+        series.append(Series(f"{suite} ({winners})", [b["mark"] for b in mine], [b["accuracy"] for b in mine],
+                             [b["ci95"] for b in mine], color=f"C{i % 10}"))
+    if not series:
+        return None
+    path = results / f"{stem}-best.png"
+    accuracy_against(series, path, xlabel="training CPU-minutes (one thread)",
+                     title="best method per budget (method, CPU-minutes)")
+    return str(path)
+
+
 def cell(r: dict) -> str:
     if r is None:
         return "—"
@@ -316,6 +339,8 @@ def markdown(out: dict) -> str:
                 if "lead" in b else "—")
         lines.append(f"| {b['suite']} | {b['mark']:g} | {b['variant']} | {b['accuracy']:.1f} ± {b['ci95']:.1f} | "
                      f"{b.get('runner_up', '—')} | {lead} |")
+    lines += ["", "Figures: " + ", ".join(f"`{Path(f).name}`" for f in out.get("figures", []) if f)
+              + " (the first per suite, every variant; the last, the best per budget)."]
     na = sorted({(r["variant"], r["suite"], r["not_applicable"]) for r in rows if r["accuracy"] is None})
     if na:
         lines += ["", "n/a: " + "; ".join(f"{v} on {s} ({why})" for v, s, why in na)]
@@ -349,6 +374,7 @@ def main() -> None:
     results = Path(args.results)
     if args.report_only:
         out = read_json(results / f"{args.name}.json")
+        out["figures"] = figures(out["rows"], results) + [best_figure(out["best"], results, args.name)]
         (results / f"{args.name}.md").write_text(markdown(out))
         return
     wide = args.wide_episodes or args.episodes
@@ -398,7 +424,7 @@ def main() -> None:
                                        for t in trained for m in t["marks"][-1:]),
            "wall_seconds": time.perf_counter() - wall0, "training": trained, "rows": rows,
            "best": best_per_budget(rows)}
-    out["figures"] = figures(rows, results)
+    out["figures"] = figures(rows, results) + [best_figure(out["best"], results, args.name)]
     write_json(results / f"{args.name}.json", out)
     (results / f"{args.name}.md").write_text(markdown(out))
     print(f"wrote {results / (args.name + '.md')}", flush=True)
