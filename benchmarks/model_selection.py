@@ -64,19 +64,20 @@ def cpu_now() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def write_meta_csv(path: Path, records: list[dict]) -> None:
-    """The meta-dataset as one gzip CSV row per (task, model): ids, ground truths, costs, every feature."""
+def write_meta_csv(path: Path, records: list[dict], extra: tuple[str, ...] = (), values=None) -> None:
+    """The meta-dataset as one gzip CSV row per (task, model): ids, ground truths, costs, ``extra``
+    columns (``values(record)`` gives theirs), every feature."""
     columns = sorted({k for r in records for k in r["features"]})
     head = ["task", "group", "model", "accuracy_finetune", "accuracy_linear_probe", "cpu_features", "cpu_scores",
             "cpu_linear_probe", "cpu_finetune"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(head + columns)
+    writer.writerow(head + list(extra) + columns)
     for r in records:
-        values = [r["task"], r["grp"], r["model"], r["accuracy_ft"], r["accuracy_lp"], r["cpu_features"],
-                  r["cpu_scores"], r["cpu_lp"], r["cpu_ft"]]
-        writer.writerow(values + ["" if r["features"].get(c) is None else repr(float(r["features"][c]))
-                                  for c in columns])
+        row = [r["task"], r["grp"], r["model"], r["accuracy_ft"], r["accuracy_lp"], r["cpu_features"],
+               r["cpu_scores"], r["cpu_lp"], r["cpu_ft"]] + (list(values(r)) if extra else [])
+        writer.writerow(row + ["" if r["features"].get(c) is None else repr(float(r["features"][c]))
+                               for c in columns])
     with atomic_path(path) as tmp:
         with gzip.GzipFile(tmp, "wb", mtime=0) as f:
             f.write(text.getvalue().encode())
