@@ -258,6 +258,8 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--targets", nargs="*", default=["finetune"], choices=["finetune", "linear-probe"],
+                        help="ground truths to judge on (finetune: the sweep's accuracy column)")
     parser.add_argument("--analyse-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -286,35 +288,50 @@ def main() -> None:
     meta_path = results / "model_selection_meta.csv.gz"
     write_meta_csv(meta_path, records, extra=("finetune_setting", "collapsed", "accuracy_fixed_20_steps"),
                    values=lambda r: [r["setting"], int(r["collapsed"]), r["accuracy_fixed"]])
+    state = {"records": records, "names": names, "groups": Counter(r["grp"] for r in records if r["model"] == names[0]),
+             "cpu0": cpu0, "cpu_zoo": cpu_zoo, "cpu_build": cpu_build, "start": start}
+    write_results(results, zoo, state, {}, 0.0, args)  # before judging: an interrupted judgement keeps these
     cpu_analysis0 = time.process_time()
     evaluations = {}
-    for target in ("finetune", "linear-probe"):
+    for target in args.targets:
         rows = load_meta_csv(meta_path, target)
         evaluations["sweep" if target == "finetune" else target] = evaluate(rows, args)
         print(f"{target}: judged", flush=True)
-    cpu_analysis = time.process_time() - cpu_analysis0
-    cpu = time.process_time() - cpu0
+        write_results(results, zoo, state, evaluations, time.process_time() - cpu_analysis0, args)
+
+
+def write_results(results: Path, zoo: Zoo, state: dict, evaluations: dict, cpu_analysis: float, args) -> None:
+    records, names, groups = state["records"], state["names"], state["groups"]
+    cpu_zoo, cpu_build = state["cpu_zoo"], state["cpu_build"]
+    complete = {r["task"] for r in records}
+    cpu = time.process_time() - state["cpu0"]
     fixed = collapse_report([{**r, "collapsed": r["fixed_collapsed"], "accuracy": r["accuracy_fixed"],
                               "probe_accuracy": r["accuracy_lp"], "setting": "finetune steps=20"} for r in records])
     swept = collapse_report([{**r, "accuracy": r["accuracy_ft"], "probe_accuracy": r["accuracy_lp"]} for r in records])
     chosen = dict(Counter(r["setting"] for r in records).most_common())
     truths = ground_truths(records, names)
-    groups = Counter(r["grp"] for r in records if r["model"] == names[0])
     load = os.getloadavg()
     out = {"benchmark": "model_selection_sweep", "command": " ".join(["python", *sys.argv]),
            "tasks": len(complete), "tasks_per_group": dict(sorted(groups.items())), "models": len(names),
            "zoo": zoo_table(zoo), "sweep": [s.name for s in GRID], "validation_folds": 2,
            "collapse": {"sweep": swept, "fixed_20_steps": fixed}, "chosen_settings": chosen,
            "ground_truths": truths, "evaluations": evaluations,
-           "cpu_seconds": {"zoo": cpu_zoo, "meta_dataset": cpu_build, "analysis": cpu_analysis, "total": cpu},
-           "wall_seconds": time.perf_counter() - start,
+           "cpu_seconds": {"zoo_this_run": cpu_zoo, "meta_dataset_this_run": cpu_build, "analysis": cpu_analysis,
+                           "total_this_run": cpu,
+                           "zoo_training_all_models": sum(float(zoo.metadata(n).get("train_cpu_seconds") or 0)
+                                                          for n in names),
+                           "meta_dataset_all_rows": sum(r["cpu_features"] + r["cpu_scores"] + r["cpu_lp"]
+                                                        + r["cpu_ft"] + r["cpu_fixed"] for r in records)},
+           "wall_seconds": time.perf_counter() - state["start"],
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "torch_threads": 1, "load_average_at_end": load}}
     write_json(results / "model_selection.json", finite(out))
+    c = out["cpu_seconds"]
     lines = [f"Model selection on the sweep ground truth: {len(complete)} tasks × {len(names)} models. "
-             f"`{out['command']}`: {cpu / 60:.1f} CPU-minutes (zoo {cpu_zoo / 60:.1f}, meta-dataset "
-             f"{cpu_build / 60:.1f}, judging {cpu_analysis / 60:.1f}), one thread, load average {load[0]:.1f} on "
-             f"{os.cpu_count()} cores at the end. Tasks per group: "
+             f"`{out['command']}`, one thread, load average {load[0]:.1f} on {os.cpu_count()} cores at the end. "
+             f"CPU: training the zoo {c['zoo_training_all_models'] / 60:.1f} min, the meta-dataset's rows "
+             f"{c['meta_dataset_all_rows'] / 60:.1f} min (features, scores, probe, sweep, fixed recipe), "
+             f"judging {cpu_analysis / 60:.1f} min. Tasks per group: "
              + ", ".join(f"{g} {n}" for g, n in sorted(groups.items())) + ".", "",
              "## The zoo", "", "| model | backbone | training | source | parameters | source classes | head | "
              "steps | train CPU s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -336,10 +353,12 @@ def main() -> None:
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{truths[k]['mean'][n]:.1f}" for k in truths) + " |")
     lines.append("")
+    if not evaluations:
+        lines.append("(Not judged yet.)")
     for label, result in evaluations.items():
         lines += ["## Judged on the " + label + " ground truth", ""] + markdown(result, label, args.resamples)
     (results / "model_selection.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines[:3]), flush=True)
 
 
 if __name__ == "__main__":
