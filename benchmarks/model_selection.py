@@ -23,7 +23,9 @@ with paired regret differences.
 
     OMP_NUM_THREADS=1 FEWSHOT_DATA=../shared/data nice -n 10 python benchmarks/model_selection.py
 
-Writes benchmarks/results/model_selection.{json,md} and model_selection_meta.csv.gz. The
+Writes benchmarks/results/model_selection_fixed20.{json,md} and model_selection_meta_fixed20.csv.gz
+(the previous meta-dataset, on the fixed 20-step fine-tune; ``model_selection_sweep.py`` now writes
+``model_selection.{json,md}`` and ``model_selection_meta.csv.gz`` on the sweep ground truth). The
 zoo and the meta-dataset are kept (``--zoo``) and both builds resume, so an interrupted
 run continues where it stopped; ``--analyse-only`` re-reads what is there without
 building. ``--quick`` checks the script end to end in a few minutes (the 'tiny' zoo,
@@ -64,19 +66,20 @@ def cpu_now() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def write_meta_csv(path: Path, records: list[dict]) -> None:
-    """The meta-dataset as one gzip CSV row per (task, model): ids, ground truths, costs, every feature."""
+def write_meta_csv(path: Path, records: list[dict], extra: tuple[str, ...] = (), values=None) -> None:
+    """The meta-dataset as one gzip CSV row per (task, model): ids, ground truths, costs, ``extra``
+    columns (``values(record)`` gives theirs), every feature."""
     columns = sorted({k for r in records for k in r["features"]})
     head = ["task", "group", "model", "accuracy_finetune", "accuracy_linear_probe", "cpu_features", "cpu_scores",
             "cpu_linear_probe", "cpu_finetune"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(head + columns)
+    writer.writerow(head + list(extra) + columns)
     for r in records:
-        values = [r["task"], r["grp"], r["model"], r["accuracy_ft"], r["accuracy_lp"], r["cpu_features"],
-                  r["cpu_scores"], r["cpu_lp"], r["cpu_ft"]]
-        writer.writerow(values + ["" if r["features"].get(c) is None else repr(float(r["features"][c]))
-                                  for c in columns])
+        row = [r["task"], r["grp"], r["model"], r["accuracy_ft"], r["accuracy_lp"], r["cpu_features"],
+               r["cpu_scores"], r["cpu_lp"], r["cpu_ft"]] + (list(values(r)) if extra else [])
+        writer.writerow(row + ["" if r["features"].get(c) is None else repr(float(r["features"][c]))
+                               for c in columns])
     with atomic_path(path) as tmp:
         with gzip.GzipFile(tmp, "wb", mtime=0) as f:
             f.write(text.getvalue().encode())
@@ -186,7 +189,7 @@ def main() -> None:
     for t in specs:
         if t.task in done:
             groups[t.group] = groups.get(t.group, 0) + 1
-    write_meta_csv(results_dir / "model_selection_meta.csv.gz", records)
+    write_meta_csv(results_dir / "model_selection_meta_fixed20.csv.gz", records)
 
     # -- 3, 4. selectors, paired differences, costs ---------------------------------------------------
     evaluations = {}
@@ -213,13 +216,13 @@ def main() -> None:
                            "comparisons": cpu_total - cpu_zoo - cpu_meta, "total": cpu_total},
            "zoo": {"folder": str(zoo.root), "preset": preset, "cpu_minutes_per_model": args.cpu_minutes,
                    "train_cpu_seconds_total": zoo_train, "models": models},
-           "meta_dataset": {"file": "model_selection_meta.csv.gz", "tasks_requested": args.tasks,
+           "meta_dataset": {"file": "model_selection_meta_fixed20.csv.gz", "tasks_requested": args.tasks,
                             "tasks_complete": len(done), "tasks_per_group": groups, "models": names,
                             "sources": sources, "finetune": finetune, "rows": len(records),
                             "build_cpu_seconds_total": sum(r["cpu_features"] + r["cpu_scores"] + r["cpu_lp"]
                                                            + r["cpu_ft"] for r in records)},
            "evaluations": evaluations}
-    write_json(results_dir / "model_selection.json", finite(out))
+    write_json(results_dir / "model_selection_fixed20.json", finite(out))
 
     per_group = ", ".join(f"{g} {n}" for g, n in sorted(groups.items()))
     lines = [f"Model selection on held-out groups: {len(done)} tasks ({per_group}) × {len(names)} zoo models, "
@@ -248,7 +251,7 @@ def main() -> None:
               f"CPU-minutes (their recorded costs; one process, niced, on 2 cores shared with other benchmarks and tests), "
               f"and this run {'(analysis only) ' if args.analyse_only else ''}{cpu_total / 60:.1f} CPU-minutes "
               f"({out['wall_seconds'] / 60:.0f} min wall)."]
-    (results_dir / "model_selection.md").write_text("\n".join(lines) + "\n")
+    (results_dir / "model_selection_fixed20.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
 
 

@@ -1,7 +1,8 @@
 """Model selection judged with groups as the unit, on the committed meta-dataset (issue #29, part 3).
 
-Re-reads ``benchmarks/results/model_selection_meta.csv.gz`` (built by
-``benchmarks/model_selection.py``) and judges every selector under leave-one-group-out with
+Re-reads a committed meta-dataset (default ``benchmarks/results/model_selection_meta.csv.gz``,
+built by ``benchmarks/model_selection_sweep.py``, which runs this same judgement itself; the
+previous one, on the fixed 20-step fine-tune, is ``model_selection_meta_fixed20.csv.gz``) and judges every selector under leave-one-group-out with
 **related groups held out together** (:data:`fewshot.select.folds.RELATED_GROUPS`: the rotated
 Omniglot characters with the three upright evaluation groups, rotated digits with digits),
 adds the **meta-learner whose variant is chosen by nested validation** on the training groups

@@ -1,7 +1,7 @@
 """Does LightGBM's LambdaRank (Burges, 2010; Ke et al., 2017) beat fewshot's default ranking
 meta-learner on the committed meta-dataset? An experiment, not a shipped selector.
 
-Reads ``benchmarks/results/model_selection_meta.csv.gz`` (written by
+Reads ``benchmarks/results/model_selection_meta_fixed20.csv.gz`` (written by
 ``benchmarks/model_selection.py``), so it needs no zoo and no training:
 
     OMP_NUM_THREADS=1 python benchmarks/model_selection_lambdarank.py
@@ -75,7 +75,7 @@ class LambdaRank:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--meta", default=str(RESULTS / "model_selection_meta.csv.gz"))
+    parser.add_argument("--meta", default=str(RESULTS / "model_selection_meta_fixed20.csv.gz"))
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
