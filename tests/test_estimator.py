@@ -150,7 +150,7 @@ def fewshot_cli(*argv):
 def test_predict_and_export_commands_on_a_hub_backbone(hub, tmp_path):
     support = folder_of(tmp_path / "support", 3)
     query = folder_of(tmp_path / "query", 2, offset=77)
-    text = fewshot_cli("predict", hub, "--support", support, "--query", query, "--head", "logistic",
+    text = fewshot_cli("predict", hub, "--support", support, "--queries", query, "--head", "logistic",
                        "--device", "cpu")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.strip().splitlines()
@@ -159,12 +159,12 @@ def test_predict_and_export_commands_on_a_hub_backbone(hub, tmp_path):
     exported = fewshot_cli("export", hub, "--support", support, "--out", out, "--head", "logistic")
     assert exported.returncode == 0, exported.stderr
     assert "predicts without --support" in exported.stdout
-    again = fewshot_cli("predict", out, "--query", query)  # no support: the export is fitted
+    again = fewshot_cli("predict", out, "--queries", query)  # no support: the export is fitted
     assert again.returncode == 0, again.stderr
     assert again.stdout == text.stdout
-    unfitted = fewshot_cli("predict", hub, "--query", query)
+    unfitted = fewshot_cli("predict", hub, "--queries", query)
     assert unfitted.returncode == 2 and "not a fitted model" in unfitted.stderr
-    bad = fewshot_cli("predict", hub, "--support", support, "--query", query, "--head", "nearest")
+    bad = fewshot_cli("predict", hub, "--support", support, "--queries", query, "--head", "nearest")
     assert bad.returncode == 2 and "unknown head" in bad.stderr and "Traceback" not in bad.stderr
 
 

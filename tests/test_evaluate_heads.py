@@ -125,8 +125,9 @@ def test_no_head_named_is_simpleshot_said_on_screen_and_other_options_reach_the_
         in out.err
     assert "(5 episodes, 5-way 1-shot); head simpleshot, inductive" in out.out
     # L2N uses no base features: only the evaluated split is embedded, and nothing is said about centring.
-    result, err = cli_json(["evaluate", f"hf:{hf_folder}", "--dataset", "digits", "--head", "simpleshot", "-o",
-                            "norm=L2N", "--episodes", "5", "--json", "--runs", runs, "--quiet"], capsys)
+    result, err = cli_json(["evaluate", f"hf:{hf_folder}", "--dataset", "digits", "--head", "simpleshot",
+                            "--head-option", "norm=L2N", "--episodes", "5", "--json", "--runs", runs,
+                            "--quiet"], capsys)
     assert result["head_options"] == {"norm": "L2N"} and result["base_features"] is None and err == ""
 
 
@@ -145,7 +146,7 @@ def test_a_transductive_head_on_a_trained_run_is_marked_everywhere(run_dir, tmp_
     own, _ = cli_json(["evaluate", run_dir, "--episodes", 10, "--json", "--per-episode", "--runs", runs,
                        "--quiet"], capsys)
     assert own["transductive"] is False and own["head"] is None and own["query"] == 3  # the run's own protocol
-    tim, _ = cli_json(["evaluate", run_dir, "--head", "tim", "-o", "steps=20", "--episodes", 10, "--json",
+    tim, _ = cli_json(["evaluate", run_dir, "--head", "tim", "--head-option", "steps=20", "--episodes", 10, "--json",
                        "--per-episode", "--runs", runs, "--quiet"], capsys)
     assert tim["method"] == "protonet+tim" and tim["transductive"] is True and tim["query"] == 3
     assert tim["head_options"]["steps"] == 20 and tim["head_options"]["ce_weight"] == 0.1
@@ -212,9 +213,9 @@ def test_bad_heads_and_combinations_are_one_line_and_record_nothing(run_dir, hf_
     base = ["evaluate", run_dir, "--episodes", 2, "--runs", runs]
     assert "unknown head 'timm' (did you mean 'tim'?)" in one_line_error([*base, "--head", "timm"], capsys)
     assert "head 'simpleshot' 'norm' must be one of UN, L2N, CL2N, got 'L3N'" in one_line_error(
-        [*base, "--head", "simpleshot", "-o", "norm=L3N"], capsys)
+        [*base, "--head", "simpleshot", "--head-option", "norm=L3N"], capsys)
     assert "head 'tim' has no option 'step' (did you mean 'steps'?)" in one_line_error(
-        [*base, "--head", "tim", "-o", "step=3"], capsys)
+        [*base, "--head", "tim", "--head-option", "step=3"], capsys)
     assert "drop --adapt and --inner-steps" in one_line_error([*base, "--head", "tim", "--adapt", "lp-ft"], capsys)
     assert "pixel-ncm has no backbone" in one_line_error(
         ["evaluate", "pixel-ncm", "--head", "tim", "--runs", runs], capsys)

@@ -267,11 +267,11 @@ def fewshot_cli(*argv):
 def test_predict_and_export_commands(proto_run, digits, tmp_path):
     support = image_tree(tmp_path / "support", digits, range(5, 10), 3)
     query = image_tree(tmp_path / "query", digits, range(5, 8), 2, offset=20)
-    text = fewshot_cli("predict", proto_run, "--support", support, "--query", query)
+    text = fewshot_cli("predict", proto_run, "--support", support, "--queries", query)
     assert text.returncode == 0, text.stderr
     lines = text.stdout.strip().splitlines()
     assert len(lines) == 6 and all(line.split()[1].startswith("digit-") for line in lines)
-    as_json = fewshot_cli("predict", proto_run, "--support", support, "--query", query / "digit-5" / "0.png",
+    as_json = fewshot_cli("predict", proto_run, "--support", support, "--queries", query / "digit-5" / "0.png",
                           query / "digit-6", "--json")
     assert as_json.returncode == 0, as_json.stderr
     rows = json.loads(as_json.stdout)
@@ -281,9 +281,9 @@ def test_predict_and_export_commands(proto_run, digits, tmp_path):
     out = tmp_path / "digits.safetensors"
     exported = fewshot_cli("export", proto_run, "--out", out)
     assert exported.returncode == 0 and out.is_file(), exported.stderr
-    again = fewshot_cli("predict", out, "--support", support, "--query", query)
+    again = fewshot_cli("predict", out, "--support", support, "--queries", query)
     assert again.stdout == text.stdout
-    bad = fewshot_cli("predict", proto_run, "--support", tmp_path / "nowhere", "--query", query)
+    bad = fewshot_cli("predict", proto_run, "--support", tmp_path / "nowhere", "--queries", query)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 

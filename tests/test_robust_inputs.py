@@ -222,10 +222,10 @@ def test_predict_refuses_a_bomb_in_one_line(run, digits, bomb, tmp_path, capsys)
     for x, label in zip(sx, sy):
         (tmp_path / "support" / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(x).save(tmp_path / "support" / label / f"{len(os.listdir(tmp_path / 'support' / label))}.png")
-    cli_error(["predict", run, "--support", tmp_path / "support", "--query", bomb], capsys, str(bomb),
+    cli_error(["predict", run, "--support", tmp_path / "support", "--queries", bomb], capsys, str(bomb),
               "claims 13300x13300 pixels")
     os.link(bomb, tmp_path / "support" / sy[0] / "bomb.png")
-    cli_error(["predict", run, "--support", tmp_path / "support", "--query", bomb], capsys, "bomb.png",
+    cli_error(["predict", run, "--support", tmp_path / "support", "--queries", bomb], capsys, "bomb.png",
               "claims 13300x13300 pixels")
 
 
@@ -442,7 +442,7 @@ def test_predict_json_into_a_closed_pipe(run, digits, tmp_path):
         (tmp_path / "support" / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(x).save(tmp_path / "support" / label / f"{i}.png")
     proc = subprocess.Popen([sys.executable, "-m", "fewshot", "predict", str(run), "--support",
-                             str(tmp_path / "support"), "--query", str(tmp_path / "support"), "--json"],
+                             str(tmp_path / "support"), "--queries", str(tmp_path / "support"), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     first = proc.stdout.read(1)  # `| head -c 1`
     proc.stdout.close()

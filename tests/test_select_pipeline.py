@@ -216,7 +216,7 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
                 image = digits.images[np.flatnonzero(digits.target == c)[i]] * (255 / 16)
                 Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.png")
     code = main(["select", "--zoo", str(zoo.root), "--meta", str(meta), "--support", str(tmp_path / "support"),
-                 "--verify", "1", "--query", str(tmp_path / "query"), "--json"])
+                 "--verify", "1", "--queries", str(tmp_path / "query"), "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["way"] == 3 and out["images"] == 12
@@ -230,7 +230,7 @@ def test_select_evaluate_and_support_end_to_end(zoo, env, tmp_path, capsys):
     assert 0 <= ranking[0]["measured_accuracy"] <= 100 and "measured_accuracy" not in ranking[1]
     assert out["monitor"]["verifications"] == 1
 
-    # Without --query the top model is verified by cross-validation on the support set;
+    # Without --queries the top model is verified by cross-validation on the support set;
     # every verification is recorded, and the running error is shown.
     assert main(["select", "--zoo", str(zoo.root), "--meta", str(meta), "--support", str(tmp_path / "support"),
                  "--verify", "1"]) == 0
