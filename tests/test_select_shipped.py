@@ -183,3 +183,23 @@ def test_select_ranks_a_zoo_with_a_hugging_face_folder_with_the_shipped_learner(
         assert e["uncertainty"] == interval["rmse"] and e["coverage"] == 0.9
     # The Hugging Face model takes smaller images than the reference zoo's models did: said, not hidden.
     assert "model.image_side" in next(e for e in ranking if e["model"] == "resnet")["outside_training"]
+
+
+def test_zoo_add_takes_an_hf_name_as_predict_does_and_an_empty_zoo_is_one_line(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers", reason="the hub extra (transformers) is not installed")
+    config = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8], depths=[1],
+                                       layer_type="basic")
+    transformers.ResNetModel(config).save_pretrained(tmp_path / "hf-resnet")
+    zoo = Zoo(tmp_path / "zoo", create=True)
+    (tmp_path / "support" / "a").mkdir(parents=True)
+    capsys.readouterr()
+    assert main(["select", "--zoo", str(zoo.root), "--support", str(tmp_path / "support")]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(error) == 1 and "holds no model yet; add some with `fewshot zoo add" in error[0]
+    # `hf:FOLDER` names the same model as the bare folder, as it does for predict and evaluate.
+    assert main(["zoo", "add", "prefixed", f"hf:{tmp_path / 'hf-resnet'}", "--zoo", str(zoo.root)]) == 0
+    assert main(["zoo", "add", "bare", str(tmp_path / "hf-resnet"), "--zoo", str(zoo.root)]) == 0
+    prefixed, bare = zoo.metadata("prefixed"), zoo.metadata("bare")
+    assert prefixed["hub"]["name"] == f"hf:{tmp_path / 'hf-resnet'}" and bare["hub"]["name"] == str(tmp_path / "hf-resnet")
+    assert {**prefixed, "hub": None} == {**bare, "hub": None}
+    assert {**prefixed["hub"], "name": None} == {**bare["hub"], "name": None}

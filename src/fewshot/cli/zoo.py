@@ -285,7 +285,7 @@ def _zoo_flags(p: argparse.ArgumentParser) -> None:
                         "--metadata. The weights are checked against the metadata.")
     _add_zoo_flag(q)
     q.add_argument("name", help="the model's name in the zoo")
-    q.add_argument("source", help="run folder or .safetensors file")
+    q.add_argument("source", help="a run folder, an export, a .safetensors file or a Hugging Face folder (hf:FOLDER_OR_ID)")
     q.add_argument("--metadata", help="JSON file of metadata (architecture, architecture_options, image_shape, "
                                       "objective, source ...), for a safetensors file without it")
     q.add_argument("--image-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="input images the model takes")

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, FewShotError
 from ..io import atomic_path, read_json, require_folder, write_json
 from ..models.backbones import feature_dim
-from ..models.hub import load_backbone
+from ..models.hub import HUB_PREFIX, load_backbone
 from ..methods import Method
 from ..models.pretrained import (Pretrained, check_image_shape, count_parameters, describe_architecture,
                                  known_architecture, load_pretrained, read_metadata, save_pretrained)
@@ -256,17 +256,22 @@ class Zoo:
         """Write the model's files as ``weights`` and ``sidecar`` (in the staging folder)."""
         if image_shape is not None:
             image_shape = check_image_shape(list(image_shape), "image_shape")
-        if isinstance(source, (str, Path)):
+        def stage_hub(name: str | Path) -> None:
+            # Offline, schema-checked, refused unless every backbone weight is in the files;
+            # a classifier's head is kept (LEEP and NCE read it).
+            hub = load_backbone(name, image_shape=image_shape)
+            save_pretrained(hub.backbone, weights, {**hub.metadata, **extra}, image_shape=hub.backbone.image_shape,
+                            head=hub.head)
+
+        if isinstance(source, str) and source.startswith(HUB_PREFIX):  # hf:<folder or cached hub id>, as predict takes it
+            stage_hub(source)
+        elif isinstance(source, (str, Path)):
             path = Path(source)
             if Run.is_run(path) or is_export(path):  # a run folder, or any form `fewshot export` writes
                 pretrained_from_run(path, weights, metadata=extra)
             elif path.is_dir():
                 if (path / "config.json").exists():
-                    # Offline, schema-checked, refused unless every backbone weight is in the files;
-                    # a classifier's head is kept (LEEP and NCE read it).
-                    hub = load_backbone(path, image_shape=image_shape)
-                    save_pretrained(hub.backbone, weights, {**hub.metadata, **extra},
-                                    image_shape=hub.backbone.image_shape, head=hub.head)
+                    stage_hub(path)
                 else:
                     raise CheckpointError(f"{path} is a folder but neither a fewshot run nor a "
                                           f"Hugging Face save_pretrained folder (no config.json)")

@@ -87,6 +87,9 @@ def select_models(zoo: Zoo | str | Path, support: str | Path, *, target: str = "
         raise ConfigError(f"--verify takes a number of models, at least 0; got {verify}")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
     models = zoo.names()
+    if not models:
+        raise ConfigError(f"the zoo {zoo.root} holds no model yet; add some with `fewshot zoo add NAME SOURCE` "
+                          f"(a run, an export or a Hugging Face folder) or `fewshot zoo build --zoo {zoo.root}`")
     # No meta-dataset of this zoo (and none named): the shipped meta-learner ranks it.
     shipped = load_shipped() if meta is None and not default_meta_path(zoo).exists() else None
     if shipped is not None:
