@@ -1,9 +1,9 @@
-"""Model selection rebuilt on the sweep ground truth, a 22-model zoo with heads, groups as the unit (issue #29).
+"""Model selection rebuilt on the sweep ground truth, a 23-model zoo with heads, groups as the unit (issue #29).
 
 One command does everything, resumably (the zoo and the finished tasks are kept under
 ``--work``):
 
-1. **The zoo** (22 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
+1. **The zoo** (23 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
    trained by fewshot's own trainer, and Hugging Face ResNet, ConvNeXt and ViT configs
    trained here from scratch as image classifiers (their heads kept, so LEEP and NCE apply);
    sources: the three Omniglot background alphabet groups and digits 0-4 (with rotations);
