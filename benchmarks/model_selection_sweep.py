@@ -100,7 +100,8 @@ TRAINED = [
     ZooSpec("conv16-random", "conv4", "random-init", "none", C16, image_size=SIDE),
 ]
 #: Hugging Face configs trained here from scratch as image classifiers: (name, kind, source, steps).
-HUB = [("hf-resnet-asian", "resnet", "omniglot:bg-asian", HUB_STEPS), ("hf-resnet-digits", "resnet", "digits", HUB_STEPS),
+HUB = [("hf-resnet-asian", "resnet", "omniglot:bg-asian", HUB_STEPS),
+       ("hf-resnet-digits", "resnet", "digits", HUB_STEPS),
        ("hf-convnext-european", "convnext", "omniglot:bg-european", HUB_STEPS),
        ("hf-vit-other", "vit", "omniglot:bg-other", HUB_STEPS), ("hf-vit-digits", "vit", "digits", HUB_STEPS)]
 
@@ -113,7 +114,8 @@ def hub_config(kind: str, classes: list[str]):
         return transformers.ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1],
                                          layer_type="basic", architectures=["ResNetForImageClassification"], **labels)
     if kind == "convnext":
-        return transformers.ConvNextConfig(num_channels=1, num_stages=2, patch_size=2, hidden_sizes=[16, 32], depths=[1, 1],
+        return transformers.ConvNextConfig(num_channels=1, num_stages=2, patch_size=2, hidden_sizes=[16, 32],
+                                           depths=[1, 1],
                                            architectures=["ConvNextForImageClassification"], **labels)
     return transformers.ViTConfig(image_size=SIDE, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=2, intermediate_size=64,
