@@ -1,9 +1,9 @@
-"""Model selection rebuilt on the sweep ground truth, a 22-model zoo with heads, groups as the unit (issue #29).
+"""Model selection rebuilt on the sweep ground truth, a 23-model zoo with heads, groups as the unit (issue #29).
 
 One command does everything, resumably (the zoo and the finished tasks are kept under
 ``--work``):
 
-1. **The zoo** (22 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
+1. **The zoo** (23 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
    trained by fewshot's own trainer, and Hugging Face ResNet, ConvNeXt and ViT configs
    trained here from scratch as image classifiers (their heads kept, so LEEP and NCE apply);
    sources: the three Omniglot background alphabet groups and digits 0-4 (with rotations);
@@ -100,7 +100,8 @@ TRAINED = [
     ZooSpec("conv16-random", "conv4", "random-init", "none", C16, image_size=SIDE),
 ]
 #: Hugging Face configs trained here from scratch as image classifiers: (name, kind, source, steps).
-HUB = [("hf-resnet-asian", "resnet", "omniglot:bg-asian", HUB_STEPS), ("hf-resnet-digits", "resnet", "digits", HUB_STEPS),
+HUB = [("hf-resnet-asian", "resnet", "omniglot:bg-asian", HUB_STEPS),
+       ("hf-resnet-digits", "resnet", "digits", HUB_STEPS),
        ("hf-convnext-european", "convnext", "omniglot:bg-european", HUB_STEPS),
        ("hf-vit-other", "vit", "omniglot:bg-other", HUB_STEPS), ("hf-vit-digits", "vit", "digits", HUB_STEPS)]
 
@@ -113,7 +114,8 @@ def hub_config(kind: str, classes: list[str]):
         return transformers.ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1],
                                          layer_type="basic", architectures=["ResNetForImageClassification"], **labels)
     if kind == "convnext":
-        return transformers.ConvNextConfig(num_channels=1, num_stages=2, patch_size=2, hidden_sizes=[16, 32], depths=[1, 1],
+        return transformers.ConvNextConfig(num_channels=1, num_stages=2, patch_size=2, hidden_sizes=[16, 32],
+                                           depths=[1, 1],
                                            architectures=["ConvNextForImageClassification"], **labels)
     return transformers.ViTConfig(image_size=SIDE, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=2, intermediate_size=64,
