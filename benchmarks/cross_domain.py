@@ -301,9 +301,9 @@ def main() -> None:
               f"--episodes {args.episodes}"
     # how the cells were filled, when other processes filled them first (--part, --columns)
     counts = sorted({int(p.stem.rsplit("-", 1)[-1]) for p in cache.glob("cpu-part-*-of-*.json")})
-    helpers = sorted(p.stem[len("cpu-columns-"):].replace("~", "/", 1) for p in cache.glob("cpu-columns-*.json"))
-    first = ([f"--part K/{counts[-1]} (K = 1..{counts[-1]})"] if counts else []) + \
-        [f"--columns {h.replace('+', ' ')}" for h in helpers]
+    helpers = sorted(" ".join(c.replace("~", "/", 1).replace("~", ":") for c in p.stem[len("cpu-columns-"):].split("+"))
+                     for p in cache.glob("cpu-columns-*.json"))
+    first = ([f"--part K/{counts[-1]} (K = 1..{counts[-1]})"] if counts else []) + [f"--columns {h}" for h in helpers]
     if first:
         command = f"{command} " + " and ".join(first) + f" in parallel, then {command}"
     report = {"command": command,
