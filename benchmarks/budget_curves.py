@@ -287,7 +287,7 @@ def best_figure(best: list[dict], results: Path, stem: str) -> str | None:
         return None
     path = results / f"{stem}-best.png"
     accuracy_against(series, path, xlabel="training CPU-minutes (one thread)",
-                     title="best method per budget (method, CPU-minutes)")
+                     title="best method per budget (method, CPU-minutes)", ticks_at_values=False)
     return str(path)
 
 
