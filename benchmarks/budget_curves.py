@@ -145,12 +145,13 @@ def train_variant(dataset: str, variant: str, marks: list[float], runs: Path, pr
         return {"dataset": dataset, "variant": variant, "marks": []}
     config = config_for(variant, dataset)
     run_dir = runs / dataset / variant / "run"
-    data, done, wall = data_of(dataset), [], time.perf_counter()
+    data, done, wall = None, [], time.perf_counter()  # loaded only if a mark needs training
     pretrain_cpu = read_json(snapshot(runs, dataset, PRETRAINED[variant], pretrain_minutes) / "state.json")[
         "cpu_seconds"] if offset else 0.0
     for total, minutes in zip([m for m in marks if m > offset], own):
         copy_dir = snapshot(runs, dataset, variant, total)
         if not (copy_dir / "state.json").exists():
+            data = data if data is not None else data_of(dataset)
             Trainer(config, run_dir, dataset=data, backbone=initial_backbone(variant, dataset, runs, pretrain_minutes),
                     runs=runs).run(resume=(run_dir / "state.json").exists(), progress=False, record=False,
                                    pause_at_cpu_minutes=minutes)
@@ -187,10 +188,9 @@ def evaluate_variant(trained: dict, suites: list[tuple[str, int]], episodes: dic
     rows, dataset = [], trained["dataset"]
     if not trained["marks"]:
         return rows
-    data = data_of(dataset)
+    data, samplers = None, {}  # loaded only if a checkpoint needs evaluating
     for suite, query in suites:
         _, way, within = SUITES[suite]
-        sampler = make_sampler(dataset, data, "test", way, 1, query, seed=0, within_groups=within)
         for m in trained["marks"]:
             saved = runs / dataset / trained["variant"] / "eval" / f"cpu-{m['mark']:g}-{suite}-q{query}-e{episodes[suite]}.json"
             if saved.exists():  # this checkpoint on this suite, evaluated by an earlier call
@@ -198,6 +198,10 @@ def evaluate_variant(trained: dict, suites: list[tuple[str, int]], episodes: dic
                 continue
             saved.parent.mkdir(exist_ok=True)
             start = time.process_time()
+            data = data if data is not None else data_of(dataset)
+            if suite not in samplers:
+                samplers[suite] = make_sampler(dataset, data, "test", way, 1, query, seed=0, within_groups=within)
+            sampler = samplers[suite]
             backbone = initial_backbone(trained["variant"], dataset, runs, pretrain_minutes)
             _, model, _ = load_run(m["run_dir"], "last", backbone=backbone)
             row = {"suite": suite, "dataset": dataset, "way": way, "query": query, "within_alphabet": within,
@@ -283,7 +287,7 @@ def best_figure(best: list[dict], results: Path, stem: str) -> str | None:
         return None
     path = results / f"{stem}-best.png"
     accuracy_against(series, path, xlabel="training CPU-minutes (one thread)",
-                     title="best method per budget (method, CPU-minutes)")
+                     title="best method per budget (method, CPU-minutes)", ticks_at_values=False)
     return str(path)
 
 
