@@ -163,10 +163,13 @@ JSON_OUTPUT: dict[str, Document] = {
         "support": "the support folder", "way": "classes of the task", "images": "support images",
         "shots": "images per class", "target": "the accuracy predicted: after finetune or linear-probe",
         "meta_rows": "meta-dataset rows the meta-learner was fitted on",
+        "meta_learner": "which meta-learner ranked: {source (shipped or built), description, file}, and for the "
+                        "shipped one trained_on",
         "selection_cpu_seconds": "CPU seconds of the selection",
         "finetune_all_cpu_seconds_estimate": "CPU seconds fine-tuning every model would take, on average",
         "ranking": "best first: [{rank, model, rank_score, predicted_accuracy, uncertainty, interval, coverage, "
-                   "selection_cpu_seconds}], with measured_accuracy and protocol for the verified ones"},
+                   "selection_cpu_seconds}], with measured_accuracy and protocol for the verified ones, and with the "
+                   "shipped meta-learner outside_training (the meta-features outside its training range)"},
         optional={"monitor": "with --verify: the meta-learner's running error {verifications, rmse, mean_error, "
                              "rmse_last_10}"}),
     "select build": Document("the meta-dataset", {

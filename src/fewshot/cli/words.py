@@ -75,6 +75,7 @@ FLAGS: dict[str, Flag] = {
     "--episodes": Flag("episodes", "count", "how many episodes the command's loop runs: meta-training steps "
                        "(train, tune, demo, zoo build) or test episodes (evaluate)"),
     "--seed": Flag("seed", "count", "seed of the command's random draws"),
+    "--domains": Flag("domains", "text", "target domains to test on too (a dataset, or DATASET:STYLE)", "DOMAIN"),
     "--within-groups": Flag("within_groups", "switch", "each episode's classes from one group of the dataset"),
     # -- what runs: methods, parts and their options ------------------------------------------------
     "--option": Flag("option", "settings", "an option of what the command runs: the method, or its transfer "
