@@ -358,7 +358,9 @@ real, marker = safetensors.torch.save_file, Path(sys.argv[3])
 
 def slow(tensors, filename, metadata=None):
     real(tensors, filename, metadata=metadata)
-    marker.write_text(filename)
+    part = marker.with_name(marker.name + ".part")  # the test polls for the marker: it appears whole
+    part.write_text(filename)
+    part.replace(marker)
     time.sleep(600)  # terminated here, with a full-size temporary on disk
 
 
