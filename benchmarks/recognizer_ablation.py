@@ -10,6 +10,7 @@ weights. Each other row adds one ingredient of the recipe to it:
 
 * ``+42px``: ``image_size`` 42;  ``+width96``: Conv-4 of width 96;
 * ``+shift``: ``augment="shift"``;  ``+40w1s3q``: 40-way 1-shot 3-query training episodes;
+* ``+bf16``: training under bf16 autocast (tested in fp32; the budget curves' cheaper minutes);
 * ``+cosine``: the cosine rate from 1e-3 to 1e-5 over ``--cosine-steps`` steps;
 * ``+val5``: 5 background alphabets held out as a validation split (never trained on),
   validated every ``--val-every`` steps on 100 episodes (20-way across those alphabets,
@@ -84,6 +85,7 @@ def ingredients(args) -> dict[str, dict]:
         "+width96": {"backbone_options": {"width": 96}},
         "+shift": {"augment": "shift"},
         "+40w1s3q": {"train_way": 40, "train_query": 3},
+        "+bf16": {"precision": "bf16"},
         "+cosine": {"lr_schedule": "cosine", "lr_min": 1e-5, "episodes": args.cosine_steps},
         "+val5": {**data(val_alphabets=5, held_out_rotations=False), "val_split": "val", "val_every": args.val_every,
                   "val_episodes": 100, "query": 15},
