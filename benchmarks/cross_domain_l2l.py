@@ -136,7 +136,10 @@ def markdown(report: dict) -> str:
              f"Machine: {report['machine']}; torch {report['torch']}; one thread; load average at start "
              f"{report['load_start']}, at end {report['load_end']}. CPU of this command: "
              f"{report['cpu_minutes_this_command']:.1f} CPU-minutes (training {report['cpu_seconds_training_new']} s "
-             f"of it); cells reused from benchmarks/cross_domain.py's runs: {report['cpu_seconds_reused']} CPU-s.", "",
+             f"of it); cells reused from the score cache: {report['cpu_seconds_reused']} CPU-s (their own CPU "
+             "time, filled by benchmarks/cross_domain.py or an earlier run of this command).", "",
+             *[f"Earlier run of this command: `{e['command']}`, {e['cpu_seconds']} CPU-s: {e['what']}."
+               for e in report.get("earlier_runs", [])], "",
              "Training (CPU budget each, no validation, last weights; Conv-4 width 32):", "",
              "| run | method | backbone | options | dataset | meta-batch | steps | CPU-s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -192,7 +195,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/cross_domain", help="folder of the runs (benchmarks/cross_domain.py's)")
     parser.add_argument("--results", default=str(RESULTS), help="where cross_domain_l2l.{json,md} go")
     parser.add_argument("--quick", action="store_true", help="check the script: seconds of training, 5 episodes")
+    parser.add_argument("--render", action="store_true", help="only write the .md again from the .json")
     args = parser.parse_args()
+    if args.render:
+        results = Path(args.results)
+        (results / "cross_domain_l2l.md").write_text(markdown(read_json(results / "cross_domain_l2l.json")))
+        return
     if args.quick:
         args.minutes, args.episodes, args.val_episodes = 0.03, 5, 3
         args.out, args.results = "/tmp/cross-domain-l2l-check", "/tmp/cross-domain-l2l-check"
@@ -231,7 +239,7 @@ def main() -> None:
         runs[name], training[name] = train(name, out, args.minutes, **settings)
         training[name].update(meta_batch=settings.get("meta_batch", 1),
                               backbone_options=settings.get("backbone_options", BACKBONE))
-        if not before or name not in ("protonet", "protonet-ft", "protonet-multi", "digits-protonet"):
+        if not before:  # trained by this command (a finished run is reused as it is)
             new_training += training[name]["cpu_seconds"]
 
     loaded: dict = {}
