@@ -162,15 +162,18 @@ def markdown(report: dict) -> str:
         lines += ["", "Block chosen per domain on validation episodes (classes disjoint from the test's), with "
                   "each block's validation accuracy:", "", "| domain | split | chosen | " +
                   " | ".join(f"block {b}" for b in BLOCKS) + " | test-best |", "|---|---|---|" + "---|" * (len(BLOCKS) + 1)]
-        for d, c in report["choices"][key].items():
+        for d in t["domains"]:
+            c = report["choices"][key][d]
             lines.append(f"| {d} | {c['split']} | {c['block']} | " +
                          " | ".join(f"{c['scores'][str(b)]:.1f}" for b in BLOCKS) + f" | {t['oracle_block'][d]} |")
         lines += ["", f"Paired differences (same episodes), mean ± 95% CI; * where the interval excludes 0:", "",
                   "| difference | " + " | ".join(t["domains"]) + " |", "|---|" + "---|" * len(t["domains"])]
         for name, by in {**{f"{m} - {t['reference']}": v for m, v in t["vs_reference"].items()},
                          **t["pairs"]}.items():
+            # indexed by domain: the JSON file keeps its keys sorted, not in the table's order
+            row = [(by[d][0], by[d][1]) for d in t["domains"]]
             lines.append(f"| {name} | " + " | ".join(f"{a:+.1f} ± {c:.1f}{'*' if abs(a) > c else ''}"
-                                                     for a, c in by.values()) + " |")
+                                                     for a, c in row) + " |")
     lines += ["", "Learned FT hyper-parameters after training (per layer: theta mean [min, max] over channels; "
               "the noise standard deviation softplus(theta)), from 0.3 / 0.5 (0.854 / 0.974), or for the -small "
               f"runs from {SMALL['theta_gamma']} / {SMALL['theta_beta']} (0.3 / 0.5):", ""]
