@@ -110,7 +110,8 @@ def learned_thetas(run: Path) -> list[dict]:
         g, b = gamma.detach().flatten(), beta.detach().flatten()
         out.append({"theta_gamma": [round(float(g.mean()), 3), round(float(g.min()), 3), round(float(g.max()), 3)],
                     "theta_beta": [round(float(b.mean()), 3), round(float(b.min()), 3), round(float(b.max()), 3)],
-                    "std_gamma": round(float(F.softplus(g).mean()), 3), "std_beta": round(float(F.softplus(b).mean()), 3)})
+                    "std_gamma": round(float(F.softplus(g).mean()), 3),
+                    "std_beta": round(float(F.softplus(b).mean()), 3)})
     return out
 
 
@@ -161,7 +162,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines += ["", "Block chosen per domain on validation episodes (classes disjoint from the test's), with "
                   "each block's validation accuracy:", "", "| domain | split | chosen | " +
-                  " | ".join(f"block {b}" for b in BLOCKS) + " | test-best |", "|---|---|---|" + "---|" * (len(BLOCKS) + 1)]
+                  " | ".join(f"block {b}" for b in BLOCKS) + " | test-best |",
+                  "|---|---|---|" + "---|" * (len(BLOCKS) + 1)]
         for d in t["domains"]:
             c = report["choices"][key][d]
             lines.append(f"| {d} | {c['split']} | {c['block']} | " +
@@ -273,7 +275,8 @@ def main() -> None:
     cache = out / f"scores-{args.episodes}"
     reused = 0.0
     tables, choices = {}, {}
-    wanted = [("protonet-lft", "protonet-ft-multi"), ("protonet-lft", "protonet-ft"), ("protonet-lft", "protonet-multi"),
+    wanted = [("protonet-lft", "protonet-ft-multi"), ("protonet-lft", "protonet-ft"),
+              ("protonet-lft", "protonet-multi"),
               ("protonet-ft-multi", "protonet-multi"), ("protonet-lft-small", "protonet-ft-multi-small"),
               ("protonet-ft-multi-small", "protonet-ft-multi"), ("protonet-ft-multi-small", "protonet-multi"),
               ("protonet-lft-small", "protonet-multi"),

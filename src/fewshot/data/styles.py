@@ -184,7 +184,8 @@ def with_style(dataset: str | None, style: str | None) -> str | None:
         raise ConfigError(f"--style {style} restyles a dataset: name it with --dataset (e.g. --dataset omniglot)")
     if is_multi_domain(dataset):
         raise ConfigError(f"--style applies to one dataset, and '{dataset}' names several domains: write each "
-                          f"domain's style into the name (e.g. omniglot{STYLE_SEPARATOR}{style},digits) and drop --style")
+                          f"domain's style into the name (e.g. omniglot{STYLE_SEPARATOR}{style},digits) and "
+                          "drop --style")
     _, chain = split_domain(f"{dataset.split(STYLE_SEPARATOR)[0]}{STYLE_SEPARATOR}{style}")  # checks each style
     if STYLE_SEPARATOR not in dataset:
         return f"{dataset}{STYLE_SEPARATOR}{style}"
