@@ -21,7 +21,9 @@ ones. Then, as in Algorithm 1:
    authors' ``model.eval()``);
 4. the model's weights get ``dL_ps/dw`` (their update is the plain one on the pseudo-seen
    episodes), and the FT hyper-parameters get ``dL_pu(w'(theta))/dtheta``, and nothing else:
-   the FT layers' own gradient on the pseudo-seen loss is not used.
+   the FT layers' own gradient on the pseudo-seen loss is not used. BatchNorm's running
+   statistics, which the pseudo-seen pass updates in place, are constants of that gradient
+   (as in the authors' code, github hytseng0509/CrossDomainFewShot, ``methods/LFTNet.py``).
 
 The trainer applies one optimiser to both (Adam at ``--lr``; the authors have two Adams at
 1e-3). To hand the trainer these two gradients as the gradient of one loss, the returned
