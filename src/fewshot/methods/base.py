@@ -60,8 +60,8 @@ from ..errors import ConfigError
 from ..metrics import accuracy  # noqa: F401  (re-exported: fewshot.methods.pretrain takes it from here)
 from ..models.feature_transform import learned_transforms
 from ..params import Constraint, recording_init
-from .lft import episode_loss, learning_to_learn_loss
 from ..registry import Registry
+from .lft import episode_loss, learning_to_learn_loss
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
