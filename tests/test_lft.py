@@ -184,3 +184,20 @@ def test_a_run_learns_its_thetas_across_source_domains_and_refusals_are_one_line
     backbone = build_backbone("conv4-ft", (1, 16, 16), width=4, depth=2, learned=True)
     with pytest.raises(ConfigError, match="own outer loss"):
         build_method("maml", backbone, way=3)
+
+
+def test_a_paused_learned_ft_run_resumes_exactly_as_an_uninterrupted_one(tmp_path, two_domains):
+    config = TrainConfig(method="protonet", dataset="digits,digits:invert", backbone="conv4-ft",
+                         backbone_options={"width": 4, "depth": 2, "learned": True}, way=3, shot=1, query=3,
+                         episodes=150, meta_batch=2, val_split=None)
+    whole = Trainer(config, tmp_path / "whole", dataset=two_domains, runs=tmp_path / "runs")
+    whole.run(progress=False)
+    paused = Trainer(config, tmp_path / "paused", dataset=two_domains, runs=tmp_path / "runs").run(
+        progress=False, pause_at_cpu_minutes=0.002)
+    assert paused.paused and 0 < paused.steps < 150, "the pause must fall mid-run for this test to mean anything"
+    resumed = Trainer(config, tmp_path / "paused", dataset=two_domains, runs=tmp_path / "runs")
+    resumed.run(resume=True, progress=False)
+    want, got = whole.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(t, torch.full_like(t, v)) for t, v in
+               zip(learned_transforms(whole.method.backbone), [0.3, 0.5] * 2))
