@@ -87,3 +87,63 @@ def test_a_table_built_from_results_renders_missing_cells():
     r = EvalResult(np.array([50.0, 60.0]), 5, 1, 15)
     table = CrossDomainTable({"a": {"x": r}, "b": {"y": r}}, ["x", "y"])
     assert "-" in table.render().splitlines()[1] and table.best("x") == "a"
+
+
+# -- surgical fine-tuning's block, chosen per target domain (Lee et al., arXiv:2210.11466) ------
+
+def _tiny_protonet():
+    torch.manual_seed(0)
+    return build_method("protonet", Conv4(1, width=4, depth=3))
+
+
+def test_the_block_is_chosen_on_validation_classes_never_on_the_test_episodes(monkeypatch):
+    """A planted case: on the validation classes block 0 is best, on the test episodes block 2;
+    the chooser must take 0, and must never run on a test episode."""
+    import fewshot.crossdomain as crossdomain
+    from fewshot.evaluate import EvalResult
+
+    planted = {"train": {0: 70.0, 1: 55.0, 2: 40.0}, "test": {0: 30.0, 1: 45.0, 2: 80.0}}
+    seen = []
+
+    def fake_evaluate(method, sampler, episodes, **kwargs):
+        seen.append((sampler.split, method.get_params()["block"], sorted({c for i in range(episodes)
+                                                                          for c in sampler.episode(i).classes})))
+        return EvalResult(np.full(episodes, planted[sampler.split][method.get_params()["block"]]), sampler.way,
+                          sampler.shot, sampler.query)
+
+    monkeypatch.setattr(crossdomain, "evaluate", fake_evaluate)
+    digits = load_dataset("digits", image_size=16)
+    method = _tiny_protonet()
+    adapted, choice = crossdomain.surgical_for_domain(method, digits, way=3, shot=1, query=2, episodes=4, steps=2)
+    assert crossdomain.candidate_blocks(method) == [0, 1, 2]
+    assert choice.how == "validation" and choice.split == "train" and choice.block == 0
+    assert choice.scores == planted["train"] and adapted.get_params()["block"] == 0
+    assert {split for split, _, _ in seen} == {"train"}  # the test split was never evaluated
+    test_classes = set(digits.split_classes("test"))
+    assert all(not test_classes & set(classes) for _, _, classes in seen)
+    # A test-best choice would have been block 2: the planted case tells the two apart.
+    assert max(planted["test"], key=planted["test"].get) != choice.block
+
+
+def test_the_chosen_block_adapts_as_that_fixed_block_and_overlaps_are_refused():
+    from fewshot.crossdomain import choose_block, surgical_for_domain
+    from fewshot.errors import DataError
+    from fewshot.methods.transfer import adapt_method
+
+    digits = load_dataset("digits", image_size=16)
+    method = _tiny_protonet()
+    adapted, choice = surgical_for_domain(method, digits, way=3, shot=1, query=2, episodes=3, steps=2)
+    assert choice.how == "validation" and set(choice.scores) == {0, 1, 2} and choice.block in choice.scores
+    assert choice.block == max(choice.scores, key=lambda b: (choice.scores[b], -b))
+    test = EpisodeSampler(digits, "test", 3, 1, 2, seed=0)
+    fixed = adapt_method(method, "surgical", block=choice.block, steps=2)
+    assert np.array_equal(evaluate(adapted, test, 3, progress=False).scores,
+                          evaluate(fixed, test, 3, progress=False).scores)
+    with pytest.raises(DataError, match="shares 5 classes with the test"):
+        choose_block(method, test, 2, test_classes=digits.split_classes("test"), steps=2)
+    # No classes apart from the test's: the block is chosen inside each support set instead.
+    adapted, choice = surgical_for_domain(method, digits, way=3, shot=2, query=2, val_splits=("test",), steps=2)
+    assert choice.how == "cross-validation" and choice.block is None
+    assert adapted.get_params()["cv"] is True and adapted.get_params()["cv_grid"] == {"block": [0, 1, 2]}
+    result = evaluate(adapted, EpisodeSampler(digits, "test", 3, 2, 2, seed=0), 1, progress=False)
+    assert adapted.last_fit["cv"]["chosen"]["block"] in (0, 1, 2) and result.episodes == 1

@@ -151,3 +151,49 @@ def test_a_run_trains_on_a_styled_and_on_several_domains(tmp_path):
     assert isinstance(trainer.sampler, MultiDomainSampler)
     assert trainer.run(progress=False, record=False).steps == 3
     assert np.isclose(trainer.sampler.weights, [1 / 3, 2 / 3]).all()
+
+
+def test_style_names_a_domain_as_dataset_colon_style_does():
+    from fewshot.data.styles import with_style
+
+    assert with_style("omniglot", None) == "omniglot" and with_style(None, None) is None
+    assert with_style("omniglot", "blur") == "omniglot:blur"
+    assert with_style("digits", "invert:noise") == "digits:invert:noise"
+    assert with_style("omniglot:blur", "blur") == "omniglot:blur"  # agrees: said twice, the same domain
+    for dataset, style, message in [("omniglot", "blurry", "unknown style 'blurry'.*blur"),
+                                    ("omniglot:blur", "noise", "omniglot:blur and --style noise disagree"),
+                                    ("omniglot:blur:noise", "blur", "disagree"),
+                                    (None, "blur", "name it with --dataset"),
+                                    ("omniglot,digits", "blur", "several domains")]:
+        with pytest.raises(ConfigError, match=message):
+            with_style(dataset, style)
+
+
+def test_style_flag_trains_and_evaluates_on_the_restyled_domain(tmp_path, capsys):
+    import json
+
+    from fewshot.cli.main import main
+
+    runs, out = str(tmp_path / "runs"), str(tmp_path / "run")
+    assert main(["train", "protonet", "--dataset", "digits", "--style", "invert", "--backbone-option", "width=8",
+                 "--query", "5", "--episodes", "3", "--out", out, "--runs", runs, "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "digits:invert"
+    evaluate = ["evaluate", out, "--episodes", "4", "--runs", runs, "--quiet", "--json", "--per-episode"]
+    # Both spellings give the same episodes.
+    scores = []
+    for flags in (["--dataset", "digits:invert:blur"], ["--dataset", "digits", "--style", "invert:blur"]):
+        assert main([*evaluate, *flags]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["dataset"] == "digits:invert:blur"
+        scores.append(result["per_episode"])
+    assert scores[0] == scores[1]
+    # Without --dataset, --style names the styles of the run's own dataset (here the same: it agrees).
+    assert main([*evaluate, "--style", "invert"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "digits:invert"
+    for flags, message in [(["--style", "blurry"], "unknown style 'blurry'"),
+                           (["--dataset", "digits:blur", "--style", "noise"], "disagree")]:
+        assert main([*evaluate, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert main(["evaluate", out, "--domains", "digits:blur", "--style", "blur", "--runs", runs, "--quiet"]) == 2
+    assert "drop --style" in capsys.readouterr().err

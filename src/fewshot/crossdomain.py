@@ -18,6 +18,18 @@ loader takes one. Images of another shape or number of channels are refused, in 
 **Transductive results are marked**, as everywhere (:mod:`fewshot.evaluate`): MAML's
 test-time BatchNorm, or test-time statistics that use the queries, make a result
 transductive, and the table says so.
+
+**Surgical fine-tuning's block, chosen per target domain** (:func:`surgical_for_domain`; Lee,
+Chen, Tajwar, Kumar, Yao, Liang and Finn, "Surgical Fine-Tuning Improves Adaptation to
+Distribution Shifts", ICLR 2023, arXiv:2210.11466). Which block is best to fine-tune
+depends on the shift (the first for input-level shifts, the last for output-level ones), and
+Lee et al. choose it per target distribution on held-out data of it. Here: on validation
+episodes of the target domain whose classes are *disjoint* from the test episodes' (its
+``val`` split, else its ``train`` split, when tested on ``test``; :func:`choose_block`: the
+best mean accuracy, ties to the lower block), so the test episodes, their queries included, are never looked at; a validation
+split sharing a class with the test's is refused. A domain without such classes gets the block
+chosen by cross-validation inside each support set (FineTune's ``cv=True`` with
+``cv_grid={"block": [...]}``, :mod:`fewshot.methods.transfer`).
 """
 
 from __future__ import annotations
@@ -25,16 +37,18 @@ from __future__ import annotations
 import inspect
 import itertools
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .data import DATASETS, load_dataset, make_sampler
+from .data import DATASETS, ClassDataset, load_dataset, make_sampler
 from .data.domains import is_multi_domain, parse_domains
 from .data.styles import STYLE_SEPARATOR
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, evaluate
 from .methods.base import Method
+from .methods.transfer import FineTune, adapt_method
+from .models.blocks import split_blocks
 from .metrics import confidence_interval
 
 #: The label of the training domain's own row.
@@ -156,4 +170,78 @@ def evaluate_domains(models: Mapping[str, Method], domains: Sequence[str], *, im
                              "seed": seed})
 
 
-__all__ = ["CrossDomainTable", "IN_DOMAIN", "base_dataset", "domain_options", "evaluate_domains"]
+#: Added to the test suite's seed for the validation episodes, as the trainer's validation suite does.
+VALIDATION_SEED_OFFSET = 1
+
+
+@dataclass
+class BlockChoice:
+    """How the block was chosen: ``how`` is ``"validation"`` (``block`` the winner, ``scores``
+    and ``ci95`` each candidate's validation accuracy in %, on ``episodes`` episodes of
+    ``split``) or ``"cross-validation"`` (``block`` None: chosen inside each support set)."""
+
+    block: int | None
+    how: str
+    candidates: list[int]
+    scores: dict[int, float] = field(default_factory=dict)
+    ci95: dict[int, float] = field(default_factory=dict)
+    episodes: int = 0
+    split: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "how": self.how, "candidates": self.candidates, "episodes": self.episodes,
+                "split": self.split, "scores": {str(b): s for b, s in self.scores.items()},
+                "ci95": {str(b): c for b, c in self.ci95.items()}}
+
+
+def candidate_blocks(method: Method, blocks: Sequence[str] | None = None) -> list[int]:
+    """Every block of ``method``'s backbone, bottom to top (:func:`fewshot.models.blocks.split_blocks`)."""
+    return list(range(len(split_blocks(method.backbone, blocks))))
+
+
+def choose_block(method: Method, validation, episodes: int = 50, *, test_classes: Sequence[int] | None = None,
+                 candidates: Sequence[int] | None = None, progress: bool = False, **options: Any) -> BlockChoice:
+    """The block whose surgical fine-tuning (with ``options``) scores best on ``episodes``
+    episodes of the ``validation`` sampler; ``test_classes``, when given, must share no class
+    with the validation episodes' (DataError otherwise)."""
+    classes = set(int(c) for c in validation.dataset.split_classes(validation.split))
+    shared = classes & set(int(c) for c in (test_classes or ()))
+    if shared:
+        raise DataError(f"the validation split '{validation.split}' shares {len(shared)} classes with the test "
+                        "episodes: choose the block on classes the test never uses (another split), or by "
+                        "cross-validation inside each support set")
+    candidates = candidate_blocks(method, options.get("blocks")) if candidates is None else [int(b) for b in candidates]
+    scores, ci95 = {}, {}
+    for b in candidates:
+        result = evaluate(adapt_method(method, "surgical", block=b, **options), validation, episodes,
+                          progress=progress, desc=f"surgical block {b} (validation)")
+        scores[b], ci95[b] = result.accuracy, result.ci95
+    best = max(candidates, key=lambda b: (scores[b], -candidates.index(b)))  # ties: the earlier candidate
+    return BlockChoice(best, "validation", candidates, scores, ci95, episodes, validation.split)
+
+
+def surgical_for_domain(method: Method, dataset: ClassDataset, *, way: int, shot: int, query: int,
+                        test_split: str = "test", val_splits: Sequence[str] = ("val", "train"), episodes: int = 50,
+                        seed: int = 0,
+                        candidates: Sequence[int] | None = None, progress: bool = False,
+                        **options: Any) -> tuple[FineTune, BlockChoice]:
+    """Surgical fine-tuning of ``method``'s backbone for target domain ``dataset`` (tested on
+    ``test_split``), its block chosen on validation episodes (seed ``seed + 1``) of the first of
+    ``val_splits`` with at least ``way`` classes, none of them the test's (digits: ``train``,
+    the classes 0-4, for a model trained elsewhere), or, when there is none, by cross-validation
+    inside each support set. Returns the adapted method and the choice."""
+    candidates = candidate_blocks(method, options.get("blocks")) if candidates is None else [int(b) for b in candidates]
+    test = set(dataset.split_classes(test_split))
+    usable = [s for s in val_splits if s in dataset.splits and len(dataset.split_classes(s)) >= way
+              and not test & set(dataset.split_classes(s))]
+    if not usable:
+        adapted = adapt_method(method, "surgical", cv=True, cv_grid={"block": candidates}, **options)
+        return adapted, BlockChoice(None, "cross-validation", candidates)
+    validation = make_sampler(dataset.name, dataset, usable[0], way, shot, query, seed=seed + VALIDATION_SEED_OFFSET)
+    choice = choose_block(method, validation, episodes, test_classes=sorted(test), candidates=candidates,
+                          progress=progress, **options)
+    return adapt_method(method, "surgical", block=choice.block, **options), choice
+
+
+__all__ = ["BlockChoice", "CrossDomainTable", "IN_DOMAIN", "VALIDATION_SEED_OFFSET", "base_dataset", "candidate_blocks",
+           "choose_block", "domain_options", "evaluate_domains", "surgical_for_domain"]

@@ -12,8 +12,8 @@ from ..errors import ConfigError
 from . import catalog
 from .output import print_json
 from .flags import add_data_flags, add_device_flags, add_episode_flags, add_head_flag, add_json_flag, \
-    add_max_steps_flag, add_quiet_flag, config_from_args, dataset_options, head_from_args, one_line, parse_options, \
-    runtime_from_args, say_device, trainable_methods
+    add_max_steps_flag, add_quiet_flag, config_from_args, dataset_from_args, dataset_options, head_from_args, \
+    one_line, parse_options, runtime_from_args, say_device, trainable_methods
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"{target} has no backbone to give a head features; name a run folder, an exported "
                               "model or hf:PATH")
         method = build_method(target, None, **parse_options(args.option))
-        dataset_name, data_options, run_dir = args.dataset or "digits", {}, None
+        dataset_name, data_options, run_dir = dataset_from_args(args, "digits"), {}, None
         method_name, protocol = target, Protocol.of()
     else:
         # A head reads any trained model's features (a run, an export, hf:...); a method's own
@@ -115,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if config is None:  # a Hugging Face backbone: no data of its own, its preprocessing takes any images
             if not args.dataset:
                 raise ConfigError(f"say which dataset to evaluate {target} on: --dataset D (`fewshot data list`)")
-            dataset_name, data_options, run_dir = args.dataset, {}, str(folder.resolve())
+            dataset_name, data_options, run_dir = dataset_from_args(args), {}, str(folder.resolve())
             protocol = opened.protocol
         else:
             if head is None:
@@ -135,8 +135,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             dataset_name, data_options = config.dataset, config.dataset_options
             run_dir = str(Path(target).resolve())
             protocol = Protocol.of(config)
-            if args.dataset and args.dataset != config.dataset:
-                dataset_name, data_options = args.dataset, {}
+            wanted = dataset_from_args(args, config.dataset)
+            if wanted != config.dataset:
+                from ..crossdomain import base_dataset
+
+                # The run's own data restyled keeps the run's options: only the style changes.
+                dataset_name = wanted
+                data_options = data_options if base_dataset(wanted) == config.dataset else {}
                 if dataset_name == "folder":  # new images prepared as the run's were, unless flags say otherwise
                     data_options = {"channels": image_shape[0], "image_size": image_shape[-1]}
     data_options = dataset_options(args, data_options)  # recorded as used, so suites compare
@@ -215,7 +220,9 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from ..data import load_dataset
 
-    summary = load_dataset(args.name, args.data_root, **dataset_options(args)).summary()
+    from ..data.styles import with_style
+
+    summary = load_dataset(with_style(args.name, args.style), args.data_root, **dataset_options(args)).summary()
     if args.json:
         print_json(summary, indent=2)
         return 0

@@ -23,6 +23,9 @@ def cmd_evaluate_domains(args: argparse.Namespace) -> int:
     if args.dataset:
         raise ConfigError("--domains names the target domains; the run's own dataset is the in-domain column: "
                           "drop --dataset")
+    if args.style:
+        raise ConfigError("--domains names the target domains, each with its styles (DATASET:STYLE, e.g. "
+                          f"omniglot:{args.style}): drop --style")
     loaded = Run(args.target).load(args.weights)
     config, method, name = loaded.config, loaded.method, loaded.config.method
     options = parse_options(args.option)

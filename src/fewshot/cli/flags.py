@@ -145,6 +145,10 @@ def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -
     g.add_argument("--dataset", default=default_dataset, help="dataset name (see `fewshot data list`)")
     g.add_argument("--env", dest="dataset", default=argparse.SUPPRESS,
                    help="environment family, for maml-rl (the same as --dataset; see `fewshot data list`)")
+    from ..data.styles import STYLES  # the style names, listed where they are decided
+
+    g.add_argument("--style", metavar="STYLE", help="see the dataset's images in a style: --dataset D --style S is "
+                   f"--dataset D:S ({', '.join(STYLES.names())}; chained as blur:noise)")
     g.add_argument("--data-root", help="data root (default: $FEWSHOT_DATA, else ~/.cache/fewshot)")
     g.add_argument("--split-scheme", metavar="SCHEME",
                    help="split scheme, for datasets with several (omniglot: vinyals, background)")
@@ -164,6 +168,17 @@ def add_data_flags(p: argparse.ArgumentParser, *, default_dataset: str | None) -
     g.add_argument("--test-ratio", type=float, help="folder dataset: fraction of classes held out for testing "
                    "when none are named (default 0.2)")
     g.add_argument("--split-seed", type=int, help="folder dataset: seed of the random class split (default 0)")
+
+
+def dataset_from_args(args: argparse.Namespace, default: str | None = None) -> str | None:
+    """The domain of ``--dataset`` (else ``default``) and ``--style``: ``DATASET:STYLE``
+    (:func:`fewshot.data.styles.with_style`, which checks the style and refuses a disagreement)."""
+    style = getattr(args, "style", None)
+    if style is None:
+        return getattr(args, "dataset", None) or default
+    from ..data.styles import with_style
+
+    return with_style(getattr(args, "dataset", None) or default, style)
 
 
 def dataset_options(args: argparse.Namespace, base: dict | None = None) -> dict:
@@ -302,12 +317,13 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
     if flag("rollouts") is not None:  # maml-rl: rollouts per adaptation step, and for the outer objective
         args.shot = args.rollouts if flag("shot") is None else args.shot
         args.query = args.rollouts if flag("query") is None else args.query
-    if backbone is None and args.dataset:
+    dataset = dataset_from_args(args)
+    if backbone is None and dataset:
         from ..data.tasks import default_backbone
 
-        backbone = default_backbone(args.dataset)  # an environment family's policy is an MLP
+        backbone = default_backbone(dataset)  # an environment family's policy is an MLP
     config = TrainConfig.layered(
-        args.config, method=args.method, dataset=args.dataset, backbone=backbone,
+        args.config, method=args.method, dataset=dataset, backbone=backbone,
         dataset_options=dataset_options(args), method_options=method_options or None,
         backbone_options=backbone_options or None,
         **{name: flag(name) for name in (

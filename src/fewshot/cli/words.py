@@ -48,6 +48,7 @@ FLAGS: dict[str, Flag] = {
     # -- what to run on -------------------------------------------------------------------------
     "--dataset": Flag("dataset", "text", "the dataset (or task family) by name"),
     "--env": Flag("dataset", "text", "the dataset, said of an environment family (maml-rl)"),
+    "--style": Flag("style", "text", "a style of the dataset's images: --dataset D --style S is D:S", "STYLE"),
     "--data-root": Flag("data_root", "text", "the folder holding datasets"),
     "--split-scheme": Flag("split_scheme", "text", "how a dataset's classes are split (vinyals, ...)", "SCHEME"),
     "--path": _data("path", "a folder dataset's folder or CSV"),

@@ -21,6 +21,7 @@ depends only on (domains, weights, split, way, shot, query, seed, i).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Iterator
 
@@ -146,7 +147,8 @@ class MultiDomainSampler:
         return self.samplers[self.domain_of(i)].indices(i)
 
     def episode(self, i: int) -> Episode:
-        return self.samplers[self.domain_of(i)].episode(i)
+        k = self.domain_of(i)
+        return dataclasses.replace(self.samplers[k].episode(i), domain=self.domains[k])
 
     def batch(self, step: int, size: int) -> list[Episode]:
         return [self.episode(step * size + j) for j in range(size)]

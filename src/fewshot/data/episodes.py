@@ -47,6 +47,8 @@ class Episode:
     way: int
     shot: int
     classes: tuple[int, ...] = ()
+    #: The source domain it comes from, in a multi-domain dataset (fewshot.data.domains); else "".
+    domain: str = ""
 
 
 class EpisodeSampler:

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import ClassDataset, to_float_images
+from .domains import is_multi_domain
 
 #: Separates a dataset from its styles in a domain name: ``omniglot:blur``.
 STYLE_SEPARATOR = ":"
@@ -172,6 +173,29 @@ def split_domain(name: str) -> tuple[str, tuple[str, ...]]:
     return base, tuple(styles)
 
 
+def with_style(dataset: str | None, style: str | None) -> str | None:
+    """The domain of ``--dataset DATASET --style STYLE``: ``DATASET:STYLE`` (``style`` may chain,
+    ``invert:noise``); ``dataset`` itself when ``style`` is None, or when ``dataset`` already
+    names exactly these styles. An unknown style, a missing dataset, several domains, or a
+    ``dataset`` whose own styles differ from ``style`` is one line (ConfigError)."""
+    if style is None:
+        return dataset
+    if not dataset:
+        raise ConfigError(f"--style {style} restyles a dataset: name it with --dataset (e.g. --dataset omniglot)")
+    if is_multi_domain(dataset):
+        raise ConfigError(f"--style applies to one dataset, and '{dataset}' names several domains: write each "
+                          f"domain's style into the name (e.g. omniglot{STYLE_SEPARATOR}{style},digits) and "
+                          "drop --style")
+    _, chain = split_domain(f"{dataset.split(STYLE_SEPARATOR)[0]}{STYLE_SEPARATOR}{style}")  # checks each style
+    if STYLE_SEPARATOR not in dataset:
+        return f"{dataset}{STYLE_SEPARATOR}{style}"
+    base, own = split_domain(dataset)
+    if own != chain:
+        raise ConfigError(f"--dataset {dataset} and --style {style} disagree: give the style once, either "
+                          f"--dataset {base}{STYLE_SEPARATOR}{style} or --dataset {base} --style {style}")
+    return dataset
+
+
 def restyle(images: torch.Tensor, styles: tuple[str, ...]) -> torch.Tensor:
     """``images`` (uint8 or float ``(n, c, h, w)``) with ``styles`` applied in order, in the
     images' dtype (uint8 rounded); deterministic (see the module docstring)."""
@@ -212,4 +236,4 @@ def styled(name: str, styles: tuple[str, ...], key: dict, load: Callable[[], Cla
 
 
 __all__ = ["CACHE_SIZE", "CHUNK", "MAX_STYLES", "STYLES", "STYLE_SEPARATOR", "STYLE_STREAM", "Style", "gaussian_blur", "restyle",
-           "split_domain", "style", "styled"]
+           "split_domain", "style", "styled", "with_style"]

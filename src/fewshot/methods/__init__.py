@@ -13,6 +13,7 @@ from typing import Sequence
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.feature_transform import learned_transforms
 from ..params import check_known
 from .base import METHODS, Method, Predictor, class_means, register
 # Each method registers itself where it is defined (@register): importing it is what adds it.
@@ -81,6 +82,10 @@ def build_method(name: str, backbone: nn.Module | None, *, image_shape: tuple[in
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         check_known(f"method '{name}'", [k for k in options if k != "task"], method_options(cls),
                     how=f" (`fewshot methods {name}` gives their defaults)")
+    if learned_transforms(backbone) and cls.loss is not Method.loss:
+        # Learning-to-learn is the per-episode loop's step (fewshot.methods.lft).
+        raise ConfigError(f"{name} has its own outer loss; learned FT layers train with a metric method (protonet, "
+                          "matching, relation, ...): use fixed ones with it (backbone option learned=false)")
     try:
         return cls(backbone, **context, **options) if cls.needs_backbone else cls(**context, **options)
     except TypeError as e:

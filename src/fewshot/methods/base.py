@@ -57,9 +57,11 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..metrics import accuracy
+from ..metrics import accuracy  # noqa: F401  (re-exported: fewshot.methods.pretrain takes it from here)
+from ..models.feature_transform import learned_transforms
 from ..params import Constraint, recording_init
 from ..registry import Registry
+from .lft import episode_loss, learning_to_learn_loss
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -132,12 +134,10 @@ class Method(nn.Module):
         """
         if not self.learns_across_tasks:
             raise ConfigError(f"{self.name} learns nothing across tasks; evaluate it directly")
-        losses, accs = [], []
-        for ep in episodes:
-            logits = self.episode_logits(ep)
-            losses.append(self.episode_loss(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"accuracy": sum(accs) / len(accs)}
+        if learned_transforms(self.backbone):  # learned FT layers: learning-to-learn (fewshot.methods.lft)
+            return learning_to_learn_loss(self, episodes)
+        loss, acc = episode_loss(self, episodes)
+        return loss, {"accuracy": acc}
 
     def episode_logits(self, episode: Episode) -> torch.Tensor:
         """Query logits ``(queries, way)`` of one training episode (for the default :meth:`loss`)."""

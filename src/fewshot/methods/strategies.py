@@ -91,7 +91,8 @@ def gradual_unfreeze(n: int, o: dict[str, Any]) -> Plan:
 
 def surgical(n: int, o: dict[str, Any]) -> Plan:
     """One chosen ``block`` learns (Lee et al., 2022, arXiv:2210.11466): the first for
-    input-level shifts, the last for output-level ones."""
+    input-level shifts, the last for output-level ones; chosen per target domain on its
+    validation classes by :func:`fewshot.crossdomain.surgical_for_domain`."""
     b = int(o["block"])
     if not -n <= b < n:
         raise ConfigError(f"surgical: block must lie in {-n}..{n - 1} (the backbone has {n} blocks), got {b}")

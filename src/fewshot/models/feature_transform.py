@@ -8,11 +8,21 @@ drawn per channel once per forward pass (shared by the batch, as in the authors'
 the model meets feature distributions of domains it has not seen. At test time the layer is
 the identity.
 
-**What is implemented: fixed hyper-parameters.** ``theta_gamma`` and ``theta_beta`` are
-fixed, at the paper's values 0.3 and 0.5 (their "FT" rows), stored as buffers, never trained.
-The paper's learning-to-learn of the hyper-parameters (LFT: an update on a pseudo-seen
-domain with the FT layers on, the loss of the updated model on a pseudo-unseen domain with
-them off, differentiated through the update) is *not* implemented here.
+**Fixed or learned hyper-parameters** (the backbone option ``learned``, decided here, once).
+By default ``theta_gamma`` and ``theta_beta`` are fixed at the paper's values 0.3 and 0.5
+(their "FT" rows), stored as buffers, never trained. With ``learned=True`` they are
+parameters learned by learning-to-learn (the paper's LFT, its Algorithm 1), and only by it:
+each meta-training step updates the metric model on a pseudo-seen domain's episode with the FT
+layers on, takes the loss of the updated model on a pseudo-unseen domain's episode with them
+off, and moves the thetas down the gradient of that loss through the update
+(:func:`fewshot.methods.lft.learning_to_learn_loss`; ``lft_lr`` is that update's step).
+
+*Against the authors' code* (github hytseng0509/CrossDomainFewShot, ``methods/backbone.py``
+and ``methods/LFTNet.py``): their softplus has ``beta=100`` (nearly ``max(0, theta)``, noise
+standard deviations about 0.3 and 0.5), this module's is torch's default ``beta=1``
+(0.854 and 0.974, :func:`noise_scales`), kept so that the fixed layers' results stay as
+published here; their FT optimiser is Adam at 1e-3 (weight decay 1e-8), here the run's one
+optimiser, Adam at ``--lr`` (default 1e-3).
 
 **When they act.** An FT layer transforms only when its module is in training mode *and*
 the layers are enabled; :func:`fewshot.evaluate.evaluate` disables them for the whole of an
@@ -35,21 +45,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..params import Integer, Real
+from ..params import Boolean, Integer, Real
 from .backbones import BACKBONES, Conv4
 
 #: The paper's hyper-parameters (before the softplus): theta_gamma 0.3, theta_beta 0.5.
 THETA_GAMMA, THETA_BETA = 0.3, 0.5
+#: The pseudo-seen update's step in learning-to-learn: the authors' model learning rate (Adam's 1e-3).
+LFT_LR = 1e-3
 
 
 class FeatureWiseTransform(nn.Module):
     """One FT layer over ``channels`` channels (see the module docstring)."""
 
-    def __init__(self, channels: int, theta_gamma: float = THETA_GAMMA, theta_beta: float = THETA_BETA):
+    def __init__(self, channels: int, theta_gamma: float = THETA_GAMMA, theta_beta: float = THETA_BETA,
+                 learned: bool = False):
         super().__init__()
-        self.channels = int(channels)
-        self.register_buffer("theta_gamma", torch.full((1, channels, 1, 1), float(theta_gamma)))
-        self.register_buffer("theta_beta", torch.full((1, channels, 1, 1), float(theta_beta)))
+        self.channels, self.learned = int(channels), bool(learned)
+        for name, value in (("theta_gamma", theta_gamma), ("theta_beta", theta_beta)):
+            tensor = torch.full((1, channels, 1, 1), float(value))
+            # Learned: parameters (in the checkpoint under the same names as the fixed buffers).
+            if self.learned:
+                self.register_parameter(name, nn.Parameter(tensor))
+            else:
+                self.register_buffer(name, tensor)
         self.enabled = True
 
     def active(self) -> bool:
@@ -64,24 +82,34 @@ class FeatureWiseTransform(nn.Module):
         return gamma * x + beta
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, theta_gamma={float(self.theta_gamma.flatten()[0]):g}, " \
-               f"theta_beta={float(self.theta_beta.flatten()[0]):g}"
+        return f"{self.channels}, theta_gamma={float(self.theta_gamma.detach().flatten()[0]):g}, " \
+               f"theta_beta={float(self.theta_beta.detach().flatten()[0]):g}" + (", learned" if self.learned else "")
 
 
-def add_feature_transforms(backbone: nn.Module, theta_gamma: float = THETA_GAMMA,
-                           theta_beta: float = THETA_BETA) -> nn.Module:
+def add_feature_transforms(backbone: nn.Module, theta_gamma: float = THETA_GAMMA, theta_beta: float = THETA_BETA,
+                           learned: bool = False, lft_lr: float = LFT_LR) -> nn.Module:
     """``backbone`` with an FT layer inserted after every ``BatchNorm2d`` that sits in an
-    ``nn.Sequential`` (in place; returned). Returns the number inserted as ``backbone.ft_layers``."""
+    ``nn.Sequential`` (in place; returned). Returns the number inserted as ``backbone.ft_layers``;
+    ``learned`` and ``lft_lr``: see the module docstring (kept as ``backbone.lft_lr``)."""
     count = 0
     for module in list(backbone.modules()):
         if not isinstance(module, nn.Sequential):
             continue
         for i in reversed(range(len(module))):
             if isinstance(module[i], nn.BatchNorm2d):
-                module.insert(i + 1, FeatureWiseTransform(module[i].num_features, theta_gamma, theta_beta))
+                module.insert(i + 1, FeatureWiseTransform(module[i].num_features, theta_gamma, theta_beta, learned))
                 count += 1
-    backbone.ft_layers = count
+    backbone.ft_layers, backbone.lft_lr = count, float(lft_lr)
     return backbone
+
+
+def learned_transforms(module: nn.Module | None) -> list[nn.Parameter]:
+    """The learned FT hyper-parameters of ``module`` (each layer's theta_gamma, theta_beta);
+    empty when its FT layers are fixed, or it has none."""
+    if module is None:
+        return []
+    return [p for m in module.modules() if isinstance(m, FeatureWiseTransform) and m.learned
+            for p in (m.theta_gamma, m.theta_beta)]
 
 
 @contextlib.contextmanager
@@ -101,17 +129,19 @@ def transforms_off(module: nn.Module) -> Iterator[None]:
 @BACKBONES.register("conv4-ft")
 class Conv4FT(Conv4):
     """Conv-4 with a feature-wise transformation layer after each BatchNorm (Tseng et al.,
-    arXiv:2001.08735; fixed hyper-parameters, see :mod:`fewshot.models.feature_transform`).
-    Its weights are Conv-4's: the FT layers add no trainable parameter."""
+    arXiv:2001.08735; see :mod:`fewshot.models.feature_transform`). Its weights are Conv-4's:
+    fixed FT layers add no trainable parameter; ``learned=True`` adds the thetas, learned by
+    learning-to-learn with a pseudo-seen step of ``lft_lr``."""
 
     _parameter_constraints = {**Conv4._parameter_constraints, "theta_gamma": Real(low=-20, high=20),
-                              "theta_beta": Real(low=-20, high=20), "depth": Integer(low=1, high=16)}
+                              "theta_beta": Real(low=-20, high=20), "depth": Integer(low=1, high=16),
+                              "learned": Boolean(), "lft_lr": Real(low=0, high=10, open_low=True)}
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4, theta_gamma: float = THETA_GAMMA,
-                 theta_beta: float = THETA_BETA):
+                 theta_beta: float = THETA_BETA, learned: bool = False, lft_lr: float = LFT_LR):
         super().__init__(in_channels, width, depth)
-        add_feature_transforms(self, theta_gamma, theta_beta)
-        self.theta_gamma, self.theta_beta = float(theta_gamma), float(theta_beta)
+        add_feature_transforms(self, theta_gamma, theta_beta, learned, lft_lr)
+        self.theta_gamma, self.theta_beta, self.learned = float(theta_gamma), float(theta_beta), bool(learned)
         self.to(memory_format=torch.channels_last)
 
 
@@ -120,5 +150,5 @@ def noise_scales(theta_gamma: float = THETA_GAMMA, theta_beta: float = THETA_BET
     return math.log1p(math.exp(theta_gamma)), math.log1p(math.exp(theta_beta))
 
 
-__all__ = ["Conv4FT", "FeatureWiseTransform", "THETA_BETA", "THETA_GAMMA", "add_feature_transforms", "noise_scales",
-           "transforms_off"]
+__all__ = ["Conv4FT", "FeatureWiseTransform", "LFT_LR", "THETA_BETA", "THETA_GAMMA", "add_feature_transforms",
+           "learned_transforms", "noise_scales", "transforms_off"]
