@@ -38,7 +38,19 @@ def test_ft_layers_follow_each_batchnorm_and_add_no_trainable_parameter():
         assert isinstance(block[1], nn.BatchNorm2d) and isinstance(block[2], FeatureWiseTransform)
     plain = Conv4(1, width=8, depth=3)
     assert sum(p.numel() for p in ft.parameters()) == sum(p.numel() for p in plain.parameters())
-    assert noise_scales() == pytest.approx((0.8544, 0.9741), abs=1e-4)
+    # The authors' noise (their softplus has beta=100): deviations 0.3 and 0.5 from the thetas 0.3 and 0.5;
+    # softplus_beta=1 is fewshot's former scale.
+    assert noise_scales() == pytest.approx((0.3, 0.5), abs=1e-6)
+    assert noise_scales(softplus_beta=1.0) == pytest.approx((0.8544, 0.9741), abs=1e-4)
+    former = build_backbone("conv4-ft", (1, 16, 16), width=8, depth=3, softplus_beta=1.0).train()
+    torch.manual_seed(0)
+    z = torch.zeros(1, 8, 4, 4)
+    draws = torch.stack([layers[0](z)[0, :, 0, 0] for _ in range(2000)])  # beta's noise alone: x is 0
+    assert float(draws.std()) == pytest.approx(0.5, rel=0.05)
+    torch.manual_seed(0)
+    draws = torch.stack([next(m for m in former.modules() if isinstance(m, FeatureWiseTransform))(z)[0, :, 0, 0]
+                         for _ in range(2000)])
+    assert float(draws.std()) == pytest.approx(0.974, rel=0.05)
 
 
 def test_ft_layers_act_in_meta_training_and_gradients_flow_through_their_noise():
