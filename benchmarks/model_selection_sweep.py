@@ -3,14 +3,15 @@
 One command does everything, resumably (the zoo and the finished tasks are kept under
 ``--work``):
 
-1. **The zoo** (23 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
+1. **The zoo** (26 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
    trained by fewshot's own trainer, and Hugging Face ResNet, ConvNeXt and ViT configs
    trained here from scratch as image classifiers (their heads kept, so LEEP and NCE apply);
-   sources: the three Omniglot background alphabet groups and digits 0-4 (with rotations);
+   sources: the three Omniglot background alphabet groups, digits 0-4 (with rotations) and
+   the training regions of the sample photos (:mod:`fewshot.data.photos`, in grey);
    training methods: supervised with a head (Baseline / Baseline++, Chen et al. 2019,
    arXiv:1904.04232), ProtoNet (arXiv:1703.05175), first-order MAML (arXiv:1703.03400);
    two training lengths; one untrained control. All at 16×16 input.
-2. **The meta-dataset**: ``--tasks`` tasks of the six held-out groups
+2. **The meta-dataset**: ``--tasks`` tasks of the seven held-out groups
    (:mod:`fewshot.select.tasks`) × every model: task and model meta-features, every
    transferability score (N-LEEP and PARC among them) and k-NN signal, and three ground
    truths: the **sweep** (:func:`fewshot.select.sweep.sweep`: the linear probe, fine-tuning at
