@@ -1,4 +1,4 @@
-"""Model selection rebuilt on the sweep ground truth, a 23-model zoo with heads, groups as the unit (issue #29).
+"""Model selection rebuilt on the sweep ground truth, a 26-model zoo with heads, groups as the unit (issue #29).
 
 One command does everything, resumably (the zoo and the finished tasks are kept under
 ``--work``):
