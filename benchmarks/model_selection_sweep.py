@@ -1,16 +1,17 @@
-"""Model selection rebuilt on the sweep ground truth, a 23-model zoo with heads, groups as the unit (issue #29).
+"""Model selection rebuilt on the sweep ground truth, a 26-model zoo with heads, groups as the unit (issue #29).
 
 One command does everything, resumably (the zoo and the finished tasks are kept under
 ``--work``):
 
-1. **The zoo** (23 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
+1. **The zoo** (26 tiny models, seconds each): Conv-4 at widths 8/16/32, ResNet-12 and MLPs
    trained by fewshot's own trainer, and Hugging Face ResNet, ConvNeXt and ViT configs
    trained here from scratch as image classifiers (their heads kept, so LEEP and NCE apply);
-   sources: the three Omniglot background alphabet groups and digits 0-4 (with rotations);
+   sources: the three Omniglot background alphabet groups, digits 0-4 (with rotations) and
+   the training regions of the sample photos (:mod:`fewshot.data.photos`, in grey);
    training methods: supervised with a head (Baseline / Baseline++, Chen et al. 2019,
    arXiv:1904.04232), ProtoNet (arXiv:1703.05175), first-order MAML (arXiv:1703.03400);
    two training lengths; one untrained control. All at 16×16 input.
-2. **The meta-dataset**: ``--tasks`` tasks of the six held-out groups
+2. **The meta-dataset**: ``--tasks`` tasks of the seven held-out groups
    (:mod:`fewshot.select.tasks`) × every model: task and model meta-features, every
    transferability score (N-LEEP and PARC among them) and k-NN signal, and three ground
    truths: the **sweep** (:func:`fewshot.select.sweep.sweep`: the linear probe, fine-tuning at
@@ -48,13 +49,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from model_selection import finite, load_meta_csv, write_meta_csv  # noqa: E402
 from model_selection_groups import evaluate, markdown  # noqa: E402
 
-from fewshot.data import load_dataset  # noqa: E402
+from fewshot.data import to_float_images  # noqa: E402
 from fewshot.io import write_json  # noqa: E402
-from fewshot.select.groups import BACKGROUND_GROUPS, alphabet_splits  # noqa: E402
 from fewshot.select.index import Zoo  # noqa: E402
 from fewshot.select.measure import measure  # noqa: E402
 from fewshot.select.metafeatures import describe_task, fit_images, selection_row  # noqa: E402
-from fewshot.select.recipes import BATCHES, MAML_EPISODES, ZooSpec, build_zoo  # noqa: E402
+from fewshot.select.recipes import BATCHES, MAML_EPISODES, ZooSpec, build_zoo, source_dataset  # noqa: E402
 from fewshot.select.sweep import PROBE, Setting, collapse_report, collapsed, model_adapter, sweep  # noqa: E402
 from fewshot.select.tasks import TaskSource, sample_tasks  # noqa: E402
 
@@ -66,6 +66,7 @@ SHAPE = (1, SIDE, SIDE)
 GRID = (PROBE, Setting("finetune", 0.01, 20), Setting("finetune", 0.01, 60), Setting("finetune", 0.1, 20),
         Setting("lp-ft", 0.01, 20))
 FIXED = {"steps": 20}  # the previous meta-dataset's fixed recipe
+TASK_SOURCES = ["digits", "omniglot", "photos"]
 
 
 def _spec(name, backbone, objective, source, options, steps, shape=None, method=None, **train):
@@ -97,13 +98,16 @@ TRAINED = [
     _spec("resnet12-protonet-digits", "resnet12", "protonet", "digits", R12, LONG, train_way=10, train_query=3),
     _spec("mlp64-baseline-digits", "mlp", "baseline", "digits", {"hidden": [64]}, LONG, BATCHES, train_way=20),
     _spec("mlp128-protonet-european", "mlp", "protonet", "omniglot:bg-european", {"hidden": [128]}, LONG),
+    _spec("conv16-baseline-photos", "conv4", "baseline", "photos", C16, LONG, (12, 5, 1, 1)),
+    _spec("conv32-protonet-photos", "conv4", "protonet", "photos", C32, LONG, (12, 1, 5, 1)),
     ZooSpec("conv16-random", "conv4", "random-init", "none", C16, image_size=SIDE),
 ]
 #: Hugging Face configs trained here from scratch as image classifiers: (name, kind, source, steps).
 HUB = [("hf-resnet-asian", "resnet", "omniglot:bg-asian", HUB_STEPS),
        ("hf-resnet-digits", "resnet", "digits", HUB_STEPS),
        ("hf-convnext-european", "convnext", "omniglot:bg-european", HUB_STEPS),
-       ("hf-vit-other", "vit", "omniglot:bg-other", HUB_STEPS), ("hf-vit-digits", "vit", "digits", HUB_STEPS)]
+       ("hf-vit-other", "vit", "omniglot:bg-other", HUB_STEPS), ("hf-vit-digits", "vit", "digits", HUB_STEPS),
+       ("hf-resnet-photos", "resnet", "photos", HUB_STEPS)]
 
 
 def hub_config(kind: str, classes: list[str]):
@@ -124,23 +128,13 @@ def hub_config(kind: str, classes: list[str]):
 
 def source_images(source: str, data_root, cache: dict):
     """(images at 16×16, labels, class names, source metadata) of a zoo source."""
-    kind, _, group = source.partition(":")
-    if kind not in cache:
-        if kind == "digits":
-            cache[kind] = load_dataset("digits", data_root, image_size=SIDE, rotations=True)
-        else:
-            data = load_dataset("omniglot", data_root, image_size=SIDE, split_scheme="background")
-            data.splits.update(alphabet_splits(data, BACKGROUND_GROUPS))
-            cache[kind] = data
-    data = cache[kind]
-    split = "train" if kind == "digits" else group
+    data, split, meta = source_dataset(source, SIDE, data_root, cache)
     ids = data.split_classes(split)
     images = [data.class_images(c) for c in ids]
-    x = torch.cat(images)
+    x = to_float_images(torch.cat(images))
     y = torch.cat([torch.full((len(im),), i) for i, im in enumerate(images)])
     names = [data.class_names[c] for c in ids]
-    return x, y, names, {"dataset": kind, "group": group or "digits-0-4-rotations", "split": split,
-                         "num_classes": len(ids), "classes": names}
+    return x, y, names, {**meta, "split": split, "num_classes": len(ids), "classes": names}
 
 
 def train_hub(zoo: Zoo, name: str, kind: str, source: str, steps: int, work: Path, data_root, cache: dict,
@@ -190,11 +184,11 @@ def build_rows(zoo: Zoo, tasks: int, rows_path: Path, data_root, deadline_cpu: f
     """One record per (task, model), appended to ``rows_path`` task by task (a rerun resumes)."""
     done = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     finished = {r["task"] for r in done}
-    source = TaskSource(["digits", "omniglot"], 0, data_root)
+    source = TaskSource(TASK_SOURCES, 0, data_root)
     names = zoo.names()
     models = {n: zoo.load(n) for n in names}
     cpu0 = time.process_time()
-    for spec in sample_tasks(tasks, ["digits", "omniglot"]):
+    for spec in sample_tasks(tasks, TASK_SOURCES):
         if spec.task in finished:
             continue
         if time.process_time() - cpu0 > deadline_cpu or (deadline_wall and time.time() > deadline_wall):

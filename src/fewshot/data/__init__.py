@@ -25,6 +25,7 @@ from .folder import load_folder
 from .miniimagenet import load_mini_imagenet
 from .mnist import load_mnist
 from .omniglot import load_omniglot
+from .photos import load_photo_regions
 from .sinusoid import SinusoidSampler, SinusoidTask
 from .styles import STYLE_SEPARATOR, STYLES, split_domain, styled
 from .tieredimagenet import load_tiered_imagenet

@@ -25,6 +25,7 @@ from ..runs import Run
 from ..models.backbones import build_backbone
 from .groups import BACKGROUND_GROUPS, alphabet_splits
 from .index import Zoo
+from .tasks import PHOTO_OPTIONS
 
 
 # Training shapes, (way, shot, query, meta_batch), given by each spec (no list of method
@@ -40,7 +41,8 @@ class ZooSpec:
     """One model of a zoo to build: backbone, source data, objective, training shape.
 
     ``source`` is ``"omniglot:GROUP"`` (a group of :data:`BACKGROUND_GROUPS`, with
-    rotations as classes) or ``"digits"`` (digits 0-4 and their rotations).
+    rotations as classes), ``"digits"`` (digits 0-4 and their rotations) or ``"photos"``
+    (the training regions of :mod:`fewshot.data.photos`, in grey).
     ``objective`` is a trainable method name (``baseline``, ``baseline++``,
     ``protonet``, ``maml`` ...) or ``"random-init"`` (no training). ``train`` overrides
     fields of the :class:`~fewshot.config.TrainConfig`.
@@ -94,11 +96,19 @@ PRESETS: dict[str, list[ZooSpec]] = {
 }
 
 
-def _source_dataset(source: str, image_size: int, data_root: str | Path | None, cache: dict):
-    """``(dataset, split, source metadata)`` for a spec's source, datasets loaded once per build."""
+def source_dataset(source: str, image_size: int, data_root: str | Path | None, cache: dict):
+    """``(dataset, split, source metadata)`` for a zoo source, datasets loaded once per build
+    (``cache``); the metadata's ``dataset_options`` are what the dataset was loaded with."""
     from ..data import load_dataset
 
     kind, _, group = source.partition(":")
+    if kind == "photos":
+        options = {**PHOTO_OPTIONS, "image_size": image_size}
+        key = ("photos", image_size)
+        if key not in cache:
+            cache[key] = load_dataset("photo-regions", data_root, **options)
+        return cache[key], "train", {"dataset": "photo-regions", "group": "photo-regions-train",
+                                     "dataset_options": options}
     if kind == "digits":
         key = ("digits", image_size)
         if key not in cache:
@@ -117,21 +127,19 @@ def _source_dataset(source: str, image_size: int, data_root: str | Path | None, 
             cache[key] = dataset
         return cache[key], group, {"dataset": "omniglot", "group": group, "alphabets": list(BACKGROUND_GROUPS[group]),
                                    "dataset_options": {"image_size": image_size, "split_scheme": "background"}}
-    raise ConfigError(f"unknown zoo source '{source}'; use 'digits' or 'omniglot:GROUP'")
+    raise ConfigError(f"unknown zoo source '{source}'; use 'digits', 'photos' or 'omniglot:GROUP'")
 
 
-def _train_config(spec: ZooSpec, dataset, split: str, cpu_minutes: float | None, max_steps: int | None,
-                  seed: int):
+def _train_config(spec: ZooSpec, dataset, split: str, source: dict, cpu_minutes: float | None,
+                  max_steps: int | None, seed: int):
     from ..config import TrainConfig
 
     way, shot, query, meta_batch = spec.shape
     way = min(way, len(dataset.split_classes(split)))
-    source = spec.source.partition(":")[0]
-    options = {"image_size": spec.image_size, **({"rotations": True} if source == "digits" else
-                                                  {"split_scheme": "background"})}
     values: dict[str, Any] = dict(
         method=spec.objective, method_options=dict(spec.method_options), backbone=spec.backbone,
-        backbone_options=dict(spec.backbone_options), dataset=source, dataset_options=options, train_split=split,
+        backbone_options=dict(spec.backbone_options), dataset=source["dataset"],
+        dataset_options=dict(source["dataset_options"]), train_split=split,
         val_split=None, way=min(5, way), shot=1, query=5, train_way=way, train_shot=shot, train_query=query,
         meta_batch=meta_batch, episodes=max_steps or 1_000_000, lr=1e-3, checkpoint_every=200,
         val_every=10**9, seed=seed, cpu_minutes=cpu_minutes)
@@ -157,8 +165,8 @@ def build_model(zoo: Zoo, spec: ZooSpec, *, cpu_minutes: float | None = 1.0, max
         backbone = build_backbone(spec.backbone, image_shape, **spec.backbone_options)
         return zoo.add(spec.name, backbone, image_shape=image_shape,
                        metadata={**extra, "objective": "random-init", "source": {}, "train_cpu_seconds": 0.0})
-    dataset, split, source = _source_dataset(spec.source, spec.image_size, data_root, cache)
-    config = _train_config(spec, dataset, split, cpu_minutes, max_steps, seed)
+    dataset, split, source = source_dataset(spec.source, spec.image_size, data_root, cache)
+    config = _train_config(spec, dataset, split, source, cpu_minutes, max_steps, seed)
     run = Run(zoo.root / "runs" / spec.name)
     run_dir = run.path
     state = run.read_state() if Run.is_run(run_dir) else None

@@ -3,10 +3,11 @@
 Tasks come from classes no zoo model was trained on (:data:`GROUPS`): Omniglot's
 evaluation alphabets, upright, in three groups by script family (the zoo trains on
 background alphabets), the same alphabets' characters rotated by 90°, 180° and 270° as
-classes of their own, upright digits 5-9, and rotated digits 5-9 (the digits models train
-on 0-4). A task's group is the unit of leave-one-group-out evaluation. Task ``i`` is fully
-determined by (sources, seed, i): its group is ``i`` modulo the number of groups, its way
-and shot are drawn from a generator seeded with ``(seed, i)``, and its episode is episode
+classes of their own, upright digits 5-9, rotated digits 5-9 (the digits models train
+on 0-4), and the test regions of scikit-learn's sample photos in grey
+(:mod:`fewshot.data.photos`: the photo models train on the other regions). A task's group
+is the unit of leave-one-group-out evaluation. Task ``i`` is fully determined by
+(sources, seed, i): its group is ``i`` modulo the number of groups, its way and shot are drawn from a generator seeded with ``(seed, i)``, and its episode is episode
 ``i`` of an :class:`~fewshot.data.EpisodeSampler` of that group with the same seed, so
 asking for more tasks later extends the same list.
 """
@@ -27,7 +28,7 @@ from .groups import EVALUATION_GROUPS, alphabet_splits
 class Group:
     """Where a group's tasks come from and what shapes they take."""
 
-    dataset: str                 # "omniglot" or "digits"
+    dataset: str                 # "omniglot", "digits" or "photo-regions"
     ways: tuple[int, ...]
     shots: tuple[int, ...]
     query: int
@@ -40,9 +41,12 @@ GROUPS: dict[str, dict[str, Group]] = {
     "omniglot": {**{name: _OMNIGLOT for name in EVALUATION_GROUPS}, "eval-rotated": _OMNIGLOT},
     "digits": {"digits": Group("digits", (2, 3, 5), (1, 2, 5, 10), 15),
                "digits-rot": Group("digits", (2, 5, 10), (1, 2, 5), 15)},
+    "photos": {"photos": Group("photo-regions", (2, 5, 10), (1, 2, 5), 10)},
 }
 SOURCES = tuple(GROUPS)
 MAX_SUPPORT = 50
+#: The photo regions as tasks and zoo sources see them: grey, as every zoo model takes one channel.
+PHOTO_OPTIONS = {"image_size": 32, "channels": 1}
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class TaskSource:
                 data = load_dataset("omniglot", self.data_root, image_size=28, split_scheme="background")
                 data.splits.update(alphabet_splits(data, EVALUATION_GROUPS, upright_only=True))
                 data.splits["eval-rotated"] = _rotated(data)
+            elif kind == "photo-regions":
+                data = load_dataset("photo-regions", self.data_root, **PHOTO_OPTIONS)
+                data.splits["photos"] = data.split_classes("test")
             else:
                 # Digits 5-9, which no zoo model trains on: upright, and rotated as classes of their own.
                 data = load_dataset("digits", self.data_root, rotations=True)
@@ -122,4 +129,4 @@ class TaskSource:
         return self._samplers[key].episode(task.index)
 
 
-__all__ = ["GROUPS", "Group", "MAX_SUPPORT", "SOURCES", "TaskSource", "TaskSpec", "sample_tasks", "task_groups"]
+__all__ = ["GROUPS", "Group", "MAX_SUPPORT", "PHOTO_OPTIONS", "SOURCES", "TaskSource", "TaskSpec", "sample_tasks", "task_groups"]
