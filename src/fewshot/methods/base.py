@@ -57,7 +57,6 @@ from torch import nn
 
 from ..data.episodes import Episode
 from ..errors import ConfigError
-from ..metrics import accuracy  # noqa: F401  (re-exported: fewshot.methods.pretrain takes it from here)
 from ..models.feature_transform import learned_transforms
 from ..params import Constraint, recording_init
 from ..registry import Registry

@@ -35,7 +35,8 @@ from ..data.episodes import Episode
 from ..errors import ConfigError
 from ..models.backbones import feature_dim
 from ..params import Integer, Optional, Real, validate
-from .base import Method, Predictor, accuracy, register
+from ..metrics import accuracy
+from .base import Method, Predictor, register
 from .transfer import CosineHead, new_head, train_head
 
 ADAPT_DEFAULTS: dict[str, Any] = {"adapt_epochs": 100, "adapt_lr": 0.01, "adapt_batch": 4, "seed": 0}
