@@ -38,7 +38,7 @@ another way than it trained (MAML's head) is marked n/a there.
 
 Runs go under ``--runs`` and are reused (a finished mark is not trained again; delete the
 folder to retrain). ``--jobs N`` trains N runs at once, one thread each: CPU time is each
-run's own. Writes ``budget_curves.{json,md}`` and ``budget_curves-SUITE.png`` under ``--results``.
+run's own. Writes ``budget_curves.{json,md}`` and ``NAME-SUITE.png`` (NAME: ``--name``) under ``--results``.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def best_per_budget(rows: list[dict]) -> list[dict]:
     return best
 
 
-def figures(rows: list[dict], results: Path) -> list[str]:
+def figures(rows: list[dict], results: Path, stem: str) -> list[str]:
     paths = []
     for suite in dict.fromkeys(r["suite"] for r in rows):
         series = []
@@ -261,7 +261,7 @@ def figures(rows: list[dict], results: Path) -> list[str]:
             series.append(Series(variant, [r["train_cpu_seconds"] / 60 for r in mine], [r["accuracy"] for r in mine],
                                  [r["ci95"] for r in mine], color=f"C{i % 10}"))
         if series:
-            path = results / f"budget_curves-{suite}.png"
+            path = results / f"{stem}-{suite}.png"
             accuracy_against(series, path, xlabel="training CPU-minutes (one thread)",
                              title=f"{suite}: accuracy against training CPU time", ticks_at_values=False)
             paths.append(str(path))
@@ -378,7 +378,7 @@ def main() -> None:
     results = Path(args.results)
     if args.report_only:
         out = read_json(results / f"{args.name}.json")
-        out["figures"] = figures(out["rows"], results) + [best_figure(out["best"], results, args.name)]
+        out["figures"] = figures(out["rows"], results, args.name) + [best_figure(out["best"], results, args.name)]
         (results / f"{args.name}.md").write_text(markdown(out))
         return
     wide = args.wide_episodes or args.episodes
@@ -428,7 +428,7 @@ def main() -> None:
                                        for t in trained for m in t["marks"][-1:]),
            "wall_seconds": time.perf_counter() - wall0, "training": trained, "rows": rows,
            "best": best_per_budget(rows)}
-    out["figures"] = figures(rows, results) + [best_figure(out["best"], results, args.name)]
+    out["figures"] = figures(rows, results, args.name) + [best_figure(out["best"], results, args.name)]
     write_json(results / f"{args.name}.json", out)
     (results / f"{args.name}.md").write_text(markdown(out))
     print(f"wrote {results / (args.name + '.md')}", flush=True)

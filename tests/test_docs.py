@@ -23,6 +23,8 @@ DOCS = ROOT / "docs"
 FIGURE_COPIES = {
     "docs/figures/maml60_summary.png": "benchmarks/results/maml60/summary.png",
     "docs/figures/rl_navigation.png": "benchmarks/results/rl_navigation.png",
+    "docs/figures/budget_curves-best.png": "benchmarks/results/budget_curves-best.png",
+    "docs/figures/budget_curves_long-best.png": "benchmarks/results/budget_curves_long-best.png",
 }
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1\s*$", re.S | re.M)
