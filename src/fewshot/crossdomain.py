@@ -26,10 +26,10 @@ depends on the shift (the first for input-level shifts, the last for output-leve
 Lee et al. choose it per target distribution on held-out data of it. Here: on validation
 episodes of the target domain whose classes are *disjoint* from the test episodes' (its
 ``val`` split, else its ``train`` split, when tested on ``test``; :func:`choose_block`: the
-best mean accuracy, ties to the lower block), so the test episodes, their queries included, are never looked at; a validation
-split sharing a class with the test's is refused. A domain without such classes gets the block
-chosen by cross-validation inside each support set (FineTune's ``cv=True`` with
-``cv_grid={"block": [...]}``, :mod:`fewshot.methods.transfer`).
+best mean accuracy, ties to the lower block), so the test episodes, their queries included,
+are never looked at; a validation split sharing a class with the test's is refused. A domain
+without such classes gets the block chosen by cross-validation inside each support set
+(FineTune's ``cv=True`` with ``cv_grid={"block": [...]}``, :mod:`fewshot.methods.transfer`).
 """
 
 from __future__ import annotations

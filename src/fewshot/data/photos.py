@@ -25,8 +25,8 @@ from ..errors import ConfigError
 from ..params import Integer, OneOf
 from .base import DATASETS, ClassDataset
 
-#: The cells of the grid (row-major indices) that go to the training split, per grid shape:
-#: half of them, drawn once with this generator so that no option can move a region across.
+#: Seeds the draw of the grid cells (row-major indices) that go to the training split, half of
+#: them: fixed, so that ``seed`` (which draws the patches) never moves a region across splits.
 _SPLIT_SEED = 20241207
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
@@ -71,7 +71,8 @@ def load_photo_regions(root=None, *, image_size: int = 32, channels: int = 3, ro
 
     :func:`fewshot.data.load_dataset` checks the options against ``_parameter_constraints``."""
     if min_side > max_side:
-        raise ConfigError(f"photo-regions: min_side {min_side} is above max_side {max_side}; give min_side ≤ max_side")
+        raise ConfigError(f"photo-regions: min_side {min_side} is above max_side {max_side}; "
+                          "give min_side ≤ max_side")
     images, labels, names = photo_regions(rows, cols, per_class, min_side, max_side, image_size, seed)
     if channels == 1:
         images = (images.float() * _LUMA).sum(1, keepdim=True).round().clamp_(0, 255).to(torch.uint8)

@@ -7,9 +7,10 @@ classes of their own, upright digits 5-9, rotated digits 5-9 (the digits models 
 on 0-4), and the test regions of scikit-learn's sample photos in grey
 (:mod:`fewshot.data.photos`: the photo models train on the other regions). A task's group
 is the unit of leave-one-group-out evaluation. Task ``i`` is fully determined by
-(sources, seed, i): its group is ``i`` modulo the number of groups, its way and shot are drawn from a generator seeded with ``(seed, i)``, and its episode is episode
-``i`` of an :class:`~fewshot.data.EpisodeSampler` of that group with the same seed, so
-asking for more tasks later extends the same list.
+(sources, seed, i): its group is ``i`` modulo the number of groups, its way and shot are
+drawn from a generator seeded with ``(seed, i)``, and its episode is episode ``i`` of an
+:class:`~fewshot.data.EpisodeSampler` of that group with the same seed, so asking for more
+tasks later extends the same list.
 """
 
 from __future__ import annotations
