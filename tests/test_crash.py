@@ -51,7 +51,10 @@ def stalled(path):
         if chosen(Path(path), tmp):
             data = tmp.read_bytes()
             tmp.write_bytes(data[: len(data) // 2])
-            marker.write_text(str(tmp))
+            # The marker appears whole (a rename), or the test could read it half-written.
+            part = marker.with_name(marker.name + ".part")
+            part.write_text(str(tmp))
+            part.replace(marker)
             time.sleep(600)  # killed here, before the rename
 
 
