@@ -20,6 +20,7 @@ Variants (``--variants``; training episodes 5-way 1-shot 15-query unless said):
   fine-tuned linear head;
 * ``protonet-bf16``: ProtoNet trained under bf16 autocast (tested in fp32);
 * ``protonet-60w``: ProtoNet on 60-way 1-shot 5-query episodes (Snell et al. 2017's shape);
+  ``protonet-60w-bf16``: the same under bf16 autocast;
 * ``pretrain+protonet``: ``baseline``'s weights at ``--pretrain-minutes`` as ProtoNet's
   initial backbone, then ProtoNet episodes (Chen et al. 2019; P>M>F, Hu et al. 2022,
   arXiv:2204.07305, pretrain -> meta-train): at mark M it has spent the pre-training minutes
@@ -80,6 +81,7 @@ VARIANTS = {
     "baseline": ("baseline", {}),
     "protonet-bf16": ("protonet", {"precision": "bf16"}),
     "protonet-60w": ("protonet", {"train_way": 60, "train_query": 5}),
+    "protonet-60w-bf16": ("protonet", {"train_way": 60, "train_query": 5, "precision": "bf16"}),
     "pretrain+protonet": ("protonet", {}),
 }
 PRETRAINED = {"pretrain+protonet": "baseline"}
@@ -401,7 +403,7 @@ def main() -> None:
     jobs = []
     for d in datasets:
         for v in args.variants:
-            if v == "protonet-60w" and d == "digits":
+            if d == "digits" and VARIANTS[v][1].get("train_way", 0) > 20:
                 continue  # digits has 20 training classes: no 60-way episodes
             own = {m for m in marks[d] if m <= cap.get(v, float("inf"))}
             if v in PRETRAINED or v in PRETRAINED.values():  # the pre-trained source's mark, from both sides
