@@ -16,7 +16,8 @@ One command does everything, resumably (the zoo and the finished tasks are kept 
    transferability score (N-LEEP and PARC among them) and k-NN signal, and three ground
    truths: the **sweep** (:func:`fewshot.select.sweep.sweep`: the linear probe, fine-tuning at
    2 learning rates × 2 lengths and LP-FT, chosen on 2 stratified validation folds inside the
-   support set, then measured on the queries), the linear probe alone, and the old fixed
+   support set, then measured on the queries; a setting whose model fails to fit its own
+   support set is passed over for the next), the linear probe alone, and the old fixed
    20-step fine-tune (for the collapse count only). Written as
    ``model_selection_meta.csv.gz`` in the committed format (``accuracy_finetune`` is now the
    sweep's accuracy; see the README proposal).
@@ -209,7 +210,8 @@ def build_rows(zoo: Zoo, tasks: int, rows_path: Path, data_root, deadline_cpu: f
             records.append({"task": spec.task, "grp": spec.group, "model": name, "way": episode.way,
                             "shot": spec.shot, "features": {**described, **row}, "accuracy_ft": result["accuracy"],
                             "accuracy_lp": probe, "accuracy_fixed": fixed, "setting": result["setting"],
-                            "validation": result["validation"], "collapsed": result["collapsed"],
+                            "validation": result["validation"], "failed_to_fit": result["failed_to_fit"],
+                            "support_accuracy": result["support_accuracy"], "collapsed": result["collapsed"],
                             "fixed_collapsed": collapsed(fixed, probe, episode.way), **costs, "cpu_lp": cpu_lp,
                             "cpu_ft": result["cpu_seconds"], "cpu_fixed": cpu_fixed})
         with rows_path.open("a") as f:
@@ -307,12 +309,14 @@ def write_results(results: Path, zoo: Zoo, state: dict, evaluations: dict, cpu_a
                               "probe_accuracy": r["accuracy_lp"], "setting": "finetune steps=20"} for r in records])
     swept = collapse_report([{**r, "accuracy": r["accuracy_ft"], "probe_accuracy": r["accuracy_lp"]} for r in records])
     chosen = dict(Counter(r["setting"] for r in records).most_common())
+    passed = Counter(name for r in records for name in r.get("failed_to_fit", []))
+    failed = {"runs": sum(bool(r.get("failed_to_fit")) for r in records), "settings_passed_over": dict(passed.most_common())}
     truths = ground_truths(records, names)
     load = os.getloadavg()
     out = {"benchmark": "model_selection_sweep", "command": " ".join(["python", *sys.argv]),
            "tasks": len(complete), "tasks_per_group": dict(sorted(groups.items())), "models": len(names),
            "zoo": zoo_table(zoo), "sweep": [s.name for s in GRID], "validation_folds": 2,
-           "collapse": {"sweep": swept, "fixed_20_steps": fixed}, "chosen_settings": chosen,
+           "collapse": {"sweep": swept, "fixed_20_steps": fixed}, "chosen_settings": chosen, "failed_to_fit": failed,
            "ground_truths": truths, "evaluations": evaluations,
            "cpu_seconds": {"zoo_this_run": cpu_zoo, "meta_dataset_this_run": cpu_build, "analysis": cpu_analysis,
                            "total_this_run": cpu,
@@ -343,6 +347,9 @@ def write_results(results: Path, zoo: Zoo, state: dict, evaluations: dict, cpu_a
               f"- collapsed runs (within 2 points of chance while the model's probe is ≥ 10 points above it): "
               f"sweep **{swept['collapsed']} of {swept['runs']}**, old fixed 20-step fine-tune "
               f"**{fixed['collapsed']} of {fixed['runs']}**",
+              f"- runs where the best setting on validation failed to fit the support set (under half of it right, "
+              f"or chance) and the next was taken: **{failed['runs']} of {swept['runs']}** (passed over: "
+              + (", ".join(f"{k} {v}" for k, v in passed.most_common()) or "none") + ")",
               "- settings the sweep chose: " + ", ".join(f"{k} {v}" for k, v in chosen.items()),
               "- best model on average: " + "; ".join(f"{k} {v['best_on_average']}" for k, v in truths.items()),
               "- tasks with several truly best models: "

@@ -24,10 +24,11 @@ TARGETS = ("finetune", "linear-probe")  # the ground truths a meta-store records
 ADAPTATIONS = (*TARGETS, "lp-ft")  # what measure() runs
 
 
-def measure(model: Pretrained, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
-            query_y: torch.Tensor, way: int, target: str, finetune: dict | None = None,
-            support_features: torch.Tensor | None = None) -> tuple[float, float]:
-    """Query accuracy (%) after adapting ``model`` to the support set, and its CPU seconds.
+def predict(model: Pretrained, support_x: torch.Tensor, support_y: torch.Tensor, eval_x: torch.Tensor, way: int,
+            target: str, finetune: dict | None = None,
+            support_features: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The labels ``model`` predicts for ``eval_x`` after adapting to the support set, and
+    the CPU seconds of both.
 
     ``target="linear-probe"``: logistic regression on frozen features (the defaults of
     FineTune's linear probe); ``"finetune"``: :func:`~fewshot.methods.transfer.wrap` with
@@ -39,21 +40,33 @@ def measure(model: Pretrained, support_x: torch.Tensor, support_y: torch.Tensor,
     bn = bn_mode(model.metadata)
     shape = model.metadata["image_shape"]
     start = time.process_time()
-    sx, qx = fit_images(support_x, shape), fit_images(query_x, shape)
+    sx, ex = fit_images(support_x, shape), fit_images(eval_x, shape)
     if target == "linear-probe":
         features = support_features if support_features is not None else extract(model.backbone, sx, bn)
         head = logistic_probe(features, support_y, way)
         with torch.no_grad():
-            logits = head(extract(model.backbone, qx, bn))
+            logits = head(extract(model.backbone, ex, bn))
     elif target in ("finetune", "lp-ft"):
         method = wrap(model, target, bn=bn, **(finetune or {}))
         predictor = method.adapt(sx, support_y, way)
         with torch.no_grad():
-            logits = predictor(qx)
+            logits = predictor(ex)
     else:
         raise ConfigError(f"unknown adaptation '{target}'; choose one of: {', '.join(ADAPTATIONS)}")
-    accuracy = float((logits.argmax(1) == query_y).double().mean()) * 100.0
-    return accuracy, time.process_time() - start
+    return logits.argmax(1), time.process_time() - start
+
+
+def accuracy_of(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy (%) of predicted labels."""
+    return float((predicted == labels).double().mean()) * 100.0
+
+
+def measure(model: Pretrained, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+            query_y: torch.Tensor, way: int, target: str, finetune: dict | None = None,
+            support_features: torch.Tensor | None = None) -> tuple[float, float]:
+    """Query accuracy (%) after adapting ``model`` to the support set (:func:`predict`), and its CPU seconds."""
+    predicted, seconds = predict(model, support_x, support_y, query_x, way, target, finetune, support_features)
+    return accuracy_of(predicted, query_y), seconds
 
 
 def cross_validated_accuracy(model: Pretrained, support_x: torch.Tensor, support_y: torch.Tensor, way: int,
@@ -88,4 +101,5 @@ def fold_accuracy(adapt_and_score: Callable[..., tuple[float, float]], support_x
     return correct / max(total, 1), cpu
 
 
-__all__ = ["ADAPTATIONS", "TARGETS", "cross_validated_accuracy", "fold_accuracy", "measure"]
+__all__ = ["ADAPTATIONS", "TARGETS", "accuracy_of", "cross_validated_accuracy", "fold_accuracy", "measure",
+           "predict"]

@@ -8,8 +8,9 @@ for each (task, model), :func:`sweep` adapts with every :class:`Setting` of a sm
 the linear probe, fine-tuning at learning rate × steps, and LP-FT — chooses the setting
 with the highest accuracy on a **validation split inside the task's support set**
 (stratified folds of :func:`~.measure.fold_accuracy`; the queries are never looked at),
-then adapts with it on the whole support set and measures the queries. The chosen setting
-is recorded. :func:`collapsed` flags a run left at chance while the model's linear probe is
+then adapts with it on the whole support set and measures the queries; a setting whose
+adapted model then fails to fit its own support set (:func:`failed_to_fit`) is passed
+over for the next. The chosen setting is recorded. :func:`collapsed` flags a run left at chance while the model's linear probe is
 above it; :func:`collapse_report` counts them.
 """
 
@@ -22,7 +23,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.pretrained import Pretrained
-from .measure import ADAPTATIONS, fold_accuracy, measure
+from .measure import ADAPTATIONS, accuracy_of, fold_accuracy, predict
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,13 @@ SWEEP: tuple[Setting, ...] = (
 )
 PROBE = Setting("linear-probe")
 
-#: Adapt on (train_x, train_y) with a setting, score on (test_x, test_y): (accuracy %, CPU s).
-Adapt = Callable[[Setting, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[float, float]]
+#: Adapt on (train_x, train_y) with a setting, then predict eval_x: (predicted labels, CPU s).
+Adapt = Callable[[Setting, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, float]]
 
 
 def model_adapter(model: Pretrained, way: int) -> Adapt:
-    """:func:`~.measure.measure` of ``model`` as an :data:`Adapt`."""
-    return lambda s, tx, ty, ex, ey: measure(model, tx, ty, ex, ey, way, s.strategy, s.options)
+    """:func:`~.measure.predict` of ``model`` as an :data:`Adapt`."""
+    return lambda s, tx, ty, ex: predict(model, tx, ty, ex, way, s.strategy, s.options)
 
 
 def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
@@ -77,11 +78,20 @@ def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_
     """The ground truth of one (task, model): the best setting on validation, measured on the queries.
 
     Each setting's validation accuracy is pooled over ``folds`` stratified folds of the
-    support set (:func:`~.measure.fold_accuracy`). The chosen one (highest validation
-    accuracy, the first on ties) is adapted on the whole support set and scored on the
-    queries; so is the linear probe, for :func:`collapsed` only. Returns ``accuracy`` (the
-    chosen setting's query accuracy, %), ``setting`` (its name), ``validation`` ({name:
-    accuracy %}), ``probe_accuracy``, ``chance`` (100 / way), ``collapsed`` and ``cpu_seconds``.
+    support set (:func:`~.measure.fold_accuracy`). The best one (the first on ties) is
+    adapted on the whole support set and scored on the queries, unless its model then
+    **failed to fit** its own support set (:func:`failed_to_fit`: it diverged, or is far
+    from converged). Then the next setting by validation is taken, as a practitioner drops a
+    run whose training accuracy stayed low. The guard is needed because validation inside a
+    small support set is coarse (at 1 shot and 2 folds, two held-out examples): a run that
+    predicts one class scores 50 % there by luck. It reads the support labels only, never
+    the queries'.
+    The linear probe is scored on the queries too, for :func:`collapsed` only.
+
+    Returns ``accuracy`` (the chosen setting's query accuracy, %), ``setting`` (its name),
+    ``validation`` ({name: accuracy %}), ``failed_to_fit`` (the names passed over, best first),
+    ``support_accuracy`` (the chosen model's on its own support set), ``probe_accuracy``,
+    ``chance`` (100 / way), ``collapsed`` and ``cpu_seconds``.
     """
     if not settings:
         raise ConfigError("a sweep needs at least one setting")
@@ -90,20 +100,37 @@ def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_
         raise ConfigError(f"the sweep lists a setting twice: {names}")
     validation, cpu = {}, 0.0
     for setting in settings:
-        accuracy, seconds = fold_accuracy(lambda tx, ty, hx, hy: adapt(setting, tx, ty, hx, hy),
-                                          support_x, support_y, folds)
-        validation[setting.name], cpu = accuracy, cpu + seconds
-    chosen = max(settings, key=lambda s: validation[s.name])  # max keeps the first of equal ones
-    accuracy, seconds = adapt(chosen, support_x, support_y, query_x, query_y)
-    cpu += seconds
+        def scored(tx, ty, hx, hy, setting=setting):
+            predicted, seconds = adapt(setting, tx, ty, hx)
+            return accuracy_of(predicted, hy), seconds
+        validation[setting.name], seconds = fold_accuracy(scored, support_x, support_y, folds)
+        cpu += seconds
+    ranked = sorted(settings, key=lambda s: -validation[s.name])  # a stable sort keeps the first of equal ones
+    both, n = torch.cat([query_x, support_x]), len(query_x)  # one adaptation predicts the queries and the support
+    passed_over = []
+    for chosen in ranked:
+        predicted, seconds = adapt(chosen, support_x, support_y, both)
+        cpu += seconds
+        accuracy, fit = accuracy_of(predicted[:n], query_y), accuracy_of(predicted[n:], support_y)
+        if not failed_to_fit(fit, way) or chosen == ranked[-1]:
+            break
+        passed_over.append(chosen.name)
     if chosen == PROBE:
         probe = accuracy
     else:
-        probe, seconds = adapt(PROBE, support_x, support_y, query_x, query_y)
-        cpu += seconds
-    chance = 100.0 / way
-    return {"accuracy": accuracy, "setting": chosen.name, "validation": validation, "probe_accuracy": probe,
-            "chance": chance, "collapsed": collapsed(accuracy, probe, way), "cpu_seconds": cpu}
+        predicted, seconds = adapt(PROBE, support_x, support_y, query_x)
+        probe, cpu = accuracy_of(predicted, query_y), cpu + seconds
+    return {"accuracy": accuracy, "setting": chosen.name, "validation": validation, "failed_to_fit": passed_over,
+            "support_accuracy": fit, "probe_accuracy": probe, "chance": 100.0 / way,
+            "collapsed": collapsed(accuracy, probe, way), "cpu_seconds": cpu}
+
+
+def failed_to_fit(support_accuracy: float, way: int, *, at_chance: float = 2.0) -> bool:
+    """An adaptation whose model misclassifies at least half of its own support set (the
+    examples it trained on), or is within ``at_chance`` points of chance there (100 / way;
+    what a run that predicts one class scores): it diverged or is far from converged, and a
+    model that cannot fit its training examples is no measure of what the model can do."""
+    return support_accuracy < 50.0 or support_accuracy <= 100.0 / way + at_chance
 
 
 def collapsed(accuracy: float, probe_accuracy: float, way: int, *, at_chance: float = 2.0,
@@ -123,4 +150,4 @@ def collapse_report(records: Sequence[dict]) -> dict:
                          for r in bad[:10]]}
 
 
-__all__ = ["PROBE", "SWEEP", "Setting", "collapse_report", "collapsed", "model_adapter", "sweep"]
+__all__ = ["PROBE", "SWEEP", "Setting", "collapse_report", "collapsed", "failed_to_fit", "model_adapter", "sweep"]
