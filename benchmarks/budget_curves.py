@@ -18,7 +18,7 @@ Variants (``--variants``; training episodes 5-way 1-shot 15-query unless said):
 * ``baseline``: supervised pre-training over all training classes (Chen et al. 2019,
   arXiv:1904.04232), batches of 64 classes x 2 images (20 x 4 on digits), tested by its
   fine-tuned linear head;
-* ``protonet-bf16``: ProtoNet trained under bf16 autocast (tested in fp32);
+* ``protonet-bf16``, ``relationnet-bf16``: trained under bf16 autocast (tested in fp32);
 * ``protonet-60w``: ProtoNet on 60-way 1-shot 5-query episodes (Snell et al. 2017's shape);
   ``protonet-60w-bf16``: the same under bf16 autocast;
 * ``pretrain+protonet``: ``baseline``'s weights at ``--pretrain-minutes`` as ProtoNet's
@@ -82,6 +82,7 @@ VARIANTS = {
     "protonet-bf16": ("protonet", {"precision": "bf16"}),
     "protonet-60w": ("protonet", {"train_way": 60, "train_query": 5}),
     "protonet-60w-bf16": ("protonet", {"train_way": 60, "train_query": 5, "precision": "bf16"}),
+    "relationnet-bf16": ("relationnet", {"precision": "bf16"}),
     "pretrain+protonet": ("protonet", {}),
 }
 PRETRAINED = {"pretrain+protonet": "baseline"}
