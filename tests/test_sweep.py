@@ -75,11 +75,16 @@ def test_a_setting_that_fails_to_fit_its_support_set_is_passed_over():
     result = sweep(planted, *data, 2, [PROBE, A, B])
     assert result["setting"] == B.name and result["accuracy"] == 90.0 and result["failed_to_fit"] == [A.name]
     assert not result["collapsed"]
-    # Every setting failing: the last by validation is kept, and the collapse is still counted.
-    planted = Planted(data, {"linear-probe": 25.0, A.name: 75.0}, {"linear-probe": 80.0, A.name: 50.0},
-                      fit={A.name: 50.0, "linear-probe": 50.0})
-    result = sweep(planted, *data, 2, [A, PROBE])
-    assert result["setting"] == "linear-probe" and result["failed_to_fit"] == [A.name]
+    # None fits: the one that fits its support set best is kept (B, though last on validation),
+    # and on ties the first by validation.
+    planted = Planted(data, {"linear-probe": 50.0, A.name: 75.0, B.name: 25.0},
+                      {"linear-probe": 80.0, A.name: 50.0, B.name: 60.0},
+                      fit={A.name: 25.0, "linear-probe": 25.0, B.name: 37.5}, way=4)
+    result = sweep(planted, *data, 2, [PROBE, A, B])
+    assert result["setting"] == B.name and result["failed_to_fit"] == [A.name, "linear-probe"]
+    assert result["accuracy"] == 60.0 and result["support_accuracy"] == 37.5
+    planted.fit[B.name] = 25.0
+    assert sweep(planted, *data, 2, [PROBE, A, B])["setting"] == A.name
     assert failed_to_fit(50.0, way=2) and failed_to_fit(40.0, way=5) and not failed_to_fit(60.0, way=5)
     assert failed_to_fit(6.0, way=20) and not failed_to_fit(100.0, way=2)
 

@@ -82,7 +82,8 @@ def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_
     adapted on the whole support set and scored on the queries, unless its model then
     **failed to fit** its own support set (:func:`failed_to_fit`: it diverged, or is far
     from converged). Then the next setting by validation is taken, as a practitioner drops a
-    run whose training accuracy stayed low. The guard is needed because validation inside a
+    run whose training accuracy stayed low; if none fits, the one that fits the support set
+    best is kept. The guard is needed because validation inside a
     small support set is coarse (at 1 shot and 2 folds, two held-out examples): a run that
     predicts one class scores 50 % there by luck. It reads the support labels only, never
     the queries'.
@@ -107,14 +108,17 @@ def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_
         cpu += seconds
     ranked = sorted(settings, key=lambda s: -validation[s.name])  # a stable sort keeps the first of equal ones
     both, n = torch.cat([query_x, support_x]), len(query_x)  # one adaptation predicts the queries and the support
-    passed_over = []
+    tried = []  # (setting, query accuracy, support accuracy) of the settings that failed to fit
     for chosen in ranked:
         predicted, seconds = adapt(chosen, support_x, support_y, both)
         cpu += seconds
         accuracy, fit = accuracy_of(predicted[:n], query_y), accuracy_of(predicted[n:], support_y)
-        if not failed_to_fit(fit, way) or chosen == ranked[-1]:
+        if not failed_to_fit(fit, way):
             break
-        passed_over.append(chosen.name)
+        tried.append((chosen, accuracy, fit))
+    else:  # none fits its support set: the one that fits it best (max keeps the first, by validation, of equals)
+        chosen, accuracy, fit = max(tried, key=lambda t: t[2])
+    passed_over = [s.name for s, _, _ in tried if s != chosen]
     if chosen == PROBE:
         probe = accuracy
     else:
