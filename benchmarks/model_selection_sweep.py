@@ -348,7 +348,8 @@ def write_results(results: Path, zoo: Zoo, state: dict, evaluations: dict, cpu_a
               f"sweep **{swept['collapsed']} of {swept['runs']}**, old fixed 20-step fine-tune "
               f"**{fixed['collapsed']} of {fixed['runs']}**",
               f"- runs where the best setting on validation failed to fit the support set (under half of it right, "
-              f"or chance) and the next was taken: **{failed['runs']} of {swept['runs']}** (passed over: "
+              f"or chance) and the next was taken (or, when none fit, the best-fitting one): "
+              f"**{failed['runs']} of {swept['runs']}** (passed over: "
               + (", ".join(f"{k} {v}" for k, v in passed.most_common()) or "none") + ")",
               "- settings the sweep chose: " + ", ".join(f"{k} {v}" for k, v in chosen.items()),
               "- best model on average: " + "; ".join(f"{k} {v['best_on_average']}" for k, v in truths.items()),
