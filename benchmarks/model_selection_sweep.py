@@ -26,9 +26,9 @@ One command does everything, resumably (the zoo and the finished tasks are kept 
    only, intervals over groups first and over tasks second, paired differences, per-group
    regrets; plus the collapse check of the sweep and of the fixed recipe.
 
-    OMP_NUM_THREADS=1 FEWSHOT_DATA=/work/shared/data python benchmarks/model_selection_sweep.py --tasks 98 --build-cpu-minutes 150
+    OMP_NUM_THREADS=1 FEWSHOT_DATA=/work/shared/data python benchmarks/model_selection_sweep.py --tasks 112 --build-cpu-minutes 150
 
-(the committed results: 98 tasks, 14 per group; about 50 CPU-minutes of building, 17 of judging)
+(the committed results: 112 tasks, 16 per group; about 64 CPU-minutes of building, 18 of judging)
 
 Writes benchmarks/results/model_selection.{json,md} and model_selection_meta.csv.gz.
 ``--analyse-only`` re-judges the rows already built.
@@ -310,7 +310,8 @@ def write_results(results: Path, zoo: Zoo, state: dict, evaluations: dict, cpu_a
     swept = collapse_report([{**r, "accuracy": r["accuracy_ft"], "probe_accuracy": r["accuracy_lp"]} for r in records])
     chosen = dict(Counter(r["setting"] for r in records).most_common())
     passed = Counter(name for r in records for name in r.get("failed_to_fit", []))
-    failed = {"runs": sum(bool(r.get("failed_to_fit")) for r in records), "settings_passed_over": dict(passed.most_common())}
+    failed = {"runs": sum(bool(r.get("failed_to_fit")) for r in records),
+              "settings_passed_over": dict(passed.most_common())}
     truths = ground_truths(records, names)
     load = os.getloadavg()
     out = {"benchmark": "model_selection_sweep", "command": " ".join(["python", *sys.argv]),

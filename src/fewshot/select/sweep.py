@@ -10,8 +10,8 @@ with the highest accuracy on a **validation split inside the task's support set*
 (stratified folds of :func:`~.measure.fold_accuracy`; the queries are never looked at),
 then adapts with it on the whole support set and measures the queries; a setting whose
 adapted model then fails to fit its own support set (:func:`failed_to_fit`) is passed
-over for the next. The chosen setting is recorded. :func:`collapsed` flags a run left at chance while the model's linear probe is
-above it; :func:`collapse_report` counts them.
+over for the next. The chosen setting is recorded. :func:`collapsed` flags a run left at
+chance while the model's linear probe is above it; :func:`collapse_report` counts them.
 """
 
 from __future__ import annotations
@@ -83,11 +83,10 @@ def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_
     **failed to fit** its own support set (:func:`failed_to_fit`: it diverged, or is far
     from converged). Then the next setting by validation is taken, as a practitioner drops a
     run whose training accuracy stayed low; if none fits, the one that fits the support set
-    best is kept. The guard is needed because validation inside a
-    small support set is coarse (at 1 shot and 2 folds, two held-out examples): a run that
-    predicts one class scores 50 % there by luck. It reads the support labels only, never
-    the queries'.
-    The linear probe is scored on the queries too, for :func:`collapsed` only.
+    best is kept. The guard is needed because validation inside a small support set is
+    coarse (at 1 shot and 2 folds, two held-out examples): a run that predicts one class
+    scores 50 % there by luck. It reads the support labels only, never the queries'. The
+    linear probe is scored on the queries too, for :func:`collapsed` only.
 
     Returns ``accuracy`` (the chosen setting's query accuracy, %), ``setting`` (its name),
     ``validation`` ({name: accuracy %}), ``failed_to_fit`` (the names passed over, best first),
