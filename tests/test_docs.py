@@ -25,6 +25,7 @@ FIGURE_COPIES = {
     "docs/figures/rl_navigation.png": "benchmarks/results/rl_navigation.png",
     "docs/figures/budget_curves-best.png": "benchmarks/results/budget_curves-best.png",
     "docs/figures/budget_curves_long-best.png": "benchmarks/results/budget_curves_long-best.png",
+    "docs/figures/budget_curves_60w-best.png": "benchmarks/results/budget_curves_60w-best.png",
 }
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1\s*$", re.S | re.M)

@@ -74,7 +74,7 @@ def test_a_setting_that_fails_to_fit_its_support_set_is_passed_over():
                       {"linear-probe": 80.0, A.name: 50.0, B.name: 90.0}, fit={A.name: 50.0})
     result = sweep(planted, *data, 2, [PROBE, A, B])
     assert result["setting"] == B.name and result["accuracy"] == 90.0 and result["failed_to_fit"] == [A.name]
-    assert not result["collapsed"]
+    assert not result["collapsed"] and result["probe_accuracy"] == 80.0
     # None fits: the one that fits its support set best is kept (B, though last on validation),
     # and on ties the first by validation.
     planted = Planted(data, {"linear-probe": 50.0, A.name: 75.0, B.name: 25.0},
@@ -83,6 +83,8 @@ def test_a_setting_that_fails_to_fit_its_support_set_is_passed_over():
     result = sweep(planted, *data, 2, [PROBE, A, B])
     assert result["setting"] == B.name and result["failed_to_fit"] == [A.name, "linear-probe"]
     assert result["accuracy"] == 60.0 and result["support_accuracy"] == 37.5
+    assert planted.on_query.count("linear-probe") == 1  # adapted once: its query accuracy is reused
+    assert result["probe_accuracy"] == 80.0
     planted.fit[B.name] = 25.0
     assert sweep(planted, *data, 2, [PROBE, A, B])["setting"] == A.name
     assert failed_to_fit(50.0, way=2) and failed_to_fit(40.0, way=5) and not failed_to_fit(60.0, way=5)

@@ -118,8 +118,9 @@ def sweep(adapt: Adapt, support_x: torch.Tensor, support_y: torch.Tensor, query_
     else:  # none fits its support set: the one that fits it best (max keeps the first, by validation, of equals)
         chosen, accuracy, fit = max(tried, key=lambda t: t[2])
     passed_over = [s.name for s, _, _ in tried if s != chosen]
-    if chosen == PROBE:
-        probe = accuracy
+    adapted = {s: a for s, a, _ in tried} | {chosen: accuracy}  # query accuracies already measured
+    if PROBE in adapted:
+        probe = adapted[PROBE]
     else:
         predicted, seconds = adapt(PROBE, support_x, support_y, query_x)
         probe, cpu = accuracy_of(predicted, query_y), cpu + seconds
